@@ -1,0 +1,104 @@
+package jetstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/dapr-nats/jetstream-pubsub/metadata"
+)
+
+// Kind classifies an error so that callers (and the gRPC layer) know whether
+// trying again can help.
+type Kind int
+
+const (
+	// KindUnavailable: NATS or JetStream could not be reached or did not
+	// answer in time. Retrying later may succeed.
+	KindUnavailable Kind = iota
+	// KindInvalid: the request itself is wrong (topic, header, size).
+	// Retrying the same request will fail the same way.
+	KindInvalid
+	// KindRejected: JetStream refused the request as configured (no stream
+	// covers the topic, TTL not allowed, ...). It needs a configuration change.
+	KindRejected
+)
+
+var (
+	// ErrNotInitialized is returned by calls made before Init succeeded.
+	ErrNotInitialized = errors.New("jetstream pubsub: not initialized")
+	// ErrClosed is returned by calls made after Close.
+	ErrClosed = errors.New("jetstream pubsub: closed")
+	// ErrAlreadySettled is returned when a delivery is acked or nacked twice.
+	ErrAlreadySettled = errors.New("jetstream pubsub: message already acknowledged")
+	// ErrNoStream is wrapped when no stream covers a topic and auto-provisioning is off.
+	ErrNoStream = errors.New("no stream covers the topic")
+	// ErrTTLNotAllowed is wrapped when a message has a TTL but its stream does
+	// not allow per-message TTLs and auto-provisioning is off.
+	ErrTTLNotAllowed = errors.New("per-message TTL not allowed")
+)
+
+// Error carries the topic and the Kind of a failure.
+type Error struct {
+	Op    string
+	Topic string
+	Kind  Kind
+	Err   error
+}
+
+func (e *Error) Error() string {
+	if e.Topic == "" {
+		return fmt.Sprintf("%s: %v", e.Op, e.Err)
+	}
+	return fmt.Sprintf("%s topic %q: %v", e.Op, e.Topic, e.Err)
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// KindOf returns the Kind of err. Errors this package did not classify count
+// as KindUnavailable, the kind that is safe to retry.
+func KindOf(err error) Kind {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Kind
+	}
+	if errors.Is(err, metadata.ErrInvalid) {
+		return KindInvalid
+	}
+	return KindUnavailable
+}
+
+// IsRetriable reports whether the same call may succeed later.
+func IsRetriable(err error) bool { return KindOf(err) == KindUnavailable }
+
+// classify wraps a NATS error with the topic and its Kind.
+func classify(op, topic string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return err
+	}
+	kind := KindUnavailable
+	var apiErr *jetstream.APIError
+	switch {
+	case errors.Is(err, nats.ErrMaxPayload), errors.Is(err, nats.ErrBadSubject),
+		errors.Is(err, jetstream.ErrStreamMessageExceedsMaximum), errors.Is(err, metadata.ErrInvalid):
+		kind = KindInvalid
+	case errors.Is(err, ErrNoStream), errors.Is(err, ErrTTLNotAllowed):
+		kind = KindRejected
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		kind = KindUnavailable
+	case errors.As(err, &apiErr) && apiErr.Code >= 400 && apiErr.Code < 500 && apiErr.Code != 408:
+		kind = KindRejected
+	}
+	return &Error{Op: op, Topic: topic, Kind: kind, Err: err}
+}
+
+func invalid(op, topic string, err error) error {
+	return &Error{Op: op, Topic: topic, Kind: KindInvalid, Err: err}
+}

@@ -1,0 +1,259 @@
+package jetstream
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	contribmd "github.com/dapr/components-contrib/metadata"
+	"github.com/dapr/components-contrib/pubsub"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/dapr-nats/jetstream-pubsub/metadata"
+)
+
+// Metadata keys with a meaning to this component; they are not copied into
+// NATS headers.
+const (
+	// MetadataMsgID sets the JetStream de-duplication id (Nats-Msg-Id).
+	MetadataMsgID = "msgId"
+	// MetadataCloudEventID is Dapr's CloudEvent id override; used as the
+	// de-duplication id of raw payloads.
+	MetadataCloudEventID = "cloudevent.id"
+	// HeaderContentType carries the content type of a message.
+	HeaderContentType = "Content-Type"
+)
+
+// Publish stores one message. Each call waits for its own acknowledgement,
+// but concurrent calls share the connection's asynchronous publish pipeline.
+func (p *PubSub) Publish(ctx context.Context, req *pubsub.PublishRequest) error {
+	_, js, streams, err := p.state()
+	if err != nil {
+		return err
+	}
+	contentType := ""
+	if req.ContentType != nil {
+		contentType = *req.ContentType
+	}
+	msg, ttl, err := p.newMsg(req.Topic, req.Data, req.Metadata, contentType)
+	if err != nil {
+		return invalid("publish to", req.Topic, err)
+	}
+	for retried := false; ; retried = true {
+		if err := prepare(ctx, streams, req.Topic, ttl); err != nil {
+			return classify("publish to", req.Topic, err)
+		}
+		f, err := js.PublishMsgAsync(msg)
+		if err == nil {
+			err = await(ctx, f)
+		}
+		if isNoStream(err) && !retried {
+			streams.forget(req.Topic)
+			continue
+		}
+		return classify("publish to", req.Topic, err)
+	}
+}
+
+// BulkPublish publishes all entries through the asynchronous pipeline and
+// waits for every acknowledgement. Entries that failed are reported one by one;
+// the error is non-nil whenever any entry failed.
+func (p *PubSub) BulkPublish(ctx context.Context, req *pubsub.BulkPublishRequest) (pubsub.BulkPublishResponse, error) {
+	_, js, streams, err := p.state()
+	if err != nil {
+		return pubsub.NewBulkPublishResponse(req.Entries, err), err
+	}
+	if len(req.Entries) == 0 {
+		return pubsub.BulkPublishResponse{}, nil
+	}
+	msgs := make([]*nats.Msg, len(req.Entries))
+	failed := make([]error, len(req.Entries))
+	var withTTL bool
+	for i, e := range req.Entries {
+		md := req.Metadata
+		if len(e.Metadata) > 0 {
+			md = make(map[string]string, len(req.Metadata)+len(e.Metadata))
+			for k, v := range req.Metadata {
+				md[k] = v
+			}
+			for k, v := range e.Metadata {
+				md[k] = v
+			}
+		}
+		msg, ttl, err := p.newMsg(req.Topic, e.Event, md, e.ContentType)
+		if err != nil {
+			failed[i] = invalid("publish to", req.Topic, fmt.Errorf("entry %q: %w", e.EntryId, err))
+			continue
+		}
+		msgs[i] = msg
+		withTTL = withTTL || ttl
+	}
+	if err := prepare(ctx, streams, req.Topic, withTTL); err != nil {
+		err = classify("bulk publish to", req.Topic, err)
+		return pubsub.NewBulkPublishResponse(req.Entries, err), err
+	}
+
+	send := func(idx []int) []int {
+		futures := make([]jetstream.PubAckFuture, len(req.Entries))
+		for _, i := range idx {
+			futures[i], failed[i] = js.PublishMsgAsync(msgs[i])
+		}
+		var again []int
+		for _, i := range idx {
+			if failed[i] == nil {
+				failed[i] = await(ctx, futures[i])
+			}
+			if isNoStream(failed[i]) {
+				again = append(again, i)
+			}
+		}
+		return again
+	}
+	pending := make([]int, 0, len(msgs))
+	for i, m := range msgs {
+		if m != nil {
+			pending = append(pending, i)
+		}
+	}
+	if again := send(pending); len(again) > 0 {
+		// The stream went away under us: find or create it again, once.
+		streams.forget(req.Topic)
+		if err := prepare(ctx, streams, req.Topic, withTTL); err == nil {
+			send(again)
+		}
+	}
+
+	var resp pubsub.BulkPublishResponse
+	for i, err := range failed {
+		if err != nil {
+			resp.FailedEntries = append(resp.FailedEntries, pubsub.BulkPublishResponseFailedEntry{
+				EntryId: req.Entries[i].EntryId,
+				Error:   classify("publish to", req.Topic, err),
+			})
+		}
+	}
+	if n := len(resp.FailedEntries); n > 0 {
+		return resp, fmt.Errorf("bulk publish to topic %q: %d of %d entries failed; first: %w", req.Topic, n, len(req.Entries), resp.FailedEntries[0].Error)
+	}
+	return resp, nil
+}
+
+// prepare makes sure a stream stores topic and, if needed, accepts TTLs.
+func prepare(ctx context.Context, s *streams, topic string, ttl bool) error {
+	name, err := s.ensure(ctx, topic)
+	if err != nil {
+		return err
+	}
+	if ttl {
+		return s.ensureTTL(ctx, name)
+	}
+	return nil
+}
+
+func await(ctx context.Context, f jetstream.PubAckFuture) error {
+	select {
+	case <-f.Ok():
+		return nil
+	case err := <-f.Err():
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for the JetStream acknowledgement: %w", ctx.Err())
+	}
+}
+
+func isNoStream(err error) bool {
+	return errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders)
+}
+
+// newMsg builds the NATS message for one Dapr publish: headers from the
+// metadata, the de-duplication id and the TTL. It reports whether a TTL is set.
+func (p *PubSub) newMsg(topic string, data []byte, md map[string]string, contentType string) (*nats.Msg, bool, error) {
+	if err := metadata.ValidSubject(topic, false); err != nil {
+		return nil, false, fmt.Errorf("%w: topic %s; use a NATS subject such as orders or orders.created", metadata.ErrInvalid, err)
+	}
+	if max := p.maxPayload(); max > 0 && int64(len(data)) > max {
+		return nil, false, fmt.Errorf("%w: message of %d bytes exceeds the server's max_payload of %d bytes", nats.ErrMaxPayload, len(data), max)
+	}
+	msg := &nats.Msg{Subject: topic, Data: data, Header: make(nats.Header, len(md)+2)}
+	for k, v := range md {
+		if reservedKey(k) {
+			continue
+		}
+		if err := validHeader(k, v); err != nil {
+			return nil, false, err
+		}
+		msg.Header.Set(k, v)
+	}
+	if contentType != "" {
+		msg.Header.Set(HeaderContentType, contentType)
+	}
+	if id := msgID(data, md); id != "" {
+		msg.Header.Set(jetstream.MsgIDHeader, id)
+	}
+	ttl, ok, err := contribmd.TryGetTTL(md)
+	if err != nil {
+		return nil, false, fmt.Errorf("%w: %v", metadata.ErrInvalid, err)
+	}
+	if ok {
+		if ttl < time.Second {
+			return nil, false, fmt.Errorf("%w: ttlInSeconds must be 1 or more, got %s", metadata.ErrInvalid, ttl)
+		}
+		msg.Header.Set(jetstream.MsgTTLHeader, ttl.String())
+	}
+	return msg, ok, nil
+}
+
+func (p *PubSub) maxPayload() int64 {
+	p.mu.Lock()
+	nc := p.nc
+	p.mu.Unlock()
+	if nc == nil {
+		return 0
+	}
+	return nc.MaxPayload()
+}
+
+// reservedKey reports metadata keys that are instructions to Dapr or to this
+// component, or that would be read by NATS itself, rather than user headers.
+func reservedKey(k string) bool {
+	switch strings.ToLower(k) {
+	case "ttlinseconds", "ttl", "rawpayload", "msgid", "content-type", "contenttype":
+		return true
+	}
+	l := strings.ToLower(k)
+	return strings.HasPrefix(l, "cloudevent.") || strings.HasPrefix(l, "nats-")
+}
+
+func validHeader(k, v string) error {
+	if k == "" || strings.ContainsFunc(k, func(r rune) bool { return r <= ' ' || r == ':' || r >= 0x7f }) {
+		return fmt.Errorf("%w: metadata key %q cannot be a NATS header name: use printable ASCII without spaces or colons", metadata.ErrInvalid, k)
+	}
+	if strings.ContainsAny(v, "\r\n") {
+		return fmt.Errorf("%w: metadata %q has a line break in its value, which a NATS header cannot carry", metadata.ErrInvalid, k)
+	}
+	return nil
+}
+
+// msgID picks the de-duplication id: msgId metadata, else the id of a
+// CloudEvent payload, else Dapr's cloudevent.id metadata. Payloads that are
+// not valid CloudEvent JSON get no id from their content.
+func msgID(data []byte, md map[string]string) string {
+	if id := md[MetadataMsgID]; id != "" {
+		return id
+	}
+	if trimmed := bytes.TrimLeft(data, " \t\r\n"); len(trimmed) > 0 && trimmed[0] == '{' {
+		var ce struct {
+			ID          string `json:"id"`
+			SpecVersion string `json:"specversion"`
+		}
+		if json.Unmarshal(data, &ce) == nil && ce.SpecVersion != "" && ce.ID != "" {
+			return ce.ID
+		}
+	}
+	return md[MetadataCloudEventID]
+}

@@ -1,0 +1,245 @@
+// Package jetstream bridges Dapr pub/sub to NATS JetStream. PubSub implements
+// components-contrib's pubsub.PubSub, BulkPublisher, BulkSubscriber and
+// PausableSubscriber, and can be used in-process as well as behind the
+// pluggable gRPC server of this module.
+package jetstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+	"sync"
+	"time"
+
+	contribmd "github.com/dapr/components-contrib/metadata"
+	"github.com/dapr/components-contrib/pubsub"
+	"github.com/dapr/kit/logger"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/dapr-nats/jetstream-pubsub/metadata"
+)
+
+// drainTimeout bounds how long Close waits for nats.go to flush and drain.
+const drainTimeout = 10 * time.Second
+
+// PubSub is a Dapr pub/sub backed by NATS JetStream.
+type PubSub struct {
+	log logger.Logger
+
+	mu      sync.Mutex
+	cfg     *metadata.Config
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	streams *streams
+	subs    map[*subscription]struct{}
+	paused  bool
+	closed  bool
+	wg      sync.WaitGroup
+}
+
+var (
+	_ pubsub.PubSub             = (*PubSub)(nil)
+	_ pubsub.BulkPublisher      = (*PubSub)(nil)
+	_ pubsub.BulkSubscriber     = (*PubSub)(nil)
+	_ pubsub.PausableSubscriber = (*PubSub)(nil)
+)
+
+// New returns an uninitialised PubSub that logs to l.
+func New(l logger.Logger) *PubSub {
+	if l == nil {
+		l = logger.NewLogger("nats-jetstream")
+	}
+	return &PubSub{log: l, subs: map[*subscription]struct{}{}}
+}
+
+// NewPubSub is New with the signature of components-contrib's constructors.
+func NewPubSub(l logger.Logger) pubsub.PubSub { return New(l) }
+
+// Init parses the metadata and connects. It does not wait for NATS: the
+// connection is retried forever in the background, so Init succeeds while
+// NATS is still starting. Bad metadata, unreadable files and rejected
+// credentials are errors.
+func (p *PubSub) Init(ctx context.Context, md pubsub.Metadata) error {
+	cfg, err := metadata.Parse(md.Properties)
+	if err != nil {
+		return err
+	}
+	opts, err := connectOptions(cfg.Connection)
+	if err != nil {
+		return err
+	}
+	if cfg.Consumer.FlowControl {
+		p.log.Info("flowControl has no effect: pull consumers are flow-controlled by the number of messages they request")
+	}
+	opts = append(opts,
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				p.log.Warnf("disconnected from NATS: %v; reconnecting", err)
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			p.log.Infof("reconnected to NATS at %s", metadata.RedactURL(nc.ConnectedUrl()))
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			p.log.Warnf("NATS: %v", err)
+		}),
+	)
+
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return ErrClosed
+	}
+	if p.nc != nil {
+		return errors.New("jetstream pubsub: Init called twice")
+	}
+	nc, err := nats.Connect(cfg.Connection.URL, opts...)
+	if err != nil {
+		return fmt.Errorf("connect to NATS at %s: %w", metadata.RedactURL(cfg.Connection.URL), err)
+	}
+	if !nc.IsConnected() {
+		if authErr := nc.LastError(); isAuthError(authErr) {
+			nc.Close()
+			return fmt.Errorf("NATS at %s rejected the credentials: %v; check the authentication fields", metadata.RedactURL(cfg.Connection.URL), authErr)
+		}
+		p.log.Warnf("NATS at %s is not reachable yet; connecting in the background", metadata.RedactURL(cfg.Connection.URL))
+	}
+	jsOpts := []jetstream.JetStreamOpt{
+		jetstream.WithPublishAsyncMaxPending(4096),
+		jetstream.WithPublishAsyncTimeout(30 * time.Second),
+	}
+	var js jetstream.JetStream
+	switch {
+	case cfg.Connection.Domain != "":
+		js, err = jetstream.NewWithDomain(nc, cfg.Connection.Domain, jsOpts...)
+	case cfg.Connection.APIPrefix != "":
+		js, err = jetstream.NewWithAPIPrefix(nc, cfg.Connection.APIPrefix, jsOpts...)
+	default:
+		js, err = jetstream.New(nc, jsOpts...)
+	}
+	if err != nil {
+		nc.Close()
+		return fmt.Errorf("%w: JetStream context: %v", metadata.ErrInvalid, err)
+	}
+	p.cfg, p.nc, p.js = cfg, nc, js
+	p.streams = newStreams(js, cfg.Stream)
+	return nil
+}
+
+func isAuthError(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) || errors.Is(err, nats.ErrAuthRevoked) {
+		return true
+	}
+	s := strings.ToLower(err.Error())
+	return strings.Contains(s, "authorization violation") || strings.Contains(s, "authentication")
+}
+
+// Features advertises what truly works: per-message TTL (nats-server 2.11+),
+// wildcard subscriptions and bulk publish.
+func (p *PubSub) Features() []pubsub.Feature {
+	return []pubsub.Feature{pubsub.FeatureMessageTTL, pubsub.FeatureSubscribeWildcards, pubsub.FeatureBulkPublish}
+}
+
+// Ping fails while NATS is not connected.
+func (p *PubSub) Ping(ctx context.Context) error {
+	p.mu.Lock()
+	nc, closed := p.nc, p.closed
+	p.mu.Unlock()
+	switch {
+	case closed:
+		return ErrClosed
+	case nc == nil:
+		return ErrNotInitialized
+	case !nc.IsConnected():
+		return fmt.Errorf("NATS is not connected (%s)", nc.Status())
+	}
+	if err := nc.FlushWithContext(ctx); err != nil {
+		return fmt.Errorf("NATS did not answer a ping: %w", err)
+	}
+	return nil
+}
+
+// Pause stops fetching for every subscription; consumers and in-flight
+// messages are kept, so acknowledgements still land. Idempotent.
+func (p *PubSub) Pause(context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.paused = true
+	for s := range p.subs {
+		s.pause()
+	}
+	return nil
+}
+
+// Resume restarts fetching after Pause. Idempotent.
+func (p *PubSub) Resume(context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.paused = false
+	for s := range p.subs {
+		s.resume()
+	}
+	return nil
+}
+
+// Close stops every subscription (messages not yet acknowledged go back to
+// JetStream), drains the connection and returns when everything has stopped.
+func (p *PubSub) Close() error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	for s := range p.subs {
+		s.stop()
+	}
+	nc := p.nc
+	p.mu.Unlock()
+
+	p.wg.Wait()
+	if nc == nil {
+		return nil
+	}
+	if !nc.IsConnected() {
+		nc.Close()
+		return nil
+	}
+	done := make(chan struct{})
+	nc.SetClosedHandler(func(*nats.Conn) { close(done) })
+	if err := nc.Drain(); err != nil {
+		nc.Close()
+		return nil
+	}
+	select {
+	case <-done:
+	case <-time.After(drainTimeout):
+		nc.Close()
+	}
+	return nil
+}
+
+// GetComponentMetadata describes the metadata fields for Dapr's tooling.
+func (p *PubSub) GetComponentMetadata() (md contribmd.MetadataMap) {
+	_ = contribmd.GetMetadataInfoFromStructType(reflect.TypeFor[metadata.Properties](), &md, contribmd.PubSubType)
+	return md
+}
+
+// state returns what calls need, or why they cannot proceed.
+func (p *PubSub) state() (*metadata.Config, jetstream.JetStream, *streams, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case p.closed:
+		return nil, nil, nil, ErrClosed
+	case p.js == nil:
+		return nil, nil, nil, ErrNotInitialized
+	}
+	return p.cfg, p.js, p.streams, nil
+}

@@ -1,0 +1,187 @@
+package jetstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/dapr-nats/jetstream-pubsub/metadata"
+)
+
+// streams finds (and, when auto-provisioning, creates or extends) the stream
+// that stores a topic. Answers are cached per topic, so the publish path
+// touches the JetStream API only the first time it sees a topic.
+type streams struct {
+	js  jetstream.JetStream
+	cfg metadata.Stream
+
+	mu    sync.Mutex
+	known map[string]string // topic -> stream
+	ttl   map[string]bool   // stream -> allows per-message TTL
+}
+
+func newStreams(js jetstream.JetStream, cfg metadata.Stream) *streams {
+	return &streams{js: js, cfg: cfg, known: map[string]string{}, ttl: map[string]bool{}}
+}
+
+func (s *streams) cached(topic string) (string, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	name, ok := s.known[topic]
+	return name, ok
+}
+
+// forget drops what is known about a topic, after JetStream said it has no
+// stream for it (the stream was deleted, say).
+func (s *streams) forget(topic string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if name, ok := s.known[topic]; ok {
+		delete(s.ttl, name)
+	}
+	delete(s.known, topic)
+}
+
+// ensure returns the name of the stream that stores topic.
+func (s *streams) ensure(ctx context.Context, topic string) (string, error) {
+	if name, ok := s.cached(topic); ok {
+		return name, nil
+	}
+	name, info, err := s.lookup(ctx, topic)
+	if err != nil {
+		return "", err
+	}
+	if info == nil {
+		info, err = s.create(ctx, name, topic)
+	} else if !covers(info.Config.Subjects, topic) {
+		info, err = s.extend(ctx, info, topic)
+	}
+	if err != nil {
+		return "", err
+	}
+	s.mu.Lock()
+	s.known[topic] = name
+	s.ttl[name] = info.Config.AllowMsgTTL
+	s.mu.Unlock()
+	return name, nil
+}
+
+// lookup finds the stream for topic. A nil info with a name means the stream
+// does not exist yet and may be created under that name.
+func (s *streams) lookup(ctx context.Context, topic string) (string, *jetstream.StreamInfo, error) {
+	name := s.cfg.Name
+	if name == "" {
+		found, err := s.js.StreamNameBySubject(ctx, topic)
+		switch {
+		case err == nil:
+			name = found
+		case errors.Is(err, jetstream.ErrStreamNotFound):
+			if !s.cfg.AutoProvision {
+				return "", nil, fmt.Errorf("%w: create a stream whose subjects include %q, set streamName, or set autoProvision to true", ErrNoStream, topic)
+			}
+			return metadata.SanitizeName(topic), nil, nil
+		default:
+			return "", nil, fmt.Errorf("look up the stream for the topic: %w", err)
+		}
+	}
+	st, err := s.js.Stream(ctx, name)
+	switch {
+	case err == nil:
+		return name, st.CachedInfo(), nil
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		if !s.cfg.AutoProvision {
+			return "", nil, fmt.Errorf("%w: stream %q does not exist; create it with subjects including %q, or set autoProvision to true", ErrNoStream, name, topic)
+		}
+		return name, nil, nil
+	default:
+		return "", nil, fmt.Errorf("look up stream %q: %w", name, err)
+	}
+}
+
+func (s *streams) create(ctx context.Context, name, topic string) (*jetstream.StreamInfo, error) {
+	subjects := slices.Clone(s.cfg.Subjects)
+	if !covers(subjects, topic) {
+		subjects = append(subjects, topic)
+	}
+	cfg := jetstream.StreamConfig{
+		Name:        name,
+		Description: "created by the Dapr NATS JetStream pub/sub component",
+		Subjects:    subjects,
+		Storage:     s.cfg.Storage,
+		Replicas:    s.cfg.Replicas,
+		MaxAge:      s.cfg.MaxAge,
+		MaxMsgs:     s.cfg.MaxMsgs,
+		MaxBytes:    s.cfg.MaxBytes,
+		Duplicates:  s.cfg.DuplicateWindow,
+		AllowMsgTTL: true,
+	}
+	st, err := s.js.CreateStream(ctx, cfg)
+	if err == nil {
+		return st.CachedInfo(), nil
+	}
+	// Another instance may have created it meanwhile.
+	if existing, lerr := s.js.Stream(ctx, name); lerr == nil {
+		info := existing.CachedInfo()
+		if covers(info.Config.Subjects, topic) {
+			return info, nil
+		}
+		return s.extend(ctx, info, topic)
+	}
+	return nil, fmt.Errorf("create stream %q for subjects %v: %w; if the subjects overlap another stream, set streamName to that stream", name, subjects, err)
+}
+
+func (s *streams) extend(ctx context.Context, info *jetstream.StreamInfo, topic string) (*jetstream.StreamInfo, error) {
+	if !s.cfg.AutoProvision {
+		return nil, fmt.Errorf("%w: stream %q has subjects %v, none of which includes %q; add it to the stream, or set autoProvision to true",
+			ErrNoStream, info.Config.Name, info.Config.Subjects, topic)
+	}
+	cfg := info.Config
+	cfg.Subjects = append(slices.Clone(cfg.Subjects), topic)
+	st, err := s.js.UpdateStream(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("add subject %q to stream %q: %w", topic, cfg.Name, err)
+	}
+	return st.CachedInfo(), nil
+}
+
+// ensureTTL makes sure the stream accepts per-message TTLs, enabling them
+// when auto-provisioning is on.
+func (s *streams) ensureTTL(ctx context.Context, name string) error {
+	s.mu.Lock()
+	ok := s.ttl[name]
+	s.mu.Unlock()
+	if ok {
+		return nil
+	}
+	st, err := s.js.Stream(ctx, name)
+	if err != nil {
+		return fmt.Errorf("look up stream %q: %w", name, err)
+	}
+	cfg := st.CachedInfo().Config
+	if !cfg.AllowMsgTTL {
+		if !s.cfg.AutoProvision {
+			return fmt.Errorf("%w: stream %q does not allow per-message TTL (ttlInSeconds); enable allow_msg_ttl on the stream or set autoProvision to true", ErrTTLNotAllowed, name)
+		}
+		cfg.AllowMsgTTL = true
+		if _, err := s.js.UpdateStream(ctx, cfg); err != nil {
+			return fmt.Errorf("allow per-message TTL on stream %q: %w", name, err)
+		}
+	}
+	s.mu.Lock()
+	s.ttl[name] = true
+	s.mu.Unlock()
+	return nil
+}
+
+func covers(subjects []string, topic string) bool {
+	for _, s := range subjects {
+		if metadata.SubjectCovers(s, topic) {
+			return true
+		}
+	}
+	return false
+}

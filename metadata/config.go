@@ -1,0 +1,604 @@
+package metadata
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"reflect"
+	"slices"
+	"strings"
+	"time"
+
+	kitmd "github.com/dapr/kit/metadata"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Defaults applied when a field is absent.
+const (
+	DefaultName            = "dapr-nats-jetstream"
+	DefaultReconnectWait   = 2 * time.Second
+	DefaultConnectTimeout  = 5 * time.Second
+	DefaultAckWait         = 30 * time.Second
+	DefaultMaxAckPending   = 1000
+	DefaultMaxInFlight     = 100
+	DefaultDuplicateWindow = 2 * time.Minute
+)
+
+// Config is the validated form of a component's metadata.
+type Config struct {
+	Connection Connection
+	Stream     Stream
+	Consumer   Consumer
+
+	// consumerProps holds the component's consumer keys, canonically named,
+	// so a subscription can override some of them and be validated as a whole.
+	consumerProps map[string]string
+}
+
+// Connection holds how to reach and authenticate to NATS.
+type Connection struct {
+	// URL is one server URL or a comma-separated list of them.
+	URL            string
+	Name           string
+	Token          string
+	User           string
+	Password       string
+	JWT            string
+	SeedKey        string
+	NKeySeed       string
+	CredsFile      string
+	TLSClientCert  string
+	TLSClientKey   string
+	TLSCAFile      string
+	Domain         string
+	APIPrefix      string
+	ReconnectWait  time.Duration
+	ConnectTimeout time.Duration
+}
+
+// Stream holds which stream carries the topics and how to create it.
+type Stream struct {
+	// Name is the stream to use. Empty means: the stream whose subjects cover
+	// the topic, or, when provisioning, a stream named after the topic.
+	Name            string
+	AutoProvision   bool
+	Subjects        []string
+	Storage         jetstream.StorageType
+	Replicas        int
+	MaxAge          time.Duration
+	MaxMsgs         int64
+	MaxBytes        int64
+	DuplicateWindow time.Duration
+}
+
+// Consumer holds the settings of the durable (or ephemeral) pull consumer
+// made for each subscribed topic.
+type Consumer struct {
+	// DurableBase is durableName, else queueGroupName, else consumerID. The
+	// durable of a topic is this base plus the topic. Empty means ephemeral.
+	DurableBase string
+	// StartAtSubscribe is true when no deliver field was given: a new
+	// consumer starts with the messages stored from the moment the
+	// subscription was requested, so nothing published after it is missed.
+	StartAtSubscribe bool
+	DeliverPolicy    jetstream.DeliverPolicy
+	StartSequence    uint64
+	StartTime        time.Time
+	AckPolicy        jetstream.AckPolicy
+	AckWait          time.Duration
+	MaxDeliver       int
+	BackOff          []time.Duration
+	NakDelay         time.Duration
+	MaxAckPending    int
+	MaxInFlight      int
+	Replicas         int
+	MemoryStorage    bool
+	// RateLimit is in bits per second; 0 means unlimited.
+	RateLimit   uint64
+	Heartbeat   time.Duration
+	FlowControl bool
+	Parallel    bool
+}
+
+// Parse decodes and validates component metadata. Every problem found is
+// reported, joined into one error; each names its field and what is accepted.
+func Parse(props map[string]string) (*Config, error) {
+	p, err := decode(props)
+	if err != nil {
+		return nil, err
+	}
+	cfg := &Config{consumerProps: pick(props, consumerFields)}
+	var errs []error
+	cfg.Connection, err = parseConnection(&p)
+	errs = append(errs, err)
+	cfg.Stream, err = parseStream(&p)
+	errs = append(errs, err)
+	cfg.Consumer, err = parseConsumer(&p)
+	errs = append(errs, err)
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// ForSubscription returns the consumer settings for one subscription: the
+// component's, overridden by the consumer keys in the subscription metadata.
+// If the subscription sets any of deliverPolicy, deliverAll, startSequence or
+// startTime, the component's values for those four are dropped first.
+func (c *Config) ForSubscription(sub map[string]string) (Consumer, error) {
+	override := pick(sub, consumerFields)
+	if len(override) == 0 {
+		return c.Consumer, nil
+	}
+	merged := make(map[string]string, len(c.consumerProps)+len(override))
+	for k, v := range c.consumerProps {
+		merged[k] = v
+	}
+	for _, k := range deliverFields {
+		if _, ok := override[k]; ok {
+			for _, d := range deliverFields {
+				delete(merged, d)
+			}
+			break
+		}
+	}
+	for k, v := range override {
+		merged[k] = v
+	}
+	p, err := decode(merged)
+	if err != nil {
+		return Consumer{}, fmt.Errorf("subscription metadata: %w", err)
+	}
+	cons, err := parseConsumer(&p)
+	if err != nil {
+		return Consumer{}, fmt.Errorf("subscription metadata: %w", err)
+	}
+	return cons, nil
+}
+
+// pick returns the entries of props whose key (in any case) is one of keys,
+// renamed to the canonical spelling.
+func pick(props map[string]string, keys []string) map[string]string {
+	out := map[string]string{}
+	for k, v := range props {
+		for _, want := range keys {
+			if strings.EqualFold(k, want) {
+				out[want] = v
+			}
+		}
+	}
+	return out
+}
+
+// decode runs Dapr's metadata decoder. When it fails, each key is decoded on
+// its own so the error can name every bad field and what it accepts.
+func decode(props map[string]string) (Properties, error) {
+	var p Properties
+	err := kitmd.DecodeMetadata(props, &p)
+	if err == nil {
+		return p, nil
+	}
+	keys := make([]string, 0, len(props))
+	for k := range props {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var errs []error
+	seen := map[string]string{}
+	for _, k := range keys {
+		if prev, dup := seen[strings.ToLower(k)]; dup {
+			errs = append(errs, conflict("are the same key spelled twice", "keep one of them", prev, k))
+			continue
+		}
+		seen[strings.ToLower(k)] = k
+		var one Properties
+		if kitmd.DecodeMetadata(map[string]string{k: props[k]}, &one) != nil {
+			name, accepted := describeField(k)
+			errs = append(errs, fieldErr(name, props[k], "cannot be read", accepted))
+		}
+	}
+	if len(errs) == 0 {
+		errs = append(errs, fmt.Errorf("%w: %v", ErrInvalid, err))
+	}
+	return p, errors.Join(errs...)
+}
+
+var (
+	typeDuration  = reflect.TypeFor[time.Duration]()
+	typeDurations = reflect.TypeFor[[]time.Duration]()
+)
+
+// describeField finds the canonical name of a metadata key and words what
+// its type accepts.
+func describeField(key string) (string, string) {
+	t := reflect.TypeFor[Properties]()
+	for f := range t.Fields() {
+		name := f.Tag.Get("mapstructure")
+		if !strings.EqualFold(name, key) {
+			continue
+		}
+		ft := f.Type
+		if ft.Kind() == reflect.Pointer {
+			ft = ft.Elem()
+		}
+		switch {
+		case ft == typeDuration:
+			return name, "a duration such as 500ms, 30s or 5m, or a whole number of seconds"
+		case ft == typeDurations:
+			return name, "a comma-separated list of durations such as 1s,5s,30s"
+		case ft.Kind() == reflect.Bool:
+			return name, "true or false"
+		case ft.Kind() == reflect.Uint64:
+			return name, "a whole number, 0 or more"
+		case ft.Kind() >= reflect.Int && ft.Kind() <= reflect.Int64:
+			return name, "a whole number"
+		default:
+			return name, "text"
+		}
+	}
+	return key, ""
+}
+
+func parseConnection(p *Properties) (Connection, error) {
+	c := Connection{
+		URL: p.NatsURL, Name: p.Name, Token: p.Token, User: p.User, Password: p.Password,
+		JWT: p.JWT, SeedKey: p.SeedKey, NKeySeed: p.NKeySeed, CredsFile: p.CredsFile,
+		TLSClientCert: p.TLSClientCert, TLSClientKey: p.TLSClientKey, TLSCAFile: p.TLSCAFile,
+		Domain: p.Domain, APIPrefix: p.APIPrefix,
+		ReconnectWait: p.ReconnectWait, ConnectTimeout: p.ConnectTimeout,
+	}
+	var errs []error
+	add := func(err error) { errs = append(errs, err) }
+
+	if strings.TrimSpace(c.URL) == "" {
+		add(fieldErr("natsURL", "", "is required", "a NATS URL such as nats://localhost:4222, or a comma-separated list of them"))
+	}
+	for u := range strings.SplitSeq(c.URL, ",") {
+		u = strings.TrimSpace(u)
+		if u == "" {
+			continue
+		}
+		parsed, err := url.Parse(u)
+		if err != nil || parsed.Host == "" || !slices.Contains([]string{"nats", "tls", "ws", "wss"}, parsed.Scheme) {
+			add(fieldErr("natsURL", RedactURL(u), "is not a NATS server URL",
+				"nats://host:port, tls://host:port, ws://host:port or wss://host:port, comma-separated for several servers"))
+		}
+	}
+	if c.Name == "" {
+		c.Name = DefaultName
+	}
+	if c.ReconnectWait < 0 {
+		add(fieldErr("reconnectWait", c.ReconnectWait.String(), "must not be negative", "a duration such as 2s"))
+	}
+	if c.ReconnectWait == 0 {
+		c.ReconnectWait = DefaultReconnectWait
+	}
+	if c.ConnectTimeout < 0 {
+		add(fieldErr("connectTimeout", c.ConnectTimeout.String(), "must not be negative", "a duration such as 5s"))
+	}
+	if c.ConnectTimeout == 0 {
+		c.ConnectTimeout = DefaultConnectTimeout
+	}
+
+	// Authentication: at most one identity, optionally with TLS.
+	if (c.JWT == "") != (c.SeedKey == "") {
+		add(conflict("must be set together: the user JWT and the seed that signs it", "set both, or use credsFile", "jwt", "seedKey"))
+	}
+	if (c.User == "") != (c.Password == "") {
+		add(conflict("must be set together", "set both, or neither", "user", "password"))
+	}
+	identities := []string{}
+	if c.Token != "" {
+		identities = append(identities, "token")
+	}
+	if c.User != "" || c.Password != "" {
+		identities = append(identities, "user")
+	}
+	if c.JWT != "" || c.SeedKey != "" {
+		identities = append(identities, "jwt")
+	}
+	if c.NKeySeed != "" {
+		identities = append(identities, "nkeySeed")
+	}
+	if c.CredsFile != "" {
+		identities = append(identities, "credsFile")
+	}
+	if len(identities) > 1 {
+		add(conflict("each give NATS a user identity and only one can be used", "keep one of them (TLS client certificates combine with any)", identities...))
+	}
+	for _, seed := range []struct{ field, value string }{{"seedKey", c.SeedKey}, {"nkeySeed", c.NKeySeed}} {
+		if seed.value != "" && !strings.HasPrefix(strings.TrimSpace(seed.value), "SU") {
+			add(fieldErr(seed.field, seed.value, "is not an NKey user seed", "a user seed, which starts with SU"))
+		}
+	}
+	if (c.TLSClientCert == "") != (c.TLSClientKey == "") {
+		add(conflict("must be set together", "set both paths, or neither", "tls_client_cert", "tls_client_key"))
+	}
+	if c.Domain != "" && c.APIPrefix != "" {
+		add(conflict("both choose the JetStream API subject prefix", "set domain for a JetStream domain, or apiPrefix for an imported API, not both", "domain", "apiPrefix"))
+	}
+	return c, errors.Join(errs...)
+}
+
+func parseStream(p *Properties) (Stream, error) {
+	s := Stream{
+		Name: p.StreamName, AutoProvision: true, Storage: jetstream.FileStorage, Replicas: 1,
+		MaxAge: p.StreamMaxAge, MaxMsgs: -1, MaxBytes: -1, DuplicateWindow: DefaultDuplicateWindow,
+	}
+	var errs []error
+	add := func(err error) { errs = append(errs, err) }
+
+	if s.Name != "" && !ValidName(s.Name) {
+		add(fieldErr("streamName", s.Name, "is not a valid stream name", "letters, digits, - and _, without spaces, dots, *, >, / or \\, at most 255 characters"))
+	}
+	if p.AutoProvision != nil {
+		s.AutoProvision = bool(*p.AutoProvision)
+	}
+	for _, subj := range p.StreamSubjects {
+		subj = strings.TrimSpace(subj)
+		if err := ValidSubject(subj, true); err != nil {
+			add(fieldErr("streamSubjects", subj, err.Error(), "NATS subjects such as orders.> or TWITTERCLONE.*, comma-separated"))
+			continue
+		}
+		s.Subjects = append(s.Subjects, subj)
+	}
+	if len(s.Subjects) > 0 && s.Name == "" {
+		add(conflict("streamSubjects needs the stream it configures", "set streamName too", "streamSubjects", "streamName"))
+	}
+	switch strings.ToLower(p.StreamStorage) {
+	case "", "file":
+	case "memory":
+		s.Storage = jetstream.MemoryStorage
+	default:
+		add(fieldErr("streamStorage", p.StreamStorage, "is not a storage type", "file or memory"))
+	}
+	if p.StreamReplicas != nil {
+		s.Replicas = *p.StreamReplicas
+		if s.Replicas < 1 || s.Replicas > 5 {
+			add(fieldErr("streamReplicas", fmt.Sprint(s.Replicas), "is out of range", "1 to 5"))
+		}
+	}
+	if s.MaxAge < 0 {
+		add(fieldErr("streamMaxAge", s.MaxAge.String(), "must not be negative", "a duration such as 24h, or 0 for no limit"))
+	}
+	limit := func(field string, v *int64, dst *int64) {
+		if v == nil {
+			return
+		}
+		if *v == 0 || *v < -1 {
+			add(fieldErr(field, fmt.Sprint(*v), "is out of range", "a positive number, or -1 for no limit"))
+			return
+		}
+		*dst = *v
+	}
+	limit("streamMaxMsgs", p.StreamMaxMsgs, &s.MaxMsgs)
+	limit("streamMaxBytes", p.StreamMaxBytes, &s.MaxBytes)
+	if p.StreamDuplicateWindow < 0 {
+		add(fieldErr("streamDuplicateWindow", p.StreamDuplicateWindow.String(), "must not be negative", "a duration such as 2m"))
+	} else if p.StreamDuplicateWindow > 0 {
+		s.DuplicateWindow = p.StreamDuplicateWindow
+	}
+	if s.MaxAge > 0 && s.DuplicateWindow > s.MaxAge {
+		add(conflict("the duplicate window cannot be longer than the age limit", "shorten streamDuplicateWindow or lengthen streamMaxAge", "streamDuplicateWindow", "streamMaxAge"))
+	}
+	return s, errors.Join(errs...)
+}
+
+func parseConsumer(p *Properties) (Consumer, error) {
+	c := Consumer{
+		AckPolicy: jetstream.AckExplicitPolicy, AckWait: DefaultAckWait, MaxDeliver: -1,
+		MaxAckPending: DefaultMaxAckPending, BackOff: p.BackOff,
+	}
+	var errs []error
+	add := func(err error) { errs = append(errs, err) }
+
+	switch {
+	case p.DurableName != "":
+		c.DurableBase = p.DurableName
+	case p.QueueGroupName != "":
+		c.DurableBase = p.QueueGroupName
+	default:
+		c.DurableBase = p.ConsumerID
+	}
+
+	add(parseDeliver(p, &c))
+
+	switch strings.ToLower(p.AckPolicy) {
+	case "", "explicit":
+	case "all":
+		c.AckPolicy = jetstream.AckAllPolicy
+	case "none":
+		c.AckPolicy = jetstream.AckNonePolicy
+	default:
+		add(fieldErr("ackPolicy", p.AckPolicy, "is not an ack policy", "explicit, all or none"))
+	}
+	if p.AckWait != nil {
+		c.AckWait = *p.AckWait
+		if c.AckWait <= 0 {
+			add(fieldErr("ackWait", c.AckWait.String(), "must be positive", "a duration such as 30s"))
+		}
+	}
+	if p.MaxDeliver != nil {
+		c.MaxDeliver = *p.MaxDeliver
+		if c.MaxDeliver == 0 {
+			c.MaxDeliver = -1
+		}
+		if c.MaxDeliver < -1 {
+			add(fieldErr("maxDeliver", fmt.Sprint(c.MaxDeliver), "is out of range", "1 or more, or -1 for no limit"))
+		}
+	}
+	for _, d := range c.BackOff {
+		if d <= 0 {
+			add(fieldErr("backOff", d.String(), "contains a duration that is not positive", "positive durations such as 1s,5s,30s"))
+			break
+		}
+	}
+	if len(c.BackOff) > 0 && c.MaxDeliver > 0 && c.MaxDeliver < len(c.BackOff) {
+		add(conflict(fmt.Sprintf("maxDeliver (%d) cannot be less than the number of backOff steps (%d)", c.MaxDeliver, len(c.BackOff)),
+			"raise maxDeliver or shorten backOff", "maxDeliver", "backOff"))
+	}
+	if p.NakDelay != nil {
+		c.NakDelay = *p.NakDelay
+		if c.NakDelay < 0 {
+			add(fieldErr("nakDelay", c.NakDelay.String(), "must not be negative", "a duration such as 1s, or 0 to redeliver at once"))
+		}
+	}
+	if p.MaxAckPending != nil {
+		c.MaxAckPending = *p.MaxAckPending
+		if c.MaxAckPending == 0 || c.MaxAckPending < -1 {
+			add(fieldErr("maxAckPending", fmt.Sprint(c.MaxAckPending), "is out of range", "1 or more, or -1 for no limit"))
+		}
+	}
+	switch {
+	case p.MaxInFlight != nil:
+		c.MaxInFlight = *p.MaxInFlight
+		if c.MaxInFlight < 1 {
+			add(fieldErr("maxInFlight", fmt.Sprint(c.MaxInFlight), "is out of range", "1 or more"))
+		} else if c.MaxAckPending > 0 && c.MaxInFlight > c.MaxAckPending {
+			add(conflict(fmt.Sprintf("maxInFlight (%d) cannot exceed maxAckPending (%d): the server would never hand out that many", c.MaxInFlight, c.MaxAckPending),
+				"lower maxInFlight or raise maxAckPending", "maxInFlight", "maxAckPending"))
+		} else if c.AckPolicy == jetstream.AckAllPolicy && c.MaxInFlight > 1 {
+			add(conflict("ackPolicy all acknowledges every earlier message too, so only one message may be in flight",
+				"set maxInFlight to 1 or use ackPolicy explicit", "ackPolicy", "maxInFlight"))
+		}
+	case c.AckPolicy == jetstream.AckAllPolicy:
+		c.MaxInFlight = 1
+	case c.MaxAckPending > 0:
+		c.MaxInFlight = min(DefaultMaxInFlight, c.MaxAckPending)
+	default:
+		c.MaxInFlight = DefaultMaxInFlight
+	}
+	if p.Replicas != nil {
+		c.Replicas = *p.Replicas
+		if c.Replicas < 0 || c.Replicas > 5 {
+			add(fieldErr("replicas", fmt.Sprint(c.Replicas), "is out of range", "0 (as the stream) to 5"))
+		}
+	}
+	if p.MemoryStorage != nil {
+		c.MemoryStorage = bool(*p.MemoryStorage)
+	}
+	if p.RateLimit != nil {
+		c.RateLimit = *p.RateLimit
+	}
+	if p.Heartbeat != nil {
+		c.Heartbeat = *p.Heartbeat
+		if c.Heartbeat != 0 && (c.Heartbeat < 500*time.Millisecond || c.Heartbeat > 30*time.Second) {
+			add(fieldErr("heartbeat", c.Heartbeat.String(), "is out of range", "500ms to 30s, or 0 for the default"))
+		}
+	}
+	if p.FlowControl != nil {
+		c.FlowControl = bool(*p.FlowControl)
+	}
+	switch strings.ToLower(p.Concurrency) {
+	case "", "single":
+	case "parallel":
+		c.Parallel = true
+		if c.AckPolicy == jetstream.AckAllPolicy {
+			add(conflict("parallel handlers would acknowledge messages still being processed by others",
+				"use ackPolicy explicit with concurrency parallel", "concurrency", "ackPolicy"))
+		}
+	default:
+		add(fieldErr("concurrency", p.Concurrency, "is not a concurrency mode", "single or parallel"))
+	}
+	return c, errors.Join(errs...)
+}
+
+// parseDeliver infers the deliver policy from deliverPolicy, deliverAll,
+// startSequence and startTime, and rejects combinations that contradict.
+func parseDeliver(p *Properties, c *Consumer) error {
+	var errs []error
+	add := func(err error) { errs = append(errs, err) }
+	deliverAll := p.DeliverAll != nil && bool(*p.DeliverAll)
+
+	if p.StartSequence != nil && *p.StartSequence == 0 {
+		add(fieldErr("startSequence", "0", "is out of range", "a stream sequence number, 1 or more"))
+	}
+	if p.StartTime != nil && *p.StartTime <= 0 {
+		add(fieldErr("startTime", fmt.Sprint(*p.StartTime), "is out of range", "a Unix time in seconds, such as 1700000000"))
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	if p.StartSequence != nil && p.StartTime != nil {
+		return conflict("each choose where a new consumer starts", "keep one of them", "startSequence", "startTime")
+	}
+	if deliverAll && p.StartSequence != nil {
+		return conflict("deliverAll starts at the first message, startSequence elsewhere", "keep one of them", "deliverAll", "startSequence")
+	}
+	if deliverAll && p.StartTime != nil {
+		return conflict("deliverAll starts at the first message, startTime elsewhere", "keep one of them", "deliverAll", "startTime")
+	}
+
+	policy := strings.ToLower(p.DeliverPolicy)
+	switch policy {
+	case "":
+	case "all", "last", "new":
+	case "sequence", "by_start_sequence", "bystartsequence":
+		policy = "sequence"
+	case "time", "by_start_time", "bystarttime":
+		policy = "time"
+	case "last_per_subject", "lastpersubject":
+		policy = "last_per_subject"
+	default:
+		return fieldErr("deliverPolicy", p.DeliverPolicy, "is not a deliver policy", "all, last, new, sequence, time or last_per_subject")
+	}
+
+	switch {
+	case p.StartSequence != nil:
+		c.StartSequence = *p.StartSequence
+		c.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
+		switch {
+		case policy == "" || policy == "sequence":
+		case policy == "all" && c.StartSequence == 1:
+			// "all" and "from sequence 1" are the same thing.
+			c.DeliverPolicy = jetstream.DeliverAllPolicy
+		default:
+			return conflict(fmt.Sprintf("deliverPolicy %q contradicts startSequence %d", p.DeliverPolicy, c.StartSequence),
+				"remove deliverPolicy (startSequence alone means sequence) or set it to sequence", "deliverPolicy", "startSequence")
+		}
+	case p.StartTime != nil:
+		c.StartTime = time.Unix(*p.StartTime, 0).UTC()
+		c.DeliverPolicy = jetstream.DeliverByStartTimePolicy
+		if policy != "" && policy != "time" {
+			return conflict(fmt.Sprintf("deliverPolicy %q contradicts startTime", p.DeliverPolicy),
+				"remove deliverPolicy (startTime alone means time) or set it to time", "deliverPolicy", "startTime")
+		}
+	case deliverAll:
+		c.DeliverPolicy = jetstream.DeliverAllPolicy
+		if policy != "" && policy != "all" {
+			return conflict(fmt.Sprintf("deliverAll contradicts deliverPolicy %q", p.DeliverPolicy), "keep one of them", "deliverAll", "deliverPolicy")
+		}
+	default:
+		switch policy {
+		case "":
+			c.StartAtSubscribe = true
+			c.DeliverPolicy = jetstream.DeliverByStartTimePolicy
+		case "all":
+			c.DeliverPolicy = jetstream.DeliverAllPolicy
+		case "last":
+			c.DeliverPolicy = jetstream.DeliverLastPolicy
+		case "new":
+			c.DeliverPolicy = jetstream.DeliverNewPolicy
+		case "last_per_subject":
+			c.DeliverPolicy = jetstream.DeliverLastPerSubjectPolicy
+		case "sequence":
+			return fieldErr("deliverPolicy", p.DeliverPolicy, "needs a start sequence", "set startSequence too, or drop deliverPolicy and set only startSequence")
+		case "time":
+			return fieldErr("deliverPolicy", p.DeliverPolicy, "needs a start time", "set startTime too, or drop deliverPolicy and set only startTime")
+		}
+	}
+	return nil
+}
+
+// RedactURL hides the user information (user, password or token) of a URL.
+func RedactURL(raw string) string {
+	i := strings.LastIndex(raw, "@")
+	if i < 0 {
+		return raw
+	}
+	scheme := ""
+	if j := strings.Index(raw, "://"); j >= 0 && j < i {
+		scheme = raw[:j+3]
+	}
+	return scheme + "***@" + raw[i+1:]
+}

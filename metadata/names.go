@@ -1,0 +1,131 @@
+package metadata
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+)
+
+const (
+	// MaxNameLen bounds the stream and consumer names this component makes.
+	// JetStream accepts 255 bytes; names are also directory names on the
+	// server, so they are kept well below that.
+	MaxNameLen = 128
+	// MaxSubjectLen bounds topic names; NATS protocol lines are 4 KiB by default.
+	MaxSubjectLen = 2048
+)
+
+// ValidName reports whether s can be used as a JetStream stream or consumer
+// name as it is.
+func ValidName(s string) bool {
+	if s == "" || len(s) > 255 || !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if !nameRune(r) {
+			return false
+		}
+	}
+	return true
+}
+
+func nameRune(r rune) bool {
+	switch r {
+	case '.', '*', '>', '/', '\\', 0x7f:
+		return false
+	}
+	return !unicode.IsSpace(r) && !unicode.IsControl(r) && r != utf8.RuneError
+}
+
+// SanitizeName joins parts with "-" into a valid JetStream name. Characters
+// that are not allowed become "_". When that changes anything, or the name
+// must be shortened, a hash of the original parts is appended, so that two
+// different inputs (say topics "a.b" and "a_b") never share a name.
+func SanitizeName(parts ...string) string {
+	raw := strings.Join(parts, "-")
+	var b strings.Builder
+	changed := !utf8.ValidString(raw)
+	for _, r := range raw {
+		if nameRune(r) {
+			b.WriteRune(r)
+		} else {
+			b.WriteByte('_')
+			changed = true
+		}
+	}
+	name := b.String()
+	if name == "" {
+		name, changed = "_", true
+	}
+	if !changed && len(name) <= MaxNameLen {
+		return name
+	}
+	sum := sha256.Sum256([]byte(strings.Join(parts, "\x00")))
+	suffix := "-" + hex.EncodeToString(sum[:4])
+	if len(name)+len(suffix) > MaxNameLen {
+		name = name[:MaxNameLen-len(suffix)]
+		for !utf8.ValidString(name) {
+			name = name[:len(name)-1]
+		}
+	}
+	return name + suffix
+}
+
+// ValidSubject checks a NATS subject. Wildcards (* as a whole token, > as the
+// last token) are allowed only when wildcards is true.
+func ValidSubject(s string, wildcards bool) error {
+	switch {
+	case s == "":
+		return errors.New("is empty")
+	case len(s) > MaxSubjectLen:
+		return errors.New("is longer than 2048 bytes")
+	case !utf8.ValidString(s):
+		return errors.New("is not valid UTF-8")
+	}
+	for _, r := range s {
+		if unicode.IsSpace(r) || unicode.IsControl(r) {
+			return errors.New("contains white space or a control character")
+		}
+	}
+	tokens := strings.Split(s, ".")
+	for i, t := range tokens {
+		switch {
+		case t == "":
+			return errors.New("has an empty token (a leading, trailing or double dot)")
+		case t == "*" || (t == ">" && i == len(tokens)-1):
+			if !wildcards {
+				return errors.New("contains a wildcard (* or >), which is not allowed here")
+			}
+		case strings.ContainsAny(t, "*>"):
+			return errors.New("uses * or > inside a token; a wildcard must be a whole token, and > only the last")
+		}
+	}
+	return nil
+}
+
+// SubjectCovers reports whether every subject matched by sub is also matched
+// by pattern (both may contain wildcards).
+func SubjectCovers(pattern, sub string) bool {
+	pt := strings.Split(pattern, ".")
+	st := strings.Split(sub, ".")
+	for i, p := range pt {
+		if p == ">" {
+			return len(st) > i
+		}
+		if i >= len(st) {
+			return false
+		}
+		switch {
+		case p == "*":
+			if st[i] == ">" {
+				return false
+			}
+		case p != st[i]:
+			return false
+		}
+	}
+	return len(pt) == len(st)
+}

@@ -1,0 +1,397 @@
+// Package pluggable serves the jetstream pub/sub to daprd over Dapr's
+// pluggable component protocol (dapr.proto.components.v1.PubSub) on a Unix
+// socket. It is written directly on the generated proto rather than on
+// components-go-sdk, whose v0.3.0 makes the socket world-writable, can panic
+// on a late acknowledgement, never calls Close and stops hard.
+package pluggable
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	contribmd "github.com/dapr/components-contrib/metadata"
+	"github.com/dapr/components-contrib/pubsub"
+	proto "github.com/dapr/dapr/pkg/proto/components/v1"
+	"github.com/dapr/kit/logger"
+	"google.golang.org/grpc/codes"
+	grpcmd "google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/dapr-nats/jetstream-pubsub/jetstream"
+)
+
+// InstanceHeader is the gRPC metadata key daprd uses to name the Component
+// a call is for; one process serves every Component that points at it.
+const InstanceHeader = "x-component-instance"
+
+// Server implements proto.PubSubServer with one jetstream.PubSub per
+// Component instance.
+type Server struct {
+	proto.UnimplementedPubSubServer
+	log logger.Logger
+
+	mu        sync.Mutex
+	instances map[string]*jetstream.PubSub
+	pulls     map[*pull]struct{}
+	draining  bool
+	nextID    atomic.Uint64
+}
+
+// NewServer returns a Server with no instances.
+func NewServer(l logger.Logger) *Server {
+	return &Server{log: l, instances: map[string]*jetstream.PubSub{}, pulls: map[*pull]struct{}{}}
+}
+
+func instanceName(ctx context.Context) string {
+	if md, ok := grpcmd.FromIncomingContext(ctx); ok {
+		if v := md.Get(InstanceHeader); len(v) > 0 {
+			return v[0]
+		}
+	}
+	return ""
+}
+
+func (s *Server) instance(ctx context.Context) (*jetstream.PubSub, string, error) {
+	name := instanceName(ctx)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ps, ok := s.instances[name]
+	if !ok {
+		return nil, name, status.Errorf(codes.FailedPrecondition, "component %q is not initialized: call Init first", name)
+	}
+	return ps, name, nil
+}
+
+// Init creates (or re-creates) the instance named by the call's metadata.
+func (s *Server) Init(ctx context.Context, req *proto.PubSubInitRequest) (*proto.PubSubInitResponse, error) {
+	name := instanceName(ctx)
+	s.mu.Lock()
+	draining := s.draining
+	s.mu.Unlock()
+	if draining {
+		return nil, status.Error(codes.Unavailable, "the component is shutting down")
+	}
+	ps := jetstream.New(s.log)
+	err := ps.Init(ctx, pubsub.Metadata{Base: contribmd.Base{Name: name, Properties: req.GetMetadata().GetProperties()}})
+	if err != nil {
+		_ = ps.Close()
+		return nil, status.Errorf(codes.InvalidArgument, "init component %q: %v", name, err)
+	}
+	s.mu.Lock()
+	old := s.instances[name]
+	s.instances[name] = ps
+	s.mu.Unlock()
+	if old != nil {
+		s.log.Infof("component %q initialized again; closing its previous instance", name)
+		go func() { _ = old.Close() }()
+	}
+	s.log.Infof("component %q initialized", name)
+	return &proto.PubSubInitResponse{}, nil
+}
+
+// Features lists the instance's features.
+func (s *Server) Features(ctx context.Context, _ *proto.FeaturesRequest) (*proto.FeaturesResponse, error) {
+	ps, _, err := s.instance(ctx)
+	if err != nil {
+		return nil, err
+	}
+	feats := ps.Features()
+	out := make([]string, len(feats))
+	for i, f := range feats {
+		out[i] = string(f)
+	}
+	return &proto.FeaturesResponse{Features: out}, nil
+}
+
+// Publish stores one message and answers once JetStream acknowledged it.
+func (s *Server) Publish(ctx context.Context, req *proto.PublishRequest) (*proto.PublishResponse, error) {
+	ps, _, err := s.instance(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r := &pubsub.PublishRequest{Data: req.GetData(), PubsubName: req.GetPubsubName(), Topic: req.GetTopic(), Metadata: req.GetMetadata()}
+	if ct := req.GetContentType(); ct != "" {
+		r.ContentType = &ct
+	}
+	if err := ps.Publish(ctx, r); err != nil {
+		return nil, toStatus(err)
+	}
+	return &proto.PublishResponse{}, nil
+}
+
+// BulkPublish publishes a batch and reports the entries that failed.
+func (s *Server) BulkPublish(ctx context.Context, req *proto.BulkPublishRequest) (*proto.BulkPublishResponse, error) {
+	ps, _, err := s.instance(ctx)
+	if err != nil {
+		return nil, err
+	}
+	entries := make([]pubsub.BulkMessageEntry, len(req.GetEntries()))
+	for i, e := range req.GetEntries() {
+		entries[i] = pubsub.BulkMessageEntry{EntryId: e.GetEntryId(), Event: e.GetEvent(), ContentType: e.GetContentType(), Metadata: e.GetMetadata()}
+	}
+	resp, err := ps.BulkPublish(ctx, &pubsub.BulkPublishRequest{
+		Entries: entries, PubsubName: req.GetPubsubName(), Topic: req.GetTopic(), Metadata: req.GetMetadata(),
+	})
+	if err != nil && len(resp.FailedEntries) == 0 {
+		return nil, toStatus(err)
+	}
+	out := &proto.BulkPublishResponse{FailedEntries: make([]*proto.BulkPublishResponseFailedEntry, len(resp.FailedEntries))}
+	for i, f := range resp.FailedEntries {
+		msg := "failed"
+		if f.Error != nil {
+			msg = f.Error.Error()
+		}
+		out.FailedEntries[i] = &proto.BulkPublishResponseFailedEntry{EntryId: f.EntryId, Error: msg}
+	}
+	return out, nil
+}
+
+// Pause stops delivery for the instance; consumers and in-flight messages stay.
+func (s *Server) Pause(ctx context.Context, _ *proto.PauseRequest) (*proto.PauseResponse, error) {
+	ps, _, err := s.instance(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := ps.Pause(ctx); err != nil {
+		return nil, toStatus(err)
+	}
+	return &proto.PauseResponse{}, nil
+}
+
+// Resume restarts delivery after Pause.
+func (s *Server) Resume(ctx context.Context, _ *proto.ResumeRequest) (*proto.ResumeResponse, error) {
+	ps, _, err := s.instance(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := ps.Resume(ctx); err != nil {
+		return nil, toStatus(err)
+	}
+	return &proto.ResumeResponse{}, nil
+}
+
+// Ping fails while the named instance (or, without a name, any instance) is
+// not connected to NATS.
+func (s *Server) Ping(ctx context.Context, _ *proto.PingRequest) (*proto.PingResponse, error) {
+	name := instanceName(ctx)
+	s.mu.Lock()
+	targets := map[string]*jetstream.PubSub{}
+	for n, ps := range s.instances {
+		if name == "" || n == name {
+			targets[n] = ps
+		}
+	}
+	s.mu.Unlock()
+	if name != "" && len(targets) == 0 {
+		return nil, status.Errorf(codes.FailedPrecondition, "component %q is not initialized", name)
+	}
+	for n, ps := range targets {
+		if err := ps.Ping(ctx); err != nil {
+			return nil, status.Errorf(codes.Unavailable, "component %q: %v", n, err)
+		}
+	}
+	return &proto.PingResponse{}, nil
+}
+
+// pull is one PullMessages stream: the messages sent to daprd and not yet
+// acknowledged, by the id they were sent with.
+type pull struct {
+	mu      sync.Mutex
+	pending map[string]*jetstream.Delivery
+}
+
+func (p *pull) add(id string, d *jetstream.Delivery) {
+	p.mu.Lock()
+	p.pending[id] = d
+	p.mu.Unlock()
+}
+
+func (p *pull) take(id string) *jetstream.Delivery {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	d := p.pending[id]
+	delete(p.pending, id)
+	return d
+}
+
+func (p *pull) size() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.pending)
+}
+
+// PullMessages streams one topic's messages to daprd and settles them by the
+// acknowledgements daprd sends back. NATS trouble never ends the stream; the
+// subscription recovers inside. When the stream ends, every message not yet
+// acknowledged goes back to JetStream.
+func (s *Server) PullMessages(stream proto.PubSub_PullMessagesServer) error {
+	ps, name, err := s.instance(stream.Context())
+	if err != nil {
+		return err
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	topic := first.GetTopic()
+	if topic.GetName() == "" {
+		return status.Error(codes.InvalidArgument, "the first PullMessages request must name the topic")
+	}
+	p := &pull{pending: map[string]*jetstream.Delivery{}}
+	s.mu.Lock()
+	if s.draining {
+		s.mu.Unlock()
+		return status.Error(codes.Unavailable, "the component is shutting down")
+	}
+	s.pulls[p] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.pulls, p)
+		s.mu.Unlock()
+	}()
+
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	done, err := ps.SubscribeDeliveries(ctx, pubsub.SubscribeRequest{Topic: topic.GetName(), Metadata: topic.GetMetadata()}, func(d *jetstream.Delivery) error {
+		id := strconv.FormatUint(s.nextID.Add(1), 36)
+		p.add(id, d)
+		err := stream.Send(&proto.PullMessagesResponse{
+			Data: d.Data, TopicName: d.Topic, Metadata: d.Metadata, ContentType: deref(d.ContentType), Id: id,
+		})
+		if err != nil {
+			p.take(id)
+			cancel()
+		}
+		return err
+	})
+	if err != nil {
+		return toStatus(err)
+	}
+	s.log.Infof("component %q: daprd subscribed to topic %q", name, topic.GetName())
+
+	received := make(chan struct{})
+	go func() {
+		defer close(received)
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				return
+			}
+			s.settle(p, topic.GetName(), req)
+		}
+	}()
+	select {
+	case <-received:
+		cancel()
+		<-done
+	case <-done:
+		// The instance closed (shutdown or re-Init).
+	}
+	s.log.Infof("component %q: subscription to topic %q ended", name, topic.GetName())
+	return nil
+}
+
+func (s *Server) settle(p *pull, topic string, req *proto.PullMessagesRequest) {
+	if req.GetTopic() != nil {
+		s.log.Warnf("topic %q: ignoring a second topic frame on the same stream", topic)
+	}
+	id := req.GetAckMessageId()
+	if id == "" {
+		if req.GetTopic() == nil {
+			s.log.Warnf("topic %q: ignoring a request with no message id", topic)
+		}
+		return
+	}
+	d := p.take(id)
+	if d == nil {
+		s.log.Warnf("topic %q: ignoring an acknowledgement for unknown, already acknowledged or expired message %q", topic, id)
+		return
+	}
+	var err error
+	if ackErr := req.GetAckError(); ackErr != nil {
+		err = d.Nak()
+	} else {
+		err = d.Ack()
+	}
+	if err != nil && !errors.Is(err, jetstream.ErrAlreadySettled) {
+		s.log.Warnf("topic %q: settling message %q: %v (JetStream will redeliver it)", topic, id, err)
+	}
+}
+
+// Shutdown stops taking new subscriptions, pauses every instance, waits up to
+// drain for daprd to acknowledge what it already has, then closes every
+// instance: what is still unacknowledged goes back to JetStream.
+func (s *Server) Shutdown(drain time.Duration) {
+	s.mu.Lock()
+	s.draining = true
+	instances := make([]*jetstream.PubSub, 0, len(s.instances))
+	for _, ps := range s.instances {
+		instances = append(instances, ps)
+	}
+	s.mu.Unlock()
+
+	for _, ps := range instances {
+		_ = ps.Pause(context.Background())
+	}
+	deadline := time.Now().Add(drain)
+	for time.Now().Before(deadline) && s.pendingAcks() > 0 {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := s.pendingAcks(); n > 0 {
+		s.log.Warnf("%d messages still unacknowledged after %s; giving them back to JetStream", n, drain)
+	}
+	var wg sync.WaitGroup
+	for _, ps := range instances {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = ps.Close()
+		}()
+	}
+	wg.Wait()
+}
+
+func (s *Server) pendingAcks() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for p := range s.pulls {
+		n += p.size()
+	}
+	return n
+}
+
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, err.Error())
+	}
+	switch jetstream.KindOf(err) {
+	case jetstream.KindInvalid:
+		return status.Error(codes.InvalidArgument, err.Error())
+	case jetstream.KindRejected:
+		return status.Error(codes.FailedPrecondition, err.Error())
+	default:
+		return status.Error(codes.Unavailable, err.Error())
+	}
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
