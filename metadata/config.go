@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode"
 
 	kitmd "github.com/dapr/kit/metadata"
 	"github.com/nats-io/nats.go/jetstream"
@@ -130,6 +131,9 @@ func (c *Config) ForSubscription(sub map[string]string) (Consumer, error) {
 	if len(override) == 0 {
 		return c.Consumer, nil
 	}
+	if err := sameKeyTwice(sub, consumerFields); err != nil {
+		return Consumer{}, fmt.Errorf("subscription metadata: %w", err)
+	}
 	merged := make(map[string]string, len(c.consumerProps)+len(override))
 	for k, v := range c.consumerProps {
 		merged[k] = v
@@ -154,6 +158,26 @@ func (c *Config) ForSubscription(sub map[string]string) (Consumer, error) {
 		return Consumer{}, fmt.Errorf("subscription metadata: %w", err)
 	}
 	return cons, nil
+}
+
+// sameKeyTwice reports each of keys that props spells more than once (say
+// maxInFlight and MAXINFLIGHT), which pick would otherwise choose between at
+// random.
+func sameKeyTwice(props map[string]string, keys []string) error {
+	var errs []error
+	for _, want := range keys {
+		var spelled []string
+		for k := range props {
+			if strings.EqualFold(k, want) {
+				spelled = append(spelled, k)
+			}
+		}
+		if len(spelled) > 1 {
+			slices.Sort(spelled)
+			errs = append(errs, conflict("are the same key spelled twice", "keep one of them", spelled...))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // pick returns the entries of props whose key (in any case) is one of keys,
@@ -250,7 +274,7 @@ func parseConnection(p *Properties) (Connection, error) {
 	var errs []error
 	add := func(err error) { errs = append(errs, err) }
 
-	if strings.TrimSpace(c.URL) == "" {
+	if strings.TrimFunc(c.URL, func(r rune) bool { return r == ',' || unicode.IsSpace(r) }) == "" {
 		add(fieldErr("natsURL", "", "is required", "a NATS URL such as nats://localhost:4222, or a comma-separated list of them"))
 	}
 	for u := range strings.SplitSeq(c.URL, ",") {
@@ -377,6 +401,9 @@ func parseStream(p *Properties) (Stream, error) {
 		add(fieldErr("streamDuplicateWindow", p.StreamDuplicateWindow.String(), "must not be negative", "a duration such as 2m"))
 	} else if p.StreamDuplicateWindow > 0 {
 		s.DuplicateWindow = p.StreamDuplicateWindow
+	} else if s.MaxAge > 0 && s.MaxAge < s.DuplicateWindow {
+		// As the server does: an unset window is capped at the age limit.
+		s.DuplicateWindow = s.MaxAge
 	}
 	if s.MaxAge > 0 && s.DuplicateWindow > s.MaxAge {
 		add(conflict("the duplicate window cannot be longer than the age limit", "shorten streamDuplicateWindow or lengthen streamMaxAge", "streamDuplicateWindow", "streamMaxAge"))
@@ -550,8 +577,10 @@ func parseDeliver(p *Properties, c *Consumer) error {
 		switch {
 		case policy == "" || policy == "sequence":
 		case policy == "all" && c.StartSequence == 1:
-			// "all" and "from sequence 1" are the same thing.
+			// "all" and "from sequence 1" are the same thing. The server
+			// rejects a start sequence next to DeliverAllPolicy.
 			c.DeliverPolicy = jetstream.DeliverAllPolicy
+			c.StartSequence = 0
 		default:
 			return conflict(fmt.Sprintf("deliverPolicy %q contradicts startSequence %d", p.DeliverPolicy, c.StartSequence),
 				"remove deliverPolicy (startSequence alone means sequence) or set it to sequence", "deliverPolicy", "startSequence")

@@ -41,7 +41,7 @@ func (e *FieldError) Unwrap() error { return ErrInvalid }
 
 // ConflictError reports fields that cannot be set together, and how to fix it.
 type ConflictError struct {
-	Fields []string
+	Fields  []string
 	Problem string
 	Fix     string
 }

@@ -1,0 +1,533 @@
+package pluggable
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/dapr/components-contrib/pubsub"
+	proto "github.com/dapr/dapr/pkg/proto/components/v1"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	grpcmd "google.golang.org/grpc/metadata"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1alpha"
+	"google.golang.org/grpc/status"
+
+	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
+)
+
+func props(url string, kv ...string) map[string]string {
+	m := map[string]string{"natsURL": url, "reconnectWait": "200ms"}
+	for i := 0; i+1 < len(kv); i += 2 {
+		m[kv[i]] = kv[i+1]
+	}
+	return m
+}
+
+// The tweet app: stream TWITTERCLONE with subjects TWITTERCLONE.*, events
+// tweet_created and tweet_liked, durable subscriber go-event-subscriber
+// acknowledging each event after handling it.
+func TestTweetScenario(t *testing.T) {
+	ns := natstest.Start(t)
+	c := startComponent(t, "nats-jetstream")
+	cl := daprClient(t, c, "pubsub", props(ns.ClientURL(),
+		"streamName", "TWITTERCLONE", "streamSubjects", "TWITTERCLONE.*", "durableName", "go-event-subscriber"))
+	require.Contains(t, cl.Features(), pubsub.FeatureBulkPublish)
+	require.Contains(t, cl.Features(), pubsub.FeatureMessageTTL)
+	require.Contains(t, cl.Features(), pubsub.FeatureSubscribeWildcards)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	box := newInbox()
+	for _, topic := range []string{"TWITTERCLONE.tweet_created", "TWITTERCLONE.tweet_liked"} {
+		require.NoError(t, cl.Subscribe(ctx, pubsub.SubscribeRequest{Topic: topic}, box.handler(nil)))
+	}
+	require.NoError(t, cl.Publish(ctx, &pubsub.PublishRequest{PubsubName: "pubsub", Topic: "TWITTERCLONE.tweet_created",
+		Data: cloudEvent(t, "TWITTERCLONE.tweet_created", "tweet 1: hello")}))
+	require.NoError(t, cl.Publish(ctx, &pubsub.PublishRequest{PubsubName: "pubsub", Topic: "TWITTERCLONE.tweet_liked",
+		Data: cloudEvent(t, "TWITTERCLONE.tweet_liked", "tweet 1 liked")}))
+	box.waitFor(t, 2, 10*time.Second)
+
+	got := map[string]string{}
+	for _, m := range box.all() {
+		got[m.Topic] = dataOf(t, m)
+	}
+	assert.Equal(t, map[string]string{"TWITTERCLONE.tweet_created": "tweet 1: hello", "TWITTERCLONE.tweet_liked": "tweet 1 liked"}, got)
+
+	_, js := natstest.Client(t, ns)
+	st, err := js.Stream(ctx, "TWITTERCLONE")
+	require.NoError(t, err)
+	assert.Equal(t, []string{"TWITTERCLONE.*"}, st.CachedInfo().Config.Subjects)
+	// Both durables exist, every event acknowledged, none delivered twice.
+	twitter, err := js.Stream(ctx, "TWITTERCLONE")
+	require.NoError(t, err)
+	names := twitter.ConsumerNames(ctx)
+	var durables []string
+	for n := range names.Name() {
+		durables = append(durables, n)
+	}
+	assert.Len(t, durables, 2)
+	require.Eventually(t, func() bool {
+		for _, d := range durables {
+			info, err := twitter.Consumer(ctx, d)
+			if err != nil {
+				return false
+			}
+			ci, err := info.Info(ctx)
+			if err != nil || ci.NumAckPending != 0 || ci.Delivered.Consumer != 1 {
+				return false
+			}
+		}
+		return true
+	}, 10*time.Second, 50*time.Millisecond)
+	time.Sleep(300 * time.Millisecond)
+	assert.Equal(t, 2, box.len(), "each event exactly once")
+}
+
+func TestOneDurableNameServesTwoTopics(t *testing.T) {
+	ns := natstest.Start(t)
+	c := startComponent(t, "nats-jetstream")
+	cl := daprClient(t, c, "pubsub", props(ns.ClientURL(), "durableName", "shared"))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a, b := newInbox(), newInbox()
+	require.NoError(t, cl.Subscribe(ctx, pubsub.SubscribeRequest{Topic: "orders"}, a.handler(nil)))
+	require.NoError(t, cl.Subscribe(ctx, pubsub.SubscribeRequest{Topic: "payments"}, b.handler(nil)))
+	require.NoError(t, cl.Publish(ctx, &pubsub.PublishRequest{Topic: "orders", Data: []byte("o1")}))
+	require.NoError(t, cl.Publish(ctx, &pubsub.PublishRequest{Topic: "payments", Data: []byte("p1")}))
+	a.waitFor(t, 1, 10*time.Second)
+	b.waitFor(t, 1, 10*time.Second)
+	assert.Equal(t, "o1", string(a.all()[0].Data))
+	assert.Equal(t, "p1", string(b.all()[0].Data))
+}
+
+// Two replicas of one app (same consumerID, each with its own component
+// process) share one durable and compete: each message is handled once.
+func TestSameConsumerIDCompetes(t *testing.T) {
+	ns := natstest.Start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var handled sync.Map
+	var dup, total atomic.Int64
+	var perReplica [2]atomic.Int64
+	for i := range 2 {
+		c := startComponent(t, "nats-jetstream")
+		cl := daprClient(t, c, "pubsub", props(ns.ClientURL(), "consumerID", "orders-app", "maxInFlight", "4"))
+		require.NoError(t, cl.Subscribe(ctx, pubsub.SubscribeRequest{Topic: "orders"}, func(_ context.Context, m *pubsub.NewMessage) error {
+			if _, loaded := handled.LoadOrStore(string(m.Data), true); loaded {
+				dup.Add(1)
+			}
+			perReplica[i].Add(1)
+			total.Add(1)
+			time.Sleep(2 * time.Millisecond)
+			return nil
+		}))
+	}
+	pub := daprClient(t, startComponent(t, "nats-jetstream"), "pubsub", props(ns.ClientURL()))
+	const n = 200
+	for i := range n {
+		require.NoError(t, pub.Publish(ctx, &pubsub.PublishRequest{Topic: "orders", Data: fmt.Appendf(nil, "m%d", i)}))
+	}
+	require.Eventually(t, func() bool { return total.Load() >= n }, 20*time.Second, 20*time.Millisecond)
+	time.Sleep(500 * time.Millisecond)
+	assert.EqualValues(t, n, total.Load())
+	assert.Zero(t, dup.Load())
+	assert.Positive(t, perReplica[0].Load(), "replica 0 got work")
+	assert.Positive(t, perReplica[1].Load(), "replica 1 got work")
+}
+
+func TestDifferentConsumerIDsEachReceiveAll(t *testing.T) {
+	ns := natstest.Start(t)
+	c := startComponent(t, "nats-jetstream")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a := daprClient(t, c, "app-a", props(ns.ClientURL(), "consumerID", "app-a"))
+	b := daprClient(t, c, "app-b", props(ns.ClientURL(), "consumerID", "app-b"))
+	ba, bb := newInbox(), newInbox()
+	require.NoError(t, a.Subscribe(ctx, pubsub.SubscribeRequest{Topic: "news"}, ba.handler(nil)))
+	require.NoError(t, b.Subscribe(ctx, pubsub.SubscribeRequest{Topic: "news"}, bb.handler(nil)))
+	for i := range 5 {
+		require.NoError(t, a.Publish(ctx, &pubsub.PublishRequest{Topic: "news", Data: fmt.Appendf(nil, "n%d", i)}))
+	}
+	ba.waitFor(t, 5, 10*time.Second)
+	bb.waitFor(t, 5, 10*time.Second)
+}
+
+func TestNakRedelivers(t *testing.T) {
+	ns := natstest.Start(t)
+	c := startComponent(t, "nats-jetstream")
+	cl := daprClient(t, c, "pubsub", props(ns.ClientURL(), "consumerID", "app"))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var tries atomic.Int64
+	box := newInbox()
+	require.NoError(t, cl.Subscribe(ctx, pubsub.SubscribeRequest{Topic: "jobs"}, box.handler(func(*pubsub.NewMessage) error {
+		if tries.Add(1) == 1 {
+			return fmt.Errorf("app failed")
+		}
+		return nil
+	})))
+	require.NoError(t, cl.Publish(ctx, &pubsub.PublishRequest{Topic: "jobs", Data: []byte("j")}))
+	box.waitFor(t, 1, 10*time.Second)
+	assert.EqualValues(t, 2, tries.Load())
+	assert.Equal(t, "2", box.all()[0].Metadata["jetstream-deliveries"])
+}
+
+func TestHeadersBothWays(t *testing.T) {
+	ns := natstest.Start(t)
+	c := startComponent(t, "nats-jetstream")
+	cl := daprClient(t, c, "pubsub", props(ns.ClientURL(), "consumerID", "app"))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	nc, js := natstest.Client(t, ns)
+	raw, err := nc.SubscribeSync("events")
+	require.NoError(t, err)
+	box := newInbox()
+	require.NoError(t, cl.Subscribe(ctx, pubsub.SubscribeRequest{Topic: "events"}, box.handler(nil)))
+
+	// Dapr → NATS: request metadata becomes headers; Dapr's own keys do not.
+	require.NoError(t, cl.Publish(ctx, &pubsub.PublishRequest{Topic: "events", Data: []byte("from dapr"),
+		Metadata: map[string]string{"traceparent": "00-abc-def-01", "tenant": "acme", "rawPayload": "true"}}))
+	m, err := raw.NextMsg(5 * time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, "00-abc-def-01", m.Header.Get("traceparent"))
+	assert.Equal(t, "acme", m.Header.Get("tenant"))
+	assert.Empty(t, m.Header.Get("rawPayload"))
+
+	// NATS → Dapr: headers of a plain NATS publisher arrive as metadata.
+	msg := nats.NewMsg("events")
+	msg.Data = []byte("from nats")
+	msg.Header.Set("x-origin", "legacy-service")
+	_, err = js.PublishMsg(ctx, msg)
+	require.NoError(t, err)
+	box.waitFor(t, 2, 10*time.Second)
+	var fromNATS *pubsub.NewMessage
+	for _, m := range box.all() {
+		if string(m.Data) == "from nats" {
+			fromNATS = m
+		}
+	}
+	require.NotNil(t, fromNATS)
+	assert.Equal(t, "legacy-service", fromNATS.Metadata["x-origin"])
+	assert.Equal(t, "events", fromNATS.Metadata["jetstream-subject"])
+	assert.Equal(t, "acme", box.all()[0].Metadata["tenant"])
+}
+
+func TestDedupByCloudEventID(t *testing.T) {
+	ns := natstest.Start(t)
+	c := startComponent(t, "nats-jetstream")
+	cl := daprClient(t, c, "pubsub", props(ns.ClientURL()))
+	ctx := context.Background()
+	ev := cloudEvent(t, "dedup", "once")
+	require.NoError(t, cl.Publish(ctx, &pubsub.PublishRequest{Topic: "dedup", Data: ev}))
+	require.NoError(t, cl.Publish(ctx, &pubsub.PublishRequest{Topic: "dedup", Data: ev}))
+	require.NoError(t, cl.Publish(ctx, &pubsub.PublishRequest{Topic: "dedup", Data: cloudEvent(t, "dedup", "other")}))
+	_, js := natstest.Client(t, ns)
+	name, err := js.StreamNameBySubject(ctx, "dedup")
+	require.NoError(t, err)
+	st, err := js.Stream(ctx, name)
+	require.NoError(t, err)
+	info, err := st.Info(ctx)
+	require.NoError(t, err)
+	assert.EqualValues(t, 2, info.State.Msgs)
+}
+
+func TestAutoProvisionOffWaitsForStream(t *testing.T) {
+	ns := natstest.Start(t)
+	c := startComponent(t, "nats-jetstream")
+	cl := daprClient(t, c, "pubsub", props(ns.ClientURL(), "autoProvision", "false", "consumerID", "app"))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	err := cl.Publish(ctx, &pubsub.PublishRequest{Topic: "manual.orders", Data: []byte("x")})
+	require.Error(t, err)
+	assert.Equal(t, codes.FailedPrecondition, status.Code(err))
+	assert.Contains(t, err.Error(), "manual.orders")
+
+	box := newInbox()
+	require.NoError(t, cl.Subscribe(ctx, pubsub.SubscribeRequest{Topic: "manual.orders"}, box.handler(nil)))
+	_, js := natstest.Client(t, ns)
+	_, err = js.CreateStream(ctx, jetstream.StreamConfig{Name: "MANUAL", Subjects: []string{"manual.>"}})
+	require.NoError(t, err)
+	// The subscription retries in the background and picks the stream up.
+	require.Eventually(t, func() bool {
+		return cl.Publish(ctx, &pubsub.PublishRequest{Topic: "manual.orders", Data: []byte("x")}) == nil
+	}, 10*time.Second, 100*time.Millisecond)
+	box.waitFor(t, 1, 15*time.Second)
+	_, err = js.Stream(ctx, "manual_orders")
+	assert.ErrorIs(t, err, jetstream.ErrStreamNotFound, "no stream was created")
+}
+
+func TestAutoProvisionCreatesStream(t *testing.T) {
+	ns := natstest.Start(t)
+	c := startComponent(t, "nats-jetstream")
+	cl := daprClient(t, c, "pubsub", props(ns.ClientURL(), "consumerID", "app"))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	box := newInbox()
+	require.NoError(t, cl.Subscribe(ctx, pubsub.SubscribeRequest{Topic: "fresh"}, box.handler(nil)))
+	require.NoError(t, cl.Publish(ctx, &pubsub.PublishRequest{Topic: "fresh", Data: []byte("x")}))
+	box.waitFor(t, 1, 10*time.Second)
+	_, js := natstest.Client(t, ns)
+	st, err := js.Stream(ctx, "fresh")
+	require.NoError(t, err)
+	assert.Equal(t, []string{"fresh"}, st.CachedInfo().Config.Subjects)
+	assert.True(t, st.CachedInfo().Config.AllowMsgTTL)
+}
+
+func TestWildcardSubscription(t *testing.T) {
+	ns := natstest.Start(t)
+	c := startComponent(t, "nats-jetstream")
+	cl := daprClient(t, c, "pubsub", props(ns.ClientURL(), "consumerID", "app", "streamName", "SHOP", "streamSubjects", "shop.>"))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	box := newInbox()
+	require.NoError(t, cl.Subscribe(ctx, pubsub.SubscribeRequest{Topic: "shop.*"}, box.handler(nil)))
+	for _, topic := range []string{"shop.orders", "shop.refunds", "shop.deep.nested"} {
+		require.NoError(t, cl.Publish(ctx, &pubsub.PublishRequest{Topic: topic, Data: []byte(topic)}))
+	}
+	box.waitFor(t, 2, 10*time.Second)
+	time.Sleep(300 * time.Millisecond)
+	var subjects []string
+	for _, m := range box.all() {
+		subjects = append(subjects, m.Metadata["jetstream-subject"])
+	}
+	assert.ElementsMatch(t, []string{"shop.orders", "shop.refunds"}, subjects)
+}
+
+func TestBulkPublishReportsTheBadEntry(t *testing.T) {
+	ns := natstest.Start(t)
+	c := startComponent(t, "nats-jetstream")
+	cl := daprClient(t, c, "pubsub", props(ns.ClientURL()))
+	bp, ok := cl.(pubsub.BulkPublisher)
+	require.True(t, ok)
+	entries := make([]pubsub.BulkMessageEntry, 5)
+	for i := range entries {
+		entries[i] = pubsub.BulkMessageEntry{EntryId: fmt.Sprint("e", i), Event: fmt.Appendf(nil, "m%d", i), ContentType: "text/plain"}
+	}
+	entries[3].Metadata = map[string]string{"bad header": "x"}
+	resp, err := bp.BulkPublish(context.Background(), &pubsub.BulkPublishRequest{Topic: "bulk", Entries: entries})
+	require.NoError(t, err)
+	require.Len(t, resp.FailedEntries, 1)
+	assert.Equal(t, "e3", resp.FailedEntries[0].EntryId)
+	assert.Contains(t, resp.FailedEntries[0].Error.Error(), "bad header")
+
+	_, js := natstest.Client(t, ns)
+	st, err := js.Stream(context.Background(), "bulk")
+	require.NoError(t, err)
+	info, err := st.Info(context.Background())
+	require.NoError(t, err)
+	assert.EqualValues(t, 4, info.State.Msgs)
+
+	// A batch that cannot be published at all is not reported as a success.
+	resp, err = bp.BulkPublish(context.Background(), &pubsub.BulkPublishRequest{Topic: "bad topic", Entries: entries[:2]})
+	if err == nil {
+		assert.Len(t, resp.FailedEntries, 2)
+	}
+}
+
+// rawPull opens PullMessages with the generated client, as daprd does, to
+// send frames daprd's client never sends.
+func rawPull(t *testing.T, c *component, instance, topic string, md map[string]string) (proto.PubSub_PullMessagesClient, context.CancelFunc) {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+c.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close() })
+	ctx, cancel := context.WithCancel(grpcmd.AppendToOutgoingContext(context.Background(), InstanceHeader, instance))
+	stream, err := proto.NewPubSubClient(conn).PullMessages(ctx)
+	require.NoError(t, err)
+	require.NoError(t, stream.Send(&proto.PullMessagesRequest{Topic: &proto.Topic{Name: topic, Metadata: md}}))
+	return stream, cancel
+}
+
+func TestDuplicateLateAndUnknownAcksAreIgnored(t *testing.T) {
+	ns := natstest.Start(t)
+	c := startComponent(t, "nats-jetstream")
+	cl := daprClient(t, c, "pubsub", props(ns.ClientURL(), "consumerID", "app"))
+	stream, cancel := rawPull(t, c, "pubsub", "acks", nil)
+	defer cancel()
+	time.Sleep(300 * time.Millisecond)
+	ctx := context.Background()
+	require.NoError(t, cl.Publish(ctx, &pubsub.PublishRequest{Topic: "acks", Data: []byte("one")}))
+	m, err := stream.Recv()
+	require.NoError(t, err)
+	require.NotEmpty(t, m.GetId())
+	for range 3 {
+		require.NoError(t, stream.Send(&proto.PullMessagesRequest{AckMessageId: m.GetId()}))
+	}
+	require.NoError(t, stream.Send(&proto.PullMessagesRequest{AckMessageId: "no-such-id", AckError: &proto.AckMessageError{Message: "x"}}))
+	require.NoError(t, stream.Send(&proto.PullMessagesRequest{}))
+	require.NoError(t, stream.Send(&proto.PullMessagesRequest{Topic: &proto.Topic{Name: "other"}}))
+	// The stream still works after all that.
+	require.NoError(t, cl.Publish(ctx, &pubsub.PublishRequest{Topic: "acks", Data: []byte("two")}))
+	m2, err := stream.Recv()
+	require.NoError(t, err)
+	assert.Equal(t, "two", string(m2.GetData()))
+	require.NoError(t, stream.Send(&proto.PullMessagesRequest{AckMessageId: m2.GetId()}))
+}
+
+// When daprd's stream goes away, what it had not acknowledged returns to
+// JetStream at once and reaches the next subscriber of the same durable.
+func TestStreamEndGivesUnackedMessagesBack(t *testing.T) {
+	ns := natstest.Start(t)
+	c := startComponent(t, "nats-jetstream")
+	cl := daprClient(t, c, "pubsub", props(ns.ClientURL(), "consumerID", "app"))
+	stream, cancel := rawPull(t, c, "pubsub", "handover", nil)
+	time.Sleep(300 * time.Millisecond)
+	ctx := context.Background()
+	for i := range 3 {
+		require.NoError(t, cl.Publish(ctx, &pubsub.PublishRequest{Topic: "handover", Data: fmt.Appendf(nil, "h%d", i)}))
+	}
+	for range 3 {
+		_, err := stream.Recv()
+		require.NoError(t, err)
+	}
+	cancel() // no acks sent
+
+	start := time.Now()
+	box := newInbox()
+	sctx, scancel := context.WithCancel(ctx)
+	defer scancel()
+	require.NoError(t, cl.Subscribe(sctx, pubsub.SubscribeRequest{Topic: "handover"}, box.handler(nil)))
+	box.waitFor(t, 3, 10*time.Second)
+	assert.Less(t, time.Since(start), 10*time.Second, "well before the 30s ack wait")
+}
+
+func TestPauseAndResume(t *testing.T) {
+	ns := natstest.Start(t)
+	c := startComponent(t, "nats-jetstream")
+	cl := daprClient(t, c, "pubsub", props(ns.ClientURL(), "consumerID", "app"))
+	pausable := cl.(pubsub.PausableSubscriber)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	box := newInbox()
+	require.NoError(t, cl.Subscribe(ctx, pubsub.SubscribeRequest{Topic: "pausing"}, box.handler(nil)))
+	require.NoError(t, cl.Publish(ctx, &pubsub.PublishRequest{Topic: "pausing", Data: []byte("before")}))
+	box.waitFor(t, 1, 10*time.Second)
+
+	require.NoError(t, pausable.Pause(ctx))
+	require.NoError(t, pausable.Pause(ctx), "idempotent")
+	require.NoError(t, cl.Publish(ctx, &pubsub.PublishRequest{Topic: "pausing", Data: []byte("during")}))
+	time.Sleep(time.Second)
+	assert.Equal(t, 1, box.len(), "nothing delivered while paused")
+
+	require.NoError(t, pausable.Resume(ctx))
+	box.waitFor(t, 2, 10*time.Second)
+	assert.Equal(t, "during", string(box.all()[1].Data))
+}
+
+func TestPingFollowsNATS(t *testing.T) {
+	ns := natstest.Start(t)
+	c := startComponent(t, "nats-jetstream")
+	daprClient(t, c, "pubsub", props(ns.ClientURL()))
+	conn, err := grpc.NewClient("unix://"+c.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	defer conn.Close()
+	client := proto.NewPubSubClient(conn)
+	ctx := grpcmd.AppendToOutgoingContext(context.Background(), InstanceHeader, "pubsub")
+	_, err = client.Ping(ctx, &proto.PingRequest{})
+	require.NoError(t, err)
+	natstest.Stop(ns)
+	require.Eventually(t, func() bool {
+		_, err := client.Ping(ctx, &proto.PingRequest{})
+		return status.Code(err) == codes.Unavailable
+	}, 10*time.Second, 100*time.Millisecond)
+}
+
+func TestInitRejectsBadMetadata(t *testing.T) {
+	c := startComponent(t, "nats-jetstream")
+	cl := daprClient(t, c, "good", props("nats://127.0.0.1:1"))
+	_ = cl
+	bad := map[string]string{"natsURL": "nats://127.0.0.1:1", "deliverPolicy": "new", "startSequence": "5", "token": "s3cret-token"}
+	conn, err := grpc.NewClient("unix://"+c.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	defer conn.Close()
+	ctx := grpcmd.AppendToOutgoingContext(context.Background(), InstanceHeader, "bad")
+	_, err = proto.NewPubSubClient(conn).Init(ctx, &proto.PubSubInitRequest{Metadata: &proto.MetadataRequest{Properties: bad}})
+	require.Error(t, err)
+	assert.Equal(t, codes.InvalidArgument, status.Code(err))
+	assert.Contains(t, err.Error(), "deliverPolicy")
+	assert.Contains(t, err.Error(), "startSequence")
+	assert.NotContains(t, err.Error(), "s3cret-token")
+}
+
+// One process serves several Component YAMLs, told apart by x-component-instance.
+func TestInstancesAreSeparate(t *testing.T) {
+	ns := natstest.Start(t)
+	c := startComponent(t, "nats-jetstream")
+	a := daprClient(t, c, "orders-pubsub", props(ns.ClientURL(), "streamName", "ORDERS", "consumerID", "app"))
+	b := daprClient(t, c, "audit-pubsub", props(ns.ClientURL(), "streamName", "AUDIT", "consumerID", "app"))
+	ctx := context.Background()
+	require.NoError(t, a.Publish(ctx, &pubsub.PublishRequest{Topic: "orders.new", Data: []byte("a")}))
+	require.NoError(t, b.Publish(ctx, &pubsub.PublishRequest{Topic: "audit.log", Data: []byte("b")}))
+	_, js := natstest.Client(t, ns)
+	for stream, subject := range map[string]string{"ORDERS": "orders.new", "AUDIT": "audit.log"} {
+		st, err := js.Stream(ctx, stream)
+		require.NoError(t, err)
+		assert.Equal(t, []string{subject}, st.CachedInfo().Config.Subjects)
+	}
+}
+
+func TestSocketFile(t *testing.T) {
+	dir := t.TempDir()
+	o := Options{SocketFolder: dir, SocketName: "nats-jetstream", Logger: testLog}
+
+	// A stale socket from a crashed run is replaced.
+	stale, err := net.Listen("unix", sockPath(dir, "nats-jetstream"))
+	require.NoError(t, err)
+	stale.(*net.UnixListener).SetUnlinkOnClose(false)
+	require.NoError(t, stale.Close())
+	l, path, err := Listen(o)
+	require.NoError(t, err)
+	fi, err := os.Stat(path)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o660), fi.Mode().Perm(), "0660: not world-writable")
+	assert.NotZero(t, fi.Mode()&os.ModeSocket)
+
+	// A socket that is still served is not taken over.
+	_, _, err = Listen(o)
+	require.ErrorContains(t, err, "served by another process")
+	require.NoError(t, l.Close())
+	_, err = os.Stat(path)
+	assert.True(t, os.IsNotExist(err), "closing removes the socket")
+
+	// A regular file in the way is never removed.
+	require.NoError(t, os.WriteFile(path, []byte("keep me"), 0o600))
+	_, _, err = Listen(o)
+	require.ErrorContains(t, err, "not a socket")
+
+	_, _, err = Listen(Options{SocketFolder: dir, SocketName: "jetstream"})
+	require.ErrorContains(t, err, "built-in")
+	_, _, err = Listen(Options{SocketFolder: dir, SocketName: "x", SocketMode: 0o666})
+	require.ErrorContains(t, err, "0660 or stricter")
+}
+
+func TestReflectionListsPubSub(t *testing.T) {
+	c := startComponent(t, "nats-jetstream")
+	conn, err := grpc.NewClient("unix://"+c.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	defer conn.Close()
+	stream, err := reflectionpb.NewServerReflectionClient(conn).ServerReflectionInfo(context.Background())
+	require.NoError(t, err)
+	require.NoError(t, stream.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}))
+	resp, err := stream.Recv()
+	require.NoError(t, err)
+	var names []string
+	for _, s := range resp.GetListServicesResponse().GetService() {
+		names = append(names, s.GetName())
+	}
+	assert.Contains(t, names, "dapr.proto.components.v1.PubSub")
+	require.NoError(t, stream.CloseSend())
+	assert.False(t, strings.Contains(strings.Join(names, ","), "jetstream"))
+}
