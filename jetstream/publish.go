@@ -93,9 +93,19 @@ func (p *PubSub) BulkPublish(ctx context.Context, req *pubsub.BulkPublishRequest
 		msgs[i] = msg
 		withTTL = withTTL || ttl
 	}
-	if err := prepare(ctx, streams, req.Topic, withTTL); err != nil {
-		err = classify("bulk publish to", req.Topic, err)
-		return pubsub.NewBulkPublishResponse(req.Entries, err), err
+	pending := make([]int, 0, len(msgs))
+	for i, m := range msgs {
+		if m != nil {
+			pending = append(pending, i)
+		}
+	}
+	// With no valid entry (an invalid topic, say) there is no stream to look
+	// up, and each entry keeps its own error.
+	if len(pending) > 0 {
+		if err := prepare(ctx, streams, req.Topic, withTTL); err != nil {
+			err = classify("bulk publish to", req.Topic, err)
+			return pubsub.NewBulkPublishResponse(req.Entries, err), err
+		}
 	}
 
 	send := func(idx []int) []int {
@@ -113,12 +123,6 @@ func (p *PubSub) BulkPublish(ctx context.Context, req *pubsub.BulkPublishRequest
 			}
 		}
 		return again
-	}
-	pending := make([]int, 0, len(msgs))
-	for i, m := range msgs {
-		if m != nil {
-			pending = append(pending, i)
-		}
 	}
 	if again := send(pending); len(again) > 0 {
 		// The stream went away under us: find or create it again, once.

@@ -22,8 +22,12 @@ import (
 	"github.com/dapr-nats/jetstream-pubsub/metadata"
 )
 
-// drainTimeout bounds how long Close waits for nats.go to flush and drain.
-const drainTimeout = 10 * time.Second
+const (
+	// drainTimeout bounds how long Close waits for nats.go to flush and drain.
+	drainTimeout = 10 * time.Second
+	// pingTimeout bounds Ping when its context has no deadline.
+	pingTimeout = 5 * time.Second
+)
 
 // PubSub is a Dapr pub/sub backed by NATS JetStream.
 type PubSub struct {
@@ -159,6 +163,12 @@ func (p *PubSub) Ping(ctx context.Context) error {
 	case !nc.IsConnected():
 		return fmt.Errorf("NATS is not connected (%s)", nc.Status())
 	}
+	if _, ok := ctx.Deadline(); !ok {
+		// nats.go refuses to flush without a deadline.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, pingTimeout)
+		defer cancel()
+	}
 	if err := nc.FlushWithContext(ctx); err != nil {
 		return fmt.Errorf("NATS did not answer a ping: %w", err)
 	}
@@ -166,13 +176,27 @@ func (p *PubSub) Ping(ctx context.Context) error {
 }
 
 // Pause stops fetching for every subscription; consumers and in-flight
-// messages are kept, so acknowledgements still land. Idempotent.
-func (p *PubSub) Pause(context.Context) error {
+// messages are kept, so acknowledgements still land. It returns once no pull
+// request is open any more, so messages published from then on wait in
+// JetStream for Resume (or another subscriber). Idempotent.
+func (p *PubSub) Pause(ctx context.Context) error {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	p.paused = true
+	subs := make([]*subscription, 0, len(p.subs))
 	for s := range p.subs {
 		s.pause()
+		subs = append(subs, s)
+	}
+	nc := p.nc
+	p.mu.Unlock()
+	for _, s := range subs {
+		s.withdrawn()
+	}
+	if nc != nil && nc.IsConnected() {
+		// Make sure the server has seen the pull requests go.
+		fctx, cancel := context.WithTimeout(ctx, pingTimeout)
+		defer cancel()
+		_ = nc.FlushWithContext(fctx)
 	}
 	return nil
 }

@@ -24,6 +24,12 @@ const (
 	// consumer or to fetch after an error.
 	retryMin = 250 * time.Millisecond
 	retryMax = 10 * time.Second
+	// startSkew back-dates the start of a new consumer that starts at the
+	// subscription request, allowing for clocks of the component and the
+	// NATS server that differ a little, and for a publish that overtakes the
+	// subscription on its way in. A message published just before the
+	// subscription may be delivered; none published after it is missed.
+	startSkew = time.Second
 	// handlerGrace is how long stopping waits for running in-process
 	// handlers before their messages are given back.
 	handlerGrace = 10 * time.Second
@@ -52,6 +58,10 @@ type subscription struct {
 	done   chan struct{}
 	wg     sync.WaitGroup // fetcher, dispatcher, ticker
 	work   sync.WaitGroup // in-process handlers still running
+
+	// pulling is held while a pull request may be open, so that Pause can
+	// wait until it is withdrawn.
+	pulling sync.Mutex
 
 	mu       sync.Mutex
 	held     map[*Delivery]struct{}
@@ -89,7 +99,7 @@ func (p *PubSub) subscribe(ctx context.Context, req pubsub.SubscribeRequest, fn 
 		return nil, invalid("subscribe to", req.Topic, err)
 	}
 	s := &subscription{
-		p: p, topic: req.Topic, cons: cons, requested: time.Now(), fn: fn,
+		p: p, topic: req.Topic, cons: cons, requested: time.Now().Add(-startSkew), fn: fn,
 		queue: make(chan *Delivery, cons.MaxInFlight), done: make(chan struct{}),
 		held: map[*Delivery]struct{}{}, changed: make(chan struct{}, 1),
 	}
@@ -265,7 +275,9 @@ func (s *subscription) fetchLoop() {
 		if n == 0 {
 			continue
 		}
+		s.pulling.Lock()
 		err := s.fetch(pctx, cons, n)
+		s.pulling.Unlock()
 		switch {
 		case err == nil || pctx.Err() != nil:
 			wait = retryMin
@@ -300,6 +312,10 @@ func (s *subscription) fetch(ctx context.Context, cons jetstream.Consumer, n int
 	hb := s.cons.Heartbeat
 	if hb == 0 {
 		hb = defaultHeartbeat
+	}
+	if ctx.Err() != nil {
+		// Paused or stopped meanwhile: open no pull request (see withdrawn).
+		return nil
 	}
 	fctx, cancel := context.WithTimeout(ctx, max(fetchExpiry, 3*hb))
 	defer cancel()
@@ -460,6 +476,15 @@ func (s *subscription) resume() {
 	case s.changed <- struct{}{}:
 	default:
 	}
+}
+
+// withdrawn returns once no pull request of the subscription is open, after
+// pause or stop. nats.go drops whatever JetStream still sends to a pull
+// request it stopped listening to, and JetStream only redelivers that after
+// the ack wait; so Pause must not return while a pull request is open.
+func (s *subscription) withdrawn() {
+	s.pulling.Lock()
+	defer s.pulling.Unlock()
 }
 
 // waitResumed blocks while paused; it returns the current run context, or

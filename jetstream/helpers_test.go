@@ -1,0 +1,228 @@
+package jetstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	contribmd "github.com/dapr/components-contrib/metadata"
+	"github.com/dapr/components-contrib/pubsub"
+	"github.com/dapr/kit/logger"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
+)
+
+// waitFor bounds every wait for something the broker or the component should
+// do; waitShort is for things that should happen at once.
+const (
+	waitFor   = 15 * time.Second
+	waitShort = 5 * time.Second
+	tick      = 20 * time.Millisecond
+)
+
+// startNATS runs a real nats-server with JetStream for one test and returns
+// a raw JetStream client for checking what the component did.
+func startNATS(t *testing.T) (*server.Server, jetstream.JetStream) {
+	t.Helper()
+	ns := natstest.Start(t)
+	_, js := natstest.Client(t, ns)
+	return ns, js
+}
+
+// logBuffer collects the component's log, shown when the test fails.
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+var loggerSeq atomic.Int64
+
+// newInstance returns an uninitialised PubSub whose log is captured.
+func newInstance(t *testing.T) (*PubSub, *logBuffer) {
+	t.Helper()
+	buf := &logBuffer{}
+	l := logger.NewLogger(fmt.Sprintf("jetstream-test-%d", loggerSeq.Add(1)))
+	l.SetOutput(buf)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("component log:\n%s", buf.String())
+		}
+	})
+	return New(l), buf
+}
+
+// open initialises a PubSub on url with props and closes it when the test ends.
+func open(t *testing.T, url string, props map[string]string) (*PubSub, *logBuffer) {
+	t.Helper()
+	ps, buf := newInstance(t)
+	md := map[string]string{"natsURL": url}
+	for k, v := range props {
+		md[k] = v
+	}
+	require.NoError(t, ps.Init(t.Context(), pubsub.Metadata{Base: contribmd.Base{Name: "test", Properties: md}}))
+	t.Cleanup(func() { require.NoError(t, ps.Close()) })
+	return ps, buf
+}
+
+// ctx bounds one call.
+func ctx(t *testing.T) context.Context {
+	t.Helper()
+	c, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+func publish(t *testing.T, ps *PubSub, topic, data string, md map[string]string) {
+	t.Helper()
+	require.NoError(t, ps.Publish(ctx(t), &pubsub.PublishRequest{PubsubName: "test", Topic: topic, Data: []byte(data), Metadata: md}))
+}
+
+// collect is a handler that passes every message on and acks it.
+func collect() (pubsub.Handler, chan *pubsub.NewMessage) {
+	ch := make(chan *pubsub.NewMessage, 1000)
+	return func(_ context.Context, m *pubsub.NewMessage) error {
+		ch <- m
+		return nil
+	}, ch
+}
+
+func subscribe(t *testing.T, ps *PubSub, topic string, md map[string]string, h pubsub.Handler) {
+	t.Helper()
+	require.NoError(t, ps.Subscribe(t.Context(), pubsub.SubscribeRequest{Topic: topic, Metadata: md}, h))
+}
+
+// recv returns the next value of ch, failing the test if none comes in time.
+func recv[T any](t *testing.T, ch <-chan T, within time.Duration) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(within):
+		t.Fatalf("nothing received within %s", within)
+		panic("unreachable")
+	}
+}
+
+// nothing fails the test if ch yields a value within d.
+func nothing[T any](t *testing.T, ch <-chan T, d time.Duration) {
+	t.Helper()
+	select {
+	case v := <-ch:
+		t.Fatalf("unexpected value: %v", v)
+	case <-time.After(d):
+	}
+}
+
+func closedWithin(t *testing.T, ch <-chan struct{}, within time.Duration, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(within):
+		t.Fatalf("%s did not happen within %s", what, within)
+	}
+}
+
+func streamInfo(t *testing.T, js jetstream.JetStream, name string) *jetstream.StreamInfo {
+	t.Helper()
+	st, err := js.Stream(ctx(t), name)
+	require.NoError(t, err, "stream %q", name)
+	info, err := st.Info(ctx(t))
+	require.NoError(t, err)
+	return info
+}
+
+func msgCount(t *testing.T, js jetstream.JetStream, name string) uint64 {
+	t.Helper()
+	return streamInfo(t, js, name).State.Msgs
+}
+
+func streamNames(t *testing.T, js jetstream.JetStream) []string {
+	t.Helper()
+	l := js.StreamNames(ctx(t))
+	var names []string
+	for n := range l.Name() {
+		names = append(names, n)
+	}
+	require.NoError(t, l.Err())
+	return names
+}
+
+func consumerInfos(t *testing.T, js jetstream.JetStream, stream string) []*jetstream.ConsumerInfo {
+	t.Helper()
+	st, err := js.Stream(ctx(t), stream)
+	require.NoError(t, err)
+	l := st.ListConsumers(ctx(t))
+	var out []*jetstream.ConsumerInfo
+	for ci := range l.Info() {
+		out = append(out, ci)
+	}
+	require.NoError(t, l.Err())
+	return out
+}
+
+// consumerInfo returns the info of a consumer, or nil if it does not exist.
+// It does not fail the test, so it can be polled from require.Eventually.
+func consumerInfo(js jetstream.JetStream, stream, name string) (*jetstream.ConsumerInfo, error) {
+	c, cancel := context.WithTimeout(context.Background(), waitShort)
+	defer cancel()
+	cons, err := js.Consumer(c, stream, name)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	return cons.Info(c)
+}
+
+// settledConsumer waits until a consumer has nothing pending or
+// unacknowledged and returns its info.
+func settledConsumer(t *testing.T, js jetstream.JetStream, stream, name string) *jetstream.ConsumerInfo {
+	t.Helper()
+	var info *jetstream.ConsumerInfo
+	require.Eventually(t, func() bool {
+		i, err := consumerInfo(js, stream, name)
+		if err != nil || i == nil {
+			return false
+		}
+		info = i
+		return i.NumAckPending == 0 && i.NumPending == 0
+	}, waitFor, tick, "consumer %q on stream %q never settled", name, stream)
+	return info
+}
+
+// count reads the number of messages a stream holds without failing the
+// test, for polling.
+func count(js jetstream.JetStream, name string) uint64 {
+	c, cancel := context.WithTimeout(context.Background(), waitShort)
+	defer cancel()
+	st, err := js.Stream(c, name)
+	if err != nil {
+		return ^uint64(0)
+	}
+	info, err := st.Info(c)
+	if err != nil {
+		return ^uint64(0)
+	}
+	return info.State.Msgs
+}

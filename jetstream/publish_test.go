@@ -1,0 +1,315 @@
+package jetstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dapr/components-contrib/pubsub"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dapr-nats/jetstream-pubsub/metadata"
+)
+
+// reservedKeys are metadata keys that instruct Dapr or the component; they
+// must never become NATS headers.
+var reservedKeys = []string{"ttlInSeconds", "rawPayload", "msgId", "cloudevent.id", "cloudevent.source", "cloudevent.type"}
+
+func TestPublishSubscribeRoundTrip(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app"})
+	h, got := collect()
+	subscribe(t, ps, "orders", nil, h)
+
+	ct := "application/json"
+	require.NoError(t, ps.Publish(ctx(t), &pubsub.PublishRequest{
+		Topic: "orders", Data: []byte(`{"n":1}`), ContentType: &ct,
+		Metadata: map[string]string{
+			"x-trace": "abc", "Tenant": "t1",
+			"ttlInSeconds": "60", "rawPayload": "true", "msgId": "m-1",
+			"cloudevent.id": "ce-1", "cloudevent.source": "src", "cloudevent.type": "typ",
+		},
+	}))
+
+	m := recv(t, got, waitFor)
+	assert.Equal(t, `{"n":1}`, string(m.Data))
+	assert.Equal(t, "orders", m.Topic)
+	require.NotNil(t, m.ContentType)
+	assert.Equal(t, ct, *m.ContentType)
+	assert.Equal(t, "abc", m.Metadata["x-trace"])
+	assert.Equal(t, "t1", m.Metadata["Tenant"])
+	assert.Equal(t, "orders", m.Metadata[MetadataTopic])
+	assert.Equal(t, "orders", m.Metadata[MetadataSubject])
+	assert.Equal(t, "orders", m.Metadata[MetadataStream])
+	assert.Equal(t, "1", m.Metadata[MetadataSequence])
+	assert.Equal(t, "1", m.Metadata[MetadataDeliveries])
+	assert.Equal(t, "app-orders", m.Metadata[MetadataConsumer])
+	assert.NotEmpty(t, m.Metadata[MetadataTimestamp])
+	assert.Equal(t, "m-1", m.Metadata[MetadataMsgID], "the de-duplication id is reported as msgId")
+	for _, k := range reservedKeys {
+		if k != MetadataMsgID {
+			assert.NotContains(t, m.Metadata, k)
+		}
+	}
+
+	// What JetStream stored: reserved keys are instructions, not headers.
+	st, err := js.Stream(ctx(t), "orders")
+	require.NoError(t, err)
+	raw, err := st.GetMsg(ctx(t), 1)
+	require.NoError(t, err)
+	for k := range raw.Header {
+		for _, r := range reservedKeys {
+			assert.False(t, strings.EqualFold(k, r), "reserved metadata key %q was stored as NATS header %q", r, k)
+		}
+	}
+	assert.Equal(t, "abc", raw.Header.Get("x-trace"))
+	assert.Equal(t, "t1", raw.Header.Get("Tenant"))
+	assert.Equal(t, ct, raw.Header.Get("Content-Type"))
+	assert.Equal(t, "m-1", raw.Header.Get(jetstream.MsgIDHeader))
+	assert.NotEmpty(t, raw.Header.Get(jetstream.MsgTTLHeader), "ttlInSeconds becomes the per-message TTL")
+
+	// Headers set by a plain NATS publisher arrive as metadata.
+	_, err = js.PublishMsg(ctx(t), &nats.Msg{
+		Subject: "orders", Data: []byte("raw"),
+		Header: nats.Header{"X-Raw": {"r1"}, "Content-Type": {"text/plain"}},
+	})
+	require.NoError(t, err)
+	m = recv(t, got, waitFor)
+	assert.Equal(t, "raw", string(m.Data))
+	assert.Equal(t, "r1", m.Metadata["X-Raw"])
+	require.NotNil(t, m.ContentType)
+	assert.Equal(t, "text/plain", *m.ContentType)
+	assert.Equal(t, "2", m.Metadata[MetadataSequence])
+
+	// Without a content type, none is reported.
+	publish(t, ps, "orders", "plain", nil)
+	m = recv(t, got, waitFor)
+	assert.Equal(t, "plain", string(m.Data))
+	assert.Nil(t, m.ContentType)
+}
+
+func TestPublishDeduplication(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), nil)
+
+	cases := []struct {
+		topic string
+		data  [2]string
+		md    map[string]string
+		want  uint64
+	}{
+		{"dedupce", [2]string{
+			`{"specversion":"1.0","id":"evt-1","source":"s","type":"t","data":{"a":1}}`,
+			`{"specversion":"1.0","id":"evt-1","source":"s","type":"t","data":{"a":1}}`,
+		}, nil, 1},
+		{"dedupce2", [2]string{
+			`{"specversion":"1.0","id":"evt-1","source":"s","type":"t"}`,
+			`{"specversion":"1.0","id":"evt-2","source":"s","type":"t"}`,
+		}, nil, 2},
+		{"dedupmsgid", [2]string{"one", "two"}, map[string]string{"msgId": "same"}, 1},
+		{"dedupraw", [2]string{"one", "two"}, map[string]string{"rawPayload": "true", "cloudevent.id": "raw-1"}, 1},
+		{"dedupbad", [2]string{`{"id":"x"`, `{"id":"x"`}, nil, 2},
+		{"dedupnotce", [2]string{`{"id":"x"}`, `{"id":"x"}`}, nil, 2},
+	}
+	for _, c := range cases {
+		for _, d := range c.data {
+			publish(t, ps, c.topic, d, c.md)
+		}
+		assert.Equal(t, c.want, msgCount(t, js, c.topic), "topic %s", c.topic)
+	}
+}
+
+func TestPublishTTL(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), nil)
+
+	publish(t, ps, "ttl", "short", map[string]string{"ttlInSeconds": "1"})
+	publish(t, ps, "ttl", "keep", nil)
+	assert.True(t, streamInfo(t, js, "ttl").Config.AllowMsgTTL, "an auto-provisioned stream allows per-message TTL")
+
+	require.Eventually(t, func() bool { return count(js, "ttl") == 1 }, 10*time.Second, 50*time.Millisecond,
+		"the message with ttlInSeconds 1 was not removed")
+	st, err := js.Stream(ctx(t), "ttl")
+	require.NoError(t, err)
+	_, err = st.GetMsg(ctx(t), 1)
+	require.ErrorIs(t, err, jetstream.ErrMsgNotFound)
+	kept, err := st.GetMsg(ctx(t), 2)
+	require.NoError(t, err)
+	assert.Equal(t, "keep", string(kept.Data))
+}
+
+func TestPublishTTLRejectedByStreamWithoutMsgTTL(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	_, err := js.CreateStream(ctx(t), jetstream.StreamConfig{Name: "NOTTL", Subjects: []string{"nottl.>"}, Storage: jetstream.MemoryStorage})
+	require.NoError(t, err)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"autoProvision": "false"})
+
+	err = ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "nottl.x", Data: []byte("x"), Metadata: map[string]string{"ttlInSeconds": "5"}})
+	require.Error(t, err)
+	assert.Equal(t, KindRejected, KindOf(err))
+	assert.ErrorIs(t, err, ErrTTLNotAllowed)
+	assert.Contains(t, err.Error(), "NOTTL")
+	assert.False(t, IsRetriable(err))
+
+	info := streamInfo(t, js, "NOTTL")
+	assert.False(t, info.Config.AllowMsgTTL, "the stream must not be changed when autoProvision is false")
+	assert.Zero(t, info.State.Msgs)
+
+	publish(t, ps, "nottl.x", "no ttl", nil)
+	assert.Equal(t, uint64(1), msgCount(t, js, "NOTTL"))
+}
+
+func TestAutoProvisionStreamPerTopic(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), nil)
+
+	publish(t, ps, "neworders", "x", nil)
+	info := streamInfo(t, js, "neworders")
+	assert.Equal(t, []string{"neworders"}, info.Config.Subjects)
+	assert.True(t, info.Config.AllowMsgTTL)
+	assert.Equal(t, uint64(1), info.State.Msgs)
+
+	// A dotted topic gets a valid stream name of its own.
+	publish(t, ps, "shop.orders", "y", nil)
+	name, err := js.StreamNameBySubject(ctx(t), "shop.orders")
+	require.NoError(t, err)
+	assert.NotContains(t, name, ".")
+	assert.True(t, strings.HasPrefix(name, "shop_orders"), name)
+	assert.Equal(t, uint64(1), msgCount(t, js, name))
+}
+
+func TestStreamNameAndSubjects(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"streamName": "TWITTERCLONE", "streamSubjects": "TWITTERCLONE.*"})
+
+	publish(t, ps, "TWITTERCLONE.tweet_created", "c", nil)
+	publish(t, ps, "TWITTERCLONE.tweet_liked", "l", nil)
+
+	info := streamInfo(t, js, "TWITTERCLONE")
+	assert.Equal(t, []string{"TWITTERCLONE.*"}, info.Config.Subjects)
+	assert.Equal(t, uint64(2), info.State.Msgs)
+	assert.Equal(t, uint64(2), info.State.NumSubjects)
+	assert.Equal(t, []string{"TWITTERCLONE"}, streamNames(t, js))
+}
+
+func TestExistingStreamIsExtended(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	_, err := js.CreateStream(ctx(t), jetstream.StreamConfig{Name: "EXT", Subjects: []string{"ext.a"}, Storage: jetstream.MemoryStorage})
+	require.NoError(t, err)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"streamName": "EXT"})
+
+	publish(t, ps, "ext.b", "b", nil)
+	info := streamInfo(t, js, "EXT")
+	assert.ElementsMatch(t, []string{"ext.a", "ext.b"}, info.Config.Subjects)
+	assert.Equal(t, uint64(1), info.State.Msgs)
+	assert.Equal(t, jetstream.MemoryStorage, info.Config.Storage, "extending keeps the rest of the stream's configuration")
+	assert.Equal(t, []string{"EXT"}, streamNames(t, js))
+}
+
+func TestAutoProvisionOff(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, logs := open(t, ns.ClientURL(), map[string]string{"autoProvision": "false", "consumerID": "app"})
+
+	err := ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "missing", Data: []byte("x")})
+	require.Error(t, err)
+	assert.Equal(t, KindRejected, KindOf(err))
+	assert.ErrorIs(t, err, ErrNoStream)
+	assert.Contains(t, err.Error(), `"missing"`)
+	assert.Empty(t, streamNames(t, js), "no stream may be created when autoProvision is false")
+
+	// A subscription made before its stream exists keeps trying in the
+	// background and starts delivering once an operator creates the stream.
+	h, got := collect()
+	subscribe(t, ps, "late", nil, h)
+	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "retrying in the background") }, waitFor, tick,
+		"the subscription did not report the missing stream")
+	assert.Empty(t, streamNames(t, js))
+
+	_, err = js.CreateStream(ctx(t), jetstream.StreamConfig{Name: "LATE", Subjects: []string{"late"}, Storage: jetstream.MemoryStorage})
+	require.NoError(t, err)
+	publish(t, ps, "late", "finally", nil)
+	m := recv(t, got, waitFor)
+	assert.Equal(t, "finally", string(m.Data))
+	assert.Equal(t, "LATE", m.Metadata[MetadataStream])
+}
+
+func TestBulkPublish(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), nil)
+
+	entries := make([]pubsub.BulkMessageEntry, 10)
+	for i := range entries {
+		entries[i] = pubsub.BulkMessageEntry{EntryId: fmt.Sprintf("e%d", i), Event: []byte(fmt.Sprintf("m%d", i)), ContentType: "text/plain"}
+	}
+	entries[4].Metadata = map[string]string{"note": "line1\nline2"}
+	resp, err := ps.BulkPublish(ctx(t), &pubsub.BulkPublishRequest{Topic: "bulk", Entries: entries})
+	require.Error(t, err)
+	require.Len(t, resp.FailedEntries, 1)
+	assert.Equal(t, "e4", resp.FailedEntries[0].EntryId)
+	require.Error(t, resp.FailedEntries[0].Error)
+	assert.Equal(t, KindInvalid, KindOf(resp.FailedEntries[0].Error))
+	assert.Equal(t, uint64(9), msgCount(t, js, "bulk"))
+
+	// An invalid topic fails every entry, as a request that cannot succeed.
+	resp, err = ps.BulkPublish(ctx(t), &pubsub.BulkPublishRequest{Topic: "a b", Entries: entries[:3]})
+	require.Error(t, err)
+	assert.Equal(t, KindInvalid, KindOf(err), "%v", err)
+	require.Len(t, resp.FailedEntries, 3)
+	var ids []string
+	for _, f := range resp.FailedEntries {
+		require.Error(t, f.Error)
+		assert.Equal(t, KindInvalid, KindOf(f.Error), "%v", f.Error)
+		ids = append(ids, f.EntryId)
+	}
+	slices.Sort(ids)
+	assert.Equal(t, []string{"e0", "e1", "e2"}, ids)
+	assert.Equal(t, []string{"bulk"}, streamNames(t, js))
+
+	// All good: no error and no failed entries.
+	resp, err = ps.BulkPublish(ctx(t), &pubsub.BulkPublishRequest{Topic: "bulk", Entries: entries[:3]})
+	require.NoError(t, err)
+	assert.Empty(t, resp.FailedEntries)
+	assert.Equal(t, uint64(12), msgCount(t, js, "bulk"))
+}
+
+func TestInvalidRequests(t *testing.T) {
+	t.Parallel()
+	ns, _ := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), nil)
+	for _, req := range []*pubsub.PublishRequest{
+		{Topic: "a b", Data: []byte("x")},
+		{Topic: "orders.*", Data: []byte("x")},
+		{Topic: "orders", Data: []byte("x"), Metadata: map[string]string{"bad": "a\r\nb"}},
+		{Topic: "orders", Data: []byte("x"), Metadata: map[string]string{"bad key": "v"}},
+	} {
+		err := ps.Publish(ctx(t), req)
+		require.Error(t, err, "%+v", req)
+		assert.Equal(t, KindInvalid, KindOf(err), "%v", err)
+		var e *Error
+		assert.True(t, errors.As(err, &e))
+	}
+	for _, topic := range []string{"a b", "orders..x", ""} {
+		err := ps.Subscribe(ctx(t), pubsub.SubscribeRequest{Topic: topic}, func(context.Context, *pubsub.NewMessage) error { return nil })
+		require.Error(t, err, "topic %q", topic)
+		assert.Equal(t, KindInvalid, KindOf(err), "%v", err)
+	}
+	err := ps.Subscribe(ctx(t), pubsub.SubscribeRequest{Topic: "orders", Metadata: map[string]string{"maxInFlight": "0"}}, func(context.Context, *pubsub.NewMessage) error { return nil })
+	require.ErrorIs(t, err, metadata.ErrInvalid, "subscription metadata is validated")
+	assert.Equal(t, KindInvalid, KindOf(err))
+}
