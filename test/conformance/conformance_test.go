@@ -20,8 +20,8 @@ import (
 
 	conf "github.com/dapr/components-contrib/tests/conformance/pubsub"
 
-	js "github.com/dapr-nats/jetstream-pubsub/jetstream"
 	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
+	js "github.com/dapr-nats/jetstream-pubsub/jetstream"
 )
 
 // suiteConfig is the suite's configuration with its default timings. The
