@@ -531,3 +531,59 @@ func TestReflectionListsPubSub(t *testing.T) {
 	require.NoError(t, stream.CloseSend())
 	assert.False(t, strings.Contains(strings.Join(names, ","), "jetstream"))
 }
+
+// At most maxInFlight messages are outstanding to daprd; here the limit comes
+// from the subscription's own metadata, overriding the component's.
+func TestInFlightWindowFromSubscriptionMetadata(t *testing.T) {
+	ns := natstest.Start(t)
+	c := startComponent(t, "nats-jetstream")
+	cl := daprClient(t, c, "pubsub", props(ns.ClientURL(), "consumerID", "app", "maxInFlight", "50"))
+	stream, cancel := rawPull(t, c, "pubsub", "window", map[string]string{"maxInFlight": "3"})
+	defer cancel()
+	time.Sleep(300 * time.Millisecond)
+	ctx := context.Background()
+	for i := range 10 {
+		require.NoError(t, cl.Publish(ctx, &pubsub.PublishRequest{Topic: "window", Data: fmt.Appendf(nil, "w%d", i)}))
+	}
+	recv := make(chan *proto.PullMessagesResponse, 10)
+	go func() {
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				close(recv)
+				return
+			}
+			recv <- m
+		}
+	}()
+	var held []*proto.PullMessagesResponse
+	for range 3 {
+		select {
+		case m := <-recv:
+			held = append(held, m)
+		case <-time.After(10 * time.Second):
+			t.Fatal("expected 3 messages")
+		}
+	}
+	select {
+	case m := <-recv:
+		t.Fatalf("a 4th message %q arrived with 3 unacknowledged", m.GetData())
+	case <-time.After(700 * time.Millisecond):
+	}
+	// The window refills once half of it is free, one pull request for both.
+	require.NoError(t, stream.Send(&proto.PullMessagesRequest{AckMessageId: held[0].GetId()}))
+	require.NoError(t, stream.Send(&proto.PullMessagesRequest{AckMessageId: held[1].GetId()}))
+	for _, want := range []string{"w3", "w4"} {
+		select {
+		case m := <-recv:
+			assert.Equal(t, want, string(m.GetData()), "in order")
+		case <-time.After(10 * time.Second):
+			t.Fatal("acks did not free the window")
+		}
+	}
+	select {
+	case m := <-recv:
+		t.Fatalf("message %q arrived beyond the window", m.GetData())
+	case <-time.After(500 * time.Millisecond):
+	}
+}
