@@ -5,7 +5,7 @@ SOCKETS    ?= /tmp/dapr-components-sockets
 NATS_PORT  ?= 4222
 GOTEST     ?= go test -count=1 -timeout 20m
 
-.PHONY: build test lint fmt-check vet run clean
+.PHONY: build test faults lint fmt-check vet run clean
 
 build:
 	CGO_ENABLED=0 go build -trimpath -o $(BIN) .
@@ -18,6 +18,10 @@ test: fmt-check vet
 	$(GOTEST) -race $$(go list ./... | grep -v /test/conformance)
 	$(GOTEST) ./test/conformance/
 
+## faults: kill and restart real processes, bad input, authentication and TLS (build tag faults).
+faults:
+	$(GOTEST) -race -tags faults -timeout 30m ./test/faults/
+
 lint: fmt-check vet
 
 fmt-check:
@@ -26,6 +30,7 @@ fmt-check:
 
 vet:
 	go vet ./...
+	go vet -tags faults ./test/faults/
 
 ## run: a local JetStream (nats-server from go.mod's tool line) plus the component.
 ## Prints the Component YAML and the `dapr run` line to use. Ctrl-C stops both.

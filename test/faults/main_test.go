@@ -1,3 +1,5 @@
+//go:build faults
+
 // Package faults breaks real processes under the component — NATS, the
 // component itself, daprd's stream, a JetStream cluster — and feeds it bad
 // input and bad credentials, to show nothing is lost and nobody gets in.
