@@ -41,9 +41,10 @@ func nameRune(r rune) bool {
 }
 
 // SanitizeName joins parts with "-" into a valid JetStream name. Characters
-// that are not allowed become "_". When that changes anything, or the name
-// must be shortened, a hash of the original parts is appended, so that two
-// different inputs (say topics "a.b" and "a_b") never share a name.
+// that are not allowed become "_". When that changes anything, when a part
+// other than the last contains "-", or when the name must be shortened, a
+// hash of the original parts is appended, so that two different inputs (say
+// topics "a.b" and "a_b", or "a-b"+"c" and "a"+"b-c") never share a name.
 func SanitizeName(parts ...string) string {
 	raw := strings.Join(parts, "-")
 	var b strings.Builder
@@ -55,6 +56,11 @@ func SanitizeName(parts ...string) string {
 			b.WriteByte('_')
 			changed = true
 		}
+	}
+	// "a-b"+"c" and "a"+"b-c" would both read a-b-c: a separator inside
+	// any part but the last makes the join ambiguous, so hash it too.
+	for _, p := range parts[:max(len(parts)-1, 0)] {
+		changed = changed || strings.Contains(p, "-")
 	}
 	name := b.String()
 	if name == "" {

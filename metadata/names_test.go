@@ -322,3 +322,9 @@ func TestSubjectCoversAgreesWithMatching(t *testing.T) {
 		}
 	}
 }
+
+func TestSanitizeNameJoinIsUnambiguous(t *testing.T) {
+	assert.NotEqual(t, SanitizeName("a-b", "c"), SanitizeName("a", "b-c"))
+	assert.Equal(t, "a-b-c", SanitizeName("a", "b-c"), "a base without a dash stays readable")
+	assert.Regexp(t, `^order-svc-orders-[0-9a-f]{8}$`, SanitizeName("order-svc", "orders"))
+}
