@@ -1,6 +1,9 @@
 package jetstream
 
 import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -21,6 +24,9 @@ func connectOptions(c metadata.Connection) ([]nats.Option, error) {
 		nats.Name(c.Name),
 		nats.RetryOnFailedConnect(true),
 		nats.MaxReconnects(-1),
+		// Keep reconnecting even if the server rejects the credentials
+		// twice in a row (say, while they are being rotated).
+		nats.IgnoreAuthErrorAbort(),
 		nats.ReconnectWait(c.ReconnectWait),
 		nats.ReconnectJitter(c.ReconnectWait/10, c.ReconnectWait/5),
 		nats.Timeout(c.ConnectTimeout),
@@ -59,15 +65,27 @@ func connectOptions(c metadata.Connection) ([]nats.Option, error) {
 		opts = append(opts, nats.Nkey(pub, kp.Sign))
 	case c.CredsFile != "":
 		if readable("credsFile", c.CredsFile) {
-			opts = append(opts, nats.UserCredentials(c.CredsFile))
+			if err := checkCreds(c.CredsFile); err != nil {
+				errs = append(errs, err)
+			} else {
+				opts = append(opts, nats.UserCredentials(c.CredsFile))
+			}
 		}
 	}
 
 	if c.TLSClientCert != "" && readable("tls_client_cert", c.TLSClientCert) && readable("tls_client_key", c.TLSClientKey) {
-		opts = append(opts, nats.ClientCert(c.TLSClientCert, c.TLSClientKey))
+		if err := checkKeyPair(c.TLSClientCert, c.TLSClientKey); err != nil {
+			errs = append(errs, err)
+		} else {
+			opts = append(opts, nats.ClientCert(c.TLSClientCert, c.TLSClientKey))
+		}
 	}
 	if c.TLSCAFile != "" && readable("tls_ca_file", c.TLSCAFile) {
-		opts = append(opts, nats.RootCAs(c.TLSCAFile))
+		if b, err := os.ReadFile(c.TLSCAFile); err != nil || !x509.NewCertPool().AppendCertsFromPEM(b) {
+			errs = append(errs, &metadata.FieldError{Field: "tls_ca_file", Value: c.TLSCAFile, Problem: "holds no PEM certificate", Accepted: "a PEM bundle of CA certificates"})
+		} else {
+			opts = append(opts, nats.RootCAs(c.TLSCAFile))
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
@@ -81,6 +99,62 @@ func connectOptions(c metadata.Connection) ([]nats.Option, error) {
 		}
 	}
 	return opts, nil
+}
+
+// checkCreds reports a creds file without a user JWT or a user seed; nats.go
+// would only find out on every connection attempt, forever. The error never
+// quotes the file's content.
+func checkCreds(path string) error {
+	bad := func(problem string) error {
+		return &metadata.FieldError{Field: "credsFile", Value: path, Problem: problem, Accepted: "a .creds file holding a user JWT and its seed, as written by nsc"}
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return bad("cannot be read: " + errWithoutPath(err, path))
+	}
+	if jwt, _ := nkeys.ParseDecoratedJWT(b); jwt == "" || jwt == string(b) || strings.Count(jwt, ".") != 2 {
+		return bad("holds no user JWT")
+	}
+	kp, err := nkeys.ParseDecoratedUserNKey(b)
+	if err != nil {
+		return bad("holds no user seed: " + err.Error())
+	}
+	kp.Wipe()
+	return nil
+}
+
+// checkKeyPair reports, naming the field, a client certificate or key that
+// does not parse or a key that does not belong to the certificate.
+func checkKeyPair(certFile, keyFile string) error {
+	certPEM, err := os.ReadFile(certFile)
+	if err != nil {
+		return &metadata.FieldError{Field: "tls_client_cert", Value: certFile, Problem: "cannot be read: " + errWithoutPath(err, certFile), Accepted: "the path of a readable file"}
+	}
+	keyPEM, err := os.ReadFile(keyFile)
+	if err != nil {
+		return &metadata.FieldError{Field: "tls_client_key", Value: keyFile, Problem: "cannot be read: " + errWithoutPath(err, keyFile), Accepted: "the path of a readable file"}
+	}
+	certs := 0
+	for rest := certPEM; ; {
+		var block *pem.Block
+		if block, rest = pem.Decode(rest); block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		if _, err := x509.ParseCertificate(block.Bytes); err != nil {
+			return &metadata.FieldError{Field: "tls_client_cert", Value: certFile, Problem: "holds a certificate that does not parse: " + err.Error(), Accepted: "a PEM client certificate"}
+		}
+		certs++
+	}
+	if certs == 0 {
+		return &metadata.FieldError{Field: "tls_client_cert", Value: certFile, Problem: "holds no PEM certificate", Accepted: "a PEM client certificate"}
+	}
+	if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
+		return &metadata.FieldError{Field: "tls_client_key", Value: keyFile, Problem: "is not a usable private key for tls_client_cert: " + err.Error(), Accepted: "the PEM private key of the client certificate"}
+	}
+	return nil
 }
 
 // pingInterval detects a dead server within seconds instead of nats.go's

@@ -197,6 +197,13 @@ func (p *PubSub) newMsg(topic string, data []byte, md map[string]string, content
 		msg.Header.Set(HeaderContentType, contentType)
 	}
 	if id := msgID(data, md); id != "" {
+		// daprd publishes a failed message to its dead-letter topic with the
+		// delivery's data and metadata, so it carries the original's id. In
+		// the same stream JetStream would discard it as a duplicate of the
+		// original: a re-publish to another subject gets its own id.
+		if from := md[MetadataSubject]; from != "" && from != topic {
+			id += "@" + topic
+		}
 		msg.Header.Set(jetstream.MsgIDHeader, id)
 	}
 	ttl, ok, err := contribmd.TryGetTTL(md)
@@ -208,6 +215,14 @@ func (p *PubSub) newMsg(topic string, data []byte, md map[string]string, content
 			return nil, false, fmt.Errorf("%w: ttlInSeconds must be 1 or more, got %s", metadata.ErrInvalid, ttl)
 		}
 		msg.Header.Set(jetstream.MsgTTLHeader, ttl.String())
+	}
+	// The headers count against max_payload too; nats.go would only say
+	// "maximum payload exceeded".
+	if max := p.maxPayload(); max > 0 {
+		if size := int64(msg.Size() - len(msg.Subject)); size > max {
+			return nil, false, fmt.Errorf("%w: message of %d bytes (%d of data, %d of headers) exceeds the server's max_payload of %d bytes",
+				nats.ErrMaxPayload, size, len(data), size-int64(len(data)), max)
+		}
 	}
 	return msg, ok, nil
 }

@@ -6,6 +6,8 @@ package jetstream
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"reflect"
@@ -75,6 +77,7 @@ func (p *PubSub) Init(ctx context.Context, md pubsub.Metadata) error {
 	if err != nil {
 		return err
 	}
+	firstErr := make(chan error, 1)
 	if cfg.Consumer.FlowControl {
 		p.log.Info("flowControl has no effect: pull consumers are flow-controlled by the number of messages they request")
 	}
@@ -89,6 +92,14 @@ func (p *PubSub) Init(ctx context.Context, md pubsub.Metadata) error {
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			p.log.Warnf("NATS: %v", err)
+		}),
+		// nats.go reports why the first connection attempt failed only here:
+		// the reconnect loop it starts clears LastError, racing with Init.
+		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
+			select {
+			case firstErr <- err:
+			default:
+			}
 		}),
 	)
 
@@ -105,11 +116,25 @@ func (p *PubSub) Init(ctx context.Context, md pubsub.Metadata) error {
 		return fmt.Errorf("connect to NATS at %s: %w", metadata.RedactURL(cfg.Connection.URL), err)
 	}
 	if !nc.IsConnected() {
-		if authErr := nc.LastError(); isAuthError(authErr) {
-			nc.Close()
-			return fmt.Errorf("NATS at %s rejected the credentials: %v; check the authentication fields", metadata.RedactURL(cfg.Connection.URL), authErr)
+		cause := nc.LastError()
+		select {
+		case cause = <-firstErr:
+		case <-time.After(time.Second):
+		case <-ctx.Done():
 		}
-		p.log.Warnf("NATS at %s is not reachable yet; connecting in the background", metadata.RedactURL(cfg.Connection.URL))
+		switch {
+		case isAuthError(cause):
+			nc.Close()
+			return fmt.Errorf("NATS at %s rejected the credentials: %v; check the authentication fields", metadata.RedactURL(cfg.Connection.URL), cause)
+		case isTLSConfigError(cause):
+			nc.Close()
+			return fmt.Errorf("%w: TLS with NATS at %s failed: %v; check tls_ca_file, tls_client_cert and tls_client_key", metadata.ErrInvalid, metadata.RedactURL(cfg.Connection.URL), cause)
+		}
+		reason := ""
+		if cause != nil {
+			reason = " (" + cause.Error() + ")"
+		}
+		p.log.Warnf("NATS at %s is not reachable yet%s; connecting in the background", metadata.RedactURL(cfg.Connection.URL), reason)
 	}
 	jsOpts := []jetstream.JetStreamOpt{
 		jetstream.WithPublishAsyncMaxPending(4096),
@@ -142,6 +167,27 @@ func isAuthError(err error) bool {
 	}
 	s := strings.ToLower(err.Error())
 	return strings.Contains(s, "authorization violation") || strings.Contains(s, "authentication")
+}
+
+// isTLSConfigError reports TLS failures that retrying cannot fix: the server's
+// certificate does not verify against the trusted CAs, or the server refused
+// the client certificate.
+func isTLSConfigError(err error) bool {
+	if err == nil {
+		return false
+	}
+	var (
+		unknownCA   x509.UnknownAuthorityError
+		hostname    x509.HostnameError
+		invalidCert x509.CertificateInvalidError
+		verify      *tls.CertificateVerificationError
+	)
+	if errors.As(err, &unknownCA) || errors.As(err, &hostname) || errors.As(err, &invalidCert) || errors.As(err, &verify) {
+		return true
+	}
+	// The server's alert, such as "remote error: tls: bad certificate".
+	s := err.Error()
+	return strings.Contains(s, "remote error: tls: ") && strings.Contains(s, "certificate")
 }
 
 // Features advertises what truly works: per-message TTL (nats-server 2.11+),

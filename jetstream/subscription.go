@@ -388,7 +388,9 @@ func (s *subscription) dispatch(d *Delivery) {
 			return
 		}
 	}
-	d.touched.Store(time.Now().UnixNano())
+	// d.touched is not reset here: it is when JetStream last heard of the
+	// message, and the keep-alive must count from then, or a message that
+	// waited in the queue goes more than an ack wait without InProgress.
 	if err := s.fn(d); err != nil {
 		_ = d.nak(0)
 	}

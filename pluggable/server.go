@@ -123,7 +123,11 @@ func (s *Server) Publish(ctx context.Context, req *proto.PublishRequest) (*proto
 	return &proto.PublishResponse{}, nil
 }
 
-// BulkPublish publishes a batch and reports the entries that failed.
+// BulkPublish publishes a batch. When entries failed, it answers with an
+// error status that names them and carries the BulkPublishResponse as a
+// detail: daprd's pluggable client turns a response into "no error", and
+// daprd's HTTP API then answers 204 for a batch whose failed entries were
+// never stored.
 func (s *Server) BulkPublish(ctx context.Context, req *proto.BulkPublishRequest) (*proto.BulkPublishResponse, error) {
 	ps, _, err := s.instance(ctx)
 	if err != nil {
@@ -146,6 +150,13 @@ func (s *Server) BulkPublish(ctx context.Context, req *proto.BulkPublishRequest)
 			msg = f.Error.Error()
 		}
 		out.FailedEntries[i] = &proto.BulkPublishResponseFailedEntry{EntryId: f.EntryId, Error: msg}
+	}
+	if len(out.FailedEntries) > 0 {
+		st := status.Convert(toStatus(err))
+		if d, derr := st.WithDetails(out); derr == nil {
+			st = d
+		}
+		return nil, st.Err()
 	}
 	return out, nil
 }

@@ -317,11 +317,21 @@ func TestBulkPublishReportsTheBadEntry(t *testing.T) {
 		entries[i] = pubsub.BulkMessageEntry{EntryId: fmt.Sprint("e", i), Event: fmt.Appendf(nil, "m%d", i), ContentType: "text/plain"}
 	}
 	entries[3].Metadata = map[string]string{"bad header": "x"}
-	resp, err := bp.BulkPublish(context.Background(), &pubsub.BulkPublishRequest{Topic: "bulk", Entries: entries})
-	require.NoError(t, err)
-	require.Len(t, resp.FailedEntries, 1)
-	assert.Equal(t, "e3", resp.FailedEntries[0].EntryId)
-	assert.Contains(t, resp.FailedEntries[0].Error.Error(), "bad header")
+	// A failed entry makes the call fail: daprd's client would turn a
+	// response into success, and its HTTP API would answer 204. The status
+	// names the entry and carries the failed entries as a detail.
+	_, err := bp.BulkPublish(context.Background(), &pubsub.BulkPublishRequest{Topic: "bulk", Entries: entries})
+	require.Error(t, err)
+	stErr := status.Convert(err)
+	assert.Equal(t, codes.InvalidArgument, stErr.Code())
+	assert.Contains(t, stErr.Message(), `entry "e3"`)
+	assert.Contains(t, stErr.Message(), "bad header")
+	require.Len(t, stErr.Details(), 1)
+	detail, ok := stErr.Details()[0].(*proto.BulkPublishResponse)
+	require.True(t, ok, "detail is %T", stErr.Details()[0])
+	require.Len(t, detail.GetFailedEntries(), 1)
+	assert.Equal(t, "e3", detail.GetFailedEntries()[0].GetEntryId())
+	assert.Contains(t, detail.GetFailedEntries()[0].GetError(), "bad header")
 
 	_, js := natstest.Client(t, ns)
 	st, err := js.Stream(context.Background(), "bulk")
@@ -331,7 +341,7 @@ func TestBulkPublishReportsTheBadEntry(t *testing.T) {
 	assert.EqualValues(t, 4, info.State.Msgs)
 
 	// A batch that cannot be published at all is not reported as a success.
-	resp, err = bp.BulkPublish(context.Background(), &pubsub.BulkPublishRequest{Topic: "bad topic", Entries: entries[:2]})
+	resp, err := bp.BulkPublish(context.Background(), &pubsub.BulkPublishRequest{Topic: "bad topic", Entries: entries[:2]})
 	if err == nil {
 		assert.Len(t, resp.FailedEntries, 2)
 	}

@@ -1,0 +1,438 @@
+//go:build faults
+
+package faults
+
+import (
+	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	contribmd "github.com/dapr/components-contrib/metadata"
+	"github.com/dapr/components-contrib/pubsub"
+	proto "github.com/dapr/dapr/pkg/proto/components/v1"
+	"github.com/google/uuid"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	grpcmd "google.golang.org/grpc/metadata"
+
+	"github.com/dapr-nats/jetstream-pubsub/jetstream"
+	"github.com/dapr-nats/jetstream-pubsub/pluggable"
+)
+
+// Bounds of the waits in the security and bad-input tests.
+const (
+	secWait  = 10 * time.Second
+	secShort = 3 * time.Second
+	secTick  = 20 * time.Millisecond
+)
+
+var secSeq atomic.Int64
+
+// secProps is component metadata for url with short reconnect timings, plus
+// key/value pairs.
+func secProps(url string, kv ...string) map[string]string {
+	m := map[string]string{"natsURL": url, "reconnectWait": "200ms", "connectTimeout": "2s"}
+	for i := 0; i+1 < len(kv); i += 2 {
+		m[kv[i]] = kv[i+1]
+	}
+	return m
+}
+
+// secInit makes a component that logs to logSink and runs Init with props.
+// The component is closed when the test ends, whether Init worked or not.
+func secInit(t *testing.T, props map[string]string) (*jetstream.PubSub, error) {
+	t.Helper()
+	ps := jetstream.New(newLogger(fmt.Sprintf("faults-sec-%d", secSeq.Add(1))))
+	t.Cleanup(func() { _ = ps.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), secWait)
+	defer cancel()
+	return ps, ps.Init(ctx, pubsub.Metadata{Base: contribmd.Base{Name: "pubsub", Properties: props}})
+}
+
+// secCloudEvent is the JSON daprd publishes for data.
+func secCloudEvent(t *testing.T, topic, data string) ([]byte, string) {
+	t.Helper()
+	id := uuid.NewString()
+	b, err := json.Marshal(map[string]any{
+		"specversion": "1.0", "id": id, "source": "faults", "type": "com.dapr.event.sent",
+		"topic": topic, "pubsubname": "pubsub", "datacontenttype": "text/plain", "data": data,
+	})
+	require.NoError(t, err)
+	return b, id
+}
+
+// secRoundTrip subscribes to topic, publishes one CloudEvent and waits for it
+// to be delivered and acknowledged.
+func secRoundTrip(t *testing.T, ps *jetstream.PubSub, topic string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), secWait)
+	defer cancel()
+	got := make(chan []byte, 16)
+	require.NoError(t, ps.Subscribe(ctx, pubsub.SubscribeRequest{Topic: topic}, func(_ context.Context, m *pubsub.NewMessage) error {
+		got <- m.Data
+		return nil
+	}))
+	data, _ := secCloudEvent(t, topic, "hello "+topic)
+	require.NoError(t, ps.Publish(ctx, &pubsub.PublishRequest{PubsubName: "pubsub", Topic: topic, Data: data}))
+	select {
+	case m := <-got:
+		require.JSONEq(t, string(data), string(m))
+	case <-ctx.Done():
+		t.Fatalf("topic %q: the published message was not delivered within %s", topic, secWait)
+	}
+}
+
+// secNoSecret fails the test if text contains any value registered with
+// secret(). TestMain checks the logs; this checks errors handed to callers.
+func secNoSecret(t *testing.T, what, text string) {
+	t.Helper()
+	sinkMu.Lock()
+	defer sinkMu.Unlock()
+	for _, s := range secrets {
+		if s != "" && strings.Contains(text, s) {
+			t.Errorf("%s contains a secret value (%d bytes of text)", what, len(text))
+		}
+	}
+}
+
+// secRejected checks that a component with wrong credentials cannot be used:
+// Init failed, or (if NATS' retry semantics let Init succeed) Ping and
+// Publish fail. No error text may contain a secret. It returns the error
+// texts, for checks of their wording.
+func secRejected(t *testing.T, ps *jetstream.PubSub, initErr error) []string {
+	t.Helper()
+	if initErr != nil {
+		secNoSecret(t, "the Init error", initErr.Error())
+		t.Logf("Init: %v", initErr)
+		return []string{initErr.Error()}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	pingErr := ps.Ping(ctx)
+	require.Error(t, pingErr, "Init succeeded with rejected credentials, so Ping must fail")
+	pubErr := ps.Publish(ctx, &pubsub.PublishRequest{PubsubName: "pubsub", Topic: "rejected", Data: []byte("x")})
+	require.Error(t, pubErr, "Init succeeded with rejected credentials, so Publish must fail")
+	secNoSecret(t, "the Ping error", pingErr.Error())
+	secNoSecret(t, "the Publish error", pubErr.Error())
+	t.Logf("Init succeeded; Ping: %v; Publish: %v", pingErr, pubErr)
+	return []string{pingErr.Error(), pubErr.Error()}
+}
+
+// secPKI is a test CA with a server and a client certificate, as PEM files.
+type secPKI struct {
+	CA, ServerCert, ServerKey, ClientCert, ClientKey string
+	caCert                                           *x509.Certificate
+	caKey                                            *ecdsa.PrivateKey
+}
+
+var secSerial atomic.Int64
+
+// secNewPKI generates a CA and certificates for 127.0.0.1/localhost (server)
+// and a client, in dir. The private keys are registered as secrets.
+func secNewPKI(t *testing.T, dir, name string) *secPKI {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	caTmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(secSerial.Add(1)),
+		Subject:               pkix.Name{CommonName: name + " test CA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	require.NoError(t, err)
+	caCert, err := x509.ParseCertificate(caDER)
+	require.NoError(t, err)
+	p := &secPKI{CA: filepath.Join(dir, name+"-ca.pem"), caCert: caCert, caKey: caKey}
+	secWritePEM(t, p.CA, "CERTIFICATE", caDER)
+	p.ServerCert, p.ServerKey = p.issue(t, dir, name+"-server", x509.ExtKeyUsageServerAuth)
+	p.ClientCert, p.ClientKey = p.issue(t, dir, name+"-client", x509.ExtKeyUsageClientAuth)
+	return p
+}
+
+func (p *secPKI) issue(t *testing.T, dir, name string, usage x509.ExtKeyUsage) (string, string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(secSerial.Add(1)),
+		Subject:      pkix.Name{CommonName: name},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
+		DNSNames:     []string{"localhost"},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.caCert, &key.PublicKey, p.caKey)
+	require.NoError(t, err)
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	require.NoError(t, err)
+	certFile, keyFile := filepath.Join(dir, name+".pem"), filepath.Join(dir, name+"-key.pem")
+	secWritePEM(t, certFile, "CERTIFICATE", der)
+	secWritePEM(t, keyFile, "PRIVATE KEY", keyDER)
+	// The key's PEM body must never show up anywhere. Its first line is
+	// mostly the ASN.1 header every P-256 key shares; the rest is the key.
+	lines := strings.Split(strings.TrimSpace(string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}))), "\n")
+	for _, l := range lines[2 : len(lines)-1] {
+		secret(l)
+	}
+	return certFile, keyFile
+}
+
+func secWritePEM(t *testing.T, path, typ string, der []byte) {
+	t.Helper()
+	require.NoError(t, os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600))
+}
+
+// serverTLS is the server side of p: TLS required, client certificates
+// required and verified against p's CA.
+func (p *secPKI) serverTLS(t *testing.T) func(*server.Options) {
+	t.Helper()
+	cert, err := tls.LoadX509KeyPair(p.ServerCert, p.ServerKey)
+	require.NoError(t, err)
+	pool := x509.NewCertPool()
+	pool.AddCert(p.caCert)
+	return func(o *server.Options) {
+		o.TLS = true
+		o.TLSVerify = true
+		o.TLSTimeout = 2
+		o.TLSConfig = &tls.Config{
+			Certificates: []tls.Certificate{cert},
+			ClientCAs:    pool,
+			ClientAuth:   tls.RequireAndVerifyClientCert,
+			MinVersion:   tls.VersionTLS12,
+		}
+	}
+}
+
+// secGRPC is the pluggable gRPC server, run in-process on a socket in a
+// short temporary folder (socket paths are limited to 108 bytes).
+type secGRPC struct {
+	socket string
+	conn   *grpc.ClientConn
+	client proto.PubSubClient
+}
+
+func secStartGRPC(t *testing.T) *secGRPC {
+	t.Helper()
+	folder, err := os.MkdirTemp("", "faults-sock")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = os.RemoveAll(folder) })
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- pluggable.Run(ctx, pluggable.Options{
+			SocketFolder: folder, SocketName: "nats-jetstream", DrainTimeout: time.Second,
+			Logger: newLogger(fmt.Sprintf("faults-grpc-%d", secSeq.Add(1))),
+			Ready:  func(p string) { ready <- p },
+		})
+	}()
+	g := &secGRPC{}
+	select {
+	case g.socket = <-ready:
+	case err := <-done:
+		cancel()
+		t.Fatalf("pluggable.Run: %v", err)
+	case <-time.After(secWait):
+		cancel()
+		t.Fatal("pluggable.Run did not start")
+	}
+	g.conn, err = grpc.NewClient("unix://"+g.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		cancel()
+		t.Fatalf("grpc client: %v", err)
+	}
+	g.client = proto.NewPubSubClient(g.conn)
+	t.Cleanup(func() {
+		_ = g.conn.Close()
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(secWait):
+			t.Error("pluggable.Run did not stop")
+		}
+	})
+	return g
+}
+
+// secInstance is a context for the Component instance named name, bounded
+// by secWait.
+func secInstance(t *testing.T, name string) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), secWait)
+	t.Cleanup(cancel)
+	return grpcmd.AppendToOutgoingContext(ctx, pluggable.InstanceHeader, name)
+}
+
+func secGRPCInit(ctx context.Context, client proto.PubSubClient, props map[string]string) error {
+	_, err := client.Init(ctx, &proto.PubSubInitRequest{Metadata: &proto.MetadataRequest{Properties: props}})
+	return err
+}
+
+// secDial connects a gRPC client to a component socket.
+func secDial(t *testing.T, socket string) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
+}
+
+// secBinary builds the component binary into a folder of the test.
+func secBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "dapr-nats-jetstream")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/dapr-nats/jetstream-pubsub").CombinedOutput()
+	require.NoError(t, err, "go build: %s", out)
+	return bin
+}
+
+// secProc is the component binary running as a child process, its stderr
+// going to logSink and to a local buffer.
+type secProc struct {
+	once   sync.Once
+	cmd    *exec.Cmd
+	socket string
+	logs   *secBuffer
+	exited chan error
+}
+
+type secBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (b *secBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *secBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+func secStartBinary(t *testing.T, args ...string) *secProc {
+	t.Helper()
+	bin := secBinary(t)
+	folder, err := os.MkdirTemp("", "faults-sock")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = os.RemoveAll(folder) })
+	p := &secProc{socket: filepath.Join(folder, "nats-jetstream.sock"), logs: &secBuffer{}, exited: make(chan error, 1)}
+	p.cmd = exec.Command(bin, append([]string{"-socket-folder", folder, "-drain-timeout", "1s", "-log-level", "debug"}, args...)...)
+	p.cmd.Env = append(os.Environ(), "JETSTREAM_SOCKET_MODE=", "JETSTREAM_SOCKET_NAME=")
+	// dapr's logger writes to stdout; panics and flag errors go to stderr.
+	p.cmd.Stdout = &secTee{w: logSink, also: p.logs}
+	p.cmd.Stderr = &secTee{w: logSink, also: p.logs}
+	require.NoError(t, p.cmd.Start())
+	go func() { p.exited <- p.cmd.Wait() }()
+	t.Cleanup(func() { p.stop(t) })
+	require.Eventually(t, func() bool {
+		c, err := net.DialTimeout("unix", p.socket, 200*time.Millisecond)
+		if err == nil {
+			_ = c.Close()
+		}
+		return err == nil
+	}, secWait, secTick, "the component binary did not serve its socket")
+	return p
+}
+
+// stop sends SIGTERM and waits for the process, killing it if it hangs.
+func (p *secProc) stop(t *testing.T) {
+	p.once.Do(func() {
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.exited:
+		case <-time.After(secWait):
+			t.Errorf("component process %d did not exit on SIGTERM; killing it", p.cmd.Process.Pid)
+			_ = p.cmd.Process.Kill()
+			<-p.exited
+		}
+	})
+}
+
+// secTee copies a child's output to w, and to also if set.
+type secTee struct {
+	w, also interface{ Write([]byte) (int, error) }
+}
+
+func (s *secTee) Write(b []byte) (int, error) {
+	if s.also != nil {
+		_, _ = s.also.Write(b)
+	}
+	return s.w.Write(b)
+}
+
+// secTCPSockets returns the TCP sockets owned by pid, by state ("0A" is
+// LISTEN, "01" ESTABLISHED): the socket inodes of /proc/<pid>/fd matched
+// against /proc/<pid>/net/tcp and tcp6, which list the whole network
+// namespace.
+func secTCPSockets(t *testing.T, pid int) map[string][]string {
+	t.Helper()
+	fdDir := fmt.Sprintf("/proc/%d/fd", pid)
+	entries, err := os.ReadDir(fdDir)
+	require.NoError(t, err)
+	inodes := map[string]bool{}
+	for _, e := range entries {
+		link, err := os.Readlink(filepath.Join(fdDir, e.Name()))
+		if err != nil {
+			continue // closed meanwhile
+		}
+		if ino, ok := strings.CutPrefix(link, "socket:["); ok {
+			inodes[strings.TrimSuffix(ino, "]")] = true
+		}
+	}
+	byState := map[string][]string{}
+	for _, table := range []string{"tcp", "tcp6"} {
+		f, err := os.Open(fmt.Sprintf("/proc/%d/net/%s", pid, table))
+		if os.IsNotExist(err) {
+			continue // no IPv6 in this kernel
+		}
+		require.NoError(t, err)
+		sc := bufio.NewScanner(f)
+		sc.Scan() // header
+		for sc.Scan() {
+			// sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...
+			fields := strings.Fields(sc.Text())
+			if len(fields) < 10 {
+				continue
+			}
+			if inodes[fields[9]] {
+				byState[fields[3]] = append(byState[fields[3]], table+" "+fields[1])
+			}
+		}
+		_ = f.Close()
+		require.NoError(t, sc.Err())
+	}
+	return byState
+}

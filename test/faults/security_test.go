@@ -1,0 +1,403 @@
+//go:build faults
+
+package faults
+
+import (
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+
+	proto "github.com/dapr/dapr/pkg/proto/components/v1"
+	"github.com/google/uuid"
+	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nkeys"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
+	"github.com/dapr-nats/jetstream-pubsub/pluggable"
+)
+
+// rejectedCreds checks a component whose credentials the server refuses:
+// Init fails saying so, and no error text holds a secret.
+func rejectedCreds(t *testing.T, props map[string]string) {
+	t.Helper()
+	ps, err := secInit(t, props)
+	secRejected(t, ps, err)
+	require.Error(t, err, "Init must fail when NATS rejects the credentials")
+	assert.Contains(t, err.Error(), "rejected the credentials")
+}
+
+func TestSecurityToken(t *testing.T) {
+	token := secret("tok-" + uuid.NewString())
+	ns := natstest.Start(t, func(o *server.Options) { o.Authorization = token })
+
+	ps, err := secInit(t, secProps(ns.ClientURL(), "token", token))
+	require.NoError(t, err)
+	secRoundTrip(t, ps, "sec.token")
+
+	rejectedCreds(t, secProps(ns.ClientURL(), "token", secret("tok-"+uuid.NewString())))
+	// No credentials at all is refused the same way.
+	rejectedCreds(t, secProps(ns.ClientURL()))
+}
+
+func TestSecurityUserPassword(t *testing.T) {
+	password := secret("pw-" + uuid.NewString())
+	ns := natstest.Start(t, func(o *server.Options) { o.Username, o.Password = "app", password })
+
+	ps, err := secInit(t, secProps(ns.ClientURL(), "user", "app", "password", password))
+	require.NoError(t, err)
+	secRoundTrip(t, ps, "sec.userpass")
+
+	rejectedCreds(t, secProps(ns.ClientURL(), "user", "app", "password", secret("pw-"+uuid.NewString())))
+	rejectedCreds(t, secProps(ns.ClientURL(), "user", "intruder", "password", password))
+}
+
+func TestSecurityNKey(t *testing.T) {
+	seedOf := func() (string, string) {
+		kp, err := nkeys.CreateUser()
+		require.NoError(t, err)
+		pub, err := kp.PublicKey()
+		require.NoError(t, err)
+		seed, err := kp.Seed()
+		require.NoError(t, err)
+		return pub, secret(string(seed))
+	}
+	pub, seed := seedOf()
+	ns := natstest.Start(t, func(o *server.Options) { o.Nkeys = []*server.NkeyUser{{Nkey: pub}} })
+
+	ps, err := secInit(t, secProps(ns.ClientURL(), "nkeySeed", seed))
+	require.NoError(t, err)
+	secRoundTrip(t, ps, "sec.nkey")
+
+	_, unknown := seedOf()
+	rejectedCreds(t, secProps(ns.ClientURL(), "nkeySeed", unknown))
+}
+
+// TestSecurityOperatorJWT runs the server in operator mode (decentralised
+// JWT auth) with keys and JWTs made here: operator, an account with
+// JetStream, and users signed by it.
+func TestSecurityOperatorJWT(t *testing.T) {
+	dir := t.TempDir()
+	operator, err := nkeys.CreateOperator()
+	require.NoError(t, err)
+	opPub, err := operator.PublicKey()
+	require.NoError(t, err)
+	opSeed, err := operator.Seed()
+	require.NoError(t, err)
+	secret(string(opSeed))
+
+	// newAccount makes an account signed by the operator, with JetStream
+	// unless it is the system account.
+	newAccount := func(name string, js bool) (nkeys.KeyPair, string, string) {
+		kp, err := nkeys.CreateAccount()
+		require.NoError(t, err)
+		pub, err := kp.PublicKey()
+		require.NoError(t, err)
+		seed, err := kp.Seed()
+		require.NoError(t, err)
+		secret(string(seed))
+		ac := jwt.NewAccountClaims(pub)
+		ac.Name = name
+		if js {
+			ac.Limits.JetStreamLimits = jwt.JetStreamLimits{MemoryStorage: -1, DiskStorage: -1, Streams: -1, Consumer: -1}
+		}
+		token, err := ac.Encode(operator)
+		require.NoError(t, err)
+		return kp, pub, token
+	}
+	// newUser returns a user JWT signed by account, the user's seed, and a
+	// creds file holding both.
+	newUser := func(account nkeys.KeyPair) (string, string, string) {
+		kp, err := nkeys.CreateUser()
+		require.NoError(t, err)
+		pub, err := kp.PublicKey()
+		require.NoError(t, err)
+		seed, err := kp.Seed()
+		require.NoError(t, err)
+		uc := jwt.NewUserClaims(pub)
+		uc.Name = "dapr"
+		token, err := uc.Encode(account)
+		require.NoError(t, err)
+		creds, err := jwt.FormatUserConfig(token, seed)
+		require.NoError(t, err)
+		file := filepath.Join(dir, pub[:12]+".creds")
+		require.NoError(t, os.WriteFile(file, creds, 0o600))
+		return secret(token), secret(string(seed)), file
+	}
+
+	_, sysPub, sysJWT := newAccount("SYS", false)
+	account, accountPub, accountJWT := newAccount("app", true)
+	oc := jwt.NewOperatorClaims(opPub)
+	oc.SystemAccount = sysPub
+	opJWT, err := oc.Encode(operator)
+	require.NoError(t, err)
+	opClaims, err := jwt.DecodeOperatorClaims(opJWT)
+	require.NoError(t, err)
+	resolver := &server.MemAccResolver{}
+	require.NoError(t, resolver.Store(sysPub, sysJWT))
+	require.NoError(t, resolver.Store(accountPub, accountJWT))
+	ns := natstest.Start(t, func(o *server.Options) {
+		o.TrustedOperators = []*jwt.OperatorClaims{opClaims}
+		o.AccountResolver = resolver
+		o.SystemAccount = sysPub
+	})
+
+	userJWT, userSeed, credsFile := newUser(account)
+
+	t.Run("jwt and seedKey", func(t *testing.T) {
+		ps, err := secInit(t, secProps(ns.ClientURL(), "jwt", userJWT, "seedKey", userSeed))
+		require.NoError(t, err)
+		secRoundTrip(t, ps, "sec.jwt")
+	})
+	t.Run("creds file", func(t *testing.T) {
+		ps, err := secInit(t, secProps(ns.ClientURL(), "credsFile", credsFile))
+		require.NoError(t, err)
+		secRoundTrip(t, ps, "sec.creds")
+	})
+	t.Run("JWT of an unknown account", func(t *testing.T) {
+		stranger, _, _ := newAccount("stranger", true) // never given to the server
+		jwt2, seed2, creds2 := newUser(stranger)
+		rejectedCreds(t, secProps(ns.ClientURL(), "jwt", jwt2, "seedKey", seed2))
+		rejectedCreds(t, secProps(ns.ClientURL(), "credsFile", creds2))
+	})
+	t.Run("JWT with the seed of another user", func(t *testing.T) {
+		_, otherSeed, _ := newUser(account)
+		rejectedCreds(t, secProps(ns.ClientURL(), "jwt", userJWT, "seedKey", otherSeed))
+	})
+	t.Run("creds file missing", func(t *testing.T) {
+		missing := filepath.Join(dir, "missing.creds")
+		_, err := secInit(t, secProps(ns.ClientURL(), "credsFile", missing))
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), `"credsFile"`)
+		assert.Contains(t, err.Error(), "no such file")
+		secNoSecret(t, "the Init error", err.Error())
+	})
+	t.Run("creds file that does not parse", func(t *testing.T) {
+		garbage := filepath.Join(dir, "garbage.creds")
+		require.NoError(t, os.WriteFile(garbage, []byte("this is not a creds file\n"), 0o600))
+		_, err := secInit(t, secProps(ns.ClientURL(), "credsFile", garbage))
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), `"credsFile"`)
+	})
+}
+
+func TestSecurityTLS(t *testing.T) {
+	dir := t.TempDir()
+	pki := secNewPKI(t, dir, "good")
+	other := secNewPKI(t, dir, "other")
+	password := secret("pw-" + uuid.NewString())
+	ns := natstest.Start(t, pki.serverTLS(t))
+	nsPass := natstest.Start(t, pki.serverTLS(t), func(o *server.Options) { o.Username, o.Password = "app", password })
+
+	tlsProps := func(url, ca, cert, key string, kv ...string) map[string]string {
+		return secProps(url, append([]string{"tls_ca_file", ca, "tls_client_cert", cert, "tls_client_key", key}, kv...)...)
+	}
+
+	t.Run("mutual TLS", func(t *testing.T) {
+		ps, err := secInit(t, tlsProps(ns.ClientURL(), pki.CA, pki.ClientCert, pki.ClientKey))
+		require.NoError(t, err)
+		secRoundTrip(t, ps, "sec.tls")
+	})
+	t.Run("server certificate from an untrusted CA", func(t *testing.T) {
+		ps, err := secInit(t, tlsProps(ns.ClientURL(), other.CA, pki.ClientCert, pki.ClientKey))
+		texts := secRejected(t, ps, err)
+		require.Error(t, err, "a server the CA does not vouch for is a configuration error, not an outage")
+		assert.Contains(t, texts[0], "tls_ca_file")
+		assert.Contains(t, texts[0], "certificate signed by unknown authority")
+	})
+	// With TLS 1.3 the server checks the client certificate after the
+	// client's handshake is done; the client then reads the server's alert
+	// ("remote error: tls: certificate required"), and Init fails, or only
+	// sees the connection closed, which could be an outage: then Init
+	// succeeds, but Ping and Publish fail.
+	t.Run("client certificate from another CA", func(t *testing.T) {
+		ps, err := secInit(t, tlsProps(ns.ClientURL(), pki.CA, other.ClientCert, other.ClientKey))
+		texts := secRejected(t, ps, err)
+		if err != nil {
+			assert.Contains(t, texts[0], "tls_client_cert")
+		}
+	})
+	t.Run("no client certificate", func(t *testing.T) {
+		ps, err := secInit(t, secProps(ns.ClientURL(), "tls_ca_file", pki.CA))
+		texts := secRejected(t, ps, err)
+		if err != nil {
+			assert.Contains(t, texts[0], "tls_client_cert")
+		}
+	})
+	t.Run("client certificate that does not parse", func(t *testing.T) {
+		bad := filepath.Join(dir, "bad-cert.pem")
+		require.NoError(t, os.WriteFile(bad, []byte("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n"), 0o600))
+		_, err := secInit(t, tlsProps(ns.ClientURL(), pki.CA, bad, pki.ClientKey))
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), `"tls_client_cert"`)
+		secNoSecret(t, "the Init error", err.Error())
+	})
+	t.Run("client key that does not parse", func(t *testing.T) {
+		bad := filepath.Join(dir, "bad-key.pem")
+		require.NoError(t, os.WriteFile(bad, []byte("not a key"), 0o600))
+		_, err := secInit(t, tlsProps(ns.ClientURL(), pki.CA, pki.ClientCert, bad))
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), `"tls_client_key"`)
+	})
+	t.Run("client key of another certificate", func(t *testing.T) {
+		_, err := secInit(t, tlsProps(ns.ClientURL(), pki.CA, pki.ClientCert, other.ClientKey))
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), `"tls_client_key"`)
+		secNoSecret(t, "the Init error", err.Error())
+	})
+	t.Run("CA file that does not parse", func(t *testing.T) {
+		bad := filepath.Join(dir, "bad-ca.pem")
+		require.NoError(t, os.WriteFile(bad, []byte("garbage"), 0o600))
+		_, err := secInit(t, tlsProps(ns.ClientURL(), bad, pki.ClientCert, pki.ClientKey))
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), `"tls_ca_file"`)
+	})
+	t.Run("TLS with user and password", func(t *testing.T) {
+		ps, err := secInit(t, tlsProps(nsPass.ClientURL(), pki.CA, pki.ClientCert, pki.ClientKey, "user", "app", "password", password))
+		require.NoError(t, err)
+		secRoundTrip(t, ps, "sec.tls.userpass")
+		rejectedCreds(t, tlsProps(nsPass.ClientURL(), pki.CA, pki.ClientCert, pki.ClientKey, "user", "app", "password", secret("pw-"+uuid.NewString())))
+	})
+}
+
+// TestSecurityURLCredentialsRedacted puts the password in natsURL, as
+// nats://user:pass@host, and checks that errors and logs show neither it
+// nor a token given the same way.
+func TestSecurityURLCredentialsRedacted(t *testing.T) {
+	password := secret("pw-" + uuid.NewString())
+	ns := natstest.Start(t, func(o *server.Options) { o.Username, o.Password = "app", password })
+	host := ns.Addr().String()
+
+	ps, err := secInit(t, secProps("nats://app:"+password+"@"+host))
+	require.NoError(t, err)
+	secRoundTrip(t, ps, "sec.urlpass")
+
+	wrong := secret("pw-" + uuid.NewString())
+	_, err = secInit(t, secProps("nats://app:"+wrong+"@"+host))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "rejected the credentials")
+	assert.Contains(t, err.Error(), "nats://***@"+host, "the URL is shown, without its user information")
+	secNoSecret(t, "the Init error", err.Error())
+
+	// A server that is not up yet: Init succeeds and logs the URL.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	down := l.Addr().String()
+	require.NoError(t, l.Close())
+	token := secret("tok-" + uuid.NewString())
+	_, err = secInit(t, secProps("nats://"+token+"@"+down+",nats://app:"+password+"@"+down))
+	require.NoError(t, err)
+	assert.Eventually(t, func() bool { return logsContain("nats://***@" + down) }, secShort, secTick, "the warning names the redacted URL")
+
+	// A URL that does not parse is named, redacted, in the metadata error.
+	for _, bad := range []string{"nats//app:" + password + "@" + host, "http://app:" + password + "@" + host} {
+		_, err = secInit(t, secProps(bad))
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), `"natsURL"`)
+		secNoSecret(t, "the metadata error", err.Error())
+	}
+}
+
+// TestSecurityBinary runs the built component: its socket is 0660, it never
+// listens on TCP, and what it writes (stdout, where dapr's logger goes, and
+// stderr, both captured into logSink for TestMain's secret check) holds no
+// credential, whether NATS accepts or rejects them.
+func TestSecurityBinary(t *testing.T) {
+	token := secret("tok-" + uuid.NewString())
+	wrong := secret("tok-" + uuid.NewString())
+	ns := natstest.Start(t, func(o *server.Options) { o.Authorization = token })
+	p := secStartBinary(t)
+	pid := p.cmd.Process.Pid
+
+	fi, err := os.Lstat(p.socket)
+	require.NoError(t, err)
+	assert.Equal(t, fs.ModeSocket|0o660, fi.Mode(), "socket mode %v", fi.Mode())
+
+	conn := secDial(t, p.socket)
+	client := proto.NewPubSubClient(conn)
+
+	// Rejected: a clear gRPC error without the token.
+	ctx := secInstance(t, "rejected")
+	err = secGRPCInit(ctx, client, secProps(ns.ClientURL(), "token", wrong))
+	require.Error(t, err)
+	assert.Equal(t, codes.InvalidArgument, status.Code(err))
+	assert.Contains(t, err.Error(), "rejected the credentials")
+	secNoSecret(t, "the gRPC error", err.Error())
+
+	// The same with the token in the URL: the error shows it redacted.
+	ctx = secInstance(t, "url-token")
+	err = secGRPCInit(ctx, client, secProps("nats://"+wrong+"@"+ns.Addr().String()))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "nats://***@"+ns.Addr().String())
+	secNoSecret(t, "the gRPC error", err.Error())
+
+	// Accepted: publish and receive through the process.
+	ctx = secInstance(t, "accepted")
+	require.NoError(t, secGRPCInit(ctx, client, secProps(ns.ClientURL(), "token", token, "consumerID", "bin")))
+	pull, err := client.PullMessages(ctx)
+	require.NoError(t, err)
+	require.NoError(t, pull.Send(&proto.PullMessagesRequest{Topic: &proto.Topic{Name: "sec.bin"}}))
+	_, err = client.Publish(ctx, &proto.PublishRequest{Topic: "sec.bin", Data: []byte("via binary")})
+	require.NoError(t, err)
+	msg, err := pull.Recv()
+	require.NoError(t, err)
+	assert.Equal(t, "via binary", string(msg.GetData()))
+	require.NoError(t, pull.Send(&proto.PullMessagesRequest{AckMessageId: msg.GetId()}))
+
+	// Its NATS connection is an outgoing TCP connection; nothing listens.
+	sockets := secTCPSockets(t, pid)
+	assert.Empty(t, sockets["0A"], "the component must not listen on TCP")
+	assert.NotEmpty(t, sockets["01"], "the method sees the component's own NATS connection")
+	// The method is sound: it does see this test process's listener (the
+	// in-process nats-server).
+	assert.NotEmpty(t, secTCPSockets(t, os.Getpid())["0A"])
+
+	require.NoError(t, pull.CloseSend())
+	_ = conn.Close()
+	p.stop(t)
+	logs := p.logs.String()
+	assert.Regexp(t, `component .*accepted.* initialized`, logs, "the output was captured")
+	assert.NotContains(t, logs, token)
+	assert.NotContains(t, logs, wrong)
+}
+
+// TestSecuritySocketMode checks pluggable.Listen itself, in-process, with the
+// default and a stricter mode, and that world access is refused.
+func TestSecuritySocketMode(t *testing.T) {
+	folder, err := os.MkdirTemp("", "faults-sock")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = os.RemoveAll(folder) })
+	for _, tc := range []struct {
+		mode fs.FileMode
+		want fs.FileMode
+	}{{0, 0o660}, {0o600, 0o600}} {
+		l, path, err := pluggable.Listen(pluggable.Options{SocketFolder: folder, SocketName: fmt.Sprintf("mode%o", tc.mode), SocketMode: tc.mode})
+		require.NoError(t, err)
+		fi, err := os.Lstat(path)
+		require.NoError(t, err)
+		assert.Equal(t, fs.ModeSocket|tc.want, fi.Mode(), "socket %s", filepath.Base(path))
+		require.NoError(t, l.Close())
+	}
+	for _, mode := range []fs.FileMode{0o666, 0o662, 0o664, 0o777} {
+		_, _, err := pluggable.Listen(pluggable.Options{SocketFolder: folder, SocketName: "open", SocketMode: mode})
+		require.Error(t, err, "mode %o", mode)
+		assert.Contains(t, err.Error(), "every user")
+	}
+	_, err = os.Lstat(filepath.Join(folder, "open.sock"))
+	assert.True(t, os.IsNotExist(err), "no socket is created with a refused mode")
+	// The folder it creates is not world-readable either.
+	nested := filepath.Join(folder, "nested")
+	l, _, err := pluggable.Listen(pluggable.Options{SocketFolder: nested})
+	require.NoError(t, err)
+	require.NoError(t, l.Close())
+	fi, err := os.Stat(nested)
+	require.NoError(t, err)
+	assert.Zero(t, fi.Mode().Perm()&0o007, "socket folder mode %v", fi.Mode())
+}
