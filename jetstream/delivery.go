@@ -101,6 +101,9 @@ func (d *Delivery) Settle(handlerErr error) error {
 	return d.msg.Ack()
 }
 
+// giveBack returns an unhandled message to JetStream for another subscriber.
+func (d *Delivery) giveBack() error { return d.nak(giveBackDelay) }
+
 func (d *Delivery) nak(delay time.Duration) error {
 	if !d.settled.CompareAndSwap(false, true) {
 		return ErrAlreadySettled

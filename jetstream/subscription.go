@@ -30,6 +30,11 @@ const (
 	// subscription on its way in. A message published just before the
 	// subscription may be delivered; none published after it is missed.
 	startSkew = time.Second
+	// giveBackDelay is the redelivery delay of a message this subscription
+	// gives back unhandled (paused, stopped, or daprd's stream broke). nats.go
+	// withdraws an ended pull request a moment after it stops reading it; a
+	// message redelivered into it before that would sit until the ack wait.
+	giveBackDelay = 100 * time.Millisecond
 	// handlerGrace is how long stopping waits for running in-process
 	// handlers before their messages are given back.
 	handlerGrace = 10 * time.Second
@@ -327,7 +332,7 @@ func (s *subscription) fetch(ctx context.Context, cons jetstream.Consumer, n int
 		d := newDelivery(s, msg)
 		s.track(d)
 		if ctx.Err() != nil {
-			_ = d.nak(0)
+			_ = d.giveBack()
 			continue
 		}
 		s.queue <- d
@@ -379,12 +384,12 @@ func (s *subscription) dispatch(d *Delivery) {
 	s.mu.Unlock()
 	if pctx.Err() != nil {
 		// Paused or stopping: let another subscriber have it now.
-		_ = d.nak(0)
+		_ = d.giveBack()
 		return
 	}
 	if s.limiter != nil {
 		if err := s.limiter.WaitN(pctx, min(len(d.Data)*8, s.limiter.Burst())); err != nil {
-			_ = d.nak(0)
+			_ = d.giveBack()
 			return
 		}
 	}
@@ -392,7 +397,7 @@ func (s *subscription) dispatch(d *Delivery) {
 	// message, and the keep-alive must count from then, or a message that
 	// waited in the queue goes more than an ack wait without InProgress.
 	if err := s.fn(d); err != nil {
-		_ = d.nak(0)
+		_ = d.giveBack()
 	}
 }
 
@@ -528,7 +533,7 @@ func (s *subscription) finish() {
 		s.p.log.Warnf("topic %q: handlers still running after %s; giving their messages back", s.topic, handlerGrace)
 	}
 	for _, d := range s.snapshot() {
-		_ = d.nak(0)
+		_ = d.giveBack()
 	}
 	s.p.mu.Lock()
 	delete(s.p.subs, s)
