@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"syscall"
+	"time"
 
 	"github.com/dapr/kit/logger"
 
@@ -17,10 +19,11 @@ import (
 )
 
 func main() {
-	socketFolder := env("DAPR_COMPONENTS_SOCKETS_FOLDER", pluggable.DefaultSocketFolder)
+	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
+		os.Exit(healthcheck(os.Args[2:]))
+	}
 	fs := flag.NewFlagSet(os.Args[0], flag.ExitOnError)
-	fs.StringVar(&socketFolder, "socket-folder", socketFolder, "folder daprd scans for component sockets (env DAPR_COMPONENTS_SOCKETS_FOLDER)")
-	name := fs.String("socket-name", env("JETSTREAM_SOCKET_NAME", pluggable.DefaultSocketName), "socket file name without .sock; the component type becomes pubsub.<name> (env JETSTREAM_SOCKET_NAME)")
+	socketFolder, name := socketFlags(fs)
 	mode := fs.String("socket-mode", env("JETSTREAM_SOCKET_MODE", "0660"), "socket permission bits, 0660 or stricter (env JETSTREAM_SOCKET_MODE)")
 	drain := fs.Duration("drain-timeout", pluggable.DefaultDrainTimeout, "on SIGTERM, how long to wait for daprd to acknowledge in-flight messages")
 	level := fs.String("log-level", env("JETSTREAM_LOG_LEVEL", "info"), "debug, info, warn or error (env JETSTREAM_LOG_LEVEL)")
@@ -37,7 +40,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	err = pluggable.Run(ctx, pluggable.Options{
-		SocketFolder: socketFolder,
+		SocketFolder: *socketFolder,
 		SocketName:   *name,
 		SocketMode:   os.FileMode(perm),
 		DrainTimeout: *drain,
@@ -46,6 +49,44 @@ func main() {
 	if err != nil {
 		log.Error(err.Error())
 		os.Exit(1)
+	}
+}
+
+// socketFlags are the flags that locate the socket, shared by the server and
+// the healthcheck.
+func socketFlags(fs *flag.FlagSet) (folder, name *string) {
+	// The plural is what daprd reads; Dapr's injector sets the singular
+	// when a pod chooses its own folder.
+	def := env("DAPR_COMPONENTS_SOCKETS_FOLDER", env("DAPR_COMPONENT_SOCKETS_FOLDER", pluggable.DefaultSocketFolder))
+	folder = fs.String("socket-folder", def, "folder daprd scans for component sockets (env DAPR_COMPONENTS_SOCKETS_FOLDER)")
+	name = fs.String("socket-name", env("JETSTREAM_SOCKET_NAME", pluggable.DefaultSocketName), "socket file name without .sock; the component type becomes pubsub.<name> (env JETSTREAM_SOCKET_NAME)")
+	return folder, name
+}
+
+// healthcheck exits 0 when the component serves its socket (and, with
+// -nats, when every instance reaches NATS); for probes in a container with no
+// shell. With -wait it retries until then.
+func healthcheck(args []string) int {
+	fs := flag.NewFlagSet("healthcheck", flag.ExitOnError)
+	folder, name := socketFlags(fs)
+	timeout := fs.Duration("timeout", 2*time.Second, "how long one check may take")
+	wait := fs.Duration("wait", 0, "keep retrying every 200ms for this long")
+	withNATS := fs.Bool("nats", false, "also ping NATS through the component")
+	_ = fs.Parse(args)
+	socket := filepath.Join(*folder, *name+".sock")
+	deadline := time.Now().Add(*wait)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+		err := pluggable.Check(ctx, socket, *withNATS)
+		cancel()
+		if err == nil {
+			return 0
+		}
+		if time.Now().After(deadline) {
+			fmt.Fprintf(os.Stderr, "unhealthy: %v\n", err)
+			return 1
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
 

@@ -1,3 +1,5 @@
+//lint:file-ignore SA1019 daprd discovers components with v1alpha reflection, so the tests ask it the same way.
+
 package pluggable
 
 import (
