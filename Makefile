@@ -26,7 +26,9 @@ test: fmt-check vet
 
 ## faults: kill and restart real processes, bad input, authentication and TLS (build tag faults).
 faults:
-	$(GOTEST) -race -tags faults -timeout 30m ./test/faults/
+	@mkdir -p .cache; $(GOTEST) -race -tags faults -timeout 30m -v ./test/faults/ > .cache/faults.log 2>&1; rc=$$?; \
+	grep -E "^(--- |ok|FAIL|PASS)|FAULT |panic:|secrets" .cache/faults.log; \
+	if [ $$rc -ne 0 ]; then echo "--- last 300 lines of .cache/faults.log:"; tail -n 300 .cache/faults.log; fi; exit $$rc
 
 ## lint: gofmt (tracked and new files), go vet, and staticcheck, also with the faults build tag.
 ## Separate from `test`: staticcheck is downloaded from the module proxy the first time.
@@ -91,6 +93,15 @@ demo:
 	CGO_ENABLED=0 go build -o .cache/demo/dapr-nats-jetstream . && \
 	go build -o .cache/demo/tweetapp ./test/e2e/tweetapp && \
 	go run ./test/e2e/demo -daprd "$$daprd" -component .cache/demo/dapr-nats-jetstream -app .cache/demo/tweetapp $(DEMO_FLAGS)
+
+## bench: the component against raw nats.go (and daprd's built-in pubsub.jetstream, when
+## $(DAPRD_CACHE)/daprd-v1.18.1-allcomponents or $$DAPRD exists), nats-server, component and daprd as
+## separate processes. About 5 minutes; not part of `test`. Writes .cache/bench/bench-results.md and
+## bench-ratios.svg. BENCH_FLAGS: -quick (smoke run), -pairs 1,4, -out DIR, -cpuprofile DIR.
+BENCH_FLAGS ?=
+.PHONY: bench
+bench:
+	DAPRD=$${DAPRD:-$(DAPRD_CACHE)/daprd-v1.18.1-allcomponents} go run ./test/bench $(BENCH_FLAGS)
 
 clean:
 	rm -rf bin .cache
