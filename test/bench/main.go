@@ -1,0 +1,226 @@
+// Command bench measures the component against raw nats.go (and, when a
+// daprd binary is available, against daprd's built-in pubsub.jetstream), with
+// nats-server, the component and daprd as separate processes so that their
+// CPU and memory can be read from /proc. It is run by `make bench`, not by
+// `make test`.
+//
+//	go run ./test/bench [-quick] [-out DIR] [-pairs 1,2,3,4,5,6,7] [-cpuprofile DIR]
+//
+// Every pair runs ours and its baseline interleaved, over several rounds,
+// each measurement on a fresh topic and stream, against one nats-server; the
+// table shows medians and the median of the per-round ratios. It writes
+// bench-results.md and bench-ratios.svg to -out.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/dapr/kit/logger"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+func main() {
+	quick := flag.Bool("quick", false, "smoke run: fewer rounds and smaller counts")
+	outDir := flag.String("out", ".cache/bench", "directory for bench-results.md and bench-ratios.svg")
+	pairsFlag := flag.String("pairs", "1,2,3,4,5,6,7", "comma-separated pairs to run")
+	profDir := flag.String("cpuprofile", "", "directory for CPU profiles: the component processes (component-<label>.pprof, "+
+		"served by this binary running pluggable.Run like main.go) and this process (bench.pprof)")
+	hostProfile := flag.String("component-cpuprofile", "", "internal: serve the component here and write its CPU profile to this file")
+	flag.Parse()
+	if *hostProfile != "" {
+		os.Exit(hostComponent(*hostProfile))
+	}
+	want := map[string]bool{}
+	for _, p := range strings.Split(*pairsFlag, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			want[p] = true
+		}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, *quick, *outDir, *profDir, want); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, quick bool, outDir, profDir string, want map[string]bool) error {
+	start := time.Now()
+	say := func(format string, args ...any) {
+		fmt.Printf("[%6.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
+	}
+	root, err := repoRoot()
+	if err != nil {
+		return err
+	}
+	if !filepath.IsAbs(outDir) {
+		outDir = filepath.Join(root, outDir)
+	}
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "jsbench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+
+	say("building nats-server and the component (go build)")
+	natsBin, compBin := filepath.Join(dir, "nats-server"), filepath.Join(dir, "c")
+	var wg sync.WaitGroup
+	var natsErr, compErr error
+	wg.Add(2)
+	go func() { defer wg.Done(); natsErr = goBuild(root, natsBin, "github.com/nats-io/nats-server/v2") }()
+	go func() { defer wg.Done(); compErr = goBuild(root, compBin, ".") }()
+	wg.Wait()
+	if natsErr != nil || compErr != nil {
+		return fmt.Errorf("build: %v %v", natsErr, compErr)
+	}
+	cc := componentCmd{bin: compBin}
+	if profDir != "" {
+		if profDir, err = filepath.Abs(profDir); err != nil {
+			return err
+		}
+		if err := os.MkdirAll(profDir, 0o755); err != nil {
+			return err
+		}
+		self, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		cc = componentCmd{bin: self, profile: profDir}
+		f, err := os.Create(filepath.Join(profDir, "bench.pprof"))
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer func() { pprof.StopCPUProfile(); _ = f.Close() }()
+		say("profiling: the component processes are this binary running pluggable.Run; profiles go to %s", profDir)
+	}
+
+	ns, err := startNATS(natsBin, dir)
+	if err != nil {
+		return err
+	}
+	defer ns.stop(10 * time.Second)
+	nc, err := nats.Connect(ns.url)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	ver := nc.ConnectedServerVersion()
+	say("nats-server %s at %s (pid %d, store %s)", ver, ns.url, ns.pid(), ns.store)
+
+	log := logger.NewLogger("bench")
+	log.SetOutputLevel(logger.FatalLevel) // daprd's client logs every cancelled stream as an error
+	b := &bench{
+		sz: fullSizes, runID: strconv.FormatInt(time.Now().Unix()%100000, 36), dir: dir, nats: ns, nc: nc, js: js,
+		cc: cc, log: log, out: say,
+	}
+	if quick {
+		b.sz = quickSizes
+	}
+	mode := "full"
+	if quick {
+		mode = "quick"
+	}
+	load0 := loadAvg()
+
+	var results []*comparison
+	runPair := func(id string, f func(context.Context) ([]*comparison, error), title string) {
+		if !want[id] || ctx.Err() != nil {
+			return
+		}
+		say("pair %s: %s", id, title)
+		cs, err := f(ctx)
+		if err != nil {
+			say("pair %s failed: %v", id, err)
+			cs = []*comparison{{pair: id, title: title, notRun: "failed: " + oneLine(err.Error())}}
+		}
+		b.cleanup(context.Background())
+		results = append(results, cs...)
+	}
+	needMain := want["1"] || want["2"] || want["3"] || want["4"] || want["5"]
+	if needMain {
+		b.comp, err = cc.start(ctx, filepath.Join(dir, "sock-main"), "main")
+		if err != nil {
+			return err
+		}
+		say("component pid %d, socket %s", b.comp.pid(), b.comp.socket)
+	}
+	runPair("1", b.pair1, "Publish, 1 caller")
+	runPair("2", b.pair2, "Publish, 64 callers")
+	runPair("3", b.pair3, "BulkPublish, 100 per call")
+	runPair("4", b.pair4, "Delivery of a backlog")
+	runPair("5", b.pair5, "Latency at 1,000 msgs/s")
+	if b.comp != nil {
+		b.comp.stop(15 * time.Second)
+	}
+	runPair("7", b.pair7, "Component RSS after many messages")
+	runPair("6", b.pair6, "Through daprd 1.18.1: ours vs built-in pubsub.jetstream")
+	slices.SortStableFunc(results, func(x, y *comparison) int { return strings.Compare(x.pair, y.pair) })
+
+	compNote := "the component binary built from the repository root"
+	if profDir != "" {
+		compNote = "the component served by the bench binary with a CPU profile (-cpuprofile; larger RSS)"
+	}
+	meta := fmt.Sprintf("Run %s, mode %s (%d rounds; pair 6: %d), %s, %s, GOMAXPROCS %d, %d CPUs, load average %s at start and %s at the end, nats-server %s (file storage, R1), %s, took %s.",
+		start.Format(time.RFC3339), mode, b.sz.rounds, b.sz.daprdRounds, runtime.Version(), runtime.GOOS+"/"+runtime.GOARCH,
+		runtime.GOMAXPROCS(0), runtime.NumCPU(), load0, loadAvg(), ver, compNote, time.Since(start).Round(time.Second))
+	fmt.Println()
+	fmt.Println(meta)
+	printTable(os.Stdout, results)
+	md := filepath.Join(outDir, "bench-results.md")
+	svg := filepath.Join(outDir, "bench-ratios.svg")
+	if err := writeMarkdown(md, results, meta); err != nil {
+		return err
+	}
+	if err := writeSVG(svg, results); err != nil {
+		return err
+	}
+	fmt.Printf("\nwrote %s and %s\n", md, svg)
+	if profDir != "" {
+		fmt.Printf("CPU profiles in %s: go tool pprof -top %s\n", profDir, filepath.Join(profDir, "component-main.pprof"))
+	}
+	return ctx.Err()
+}
+
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+func oneLine(s string) string {
+	s = strings.ReplaceAll(s, "\n", " ")
+	if len(s) > 300 {
+		s = s[:300] + "…"
+	}
+	return s
+}
