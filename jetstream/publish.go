@@ -266,6 +266,12 @@ func msgID(data []byte, md map[string]string) string {
 		return id
 	}
 	if trimmed := bytes.TrimLeft(data, " \t\r\n"); len(trimmed) > 0 && trimmed[0] == '{' {
+		if id, ok := fastCloudEventID(data); ok {
+			if id != "" {
+				return id
+			}
+			return md[MetadataCloudEventID]
+		}
 		var ce struct {
 			ID          string `json:"id"`
 			SpecVersion string `json:"specversion"`
@@ -275,4 +281,113 @@ func msgID(data []byte, md map[string]string) string {
 		}
 	}
 	return md[MetadataCloudEventID]
+}
+
+// fastCloudEventID returns what msgID's json.Unmarshal would find, without
+// decoding the payload: the document must be valid JSON (json.Valid), then
+// only the top-level keys are scanned; "id" and "specversion" are matched as
+// encoding/json does (case-insensitively, the last one wins). Anything
+// unusual (escapes, non-ASCII or non-string values) returns ok == false,
+// and the caller falls back to json.Unmarshal.
+func fastCloudEventID(data []byte) (id string, ok bool) {
+	if !json.Valid(data) {
+		return "", true // json.Unmarshal would fail: no id from the content
+	}
+	i := skipWS(data, 0)
+	if i >= len(data) || data[i] != '{' {
+		return "", false
+	}
+	i++
+	var gotID, gotSpec []byte
+	for {
+		i = skipWS(data, i)
+		if data[i] == '}' {
+			break
+		}
+		key, j, ok := plainString(data, i)
+		if !ok {
+			return "", false
+		}
+		i = skipWS(data, j)
+		i = skipWS(data, i+1) // ':'
+		isID, isSpec := strings.EqualFold(string(key), "id"), strings.EqualFold(string(key), "specversion")
+		if isID || isSpec {
+			v, j, ok := plainString(data, i)
+			if !ok {
+				return "", false
+			}
+			if isID {
+				gotID = v
+			} else {
+				gotSpec = v
+			}
+			i = j
+		} else {
+			i = skipValue(data, i)
+		}
+		i = skipWS(data, i)
+		if data[i] == ',' {
+			i++
+		}
+	}
+	if len(gotSpec) == 0 || len(gotID) == 0 {
+		return "", true
+	}
+	return string(gotID), true
+}
+
+func skipWS(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\r' || b[i] == '\n') {
+		i++
+	}
+	return i
+}
+
+// plainString reads a JSON string at b[i] with no escapes and only ASCII.
+func plainString(b []byte, i int) ([]byte, int, bool) {
+	if b[i] != '"' {
+		return nil, i, false
+	}
+	for j := i + 1; j < len(b); j++ {
+		switch c := b[j]; {
+		case c == '"':
+			return b[i+1 : j], j + 1, true
+		case c == '\\' || c >= 0x80:
+			return nil, i, false
+		}
+	}
+	return nil, i, false
+}
+
+// skipValue skips one value of a document already known to be valid.
+func skipValue(b []byte, i int) int {
+	depth := 0
+	for ; i < len(b); i++ {
+		switch b[i] {
+		case '"':
+			for i++; b[i] != '"'; i++ {
+				if b[i] == '\\' {
+					i++
+				}
+			}
+			if depth == 0 {
+				return i + 1
+			}
+		case '{', '[':
+			depth++
+		case '}', ']':
+			if depth == 0 {
+				return i
+			}
+			depth--
+			if depth == 0 {
+				return i + 1
+			}
+		case ',':
+			if depth == 0 {
+				return i
+			}
+		}
+	}
+	return i
 }
