@@ -220,6 +220,50 @@ func TestExistingStreamIsExtended(t *testing.T) {
 	assert.Equal(t, []string{"EXT"}, streamNames(t, js))
 }
 
+// A subscription to a wildcard after publishes to subjects it covers: the
+// stream created for those subjects takes the wildcard in their place,
+// keeping its messages; with streamName, the named stream does.
+func TestWildcardTakesThePlaceOfCoveredSubjects(t *testing.T) {
+	t.Parallel()
+	for _, named := range []bool{false, true} {
+		t.Run(fmt.Sprintf("streamName=%v", named), func(t *testing.T) {
+			t.Parallel()
+			ns, js := startNATS(t)
+			props := map[string]string{"deliverPolicy": "all"}
+			if named {
+				props["streamName"] = "WILD"
+			}
+			ps, _ := open(t, ns.ClientURL(), props)
+			publish(t, ps, "wild.first", "1", nil)
+			// Without streamName a second subject would get a stream of its
+			// own, and two streams cannot both take the wildcard.
+			second := "wild.first"
+			if named {
+				second = "wild.second.deep"
+			}
+			publish(t, ps, second, "2", nil)
+			name, err := js.StreamNameBySubject(ctx(t), "wild.first")
+			require.NoError(t, err)
+
+			h, ch := collect()
+			subscribe(t, ps, "wild.>", nil, h)
+			var got []string
+			for range 2 {
+				got = append(got, string(recv(t, ch, waitFor).Data))
+			}
+			assert.Equal(t, []string{"1", "2"}, got)
+			publish(t, ps, "wild.third", "3", nil)
+			assert.Equal(t, "3", string(recv(t, ch, waitFor).Data))
+			info := streamInfo(t, js, name)
+			assert.Equal(t, []string{"wild.>"}, info.Config.Subjects)
+			assert.Equal(t, uint64(3), info.State.Msgs)
+			if named {
+				assert.Equal(t, "WILD", name)
+			}
+		})
+	}
+}
+
 func TestAutoProvisionOff(t *testing.T) {
 	t.Parallel()
 	ns, js := startNATS(t)

@@ -63,6 +63,7 @@ func (s *streams) ensure(ctx context.Context, topic string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	name = info.Config.Name
 	s.mu.Lock()
 	s.known[topic] = name
 	s.ttl[name] = info.Config.AllowMsgTTL
@@ -131,6 +132,19 @@ func (s *streams) create(ctx context.Context, name, topic string) (*jetstream.St
 		}
 		return s.extend(ctx, info, topic)
 	}
+	// Or a stream for a wildcard that covers the topic, such as one created
+	// for a subscription to orders.> while this publish to orders.new looked.
+	if found, lerr := s.js.StreamNameBySubject(ctx, topic); lerr == nil {
+		if st, lerr := s.js.Stream(ctx, found); lerr == nil && covers(st.CachedInfo().Config.Subjects, topic) {
+			return st.CachedInfo(), nil
+		}
+	}
+	// Or, for a wildcard topic, one stream that holds subjects it covers,
+	// such as one created for a publish to orders.new while this
+	// subscription to orders.> looked: the topic takes their place.
+	if info := s.coveredBy(ctx, topic); info != nil {
+		return s.extend(ctx, info, topic)
+	}
 	return nil, fmt.Errorf("create stream %q for subjects %v: %w; if the subjects overlap another stream, set streamName to that stream", name, subjects, err)
 }
 
@@ -140,12 +154,35 @@ func (s *streams) extend(ctx context.Context, info *jetstream.StreamInfo, topic 
 			ErrNoStream, info.Config.Name, info.Config.Subjects, topic)
 	}
 	cfg := info.Config
-	cfg.Subjects = append(slices.Clone(cfg.Subjects), topic)
+	// A wildcard topic replaces the subjects it covers, which JetStream
+	// would refuse as overlapping: orders.> takes the place of orders.new.
+	cfg.Subjects = slices.DeleteFunc(slices.Clone(cfg.Subjects), func(s string) bool { return metadata.SubjectCovers(topic, s) })
+	cfg.Subjects = append(cfg.Subjects, topic)
 	st, err := s.js.UpdateStream(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("add subject %q to stream %q: %w", topic, cfg.Name, err)
+		return nil, fmt.Errorf("add subject %q to stream %q: %w; if other streams hold subjects that %q covers, keep them in one stream and set streamName to it",
+			topic, cfg.Name, err, topic)
 	}
 	return st.CachedInfo(), nil
+}
+
+// coveredBy returns the one stream with subjects that topic covers, if there
+// is exactly one.
+func (s *streams) coveredBy(ctx context.Context, topic string) *jetstream.StreamInfo {
+	var found *jetstream.StreamInfo
+	list := s.js.ListStreams(ctx)
+	for info := range list.Info() {
+		if slices.ContainsFunc(info.Config.Subjects, func(subj string) bool { return metadata.SubjectCovers(topic, subj) }) {
+			if found != nil {
+				return nil
+			}
+			found = info
+		}
+	}
+	if list.Err() != nil {
+		return nil
+	}
+	return found
 }
 
 // ensureTTL makes sure the stream accepts per-message TTLs, enabling them

@@ -599,3 +599,33 @@ func TestInFlightWindowFromSubscriptionMetadata(t *testing.T) {
 	case <-time.After(500 * time.Millisecond):
 	}
 }
+
+// A NATS publisher may send a subject or header that is not UTF-8, which
+// protobuf cannot carry: it arrives with U+FFFD in place of the bad bytes,
+// and the subscription goes on.
+func TestInvalidUTF8FromNATSIsDelivered(t *testing.T) {
+	ns := natstest.Start(t)
+	c := startComponent(t, "nats-jetstream")
+	cl := daprClient(t, c, "pubsub", props(ns.ClientURL(), "consumerID", "app", "streamName", "LEGACY", "streamSubjects", "legacy.>"))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, js := natstest.Client(t, ns)
+	box := newInbox()
+	require.NoError(t, cl.Subscribe(ctx, pubsub.SubscribeRequest{Topic: "legacy.>"}, box.handler(nil)))
+	require.NoError(t, cl.Publish(ctx, &pubsub.PublishRequest{Topic: "legacy.first", Data: []byte("first")}))
+	box.waitFor(t, 1, 10*time.Second)
+
+	msg := nats.NewMsg("legacy.caf\xe9")
+	msg.Data = []byte("latin-1 \xe9")
+	msg.Header.Set("x-name", "Jos\xe9")
+	_, err := js.PublishMsg(ctx, msg)
+	require.NoError(t, err)
+	require.NoError(t, cl.Publish(ctx, &pubsub.PublishRequest{Topic: "legacy.last", Data: []byte("last")}))
+	box.waitFor(t, 3, 10*time.Second)
+
+	got := box.all()
+	assert.Equal(t, "latin-1 \xe9", string(got[1].Data), "data is bytes and arrives as it was sent")
+	assert.Equal(t, "Jos\uFFFD", got[1].Metadata["x-name"])
+	assert.Equal(t, "legacy.caf\uFFFD", got[1].Metadata["jetstream-subject"])
+	assert.Equal(t, "last", dataOf(t, got[2]))
+}
