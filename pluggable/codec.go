@@ -89,14 +89,15 @@ func appendString(b []byte, num protowire.Number, s string) []byte {
 	return protowire.AppendString(b, validString(s))
 }
 
+// sizeEntry is the size of a map entry of valid strings k and v.
 func sizeEntry(k, v string) int {
-	return 1 + protowire.SizeBytes(len(validString(k))) + 1 + protowire.SizeBytes(len(validString(v)))
+	return 1 + protowire.SizeBytes(len(k)) + 1 + protowire.SizeBytes(len(v))
 }
 
 func sizeMap(num protowire.Number, m map[string]string) int {
 	n := 0
 	for k, v := range m {
-		n += protowire.SizeTag(num) + protowire.SizeBytes(sizeEntry(k, v))
+		n += protowire.SizeTag(num) + protowire.SizeBytes(sizeEntry(validString(k), validString(v)))
 	}
 	return n
 }

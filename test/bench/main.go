@@ -40,7 +40,11 @@ func main() {
 	profDir := flag.String("cpuprofile", "", "directory for CPU profiles: the component processes (component-<label>.pprof, "+
 		"served by this binary running pluggable.Run like main.go) and this process (bench.pprof)")
 	hostProfile := flag.String("component-cpuprofile", "", "internal: serve the component here and write its CPU profile to this file")
+	ceiling := flag.Bool("stream-ceiling", false, "internal: serve the bare PullMessages stream of pair 4's ceiling")
 	flag.Parse()
+	if *ceiling {
+		os.Exit(serveCeiling())
+	}
 	if *hostProfile != "" {
 		os.Exit(hostComponent(*hostProfile))
 	}

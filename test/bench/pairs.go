@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -640,7 +642,22 @@ func (b *bench) pair4(ctx context.Context) ([]*comparison, error) {
 		explain: "ours msgs/s / raw msgs/s, same round (from subscribe to the last message)",
 	}
 	raw := &variant{label: "raw pull consumer Consume + Ack", cpuSrc: "bench", noLatency: true}
-	c.base = []*variant{raw}
+	hop := &variant{label: "ceiling: bare PullMessages stream, same client", cpuSrc: "component", noLatency: true}
+	c.base = []*variant{raw, hop}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	ceil, err := componentCmd{bin: self, args: []string{"-stream-ceiling"}}.start(ctx, filepath.Join(b.dir, "sock-ceiling"), "ceiling")
+	if err != nil {
+		return nil, fmt.Errorf("stream ceiling: %w", err)
+	}
+	defer ceil.stop(5 * time.Second)
+	hopClient, err := b.client(ctx, ceil, "p4c")
+	if err != nil {
+		return nil, err
+	}
+	defer hopClient.Close()
 	for r := range b.sz.rounds {
 		err := order(r, func() error {
 			topic := b.topic("p4o")
@@ -692,6 +709,19 @@ func (b *bench) pair4(ctx context.Context) ([]*comparison, error) {
 		if err != nil {
 			return nil, err
 		}
+		cnt := newCounter(n)
+		sctx, cancel := context.WithCancel(ctx)
+		m := b.meter(ceil)
+		err = hopClient.Subscribe(sctx, pubsub.SubscribeRequest{Topic: "ceiling", Metadata: map[string]string{"count": strconv.Itoa(n)}},
+			func(context.Context, *pubsub.NewMessage) error { cnt.inc(); return nil })
+		if err == nil {
+			err = cnt.wait(ctx, 5*time.Minute)
+		}
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("stream ceiling: %w", err)
+		}
+		hop.add(m.stop(n, nil))
 		last := len(raw.samples) - 1
 		c.ratios = append(c.ratios, c.ours.samples[last].rate()/raw.samples[last].rate())
 		b.out("  pair 4 round %d/%d done", r+1, b.sz.rounds)
