@@ -530,6 +530,36 @@ func parseConsumer(p *Properties) (Consumer, error) {
 	return c, errors.Join(errs...)
 }
 
+// startTime is a Unix time in seconds, and must be below 1e11.
+//
+// From lastSendableStartTime on, a start time cannot reach the server at all:
+// the consumer configuration is sent as JSON, whose RFC 3339 times have
+// four-digit years, so every attempt to create the consumer would fail.
+//
+// The bound is lower than that because a time in the wrong unit passes it: as
+// seconds, 1e11 is 5138-11-16, later than any start time anyone means, while
+// every time after 1973-03-03 is 1e11 or more in milliseconds (1e14 or more in
+// microseconds, 1e17 or more in nanoseconds). So a value of 1e11 or more is
+// taken for a time in a smaller unit, and the error gives it in seconds.
+const (
+	maxStartTime          = 1e11 - 1     // 5138-11-16T09:46:39Z
+	lastSendableStartTime = 253402300799 // 9999-12-31T23:59:59Z
+)
+
+// startTimeUnit names the unit that a startTime above maxStartTime was most
+// likely given in, and returns its value in seconds (which is below
+// maxStartTime, and at least 1e8: 1973-03-03).
+func startTimeUnit(v int64) (string, int64) {
+	switch {
+	case v >= 1e17:
+		return "nanoseconds", v / 1e9
+	case v >= 1e14:
+		return "microseconds", v / 1e6
+	default:
+		return "milliseconds", v / 1e3
+	}
+}
+
 // parseDeliver infers the deliver policy from deliverPolicy, deliverAll,
 // startSequence and startTime, and rejects combinations that contradict.
 func parseDeliver(p *Properties, c *Consumer) error {
@@ -540,8 +570,19 @@ func parseDeliver(p *Properties, c *Consumer) error {
 	if p.StartSequence != nil && *p.StartSequence == 0 {
 		add(fieldErr("startSequence", "0", "is out of range", "a stream sequence number, 1 or more"))
 	}
-	if p.StartTime != nil && *p.StartTime <= 0 {
-		add(fieldErr("startTime", fmt.Sprint(*p.StartTime), "is out of range", "a Unix time in seconds, such as 1700000000"))
+	if p.StartTime != nil {
+		switch v := *p.StartTime; {
+		case v <= 0:
+			add(fieldErr("startTime", fmt.Sprint(v), "is out of range", "a Unix time in seconds, such as 1700000000"))
+		case v > maxStartTime:
+			unit, secs := startTimeUnit(v)
+			when := "the year 5138 or later"
+			if v > lastSendableStartTime {
+				when = "after the year 9999"
+			}
+			add(fieldErr("startTime", fmt.Sprint(v), fmt.Sprintf("looks like %s, not seconds (as seconds it is %s)", unit, when),
+				fmt.Sprintf("a Unix time in seconds, such as %d (%s)", secs, time.Unix(secs, 0).UTC().Format(time.RFC3339))))
+		}
 	}
 	if len(errs) > 0 {
 		return errors.Join(errs...)

@@ -1,6 +1,7 @@
 package metadata
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -328,6 +329,14 @@ var validCases = []validCase{
 	{"startTime", map[string]string{"startTime": "1700000000"}, func(t *testing.T, c *Config) {
 		assert.Equal(t, time.Unix(1700000000, 0).UTC(), c.Consumer.StartTime)
 	}},
+	{"startTime in seconds", map[string]string{"startTime": "1767225600"}, func(t *testing.T, c *Config) {
+		assert.Equal(t, time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), c.Consumer.StartTime)
+	}},
+	{"startTime largest", map[string]string{"startTime": "99999999999"}, func(t *testing.T, c *Config) {
+		assert.Equal(t, time.Date(5138, 11, 16, 9, 46, 39, 0, time.UTC), c.Consumer.StartTime)
+		_, err := json.Marshal(c.Consumer.StartTime) // as the consumer config is sent
+		assert.NoError(t, err)
+	}},
 	{"ackPolicy all", map[string]string{"ackPolicy": "all"}, func(t *testing.T, c *Config) {
 		assert.Equal(t, jetstream.AckAllPolicy, c.Consumer.AckPolicy)
 	}},
@@ -579,6 +588,13 @@ func TestParseFieldErrors(t *testing.T) {
 		{"startSequence 0", with(map[string]string{"startSequence": "0"}), "startSequence", "is out of range", "1 or more"},
 		{"startTime 0", with(map[string]string{"startTime": "0"}), "startTime", "is out of range", "a Unix time in seconds"},
 		{"startTime negative", with(map[string]string{"startTime": "-5"}), "startTime", "is out of range", "a Unix time in seconds"},
+		{"startTime in milliseconds", with(map[string]string{"startTime": "1700000000000"}), "startTime", "looks like milliseconds", "a Unix time in seconds, such as 1700000000"},
+		{"startTime in milliseconds, not whole seconds", with(map[string]string{"startTime": "1700000000999"}), "startTime", "looks like milliseconds", "such as 1700000000"},
+		{"startTime in microseconds", with(map[string]string{"startTime": "1700000000000000"}), "startTime", "looks like microseconds", "a Unix time in seconds, such as 1700000000"},
+		{"startTime in nanoseconds", with(map[string]string{"startTime": "1700000000000000000"}), "startTime", "looks like nanoseconds", "a Unix time in seconds, such as 1700000000"},
+		{"startTime largest int64", with(map[string]string{"startTime": "9223372036854775807"}), "startTime", "looks like nanoseconds", "such as 9223372036"},
+		{"startTime after the year 9999", with(map[string]string{"startTime": "253402300800"}), "startTime", "after the year 9999", "a Unix time in seconds"},
+		{"startTime in the year 5138", with(map[string]string{"startTime": "100000000000"}), "startTime", "the year 5138 or later", "a Unix time in seconds"},
 		{"deliverPolicy unknown", with(map[string]string{"deliverPolicy": "bogus"}), "deliverPolicy", "is not a deliver policy", "all, last, new, sequence, time or last_per_subject"},
 		{"deliverPolicy sequence alone", with(map[string]string{"deliverPolicy": "sequence"}), "deliverPolicy", "needs a start sequence", "set startSequence too"},
 		{"deliverPolicy by_start_sequence alone", with(map[string]string{"deliverPolicy": "by_start_sequence"}), "deliverPolicy", "needs a start sequence", "set startSequence too"},
@@ -598,6 +614,11 @@ func TestParseFieldErrorEchoesTheValue(t *testing.T) {
 	_, err := Parse(with(map[string]string{"streamStorage": "disk"}))
 	require.Error(t, err)
 	assert.Equal(t, `metadata field "streamStorage" = "disk": is not a storage type; accepted: file or memory`, err.Error())
+
+	_, err = Parse(with(map[string]string{"startTime": "1700000000000"}))
+	require.Error(t, err)
+	assert.Equal(t, `metadata field "startTime" = "1700000000000": looks like milliseconds, not seconds (as seconds it is after the year 9999); `+
+		`accepted: a Unix time in seconds, such as 1700000000 (2023-11-14T22:13:20Z)`, err.Error())
 
 	_, err = Parse(map[string]string{})
 	require.Error(t, err)
@@ -996,6 +1017,15 @@ func TestForSubscription(t *testing.T) {
 		assert.Equal(t, jetstream.DeliverByStartTimePolicy, c.DeliverPolicy)
 		assert.Equal(t, time.Unix(1700000000, 0).UTC(), c.StartTime)
 		assert.False(t, c.StartAtSubscribe)
+	})
+	t.Run("startTime in milliseconds", func(t *testing.T) {
+		cfg := mustParse(t, with(map[string]string{"startTime": "1700000000"}))
+		for _, v := range []string{"1700000000000", "1700000000000000", "253402300800"} {
+			_, err := cfg.ForSubscription(map[string]string{"startTime": v})
+			fe := requireFieldErr(t, err, "startTime", "looks like", "a Unix time in seconds, such as ")
+			assert.Equal(t, v, fe.Value)
+			assert.True(t, strings.HasPrefix(err.Error(), "subscription metadata: "), err.Error())
+		}
 	})
 	t.Run("deliverAll false drops the component's deliver choice", func(t *testing.T) {
 		cfg := mustParse(t, with(map[string]string{"deliverPolicy": "last"}))

@@ -1,6 +1,7 @@
 package metadata
 
 import (
+	"encoding/json"
 	"errors"
 	"reflect"
 	"strconv"
@@ -95,6 +96,11 @@ func FuzzParse(f *testing.F) {
 		}
 		if cfg.Stream.MaxAge > 0 && cfg.Stream.DuplicateWindow > cfg.Stream.MaxAge {
 			t.Fatalf("DuplicateWindow %v > MaxAge %v", cfg.Stream.DuplicateWindow, cfg.Stream.MaxAge)
+		}
+		// The start time is sent to the server as JSON, which holds no year
+		// after 9999.
+		if _, err := json.Marshal(c.StartTime); err != nil {
+			t.Fatalf("StartTime %v cannot be sent: %v", c.StartTime, err)
 		}
 		// Subscription metadata made of the same lines never panics and,
 		// when it fails, wraps ErrInvalid.
