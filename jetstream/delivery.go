@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/dapr/components-contrib/pubsub"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -21,13 +22,21 @@ const (
 	MetadataTimestamp  = "jetstream-timestamp"
 )
 
+// The bodies JetStream accepts on a message's reply subject.
+var (
+	ackBody      = []byte("+ACK")
+	nakBody      = []byte("-NAK")
+	progressBody = []byte("+WPI")
+)
+
 // Delivery is one message handed to a subscriber. It must be settled exactly
 // once with Ack or Nak, from any goroutine. Until then the component keeps it
 // alive in JetStream (InProgress), and if the subscription ends first the
-// component gives it back to JetStream, so it is never lost.
+// component hands it to the next subscriber of the same consumer or gives it
+// back to JetStream, so it is never lost.
 type Delivery struct {
-	sub *subscription
-	msg jetstream.Msg
+	sub   *subscription
+	reply string // the JetStream ack subject
 
 	Topic       string
 	Data        []byte
@@ -37,13 +46,16 @@ type Delivery struct {
 	Sequence   uint64
 	Deliveries uint64
 
-	touched atomic.Int64 // unix nanos of delivery or last InProgress
-	settled atomic.Bool
+	// handovers counts the subscriptions this message was handed to after
+	// the one it was delivered to ended without settling it.
+	handovers int
+	touched   atomic.Int64 // unix nanos of delivery or last InProgress
+	settled   atomic.Bool
 }
 
-func newDelivery(s *subscription, msg jetstream.Msg) *Delivery {
-	d := &Delivery{sub: s, msg: msg, Topic: s.topic, Data: msg.Data()}
-	hdr := msg.Headers()
+func newDelivery(s *subscription, msg *nats.Msg) *Delivery {
+	d := &Delivery{sub: s, reply: msg.Reply, Topic: s.topic, Data: msg.Data}
+	hdr := msg.Header
 	md := make(map[string]string, len(hdr)+7)
 	for k, v := range hdr {
 		if len(v) == 0 || strings.HasPrefix(strings.ToLower(k), "nats-") {
@@ -56,10 +68,10 @@ func newDelivery(s *subscription, msg jetstream.Msg) *Delivery {
 		}
 		md[k] = v[0]
 	}
-	md[MetadataTopic] = msg.Subject()
-	md[MetadataSubject] = msg.Subject()
+	md[MetadataTopic] = msg.Subject
+	md[MetadataSubject] = msg.Subject
 	if id := hdr.Get(jetstream.MsgIDHeader); id != "" {
-		md[MetadataMsgID] = id
+		md[MetadataMsgID] = unscopedMsgID(msg.Subject, id)
 	}
 	if meta, err := msg.Metadata(); err == nil {
 		d.Sequence, d.Deliveries = meta.Sequence.Stream, meta.NumDelivered
@@ -72,6 +84,18 @@ func newDelivery(s *subscription, msg jetstream.Msg) *Delivery {
 	d.Metadata = md
 	d.touched.Store(time.Now().UnixNano())
 	return d
+}
+
+// handedTo returns an unsettled copy of d owned by s. d itself must already
+// be taken from its previous owner, so that a late Ack or Nak through the old
+// copy cannot settle what the new owner now holds.
+func (d *Delivery) handedTo(s *subscription) *Delivery {
+	c := &Delivery{
+		sub: s, reply: d.reply, Topic: d.Topic, Data: d.Data, Metadata: d.Metadata, ContentType: d.ContentType,
+		Sequence: d.Sequence, Deliveries: d.Deliveries, handovers: d.handovers,
+	}
+	c.touched.Store(d.touched.Load())
+	return c
 }
 
 // Message returns the delivery as a Dapr message.
@@ -94,39 +118,51 @@ func (d *Delivery) Settle(handlerErr error) error {
 	if !d.settled.CompareAndSwap(false, true) {
 		return ErrAlreadySettled
 	}
-	defer d.sub.untrack(d)
-	if d.sub.cons.AckPolicy == jetstream.AckNonePolicy {
+	defer d.sub.settled(d, true)
+	if d.sub.ackNone() {
 		return nil
 	}
-	return d.msg.Ack()
+	return d.sub.p.reply(d.reply, ackBody)
 }
 
-// giveBack returns an unhandled message to JetStream for another subscriber.
-func (d *Delivery) giveBack() error { return d.nak(giveBackDelay) }
+// giveBack returns an unhandled message to JetStream at once, for any
+// subscriber.
+func (d *Delivery) giveBack() error { return d.nak(0) }
 
 func (d *Delivery) nak(delay time.Duration) error {
 	if !d.settled.CompareAndSwap(false, true) {
 		return ErrAlreadySettled
 	}
-	defer d.sub.untrack(d)
-	if d.sub.cons.AckPolicy == jetstream.AckNonePolicy {
+	defer d.sub.settled(d, false)
+	if d.sub.ackNone() {
 		return nil
 	}
-	if delay > 0 {
-		return d.msg.NakWithDelay(delay)
-	}
-	return d.msg.Nak()
+	return d.sub.p.reply(d.reply, nakWithDelay(delay))
 }
+
+// take marks d settled without telling JetStream, for handing it on; false
+// when it was settled already.
+func (d *Delivery) take() bool { return d.settled.CompareAndSwap(false, true) }
 
 // Settled reports whether Ack or Nak was called.
 func (d *Delivery) Settled() bool { return d.settled.Load() }
 
-// keepAlive tells JetStream the message is still being worked on, once half
-// of the ack wait has passed since delivery or the last keep-alive.
-func (d *Delivery) keepAlive(now time.Time, after time.Duration) {
-	if d.settled.Load() || now.UnixNano()-d.touched.Load() < int64(after) {
-		return
-	}
+// due reports whether d needs an InProgress at now: half of its ack wait has
+// passed since delivery or the last keep-alive.
+func (d *Delivery) due(now time.Time, ackWait time.Duration) bool {
+	return !d.settled.Load() && now.UnixNano()-d.touched.Load() >= int64(ackWait/2)
+}
+
+// keepAlive tells JetStream through nc that the message is still being
+// worked on, restarting its ack wait.
+func (d *Delivery) keepAlive(p *PubSub, now time.Time) {
 	d.touched.Store(now.UnixNano())
-	_ = d.msg.InProgress()
+	_ = p.reply(d.reply, progressBody)
+}
+
+func nakWithDelay(delay time.Duration) []byte {
+	if delay <= 0 {
+		return nakBody
+	}
+	return []byte(`-NAK {"delay": ` + strconv.FormatInt(delay.Nanoseconds(), 10) + `}`)
 }

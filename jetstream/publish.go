@@ -20,7 +20,9 @@ import (
 // Metadata keys with a meaning to this component; they are not copied into
 // NATS headers.
 const (
-	// MetadataMsgID sets the JetStream de-duplication id (Nats-Msg-Id).
+	// MetadataMsgID sets the de-duplication id. It is stored scoped to the
+	// topic, as Nats-Msg-Id <topic>:<id> (see scopedMsgID), and deliveries
+	// report the id alone under the same key.
 	MetadataMsgID = "msgId"
 	// MetadataCloudEventID is Dapr's CloudEvent id override; used as the
 	// de-duplication id of raw payloads.
@@ -197,14 +199,11 @@ func (p *PubSub) newMsg(topic string, data []byte, md map[string]string, content
 		msg.Header.Set(HeaderContentType, contentType)
 	}
 	if id := msgID(data, md); id != "" {
-		// daprd publishes a failed message to its dead-letter topic with the
-		// delivery's data and metadata, so it carries the original's id. In
-		// the same stream JetStream would discard it as a duplicate of the
-		// original: a re-publish to another subject gets its own id.
-		if from := md[MetadataSubject]; from != "" && from != topic {
-			id += "@" + topic
-		}
-		msg.Header.Set(jetstream.MsgIDHeader, id)
+		// Scoped to the topic, the id also keeps apart a dead letter from its
+		// original in the same stream: daprd publishes a failed message to
+		// its dead-letter topic with the delivery's data and metadata, so
+		// with the original's id.
+		msg.Header.Set(jetstream.MsgIDHeader, scopedMsgID(topic, id))
 	}
 	ttl, ok, err := contribmd.TryGetTTL(md)
 	if err != nil {
@@ -281,6 +280,28 @@ func msgID(data []byte, md map[string]string) string {
 		}
 	}
 	return md[MetadataCloudEventID]
+}
+
+// scopedMsgID is the Nats-Msg-Id of a message published to topic with the
+// de-duplication id id: "<topic>:<id>". JetStream de-duplicates across a
+// whole stream, while an id only stands for retries of one publish: with the
+// topic in front, the same event published to two topics of one stream is
+// stored on both, and only a publish again to the same topic within the
+// stream's duplicate window is dropped. The header counts against
+// max_payload, which newMsg checks after adding it.
+func scopedMsgID(topic, id string) string { return topic + ":" + id }
+
+// unscopedMsgID returns the de-duplication id that the publisher gave, from
+// the Nats-Msg-Id header of a message stored on subject: what follows
+// "<subject>:". A stored message's subject is the topic it was published to,
+// also when it is delivered through a wildcard subscription. A header without
+// that prefix, as set by other NATS publishers, is returned as it is.
+func unscopedMsgID(subject, header string) string {
+	n := len(subject)
+	if len(header) > n+1 && header[n] == ':' && header[:n] == subject {
+		return header[n+1:]
+	}
+	return header
 }
 
 // fastCloudEventID returns what msgID's json.Unmarshal would find, without

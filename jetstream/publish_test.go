@@ -73,7 +73,7 @@ func TestPublishSubscribeRoundTrip(t *testing.T) {
 	assert.Equal(t, "abc", raw.Header.Get("x-trace"))
 	assert.Equal(t, "t1", raw.Header.Get("Tenant"))
 	assert.Equal(t, ct, raw.Header.Get("Content-Type"))
-	assert.Equal(t, "m-1", raw.Header.Get(jetstream.MsgIDHeader))
+	assert.Equal(t, "orders:m-1", raw.Header.Get(jetstream.MsgIDHeader), "the de-duplication id is scoped to the topic")
 	assert.NotEmpty(t, raw.Header.Get(jetstream.MsgTTLHeader), "ttlInSeconds becomes the per-message TTL")
 
 	// Headers set by a plain NATS publisher arrive as metadata.
@@ -125,6 +125,105 @@ func TestPublishDeduplication(t *testing.T) {
 			publish(t, ps, c.topic, d, c.md)
 		}
 		assert.Equal(t, c.want, msgCount(t, js, c.topic), "topic %s", c.topic)
+	}
+}
+
+// TestPublishDedupPerTopic: JetStream de-duplicates across a whole stream,
+// but a message id only stands for a retry of the same publish: the same
+// CloudEvent sent to two topics of one stream must be stored on both, while a
+// retried publish to the same topic is still dropped. The same holds for the
+// msgId metadata and for BulkPublish.
+func TestPublishDedupPerTopic(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"streamName": "ORDERS", "streamSubjects": "orders.>"})
+	stored := func() uint64 { return msgCount(t, js, "ORDERS") }
+
+	ce := `{"specversion":"1.0","id":"evt-1","source":"s","type":"t","data":{"n":1}}`
+	publish(t, ps, "orders.new", ce, nil)
+	publish(t, ps, "orders.audit", ce, nil)
+	require.Equal(t, uint64(2), stored(), "the same CloudEvent on another topic of the stream is not a duplicate")
+	publish(t, ps, "orders.new", ce, nil)
+	publish(t, ps, "orders.audit", ce, nil)
+	require.Equal(t, uint64(2), stored(), "a retried publish to the same topic is de-duplicated")
+
+	st, err := js.Stream(ctx(t), "ORDERS")
+	require.NoError(t, err)
+	raw, err := st.GetMsg(ctx(t), 2)
+	require.NoError(t, err)
+	assert.Equal(t, "orders.audit", raw.Subject)
+	assert.Equal(t, "orders.audit:evt-1", raw.Header.Get(jetstream.MsgIDHeader), "Nats-Msg-Id is <topic>:<id>")
+
+	md := map[string]string{"msgId": "m-1"}
+	publish(t, ps, "orders.new", "a", md)
+	publish(t, ps, "orders.audit", "a", md)
+	publish(t, ps, "orders.new", "a", md)
+	require.Equal(t, uint64(4), stored(), "msgId metadata is scoped to the topic too")
+
+	bulk := func(topic string) {
+		t.Helper()
+		resp, err := ps.BulkPublish(ctx(t), &pubsub.BulkPublishRequest{PubsubName: "test", Topic: topic, Entries: []pubsub.BulkMessageEntry{
+			{EntryId: "1", Event: []byte(ce), ContentType: "application/cloudevents+json"},
+			{EntryId: "2", Event: []byte(`{"specversion":"1.0","id":"evt-2","source":"s","type":"t"}`), ContentType: "application/cloudevents+json"},
+		}})
+		require.NoError(t, err)
+		require.Empty(t, resp.FailedEntries)
+	}
+	bulk("orders.new")
+	require.Equal(t, uint64(5), stored(), "in a bulk, evt-1 is a retry on orders.new and evt-2 is new")
+	bulk("orders.bulk")
+	require.Equal(t, uint64(7), stored(), "a bulk to another topic of the stream is not a duplicate")
+	bulk("orders.bulk")
+	require.Equal(t, uint64(7), stored(), "a retried bulk to the same topic is de-duplicated")
+}
+
+// TestDeliveredMsgIDUnscoped: the msgId delivered metadata is the id the
+// publisher gave, not the topic-scoped Nats-Msg-Id, also through a wildcard
+// subscription, where the message's subject is the topic it was published to.
+// A Nats-Msg-Id set by a plain NATS publisher is reported as it is.
+func TestDeliveredMsgIDUnscoped(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "streamName": "ORDERS", "streamSubjects": "orders.>"})
+	h, got := collect()
+	subscribe(t, ps, "orders.>", nil, h)
+
+	ce := `{"specversion":"1.0","id":"evt-1","source":"s","type":"t"}`
+	publish(t, ps, "orders.new", ce, nil)
+	publish(t, ps, "orders.audit", ce, nil)
+	publish(t, ps, "orders.new", "x", map[string]string{"msgId": "orders.new:m-1"})
+	_, err := js.PublishMsg(ctx(t), &nats.Msg{Subject: "orders.raw", Data: []byte("raw"), Header: nats.Header{jetstream.MsgIDHeader: {"raw-1"}}})
+	require.NoError(t, err)
+
+	want := map[string]string{"orders.new": "evt-1", "orders.audit": "evt-1"}
+	for range 2 {
+		m := recv(t, got, waitFor)
+		assert.Equal(t, want[m.Metadata[MetadataSubject]], m.Metadata[MetadataMsgID], "subject %s", m.Metadata[MetadataSubject])
+	}
+	m := recv(t, got, waitFor)
+	assert.Equal(t, "orders.new:m-1", m.Metadata[MetadataMsgID], "an id that looks scoped is kept as the publisher gave it")
+	m = recv(t, got, waitFor)
+	assert.Equal(t, "raw-1", m.Metadata[MetadataMsgID])
+}
+
+// TestUnscopedMsgID: deliveries report the id a publisher gave, taken out of
+// its topic-scoped Nats-Msg-Id.
+func TestUnscopedMsgID(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct{ subject, header, want string }{
+		{"orders", "orders:evt-1", "evt-1"},
+		{"orders.new", "orders.new:a:b", "a:b"},
+		{"orders.new", "orders.new:orders.new:m-1", "orders.new:m-1"},
+		{"orders.new", "orders.audit:evt-1", "orders.audit:evt-1"}, // not this subject's scope
+		{"orders", "orders.new:evt-1", "orders.new:evt-1"},
+		{"orders", "evt-1", "evt-1"}, // a plain NATS publisher's id
+		{"orders", "orders:", "orders:"},
+		{"orders", "", ""},
+	} {
+		assert.Equal(t, c.want, unscopedMsgID(c.subject, c.header), "%q on %q", c.header, c.subject)
+	}
+	for _, id := range []string{"evt-1", "a:b", "orders:x", " padded "} {
+		assert.Equal(t, id, unscopedMsgID("orders", scopedMsgID("orders", id)), "round trip of %q", id)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -40,9 +41,15 @@ type PubSub struct {
 	nc      *nats.Conn
 	js      jetstream.JetStream
 	streams *streams
+	// apiPrefix is where JetStream API requests go ("$JS.API." by default).
+	apiPrefix string
+	// connKey names the NATS account, for handing messages over between
+	// instances (see handoverDesk).
+	connKey string
 	subs    map[*subscription]struct{}
 	paused  bool
 	closed  bool
+	closing chan struct{} // closed when Close starts
 	wg      sync.WaitGroup
 }
 
@@ -58,7 +65,7 @@ func New(l logger.Logger) *PubSub {
 	if l == nil {
 		l = logger.NewLogger("nats-jetstream")
 	}
-	return &PubSub{log: l, subs: map[*subscription]struct{}{}}
+	return &PubSub{log: l, subs: map[*subscription]struct{}{}, closing: make(chan struct{})}
 }
 
 // NewPubSub is New with the signature of components-contrib's constructors.
@@ -89,6 +96,7 @@ func (p *PubSub) Init(ctx context.Context, md pubsub.Metadata) error {
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			p.log.Infof("reconnected to NATS at %s", metadata.RedactURL(nc.ConnectedUrl()))
+			p.reconnected()
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			p.log.Warnf("NATS: %v", err)
@@ -155,7 +163,57 @@ func (p *PubSub) Init(ctx context.Context, md pubsub.Metadata) error {
 	}
 	p.cfg, p.nc, p.js = cfg, nc, js
 	p.streams = newStreams(js, cfg.Stream)
+	p.apiPrefix = apiPrefix(cfg.Connection)
+	p.connKey = connKey(cfg.Connection)
+	desk.register(p)
 	return nil
+}
+
+// apiPrefix is the subject prefix of JetStream API requests, as nats.go
+// builds it for a domain or a custom prefix.
+func apiPrefix(c metadata.Connection) string {
+	switch {
+	case c.Domain != "":
+		return "$JS." + c.Domain + ".API."
+	case c.APIPrefix != "":
+		return strings.TrimSuffix(c.APIPrefix, ".") + "."
+	}
+	return jetstream.DefaultAPIPrefix
+}
+
+// reconnected tells every subscription that NATS came back: the pull
+// requests they had open may be lost, and retrying starts over at once.
+func (p *PubSub) reconnected() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for s := range p.subs {
+		s.reconnected()
+	}
+}
+
+// conn returns the NATS connection, or nil before Init.
+func (p *PubSub) conn() *nats.Conn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.nc
+}
+
+// reply publishes an acknowledgement body to a message's reply subject.
+func (p *PubSub) reply(subject string, body []byte) error {
+	nc := p.conn()
+	if nc == nil {
+		return ErrClosed
+	}
+	return nc.Publish(subject, body)
+}
+
+// request publishes a JetStream request whose answers go to inbox.
+func (p *PubSub) request(subject, inbox string, body []byte) error {
+	nc := p.conn()
+	if nc == nil {
+		return ErrClosed
+	}
+	return nc.PublishRequest(subject, inbox, body)
 }
 
 func isAuthError(err error) bool {
@@ -218,31 +276,64 @@ func (p *PubSub) Ping(ctx context.Context) error {
 	if err := nc.FlushWithContext(ctx); err != nil {
 		return fmt.Errorf("NATS did not answer a ping: %w", err)
 	}
-	return nil
+	return p.failingSubscriptions()
 }
 
-// Pause stops fetching for every subscription; consumers and in-flight
-// messages are kept, so acknowledgements still land. It returns once no pull
-// request is open any more, so messages published from then on wait in
-// JetStream for Resume (or another subscriber). Idempotent.
+// failingSubscriptions names the subscriptions that cannot deliver, for
+// probes: an error that retrying cannot fix, or one that lasted stuckAfter.
+func (p *PubSub) failingSubscriptions() error {
+	p.mu.Lock()
+	subs := make([]*subscription, 0, len(p.subs))
+	for s := range p.subs {
+		subs = append(subs, s)
+	}
+	p.mu.Unlock()
+	now := time.Now()
+	var problems []string
+	for _, s := range subs {
+		if why := s.failing(now); why != "" {
+			problems = append(problems, why)
+		}
+	}
+	if len(problems) == 0 {
+		return nil
+	}
+	slices.Sort(problems)
+	return fmt.Errorf("%d subscriptions cannot deliver: %s", len(problems), strings.Join(problems, "; "))
+}
+
+// Pause stops delivery for every subscription; consumers and in-flight
+// messages are kept, so acknowledgements still land. Each subscription
+// withdraws its pull: what JetStream already sent is received and held (kept
+// alive) for Resume, not given back, since JetStream would count that as a
+// delivery. Pause returns once the open pull requests have ended (they last
+// pullExpiry) and the pulls are withdrawn, or after withdrawGrace when a
+// handler does not return, so messages published from then on wait in
+// JetStream for Resume or another subscriber. Idempotent.
 func (p *PubSub) Pause(ctx context.Context) error {
 	p.mu.Lock()
 	p.paused = true
 	subs := make([]*subscription, 0, len(p.subs))
+	quiet := make([]<-chan struct{}, 0, len(p.subs))
 	for s := range p.subs {
-		s.pause()
 		subs = append(subs, s)
+		quiet = append(quiet, s.pause())
 	}
-	nc := p.nc
 	p.mu.Unlock()
-	for _, s := range subs {
-		s.withdrawn()
+	deadline := time.NewTimer(withdrawGrace)
+	defer deadline.Stop()
+wait:
+	for _, ch := range quiet {
+		select {
+		case <-ch:
+		case <-deadline.C:
+			break wait
+		case <-ctx.Done():
+			break wait
+		}
 	}
-	if nc != nil && nc.IsConnected() {
-		// Make sure the server has seen the pull requests go.
-		fctx, cancel := context.WithTimeout(ctx, pingTimeout)
-		defer cancel()
-		_ = nc.FlushWithContext(fctx)
+	for _, s := range subs {
+		s.closeInbox()
 	}
 	return nil
 }
@@ -267,6 +358,7 @@ func (p *PubSub) Close() error {
 		return nil
 	}
 	p.closed = true
+	close(p.closing)
 	for s := range p.subs {
 		s.stop()
 	}
@@ -277,6 +369,7 @@ func (p *PubSub) Close() error {
 	if nc == nil {
 		return nil
 	}
+	desk.unregister(p)
 	if !nc.IsConnected() {
 		nc.Close()
 		return nil
@@ -294,6 +387,11 @@ func (p *PubSub) Close() error {
 	}
 	return nil
 }
+
+// Closing is closed when Close starts. A DeliverFunc blocked on a slow
+// reader should give up then, so that the subscription can hand its messages
+// over without waiting for that reader.
+func (p *PubSub) Closing() <-chan struct{} { return p.closing }
 
 // GetComponentMetadata describes the metadata fields for Dapr's tooling.
 func (p *PubSub) GetComponentMetadata() (md contribmd.MetadataMap) {

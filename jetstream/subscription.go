@@ -2,12 +2,12 @@ package jetstream
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
 
 	"github.com/dapr/components-contrib/pubsub"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/time/rate"
 
@@ -15,42 +15,46 @@ import (
 )
 
 const (
-	// fetchExpiry bounds one pull request.
-	fetchExpiry = 30 * time.Second
-	// defaultHeartbeat is the idle heartbeat of a pull request when the
-	// metadata does not set one. It is short because nats.go (v1.55.0) keeps
-	// each finished pull request in memory until twice the heartbeat has
-	// passed: at 5s, a busy subscription held some 20 MB of them.
-	defaultHeartbeat = time.Second
 	// retryMin and retryMax bound the back-off between attempts to set up a
-	// consumer or to fetch after an error.
-	retryMin = 250 * time.Millisecond
-	retryMax = 10 * time.Second
+	// consumer or to pull after an error. retryMax is short so that delivery
+	// resumes soon after JetStream recovers, whatever the outage lasted.
+	retryMin = 100 * time.Millisecond
+	retryMax = 2 * time.Second
 	// startSkew back-dates the start of a new consumer that starts at the
 	// subscription request, allowing for clocks of the component and the
 	// NATS server that differ a little, and for a publish that overtakes the
 	// subscription on its way in. A message published just before the
 	// subscription may be delivered; none published after it is missed.
 	startSkew = time.Second
-	// giveBackDelay is the redelivery delay of a message this subscription
-	// gives back unhandled (paused, stopped, or daprd's stream broke). nats.go
-	// withdraws an ended pull request a moment after it stops reading it; a
-	// message redelivered into it before that would sit until the ack wait.
-	giveBackDelay = 100 * time.Millisecond
 	// handlerGrace is how long stopping waits for running in-process
-	// handlers before their messages are given back.
+	// handlers before their messages are handed over.
 	handlerGrace = 10 * time.Second
+	// withdrawGrace bounds how long Pause and stop wait for the inbox to
+	// drain: a handler that does not return keeps it from draining.
+	withdrawGrace = 5 * time.Second
+	// tickEvery paces the subscription's housekeeping: keep-alives,
+	// heartbeat checks, retries and consumer refreshes.
+	tickEvery = 250 * time.Millisecond
+	// reportEvery bounds how often a problem that persists is logged again.
+	reportEvery = time.Minute
+	// stuckAfter is how long a problem must persist before Ping reports the
+	// subscription as failing.
+	stuckAfter = 10 * time.Second
 )
 
 // DeliverFunc receives the messages of a subscription one at a time, in the
 // order JetStream delivered them. It must settle each Delivery eventually,
-// from any goroutine; returning an error gives the message back at once.
+// from any goroutine. An error means the message was not handed on: it stays
+// held and the subscription delivers nothing more until it ends.
 type DeliverFunc func(*Delivery) error
 
-// subscription pulls one topic. A fetcher goroutine keeps at most
-// MaxInFlight messages held (fetched and not yet settled); a dispatcher hands
-// them to the DeliverFunc in order; a ticker keeps held messages alive.
-// NATS trouble never ends a subscription: it is retried until stopped.
+// subscription pulls one topic with one long-lived pull on one inbox. It
+// holds at most MaxInFlight messages (received and not yet settled) plus
+// those requested from JetStream and not yet received, so nothing arrives
+// that it has no room for. Messages are handed to the DeliverFunc on the
+// goroutine they arrive on. A housekeeping goroutine sets up the consumer,
+// keeps held messages alive, watches heartbeats and retries. NATS trouble
+// never ends a subscription.
 type subscription struct {
 	p         *PubSub
 	topic     string
@@ -61,29 +65,37 @@ type subscription struct {
 
 	ctx    context.Context // cancelled by stop
 	cancel context.CancelFunc
-	queue  chan *Delivery
 	done   chan struct{}
-	wg     sync.WaitGroup // fetcher, dispatcher, ticker
-	work   sync.WaitGroup // in-process handlers still running
+	wake   chan struct{} // wakes the housekeeping goroutine
+	work   sync.WaitGroup
 
-	// pulling is held while a pull request may be open, so that Pause can
-	// wait until it is withdrawn.
-	pulling sync.Mutex
-
-	mu       sync.Mutex
-	held     map[*Delivery]struct{}
-	paused   bool
-	pauseCtx context.Context // cancelled by pause, renewed by resume
-	unpause  context.CancelFunc
-	changed  chan struct{} // a slot was freed, or pause changed
-	lastErr  string
+	mu          sync.Mutex
+	consumer    *consumerState // nil until set up, and after it is gone
+	inbox       *nats.Subscription
+	drained     chan struct{} // closed when inbox has drained
+	outstanding int           // requested from JetStream, not yet received
+	requestEnds time.Time     // when the last request must have ended
+	quiet       chan struct{} // closed when outstanding drops to 0
+	lastHeard   time.Time     // from the pull: a message, a status or a heartbeat
+	held        map[*Delivery]struct{}
+	unseen      []*Delivery // held and not yet handed to fn, oldest first
+	dispatching bool
+	fnFailed    bool
+	over        bool // handed over: what arrives now goes to the desk
+	paused      bool
+	pausedAt    time.Time
+	resetPull   bool // requests may be lost (reconnect, missed heartbeat)
+	retryAt     time.Time
+	retryWait   time.Duration
+	floor       resumePoint
+	problem     problem
 }
 
 // SubscribeDeliveries subscribes to req.Topic and calls fn for each message.
 // It returns once the subscription is set up locally; the consumer is
 // created in the background and re-created after NATS outages. The returned
 // channel is closed when ctx is done and every held message has been settled
-// or given back to JetStream.
+// or handed on.
 func (p *PubSub) SubscribeDeliveries(ctx context.Context, req pubsub.SubscribeRequest, fn DeliverFunc) (<-chan struct{}, error) {
 	s, err := p.subscribe(ctx, req, fn, nil)
 	if err != nil {
@@ -92,7 +104,7 @@ func (p *PubSub) SubscribeDeliveries(ctx context.Context, req pubsub.SubscribeRe
 	return s.done, nil
 }
 
-// subscribe sets up a subscription; before calls start before its goroutines.
+// subscribe sets up a subscription; before runs before its goroutines start.
 func (p *PubSub) subscribe(ctx context.Context, req pubsub.SubscribeRequest, fn DeliverFunc, before func(*subscription)) (*subscription, error) {
 	cfg, _, _, err := p.state()
 	if err != nil {
@@ -107,14 +119,13 @@ func (p *PubSub) subscribe(ctx context.Context, req pubsub.SubscribeRequest, fn 
 	}
 	s := &subscription{
 		p: p, topic: req.Topic, cons: cons, requested: time.Now().Add(-startSkew), fn: fn,
-		queue: make(chan *Delivery, cons.MaxInFlight), done: make(chan struct{}),
-		held: map[*Delivery]struct{}{}, changed: make(chan struct{}, 1),
+		done: make(chan struct{}), wake: make(chan struct{}, 1),
+		held: map[*Delivery]struct{}{}, retryWait: retryMin, floor: newResumePoint(),
 	}
 	if cons.RateLimit > 0 {
 		s.limiter = rate.NewLimiter(rate.Limit(cons.RateLimit), int(max(cons.RateLimit, 8<<20)))
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.pauseCtx, s.unpause = context.WithCancel(s.ctx)
 
 	p.mu.Lock()
 	if p.closed {
@@ -124,18 +135,12 @@ func (p *PubSub) subscribe(ctx context.Context, req pubsub.SubscribeRequest, fn 
 	}
 	p.subs[s] = struct{}{}
 	p.wg.Add(1)
-	if p.paused {
-		s.pause()
-	}
+	s.paused = p.paused
 	p.mu.Unlock()
 
 	if before != nil {
 		before(s)
 	}
-	s.wg.Add(3)
-	go s.fetchLoop()
-	go s.dispatchLoop()
-	go s.keepAliveLoop()
 	go func() {
 		select {
 		case <-ctx.Done():
@@ -143,7 +148,7 @@ func (p *PubSub) subscribe(ctx context.Context, req pubsub.SubscribeRequest, fn 
 		case <-s.ctx.Done():
 		}
 	}()
-	go s.finish()
+	go s.run()
 	return s, nil
 }
 
@@ -166,377 +171,281 @@ func (p *PubSub) Subscribe(ctx context.Context, req pubsub.SubscribeRequest, han
 	return err
 }
 
-func (s *subscription) durableName() string {
-	if s.cons.DurableBase == "" {
-		return ""
-	}
-	return metadata.SanitizeName(s.cons.DurableBase, s.topic)
-}
-
-// consumerConfig is the JetStream consumer for this subscription.
-func (s *subscription) consumerConfig() jetstream.ConsumerConfig {
-	c := s.cons
-	cfg := jetstream.ConsumerConfig{
-		Durable:       s.durableName(),
-		Description:   "Dapr subscription to " + truncate(s.topic, 200),
-		FilterSubject: s.topic,
-		DeliverPolicy: c.DeliverPolicy,
-		AckPolicy:     c.AckPolicy,
-		Replicas:      c.Replicas,
-		MemoryStorage: c.MemoryStorage,
-	}
-	switch c.DeliverPolicy {
-	case jetstream.DeliverByStartSequencePolicy:
-		cfg.OptStartSeq = c.StartSequence
-	case jetstream.DeliverByStartTimePolicy:
-		t := c.StartTime
-		if c.StartAtSubscribe {
-			t = s.requested
-		}
-		cfg.OptStartTime = &t
-	}
-	if c.AckPolicy != jetstream.AckNonePolicy {
-		cfg.AckWait, cfg.MaxDeliver, cfg.BackOff, cfg.MaxAckPending = c.AckWait, c.MaxDeliver, c.BackOff, c.MaxAckPending
-	}
-	if cfg.Durable == "" {
-		cfg.InactiveThreshold = 5 * time.Minute
-	}
-	return cfg
-}
-
-// ensureConsumer finds the stream and finds or creates the consumer. An
-// existing durable keeps where it started; its other settings are updated.
-func (s *subscription) ensureConsumer(ctx context.Context) (jetstream.Consumer, error) {
-	_, js, streams, err := s.p.state()
-	if err != nil {
-		return nil, err
-	}
-	stream, err := streams.ensure(ctx, s.topic)
-	if err != nil {
-		return nil, err
-	}
-	want := s.consumerConfig()
-	if want.Durable == "" {
-		return js.CreateConsumer(ctx, stream, want)
-	}
-	for attempt := 0; ; attempt++ {
-		c, err := js.Consumer(ctx, stream, want.Durable)
-		if err == nil {
-			return s.reconcile(ctx, js, stream, c, want), nil
-		}
-		if errors.Is(err, jetstream.ErrStreamNotFound) {
-			streams.forget(s.topic)
-			return nil, err
-		}
-		if !errors.Is(err, jetstream.ErrConsumerNotFound) {
-			return nil, err
-		}
-		c, err = js.CreateConsumer(ctx, stream, want)
-		if err == nil || attempt > 0 {
-			return c, err
-		}
-		// Another replica may have created it first: look it up again.
-	}
-}
-
-func (s *subscription) reconcile(ctx context.Context, js jetstream.JetStream, stream string, c jetstream.Consumer, want jetstream.ConsumerConfig) jetstream.Consumer {
-	have := c.CachedInfo().Config
-	if have.FilterSubject != want.FilterSubject {
-		s.p.log.Warnf("consumer %q on stream %q filters %q, not %q; using it as it is", want.Durable, stream, have.FilterSubject, want.FilterSubject)
-		return c
-	}
-	want.DeliverPolicy, want.OptStartSeq, want.OptStartTime = have.DeliverPolicy, have.OptStartSeq, have.OptStartTime
-	if have.AckWait == want.AckWait && have.MaxDeliver == want.MaxDeliver && have.MaxAckPending == want.MaxAckPending &&
-		equalDurations(have.BackOff, want.BackOff) && have.AckPolicy == want.AckPolicy {
-		return c
-	}
-	updated, err := js.UpdateConsumer(ctx, stream, want)
-	if err != nil {
-		s.p.log.Warnf("consumer %q on stream %q keeps its settings: %v", want.Durable, stream, err)
-		return c
-	}
-	return updated
-}
-
-func (s *subscription) fetchLoop() {
-	defer s.wg.Done()
-	var cons jetstream.Consumer
-	wait := retryMin
+// run is the housekeeping goroutine. When the subscription stops, it
+// finishes it.
+func (s *subscription) run() {
+	t := time.NewTicker(tickEvery)
+	defer t.Stop()
 	for s.ctx.Err() == nil {
-		pctx, ok := s.waitResumed()
-		if !ok {
-			return
-		}
-		if cons == nil {
-			c, err := s.ensureConsumer(pctx)
-			if err != nil {
-				s.report(err)
-				wait = s.sleep(pctx, wait)
-				continue
-			}
-			cons = c
-			s.report(nil)
-			s.p.log.Infof("subscribed to topic %q with consumer %q on stream %q", s.topic, c.CachedInfo().Name, c.CachedInfo().Stream)
-		}
-		n := s.reserve(pctx)
-		if n == 0 {
-			continue
-		}
-		s.pulling.Lock()
-		err := s.fetch(pctx, cons, n)
-		s.pulling.Unlock()
-		switch {
-		case err == nil || pctx.Err() != nil:
-			wait = retryMin
-		case errors.Is(err, jetstream.ErrConsumerDeleted), errors.Is(err, jetstream.ErrConsumerNotFound),
-			errors.Is(err, jetstream.ErrStreamNotFound), s.consumerGone(pctx, cons):
-			s.p.log.Warnf("consumer for topic %q is gone (%v); creating it again", s.topic, err)
-			cons = nil
-		default:
-			s.report(err)
-			wait = s.sleep(pctx, wait)
-		}
-	}
-}
-
-// consumerGone checks, after a fetch failed, whether the consumer still exists.
-func (s *subscription) consumerGone(ctx context.Context, cons jetstream.Consumer) bool {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	_, err := cons.Info(ctx)
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		_, _, streams, serr := s.p.state()
-		if serr == nil {
-			streams.forget(s.topic)
-		}
-	}
-	return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound)
-}
-
-// fetch pulls up to n messages and queues them for the dispatcher. Messages
-// arrive as they are published, within one pull request.
-func (s *subscription) fetch(ctx context.Context, cons jetstream.Consumer, n int) error {
-	hb := s.cons.Heartbeat
-	if hb == 0 {
-		hb = defaultHeartbeat
-	}
-	if ctx.Err() != nil {
-		// Paused or stopped meanwhile: open no pull request (see withdrawn).
-		return nil
-	}
-	fctx, cancel := context.WithTimeout(ctx, max(fetchExpiry, 3*hb))
-	defer cancel()
-	batch, err := cons.Fetch(n, jetstream.FetchContext(fctx), jetstream.FetchHeartbeat(hb))
-	if err != nil {
-		return err
-	}
-	for msg := range batch.Messages() {
-		d := newDelivery(s, msg)
-		s.track(d)
-		if ctx.Err() != nil {
-			_ = d.giveBack()
-			continue
-		}
-		s.queue <- d
-	}
-	err = batch.Error()
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-		return nil
-	}
-	return err
-}
-
-// reserve waits until enough of the MaxInFlight slots are free to be worth a
-// pull request (all of them when nothing is held, else half), and returns
-// how many are free; 0 when paused or stopped.
-func (s *subscription) reserve(ctx context.Context) int {
-	limit := s.cons.MaxInFlight
-	threshold := max(1, (limit+1)/2)
-	for {
-		s.mu.Lock()
-		free := limit - len(s.held)
-		empty := len(s.held) == 0
-		s.mu.Unlock()
-		if free >= threshold || (empty && free > 0) {
-			return free
-		}
+		s.housekeep(time.Now())
 		select {
-		case <-s.changed:
-		case <-ctx.Done():
-			return 0
-		}
-	}
-}
-
-func (s *subscription) dispatchLoop() {
-	defer s.wg.Done()
-	for {
-		select {
-		case d := <-s.queue:
-			s.dispatch(d)
+		case <-t.C:
+		case <-s.wake:
 		case <-s.ctx.Done():
-			return
 		}
 	}
+	s.finish()
 }
 
-func (s *subscription) dispatch(d *Delivery) {
+// housekeep does whatever the subscription needs now.
+func (s *subscription) housekeep(now time.Time) {
 	s.mu.Lock()
-	pctx := s.pauseCtx
+	paused, cs, retry := s.paused, s.consumer, now.Before(s.retryAt)
 	s.mu.Unlock()
-	if pctx.Err() != nil {
-		// Paused or stopping: let another subscriber have it now.
-		_ = d.giveBack()
-		return
+	if paused {
+		s.expirePaused(now)
 	}
-	if s.limiter != nil {
-		if err := s.limiter.WaitN(pctx, min(len(d.Data)*8, s.limiter.Burst())); err != nil {
-			_ = d.giveBack()
-			return
-		}
+	if cs == nil && !retry {
+		s.setUp()
 	}
-	// d.touched is not reset here: it is when JetStream last heard of the
-	// message, and the keep-alive must count from then, or a message that
-	// waited in the queue goes more than an ack wait without InProgress.
-	if err := s.fn(d); err != nil {
-		_ = d.giveBack()
+	s.keepAlive(now)
+	s.refresh(now)
+	if !paused {
+		s.adopt()
+		s.checkPull(now)
+		s.pullIfRoom()
 	}
 }
 
-// keepAliveLoop sends InProgress for held messages older than half the ack
-// wait, so slow handlers do not get a second copy of what they work on.
-func (s *subscription) keepAliveLoop() {
-	defer s.wg.Done()
-	if s.cons.AckPolicy == jetstream.AckNonePolicy {
-		return
-	}
-	wait := s.cons.AckWait
-	if len(s.cons.BackOff) > 0 {
-		wait = s.cons.BackOff[0]
-	}
-	tick := time.NewTicker(max(wait/4, 50*time.Millisecond))
-	defer tick.Stop()
-	for {
-		select {
-		case now := <-tick.C:
-			for _, d := range s.snapshot() {
-				d.keepAlive(now, wait/2)
-			}
-		case <-s.ctx.Done():
-			return
-		}
-	}
-}
-
-func (s *subscription) track(d *Delivery) {
-	s.mu.Lock()
-	s.held[d] = struct{}{}
-	s.mu.Unlock()
-}
-
-func (s *subscription) untrack(d *Delivery) {
-	s.mu.Lock()
-	delete(s.held, d)
-	s.mu.Unlock()
+// poke wakes the housekeeping goroutine.
+func (s *subscription) poke() {
 	select {
-	case s.changed <- struct{}{}:
+	case s.wake <- struct{}{}:
 	default:
 	}
 }
 
-func (s *subscription) snapshot() []*Delivery {
+// setUp finds or creates the consumer and starts pulling.
+func (s *subscription) setUp() {
+	cs, err := s.ensureConsumer(s.ctx)
+	if err != nil {
+		if s.ctx.Err() == nil {
+			s.report(err)
+			s.backOff()
+		}
+		return
+	}
+	s.mu.Lock()
+	s.consumer = cs
+	s.floor.serverFloor(cs.stream, cs.streamCreated, cs.handle.CachedInfo().AckFloor.Stream)
+	s.resetPull = false
+	s.retryWait = retryMin
+	s.mu.Unlock()
+	s.report(nil)
+	s.p.log.Infof("subscribed to topic %q with consumer %q on stream %q", s.topic, cs.name, cs.stream)
+	s.adopt()
+}
+
+// backOff delays the next attempt after a failure, doubling up to retryMax.
+func (s *subscription) backOff() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]*Delivery, 0, len(s.held))
-	for d := range s.held {
-		out = append(out, d)
+	s.retryAt = time.Now().Add(s.retryWait)
+	s.retryWait = min(s.retryWait*2, retryMax)
+}
+
+// reconnected makes the subscription start over at once after NATS came
+// back: whatever was requested before may be lost, and so may the consumer.
+func (s *subscription) reconnected() {
+	s.mu.Lock()
+	s.resetPull = true
+	s.retryAt, s.retryWait = time.Time{}, retryMin
+	s.mu.Unlock()
+	s.poke()
+}
+
+// adopt takes over the messages that an ended subscription of the same
+// consumer held, ahead of anything new.
+func (s *subscription) adopt() {
+	s.mu.Lock()
+	cs := s.consumer
+	s.mu.Unlock()
+	if cs == nil || cs.name == "" {
+		return
 	}
-	return out
+	ds := desk.take(s.handoverKey(cs))
+	if len(ds) == 0 {
+		return
+	}
+	s.mu.Lock()
+	front := make([]*Delivery, 0, len(ds)+len(s.unseen))
+	for _, d := range ds {
+		c := d.handedTo(s)
+		s.held[c] = struct{}{}
+		s.floor.delivered(c.Sequence)
+		front = append(front, c)
+	}
+	s.unseen = append(front, s.unseen...)
+	s.mu.Unlock()
+	s.p.log.Infof("topic %q: took over %d messages that an ended subscription of consumer %q held", s.topic, len(ds), cs.name)
+	go s.dispatch()
+}
+
+func (s *subscription) handoverKey(cs *consumerState) handoverKey {
+	return handoverKey{conn: s.p.connKey, stream: cs.stream, consumer: cs.name}
+}
+
+// dispatch hands unseen messages to fn, in order, unless another goroutine
+// already does, or the subscription is paused or stopping.
+func (s *subscription) dispatch() {
+	for {
+		s.mu.Lock()
+		if s.dispatching || s.paused || s.fnFailed || len(s.unseen) == 0 || s.ctx.Err() != nil {
+			s.mu.Unlock()
+			return
+		}
+		d := s.unseen[0]
+		s.unseen[0] = nil
+		s.unseen = s.unseen[1:]
+		s.dispatching = true
+		s.mu.Unlock()
+
+		handed := s.deliver(d)
+
+		s.mu.Lock()
+		s.dispatching = false
+		// Time spent in fn is not silence from the server.
+		s.lastHeard = time.Now()
+		if !handed {
+			s.unseen = append([]*Delivery{d}, s.unseen...)
+			s.fnFailed = true
+		}
+		s.mu.Unlock()
+	}
+}
+
+// deliver hands d to fn; false when fn refused it.
+func (s *subscription) deliver(d *Delivery) bool {
+	if d.Settled() {
+		return true
+	}
+	if s.limiter != nil {
+		if err := s.limiter.WaitN(s.ctx, min(len(d.Data)*8, s.limiter.Burst())); err != nil {
+			return false
+		}
+	}
+	return s.fn(d) == nil
+}
+
+// settled is called once for each delivery this subscription owns.
+func (s *subscription) settled(d *Delivery, acked bool) {
+	s.mu.Lock()
+	delete(s.held, d)
+	if acked {
+		s.floor.acked(d.Sequence)
+	}
+	s.mu.Unlock()
+	s.pullIfRoom()
+}
+
+// keepAlive sends InProgress for held messages once half of the consumer's
+// ack wait has passed, so slow handlers do not get a second copy of what
+// they work on. The ack wait is the consumer's, kept current by refresh, as
+// another replica may have changed it.
+func (s *subscription) keepAlive(now time.Time) {
+	s.mu.Lock()
+	cs := s.consumer
+	if cs == nil || cs.ackPolicy == jetstream.AckNonePolicy || len(s.held) == 0 {
+		s.mu.Unlock()
+		return
+	}
+	wait := cs.shortestAckWait()
+	var due []*Delivery
+	for d := range s.held {
+		if d.due(now, wait) {
+			due = append(due, d)
+		}
+	}
+	s.mu.Unlock()
+	for _, d := range due {
+		d.keepAlive(s.p, now)
+	}
+}
+
+// expirePaused gives back messages held unseen for longer than
+// handoverTimeout while paused, so that another subscriber gets them.
+func (s *subscription) expirePaused(now time.Time) {
+	s.mu.Lock()
+	if now.Sub(s.pausedAt) < handoverTimeout || len(s.unseen) == 0 {
+		s.mu.Unlock()
+		return
+	}
+	back := s.unseen
+	s.unseen = nil
+	s.mu.Unlock()
+	s.p.log.Warnf("topic %q: paused for %s; giving %d messages back to JetStream", s.topic, handoverTimeout, len(back))
+	for _, d := range back {
+		_ = d.giveBack()
+	}
+}
+
+// ackNone reports whether the consumer takes no acks.
+func (s *subscription) ackNone() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.consumer != nil {
+		return s.consumer.ackPolicy == jetstream.AckNonePolicy
+	}
+	return s.cons.AckPolicy == jetstream.AckNonePolicy
 }
 
 // nakDelay is the redelivery delay after a failed delivery: the backOff step
 // for the delivery count, else nakDelay.
 func (s *subscription) nakDelay(deliveries uint64) time.Duration {
-	if b := s.cons.BackOff; len(b) > 0 {
+	s.mu.Lock()
+	b := s.cons.BackOff
+	if s.consumer != nil {
+		b = s.consumer.backOff
+	}
+	s.mu.Unlock()
+	if len(b) > 0 {
 		i := int(min(max(deliveries, 1)-1, uint64(len(b)-1)))
 		return b[i]
 	}
 	return s.cons.NakDelay
 }
 
-func (s *subscription) pause() {
+// pause stops delivery and new pull requests. The returned channel closes
+// once the open requests have ended, so that every message JetStream sent
+// for them is received and held for Resume; then closeInbox withdraws the
+// pull for good.
+func (s *subscription) pause() <-chan struct{} {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.paused {
-		return
+	if !s.paused {
+		s.paused = true
+		s.pausedAt = time.Now()
 	}
-	s.paused = true
-	s.unpause()
+	return s.quietLocked()
 }
 
 func (s *subscription) resume() {
 	s.mu.Lock()
-	if s.paused && s.ctx.Err() == nil {
-		s.paused = false
-		s.pauseCtx, s.unpause = context.WithCancel(s.ctx)
-	}
+	s.paused = false
+	s.fnFailed = false
 	s.mu.Unlock()
-	select {
-	case s.changed <- struct{}{}:
-	default:
-	}
-}
-
-// withdrawn returns once no pull request of the subscription is open, after
-// pause or stop. nats.go drops whatever JetStream still sends to a pull
-// request it stopped listening to, and JetStream only redelivers that after
-// the ack wait; so Pause must not return while a pull request is open.
-func (s *subscription) withdrawn() {
-	s.pulling.Lock()
-	defer s.pulling.Unlock()
-}
-
-// waitResumed blocks while paused; it returns the current run context, or
-// false once stopped.
-func (s *subscription) waitResumed() (context.Context, bool) {
-	for {
-		s.mu.Lock()
-		paused, pctx := s.paused, s.pauseCtx
-		s.mu.Unlock()
-		if s.ctx.Err() != nil {
-			return nil, false
-		}
-		if !paused {
-			return pctx, true
-		}
-		select {
-		case <-s.changed:
-		case <-s.ctx.Done():
-			return nil, false
-		}
-	}
+	s.poke()
+	go s.dispatch()
 }
 
 func (s *subscription) stop() { s.cancel() }
 
-// finish waits for the goroutines, gives every message still held back to
-// JetStream, and unregisters the subscription.
+// finish withdraws the pull, waits for running handlers, hands what is still
+// held to the next subscription of the consumer (or gives it back), and
+// unregisters the subscription.
 func (s *subscription) finish() {
-	<-s.ctx.Done()
 	s.mu.Lock()
-	s.unpause()
+	s.paused = true
+	quiet := s.quietLocked()
 	s.mu.Unlock()
-	s.wg.Wait()
+	waitUpTo(quiet, withdrawGrace)
+	waitUpTo(s.closeInbox(), withdrawGrace)
 	handlersDone := make(chan struct{})
 	go func() { s.work.Wait(); close(handlersDone) }()
-	select {
-	case <-handlersDone:
-	case <-time.After(handlerGrace):
-		s.p.log.Warnf("topic %q: handlers still running after %s; giving their messages back", s.topic, handlerGrace)
+	if !waitUpTo(handlersDone, handlerGrace) {
+		s.p.log.Warnf("topic %q: handlers still running after %s; handing their messages on", s.topic, handlerGrace)
 	}
-	for _, d := range s.snapshot() {
-		_ = d.giveBack()
-	}
+	s.handOver()
 	s.p.mu.Lock()
 	delete(s.p.subs, s)
 	s.p.mu.Unlock()
@@ -544,45 +453,54 @@ func (s *subscription) finish() {
 	s.p.wg.Done()
 }
 
-// report logs a subscription problem once, and its recovery.
-func (s *subscription) report(err error) {
+// handOver passes every message still held to the handover desk, where the
+// next subscription of the same consumer finds it. An ephemeral consumer has
+// no next subscription: its messages go back to JetStream.
+func (s *subscription) handOver() {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	switch {
-	case err == nil && s.lastErr != "":
-		s.p.log.Infof("topic %q: recovered", s.topic)
-		s.lastErr = ""
-	case err != nil && err.Error() != s.lastErr:
-		s.lastErr = err.Error()
-		s.p.log.Errorf("topic %q: %v; retrying in the background", s.topic, err)
-	}
-}
-
-func (s *subscription) sleep(ctx context.Context, wait time.Duration) time.Duration {
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-	}
-	return min(wait*2, retryMax)
-}
-
-func equalDurations(a, b []time.Duration) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
+	s.over = true
+	cs := s.consumer
+	var taken []*Delivery
+	for d := range s.held {
+		if d.take() {
+			taken = append(taken, d)
 		}
 	}
-	return true
+	s.held = map[*Delivery]struct{}{}
+	s.unseen = nil
+	s.mu.Unlock()
+	s.pass(cs, taken)
 }
 
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
+// pass hands taken messages to the desk, or back to JetStream when the
+// consumer is ephemeral.
+func (s *subscription) pass(cs *consumerState, taken []*Delivery) {
+	if len(taken) == 0 {
+		return
 	}
-	return s[:n] + "…"
+	sortBySequence(taken)
+	if cs == nil || cs.name == "" || cs.ephemeral {
+		for _, d := range taken {
+			if cs != nil && cs.ackPolicy != jetstream.AckNonePolicy {
+				_ = s.p.reply(d.reply, nakBody)
+			}
+		}
+		return
+	}
+	desk.leave(s.handoverKey(cs), taken, cs.shortestAckWait(), cs.ackPolicy == jetstream.AckNonePolicy, s.p)
+}
+
+// waitUpTo waits for ch to close, at most d; false when it did not.
+func waitUpTo(ch <-chan struct{}, d time.Duration) bool {
+	if ch == nil {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ch:
+		return true
+	case <-t.C:
+		return false
+	}
 }

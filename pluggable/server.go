@@ -300,8 +300,11 @@ func (s *Server) PullMessages(stream proto.PubSub_PullMessagesServer) error {
 	case <-received:
 		cancel()
 		<-done
+	case <-ps.Closing():
+		// The instance is closing (shutdown or re-Init). Returning ends the
+		// stream, so that a Send blocked on a daprd that stopped reading
+		// gives up and the subscription can hand its messages over.
 	case <-done:
-		// The instance closed (shutdown or re-Init).
 	}
 	s.log.Infof("component %q: subscription to topic %q ended", name, topic.GetName())
 	return nil

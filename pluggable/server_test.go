@@ -629,3 +629,67 @@ func TestInvalidUTF8FromNATSIsDelivered(t *testing.T) {
 	assert.Equal(t, "legacy.caf\uFFFD", got[1].Metadata["jetstream-subject"])
 	assert.Equal(t, "last", dataOf(t, got[2]))
 }
+
+// Messages that daprd never read must reach the next stream of the same
+// consumer without using up maxDeliver, when daprd's stream breaks or the
+// Component is initialised again. Large messages stay inside the component,
+// held back by gRPC flow control.
+func TestUnreadMessagesReachTheNextStream(t *testing.T) {
+	for _, how := range []string{"stream cut", "re-Init"} {
+		for _, maxDeliver := range []string{"1", "3"} {
+			for _, size := range []int{16, 512 << 10} {
+				t.Run(fmt.Sprintf("%s/maxDeliver=%s/size=%d", how, maxDeliver, size), func(t *testing.T) {
+					ns := natstest.Start(t)
+					_, js := natstest.Client(t, ns)
+					c := startComponent(t, "nats-jetstream")
+					md := props(ns.ClientURL(), "consumerID", "app", "maxDeliver", maxDeliver, "maxInFlight", "10")
+					cl := daprClient(t, c, "pubsub", md)
+					first, cancel := rawPull(t, c, "pubsub", "unread", nil)
+					defer cancel()
+					require.Eventually(t, func() bool {
+						_, err := js.Consumer(context.Background(), "unread", "app-unread")
+						return err == nil
+					}, 10*time.Second, 20*time.Millisecond)
+					ctx := context.Background()
+					pad := strings.Repeat("x", size)
+					for i := range 5 {
+						require.NoError(t, cl.Publish(ctx, &pubsub.PublishRequest{Topic: "unread", Data: fmt.Appendf(nil, "u%d:%s", i, pad)}))
+					}
+					_, err := first.Recv()
+					require.NoError(t, err)
+					require.Eventually(t, func() bool {
+						cons, err := js.Consumer(context.Background(), "unread", "app-unread")
+						if err != nil {
+							return false
+						}
+						info, err := cons.Info(context.Background())
+						return err == nil && info.NumPending == 0
+					}, 10*time.Second, 20*time.Millisecond, "the component did not fetch the backlog")
+
+					if how == "stream cut" {
+						cancel()
+					} else {
+						daprClient(t, c, "pubsub", md)
+					}
+					next, cancelNext := rawPull(t, c, "pubsub", "unread", nil)
+					defer cancelNext()
+					// A message that never comes ends the stream, so that Recv fails.
+					defer time.AfterFunc(20*time.Second, cancelNext).Stop()
+					seen := map[string]bool{}
+					for len(seen) < 5 {
+						m, err := next.Recv()
+						require.NoError(t, err, "after %d of 5 messages", len(seen))
+						seen[string(m.GetData()[:2])] = true
+						require.NoError(t, next.Send(&proto.PullMessagesRequest{AckMessageId: m.GetId()}))
+					}
+					cons, err := js.Consumer(ctx, "unread", "app-unread")
+					require.NoError(t, err)
+					require.Eventually(t, func() bool {
+						info, err := cons.Info(ctx)
+						return err == nil && info.NumAckPending == 0 && info.AckFloor.Stream == 5
+					}, 10*time.Second, 20*time.Millisecond)
+				})
+			}
+		}
+	}
+}

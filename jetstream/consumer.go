@@ -1,0 +1,385 @@
+package jetstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/dapr-nats/jetstream-pubsub/metadata"
+)
+
+const (
+	// apiTimeout bounds one JetStream API call of a subscription.
+	apiTimeout = 5 * time.Second
+	// refreshBusy and refreshIdle pace reading the consumer's settings back:
+	// often while messages are held, since another replica may lower the
+	// ack wait under them, rarely otherwise.
+	refreshBusy = time.Second
+	refreshIdle = 15 * time.Second
+)
+
+// consumerState is the consumer as the server has it. Its settings, not the
+// metadata's, rule acks and keep-alives: another replica may have changed
+// them, and some cannot be changed at all.
+type consumerState struct {
+	handle        jetstream.Consumer
+	stream, name  string
+	streamCreated time.Time
+	ephemeral     bool
+	next          string // the subject pull requests go to
+	ackPolicy     jetstream.AckPolicy
+	ackWait       time.Duration
+	backOff       []time.Duration
+	maxDeliver    int
+	refreshed     time.Time
+}
+
+func (p *PubSub) newConsumerState(c jetstream.Consumer, created time.Time, ephemeral bool) *consumerState {
+	info := c.CachedInfo()
+	cs := &consumerState{
+		handle: c, stream: info.Stream, name: info.Name, streamCreated: created, ephemeral: ephemeral,
+		next: p.apiPrefix + "CONSUMER.MSG.NEXT." + info.Stream + "." + info.Name, refreshed: time.Now(),
+	}
+	cs.update(info)
+	return cs
+}
+
+func (cs *consumerState) update(info *jetstream.ConsumerInfo) {
+	cs.ackPolicy = info.Config.AckPolicy
+	cs.ackWait = info.Config.AckWait
+	cs.backOff = info.Config.BackOff
+	cs.maxDeliver = info.Config.MaxDeliver
+}
+
+// shortestAckWait is the shortest time JetStream waits for an ack of any
+// delivery: with backOff, each delivery count has its own.
+func (cs *consumerState) shortestAckWait() time.Duration {
+	w := cs.ackWait
+	for _, b := range cs.backOff {
+		if w <= 0 || b < w {
+			w = b
+		}
+	}
+	if w <= 0 {
+		w = 30 * time.Second
+	}
+	return w
+}
+
+func (s *subscription) durableName() string {
+	if s.cons.DurableBase == "" {
+		return ""
+	}
+	return metadata.SanitizeName(s.cons.DurableBase, s.topic)
+}
+
+// consumerConfig is the JetStream consumer for this subscription. A consumer
+// made again after it was lost starts where the last one left off.
+func (s *subscription) consumerConfig(stream string, created time.Time) jetstream.ConsumerConfig {
+	c := s.cons
+	cfg := jetstream.ConsumerConfig{
+		Durable:       s.durableName(),
+		Description:   "Dapr subscription to " + truncate(s.topic, 200),
+		FilterSubject: s.topic,
+		DeliverPolicy: c.DeliverPolicy,
+		AckPolicy:     c.AckPolicy,
+		Replicas:      c.Replicas,
+		MemoryStorage: c.MemoryStorage,
+	}
+	switch c.DeliverPolicy {
+	case jetstream.DeliverByStartSequencePolicy:
+		cfg.OptStartSeq = c.StartSequence
+	case jetstream.DeliverByStartTimePolicy:
+		t := c.StartTime
+		if c.StartAtSubscribe {
+			t = s.requested
+		}
+		cfg.OptStartTime = &t
+	}
+	s.mu.Lock()
+	seq, ok := s.floor.next(stream, created)
+	s.mu.Unlock()
+	if ok {
+		cfg.DeliverPolicy, cfg.OptStartSeq, cfg.OptStartTime = jetstream.DeliverByStartSequencePolicy, seq, nil
+	}
+	if c.AckPolicy != jetstream.AckNonePolicy {
+		cfg.AckWait, cfg.MaxDeliver, cfg.BackOff, cfg.MaxAckPending = c.AckWait, c.MaxDeliver, c.BackOff, c.MaxAckPending
+	}
+	if cfg.Durable == "" {
+		cfg.InactiveThreshold = 5 * time.Minute
+	}
+	return cfg
+}
+
+// ensureConsumer finds the stream and finds or creates the consumer. An
+// existing durable keeps where it started; its other settings are updated
+// where the server allows it.
+func (s *subscription) ensureConsumer(ctx context.Context) (*consumerState, error) {
+	_, js, streams, err := s.p.state()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
+	defer cancel()
+	stream, err := streams.ensure(ctx, s.topic)
+	if err != nil {
+		return nil, err
+	}
+	st, err := js.Stream(ctx, stream)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			streams.forget(s.topic)
+		}
+		return nil, err
+	}
+	created := st.CachedInfo().Created
+	want := s.consumerConfig(stream, created)
+	if want.Durable == "" {
+		c, err := js.CreateConsumer(ctx, stream, want)
+		if err != nil {
+			return nil, err
+		}
+		return s.p.newConsumerState(c, created, true), nil
+	}
+	c, err := s.findOrCreate(ctx, js, stream, want)
+	if err != nil {
+		return nil, err
+	}
+	c, err = s.reconcile(ctx, js, stream, c, want)
+	if err != nil {
+		return nil, err
+	}
+	return s.p.newConsumerState(c, created, false), nil
+}
+
+func (s *subscription) findOrCreate(ctx context.Context, js jetstream.JetStream, stream string, want jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+	for attempt := 0; ; attempt++ {
+		c, err := js.Consumer(ctx, stream, want.Durable)
+		if err == nil {
+			return c, nil
+		}
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			_, _, streams, _ := s.p.state()
+			if streams != nil {
+				streams.forget(s.topic)
+			}
+			return nil, err
+		}
+		if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return nil, err
+		}
+		c, err = js.CreateConsumer(ctx, stream, want)
+		if err == nil || attempt > 0 {
+			return c, err
+		}
+		// Another replica may have created it first: look it up again.
+	}
+}
+
+// reconcile updates an existing durable to the wanted settings. Where the
+// server keeps its own, those rule from then on; an ack policy that differs
+// is an error, since acking as the server does not expect loses or repeats
+// messages.
+func (s *subscription) reconcile(ctx context.Context, js jetstream.JetStream, stream string, c jetstream.Consumer, want jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+	have := c.CachedInfo().Config
+	want.DeliverPolicy, want.OptStartSeq, want.OptStartTime = have.DeliverPolicy, have.OptStartSeq, have.OptStartTime
+	want.MemoryStorage = have.MemoryStorage
+	if have.AckPolicy != want.AckPolicy {
+		return nil, &Error{Op: "subscribe to", Topic: s.topic, Kind: KindRejected, Err: fmt.Errorf(
+			"consumer %q on stream %q has ackPolicy %s, and JetStream cannot change it to %s; delete the consumer (nats consumer rm %s %s) so that it is created again, or set another consumerID",
+			want.Durable, stream, have.AckPolicy, want.AckPolicy, stream, want.Durable)}
+	}
+	if have.FilterSubject == want.FilterSubject && have.AckWait == want.AckWait && have.MaxDeliver == want.MaxDeliver &&
+		have.MaxAckPending == want.MaxAckPending && slices.Equal(have.BackOff, want.BackOff) {
+		return c, nil
+	}
+	updated, err := js.UpdateConsumer(ctx, stream, want)
+	if err == nil {
+		return updated, nil
+	}
+	if have.FilterSubject != want.FilterSubject {
+		return nil, &Error{Op: "subscribe to", Topic: s.topic, Kind: KindRejected, Err: fmt.Errorf(
+			"consumer %q on stream %q filters %q, not %q, and JetStream refused to change it (%v); delete the consumer (nats consumer rm %s %s) or set another consumerID",
+			want.Durable, stream, have.FilterSubject, want.FilterSubject, err, stream, want.Durable)}
+	}
+	s.p.log.Warnf("consumer %q on stream %q keeps its settings (ackWait %s, maxDeliver %d, maxAckPending %d, backOff %v), which this subscription follows: %v",
+		want.Durable, stream, have.AckWait, have.MaxDeliver, have.MaxAckPending, have.BackOff, err)
+	return c, nil
+}
+
+// refresh reads the consumer's settings back from the server, so that
+// keep-alives follow an ack wait another replica changed, and notices a
+// consumer that was deleted while idle.
+func (s *subscription) refresh(now time.Time) {
+	s.mu.Lock()
+	cs := s.consumer
+	every := refreshIdle
+	if len(s.held) > 0 {
+		every = refreshBusy
+	}
+	s.mu.Unlock()
+	if cs == nil || now.Sub(cs.refreshed) < every {
+		return
+	}
+	s.verify(cs)
+}
+
+// verify reads the consumer's info; a consumer or stream that is gone is
+// set up again.
+func (s *subscription) verify(cs *consumerState) {
+	ctx, cancel := context.WithTimeout(s.ctx, apiTimeout)
+	defer cancel()
+	info, err := cs.handle.Info(ctx)
+	switch {
+	case err == nil:
+		s.mu.Lock()
+		cs.update(info)
+		cs.refreshed = time.Now()
+		s.floor.serverFloor(cs.stream, cs.streamCreated, info.AckFloor.Stream)
+		s.mu.Unlock()
+	case errors.Is(err, jetstream.ErrConsumerNotFound), errors.Is(err, jetstream.ErrStreamNotFound):
+		s.gone(err)
+	default:
+		s.mu.Lock()
+		cs.refreshed = time.Now()
+		s.mu.Unlock()
+	}
+}
+
+// gone drops a consumer that no longer exists, so that it is set up again,
+// starting after the last message known to be acknowledged. The inbox stays:
+// JetStream may still send what it had in flight.
+func (s *subscription) gone(why error) {
+	s.mu.Lock()
+	cs := s.consumer
+	if cs == nil {
+		s.mu.Unlock()
+		return
+	}
+	s.consumer = nil
+	s.outstanding = 0
+	s.retryAt, s.retryWait = time.Time{}, retryMin
+	s.mu.Unlock()
+	if _, _, streams, err := s.p.state(); err == nil {
+		streams.forget(s.topic)
+	}
+	s.p.log.Warnf("topic %q: consumer %q on stream %q is gone (%v); creating it again", s.topic, cs.name, cs.stream, why)
+	s.poke()
+}
+
+// resumePoint tracks, for the stream a subscription reads, the first message
+// that might not be acknowledged, so that a consumer lost to an admin or to
+// the server's state is made again without replaying what was handled.
+type resumePoint struct {
+	stream  string
+	created time.Time
+	highest uint64              // highest stream sequence delivered here
+	unacked map[uint64]struct{} // delivered here and not acknowledged
+	floor   uint64              // the consumer's ack floor, as last read
+}
+
+func newResumePoint() resumePoint { return resumePoint{unacked: map[uint64]struct{}{}} }
+
+func (r *resumePoint) delivered(seq uint64) {
+	if seq == 0 {
+		return
+	}
+	r.highest = max(r.highest, seq)
+	if seq > r.floor {
+		r.unacked[seq] = struct{}{}
+	}
+}
+
+func (r *resumePoint) acked(seq uint64) { delete(r.unacked, seq) }
+
+// serverFloor records the consumer's ack floor on a stream, starting over
+// when the stream is another one than before.
+func (r *resumePoint) serverFloor(stream string, created time.Time, floor uint64) {
+	if r.stream != stream || !r.created.Equal(created) {
+		*r = newResumePoint()
+		r.stream, r.created = stream, created
+	}
+	r.floor = max(r.floor, floor)
+	for seq := range r.unacked {
+		if seq <= r.floor {
+			delete(r.unacked, seq)
+		}
+	}
+}
+
+// next is the stream sequence a new consumer on stream should start at; false
+// when nothing is known of that stream.
+func (r *resumePoint) next(stream string, created time.Time) (uint64, bool) {
+	if r.stream != stream || !r.created.Equal(created) || (r.highest == 0 && r.floor == 0) {
+		return 0, false
+	}
+	n := r.highest + 1
+	for seq := range r.unacked {
+		n = min(n, seq)
+	}
+	return max(n, r.floor+1), true
+}
+
+// problem is what keeps a subscription from delivering, if anything.
+type problem struct {
+	err       string
+	permanent bool // retrying cannot fix it; it needs a change by an operator
+	since     time.Time
+	logged    time.Time
+}
+
+// report logs a subscription problem, again at most every reportEvery while
+// it persists, and its recovery.
+func (s *subscription) report(err error) {
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	pr := &s.problem
+	switch {
+	case err == nil && pr.err != "":
+		s.p.log.Infof("topic %q: recovered", s.topic)
+		*pr = problem{}
+	case err == nil:
+	case err.Error() != pr.err:
+		*pr = problem{err: err.Error(), permanent: KindOf(err) != KindUnavailable, since: now, logged: now}
+		s.p.log.Errorf("topic %q: %v; retrying in the background", s.topic, err)
+	case now.Sub(pr.logged) >= reportEvery:
+		pr.logged = now
+		s.p.log.Errorf("topic %q: %v (for %s); retrying in the background", s.topic, err, now.Sub(pr.since).Round(time.Second))
+	}
+}
+
+// failing describes the subscription's problem when it has kept it from
+// delivering for stuckAfter, or when retrying cannot fix it.
+func (s *subscription) failing(now time.Time) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	pr := s.problem
+	if pr.err == "" || (now.Sub(pr.since) < stuckAfter && !pr.permanent) {
+		return ""
+	}
+	return fmt.Sprintf("topic %q: %s (for %s)", s.topic, pr.err, now.Sub(pr.since).Round(time.Second))
+}
+
+func sortBySequence(ds []*Delivery) {
+	slices.SortFunc(ds, func(a, b *Delivery) int {
+		switch {
+		case a.Sequence < b.Sequence:
+			return -1
+		case a.Sequence > b.Sequence:
+			return 1
+		}
+		return 0
+	})
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}

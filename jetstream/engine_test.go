@@ -1,0 +1,429 @@
+package jetstream
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dapr/components-contrib/pubsub"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
+)
+
+// tally records which payloads a handler saw, and how often.
+type tally struct {
+	mu   sync.Mutex
+	seen map[string]int
+	ch   chan string
+}
+
+func newTally() *tally { return &tally{seen: map[string]int{}, ch: make(chan string, 10000)} }
+
+func (t *tally) add(data string) {
+	t.mu.Lock()
+	t.seen[data]++
+	t.mu.Unlock()
+	t.ch <- data
+}
+
+func (t *tally) count(data string) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.seen[data]
+}
+
+func (t *tally) distinct() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.seen)
+}
+
+// payload is message i of a test, padded to size bytes.
+func payload(i, size int) string {
+	p := fmt.Sprintf("m%03d:", i)
+	if size > len(p) {
+		p += strings.Repeat("x", size-len(p))
+	}
+	return p
+}
+
+func key(data string) string { return data[:min(len(data), 5)] }
+
+// unseenCases are the limits under which messages the app never saw must
+// still reach it: maxDeliver 1 and 3, small and large messages.
+var unseenCases = []struct{ maxDeliver, size int }{{1, 16}, {3, 16}, {1, 300 << 10}, {3, 300 << 10}}
+
+// Messages fetched ahead and not yet seen by the app must not use up
+// maxDeliver when the subscription is paused: with maxDeliver 1 they would
+// never be delivered.
+func TestPauseKeepsUnseenMessages(t *testing.T) {
+	t.Parallel()
+	for _, tc := range unseenCases {
+		t.Run(fmt.Sprintf("maxDeliver=%d/size=%d", tc.maxDeliver, tc.size), func(t *testing.T) {
+			t.Parallel()
+			ns, js := startNATS(t)
+			ps, _ := open(t, ns.ClientURL(), map[string]string{
+				"consumerID": "app", "maxDeliver": fmt.Sprint(tc.maxDeliver), "maxInFlight": "10",
+			})
+			got := newTally()
+			release := make(chan struct{})
+			var first sync.Once
+			subscribe(t, ps, "paused", nil, func(_ context.Context, m *pubsub.NewMessage) error {
+				got.add(key(string(m.Data)))
+				first.Do(func() { <-release })
+				return nil
+			})
+			for i := range 5 {
+				publish(t, ps, "paused", payload(i, tc.size), nil)
+			}
+			assert.Equal(t, "m000:", recv(t, got.ch, waitFor))
+			require.Eventually(t, func() bool {
+				info, err := consumerInfo(js, "paused", "app-paused")
+				return err == nil && info != nil && info.NumPending == 0
+			}, waitFor, tick, "the backlog was not fetched ahead")
+
+			require.NoError(t, ps.Pause(ctx(t)))
+			close(release)
+			nothing(t, got.ch, 500*time.Millisecond)
+			require.NoError(t, ps.Resume(ctx(t)))
+			for range 4 {
+				recv(t, got.ch, waitFor)
+			}
+			assert.Equal(t, 5, got.distinct(), "every message handled")
+			info := settledConsumer(t, js, "paused", "app-paused")
+			assert.Equal(t, uint64(5), info.AckFloor.Stream)
+			assert.Equal(t, uint64(5), info.Delivered.Consumer, "nothing was redelivered")
+		})
+	}
+}
+
+// A subscription that ends with messages its handler never saw hands them
+// to the next subscription of the same consumer, without using up
+// maxDeliver: daprd's stream broke, or daprd restarted.
+func TestEndedSubscriptionHandsOver(t *testing.T) {
+	t.Parallel()
+	for _, tc := range unseenCases {
+		t.Run(fmt.Sprintf("maxDeliver=%d/size=%d", tc.maxDeliver, tc.size), func(t *testing.T) {
+			t.Parallel()
+			ns, js := startNATS(t)
+			ps, _ := open(t, ns.ClientURL(), map[string]string{
+				"consumerID": "app", "maxDeliver": fmt.Sprint(tc.maxDeliver), "maxInFlight": "10",
+			})
+			sctx, cancel := context.WithCancel(t.Context())
+			first := make(chan *Delivery, 10)
+			done, err := ps.SubscribeDeliveries(sctx, pubsub.SubscribeRequest{Topic: "cut"}, func(d *Delivery) error {
+				if len(first) > 0 {
+					return errStopped // the stream broke: nothing after the first is handed on
+				}
+				first <- d
+				return nil
+			})
+			require.NoError(t, err)
+			for i := range 5 {
+				publish(t, ps, "cut", payload(i, tc.size), nil)
+			}
+			recv(t, first, waitFor)
+			require.Eventually(t, func() bool {
+				info, err := consumerInfo(js, "cut", "app-cut")
+				return err == nil && info != nil && info.NumPending == 0
+			}, waitFor, tick, "the backlog was not fetched ahead")
+			cancel()
+			closedWithin(t, done, waitFor, "the first subscription ending")
+
+			got := newTally()
+			_, err = ps.SubscribeDeliveries(t.Context(), pubsub.SubscribeRequest{Topic: "cut"}, func(d *Delivery) error {
+				got.add(key(string(d.Data)))
+				return d.Ack()
+			})
+			require.NoError(t, err)
+			for range 5 {
+				recv(t, got.ch, waitFor)
+			}
+			assert.Equal(t, 5, got.distinct(), "every message handled")
+			info := settledConsumer(t, js, "cut", "app-cut")
+			assert.Equal(t, uint64(5), info.Delivered.Consumer, "nothing was redelivered")
+		})
+	}
+}
+
+// A Component initialised again replaces its instance: what the old one
+// held reaches the new one's subscription.
+func TestReInitHandsOver(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	props := map[string]string{"consumerID": "app", "maxDeliver": "1", "maxInFlight": "10"}
+	old, _ := newInstance(t)
+	md := pubsub.Metadata{}
+	md.Name = "test"
+	md.Properties = map[string]string{"natsURL": ns.ClientURL()}
+	for k, v := range props {
+		md.Properties[k] = v
+	}
+	require.NoError(t, old.Init(ctx(t), md))
+	release := make(chan struct{})
+	var once sync.Once
+	got := newTally()
+	handler := func(_ context.Context, m *pubsub.NewMessage) error {
+		got.add(key(string(m.Data)))
+		once.Do(func() { <-release })
+		return nil
+	}
+	require.NoError(t, old.Subscribe(t.Context(), pubsub.SubscribeRequest{Topic: "reinit"}, handler))
+	for i := range 5 {
+		publish(t, old, "reinit", payload(i, 16), nil)
+	}
+	recv(t, got.ch, waitFor)
+
+	fresh, _ := newInstance(t)
+	require.NoError(t, fresh.Init(ctx(t), md))
+	t.Cleanup(func() { _ = fresh.Close() })
+	closed := make(chan struct{})
+	go func() { _ = old.Close(); close(closed) }()
+	close(release)
+	closedWithin(t, closed, waitFor, "closing the old instance")
+
+	require.NoError(t, fresh.Subscribe(t.Context(), pubsub.SubscribeRequest{Topic: "reinit"}, handler))
+	require.Eventually(t, func() bool { return got.distinct() == 5 }, waitFor, tick, "every message handled")
+	settledConsumer(t, js, "reinit", "app-reinit")
+}
+
+// A consumer an admin deleted is made again after the last acknowledged
+// message, not from where the subscription started.
+func TestDeletedConsumerResumesAfterAcked(t *testing.T) {
+	t.Parallel()
+	for _, durable := range []bool{true, false} {
+		t.Run(fmt.Sprintf("durable=%v", durable), func(t *testing.T) {
+			t.Parallel()
+			ns, js := startNATS(t)
+			props := map[string]string{}
+			if durable {
+				props["consumerID"] = "app"
+			}
+			ps, _ := open(t, ns.ClientURL(), props)
+			got := newTally()
+			subscribe(t, ps, "resume", nil, func(_ context.Context, m *pubsub.NewMessage) error {
+				got.add(string(m.Data))
+				return nil
+			})
+			for i := range 5 {
+				publish(t, ps, "resume", payload(i, 0), nil)
+			}
+			var name string
+			require.Eventually(t, func() bool {
+				infos := consumerInfos(t, js, "resume")
+				if len(infos) != 1 || infos[0].AckFloor.Stream != 5 {
+					return false
+				}
+				name = infos[0].Name
+				return true
+			}, waitFor, tick, "the first five were not acked")
+
+			require.NoError(t, js.DeleteConsumer(ctx(t), "resume", name))
+			require.Eventually(t, func() bool { return len(consumerInfos(t, js, "resume")) == 1 }, waitFor, tick, "the consumer was not made again")
+			publish(t, ps, "resume", "after", nil)
+			require.Eventually(t, func() bool { return got.count("after") == 1 }, waitFor, tick, "the message after the deletion was not delivered")
+			for i := range 5 {
+				assert.Equal(t, 1, got.count(payload(i, 0)), "message %d was replayed", i)
+			}
+		})
+	}
+}
+
+// Keep-alives follow the consumer's ack wait as the server has it: another
+// replica lowering it in a rolling update must not make held messages
+// redeliver.
+func TestKeepAliveFollowsServerAckWait(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "ackWait": "30s"})
+	held := make(chan *Delivery, 1)
+	_, err := ps.SubscribeDeliveries(t.Context(), pubsub.SubscribeRequest{Topic: "ackwait"}, func(d *Delivery) error {
+		held <- d
+		return nil
+	})
+	require.NoError(t, err)
+	publish(t, ps, "ackwait", "slow", nil)
+	d := recv(t, held, waitFor)
+
+	info, err := consumerInfo(js, "ackwait", "app-ackwait")
+	require.NoError(t, err)
+	cfg := info.Config
+	cfg.AckWait = 2 * time.Second
+	_, err = js.UpdateConsumer(ctx(t), "ackwait", cfg)
+	require.NoError(t, err)
+	start := time.Now()
+	for time.Since(start) < 3*cfg.AckWait {
+		info, err := consumerInfo(js, "ackwait", "app-ackwait")
+		require.NoError(t, err)
+		require.Zero(t, info.NumRedelivered, "the held message was redelivered after %s", time.Since(start).Round(time.Millisecond))
+		time.Sleep(100 * time.Millisecond)
+	}
+	require.NoError(t, d.Ack())
+	settledConsumer(t, js, "ackwait", "app-ackwait")
+}
+
+// An ephemeral subscription recovers when its stream is replaced by another
+// that covers the topic.
+func TestEphemeralRecoversFromReplacedStream(t *testing.T) {
+	t.Parallel()
+	for _, durable := range []bool{true, false} {
+		t.Run(fmt.Sprintf("durable=%v", durable), func(t *testing.T) {
+			t.Parallel()
+			ns, js := startNATS(t)
+			_, err := js.CreateStream(ctx(t), jetstream.StreamConfig{Name: "OLD", Subjects: []string{"replaced.>"}})
+			require.NoError(t, err)
+			props := map[string]string{"autoProvision": "false"}
+			if durable {
+				props["consumerID"] = "app"
+			}
+			ps, _ := open(t, ns.ClientURL(), props)
+			h, got := collect()
+			subscribe(t, ps, "replaced.a", nil, h)
+			publish(t, ps, "replaced.a", "before", nil)
+			assert.Equal(t, "before", string(recv(t, got, waitFor).Data))
+
+			require.NoError(t, js.DeleteStream(ctx(t), "OLD"))
+			_, err = js.CreateStream(ctx(t), jetstream.StreamConfig{Name: "NEW", Subjects: []string{"replaced.>"}})
+			require.NoError(t, err)
+			require.Eventually(t, func() bool { return len(consumerInfos(t, js, "NEW")) == 1 }, waitFor, tick, "no consumer on the new stream")
+			_, err = js.Publish(ctx(t), "replaced.a", []byte("after"))
+			require.NoError(t, err)
+			assert.Equal(t, "after", string(recv(t, got, waitFor).Data))
+		})
+	}
+}
+
+// proxy forwards TCP connections to target until cut, which drops every
+// connection at once, as a killed server or a broken network does.
+type proxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	conns  []net.Conn
+	open   bool
+}
+
+func newProxy(t *testing.T, target string) *proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	p := &proxy{ln: ln, target: target, open: true}
+	t.Cleanup(func() { _ = ln.Close(); p.cut() })
+	go p.serve()
+	return p
+}
+
+func (p *proxy) url() string { return "nats://" + p.ln.Addr().String() }
+
+func (p *proxy) serve() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		if !p.open {
+			p.mu.Unlock()
+			_ = c.Close()
+			continue
+		}
+		up, err := net.Dial("tcp", p.target)
+		if err != nil {
+			p.mu.Unlock()
+			_ = c.Close()
+			continue
+		}
+		p.conns = append(p.conns, c, up)
+		p.mu.Unlock()
+		go func() { _, _ = io.Copy(up, c); _ = up.Close() }()
+		go func() { _, _ = io.Copy(c, up); _ = c.Close() }()
+	}
+}
+
+// cut drops every connection and refuses new ones until restore.
+func (p *proxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.open = false
+	for _, c := range p.conns {
+		_ = c.Close()
+	}
+	p.conns = nil
+}
+
+func (p *proxy) restore() {
+	p.mu.Lock()
+	p.open = true
+	p.mu.Unlock()
+}
+
+// After NATS comes back, delivery resumes at once, however long it was away
+// and whatever the heartbeat: the server lost the open pull requests
+// without a word, as when it is killed.
+func TestDeliveryResumesSoonAfterReconnect(t *testing.T) {
+	t.Parallel()
+	var opts *server.Options
+	ns := natstest.Start(t, func(o *server.Options) { opts = o })
+	px := newProxy(t, ns.Addr().String())
+	ps, _ := open(t, px.url(), map[string]string{"consumerID": "app", "reconnectWait": "100ms", "heartbeat": "30s"})
+	h, got := collect()
+	subscribe(t, ps, "outage", nil, h)
+	publish(t, ps, "outage", "before", nil)
+	recv(t, got, waitFor)
+
+	px.cut()
+	o := *opts
+	o.Port = ns.Addr().(*net.TCPAddr).Port
+	natstest.Stop(ns)
+	back := natstest.Run(t, &o)
+	t.Cleanup(func() { natstest.Stop(back) })
+	time.Sleep(5 * time.Second) // the outage itself, not a wait for a condition
+	px.restore()
+
+	require.Eventually(t, func() bool { return ps.conn().IsConnected() }, waitFor, 10*time.Millisecond)
+	_, js := natstest.Client(t, back)
+	_, err := js.Publish(ctx(t), "outage", []byte("after"))
+	require.NoError(t, err)
+	published := time.Now()
+	assert.Equal(t, "after", string(recv(t, got, 2*time.Minute).Data))
+	assert.Less(t, time.Since(published), time.Second, "delivery resumed late")
+}
+
+// A durable whose ack policy the server cannot change fails the subscription
+// with an error that names the setting and the fix, and Ping reports it.
+func TestAckPolicyTheServerKeepsFailsTheSubscription(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	first, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "ackPolicy": "none"})
+	h, got := collect()
+	sctx, cancel := context.WithCancel(t.Context())
+	require.NoError(t, first.Subscribe(sctx, pubsub.SubscribeRequest{Topic: "policy"}, h))
+	publish(t, first, "policy", "m1", nil)
+	recv(t, got, waitFor)
+	cancel()
+
+	second, log := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "ackPolicy": "explicit"})
+	fails, _ := failing(1)
+	subscribe(t, second, "policy", nil, fails)
+	var pingErr error
+	require.Eventually(t, func() bool {
+		pingErr = second.Ping(ctx(t))
+		return pingErr != nil
+	}, waitFor, tick, "Ping did not report the failing subscription")
+	assert.Contains(t, pingErr.Error(), `topic "policy"`)
+	assert.Contains(t, pingErr.Error(), "ackPolicy")
+	assert.Contains(t, pingErr.Error(), "nats consumer rm policy app-policy")
+	assert.Contains(t, log.String(), "level=error")
+	info, err := consumerInfo(js, "policy", "app-policy")
+	require.NoError(t, err)
+	assert.Equal(t, jetstream.AckNonePolicy, info.Config.AckPolicy)
+}

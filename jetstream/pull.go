@@ -1,0 +1,297 @@
+package jetstream
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+const (
+	// pullExpiry is how long a pull request stays open. It is short, so that
+	// withdrawing a pull means waiting for the open requests to end rather
+	// than unsubscribing under them: JetStream may already be sending a
+	// message to an inbox it has not yet seen go, and that message would
+	// wait out the ack wait as if delivered (and count as a delivery).
+	// Each request ends with its last message or with a timeout status, so a
+	// request that did neither in time was lost (a server restarted, a
+	// consumer moved): the subscription then asks again. That makes idle
+	// heartbeats unnecessary unless the metadata sets one.
+	pullExpiry = time.Second
+	// expiryGrace is how long after its expiry a request's end may arrive.
+	expiryGrace = time.Second
+)
+
+// The statuses JetStream answers a pull request with, besides messages.
+const (
+	statusHeartbeat = "100"
+	statusNoMsgs    = "404"
+	statusTimeout   = "408"
+	statusConflict  = "409"
+)
+
+// openInboxLocked subscribes to a new inbox for the pull. s.mu is held.
+func (s *subscription) openInboxLocked() error {
+	nc := s.p.conn()
+	if nc == nil {
+		return ErrClosed
+	}
+	drained := make(chan struct{})
+	sub, err := nc.Subscribe(nc.NewInbox(), s.onMsg)
+	if err != nil {
+		return err
+	}
+	// Held plus requested never exceeds maxInFlight, so the inbox holds at
+	// most that many messages; nats.go's default limits would drop large
+	// ones as a slow consumer.
+	_ = sub.SetPendingLimits(-1, -1)
+	sub.SetClosedHandler(func(string) { close(drained) })
+	s.inbox, s.drained = sub, drained
+	s.outstanding = 0
+	s.lastHeard = time.Now()
+	return nil
+}
+
+// quietLocked returns a channel that closes once no pull request is open:
+// every message JetStream sent for them has been received. The caller has
+// stopped new requests (paused). s.mu is held.
+func (s *subscription) quietLocked() <-chan struct{} {
+	if s.inbox == nil || s.outstanding == 0 {
+		return closedChan
+	}
+	if s.quiet == nil {
+		s.quiet = make(chan struct{})
+	}
+	return s.quiet
+}
+
+// requestsEndedLocked notes that requests ended; when none is open, whoever
+// waits for quiet is told. s.mu is held.
+func (s *subscription) requestsEndedLocked() {
+	if s.outstanding <= 0 && s.quiet != nil {
+		s.outstanding = 0
+		close(s.quiet)
+		s.quiet = nil
+	}
+}
+
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// closeInbox unsubscribes the pull's inbox while paused, once its requests
+// ended (or the wait for them gave up), and returns a channel that closes
+// when what it received was handled.
+func (s *subscription) closeInbox() <-chan struct{} {
+	s.mu.Lock()
+	if !s.paused || s.inbox == nil {
+		s.mu.Unlock()
+		return nil
+	}
+	sub, drained := s.inbox, s.drained
+	s.inbox, s.outstanding = nil, 0
+	s.requestsEndedLocked()
+	s.mu.Unlock()
+	if err := sub.Drain(); err != nil {
+		// The connection is closed: nothing more can arrive.
+		_ = sub.Unsubscribe()
+		return nil
+	}
+	return drained
+}
+
+// pullIfRoom asks JetStream for as many messages as there is room for, once
+// that is at least half of maxInFlight (or anything, when nothing is held
+// or requested), so that requests are few and the pipeline stays full.
+func (s *subscription) pullIfRoom() {
+	s.mu.Lock()
+	n, subject, inbox := s.roomLocked()
+	if n == 0 {
+		s.mu.Unlock()
+		return
+	}
+	s.outstanding += n
+	hb := s.heartbeat()
+	s.requestEnds = time.Now().Add(expiry(hb) + expiryGrace)
+	s.mu.Unlock()
+	if err := s.p.request(subject, inbox, pullRequest(n, hb)); err != nil {
+		s.mu.Lock()
+		s.outstanding = max(0, s.outstanding-n)
+		s.requestsEndedLocked()
+		s.mu.Unlock()
+	}
+}
+
+// roomLocked returns how many messages to request now, and where. s.mu is
+// held.
+func (s *subscription) roomLocked() (int, string, string) {
+	if s.paused || s.consumer == nil || s.ctx.Err() != nil || time.Now().Before(s.retryAt) {
+		return 0, "", ""
+	}
+	if s.inbox == nil {
+		if err := s.openInboxLocked(); err != nil {
+			return 0, "", ""
+		}
+	}
+	limit := s.cons.MaxInFlight
+	busy := len(s.held) + s.outstanding
+	free := limit - busy
+	if free <= 0 || (free < max(1, (limit+1)/2) && busy > 0) {
+		return 0, "", ""
+	}
+	return free, s.consumer.next, s.inbox.Subject
+}
+
+// heartbeat is the idle heartbeat asked of pull requests; 0 for none.
+func (s *subscription) heartbeat() time.Duration { return s.cons.Heartbeat }
+
+// expiry is how long a pull request with heartbeat hb stays open.
+func expiry(hb time.Duration) time.Duration { return max(pullExpiry, 2*hb) }
+
+// pullRequest is the JSON body of a pull request for n messages.
+func pullRequest(n int, hb time.Duration) []byte {
+	expires := expiry(hb)
+	b := make([]byte, 0, 80)
+	b = append(b, `{"batch":`...)
+	b = strconv.AppendInt(b, int64(n), 10)
+	b = append(b, `,"expires":`...)
+	b = strconv.AppendInt(b, expires.Nanoseconds(), 10)
+	if hb > 0 {
+		b = append(b, `,"idle_heartbeat":`...)
+		b = strconv.AppendInt(b, hb.Nanoseconds(), 10)
+	}
+	return append(b, '}')
+}
+
+// checkPull starts the pull over when requests may be lost: after a
+// reconnect, when neither messages nor heartbeats came for two heartbeat
+// intervals while requests were open, or when the last request neither
+// ended nor expired in time.
+func (s *subscription) checkPull(now time.Time) {
+	s.mu.Lock()
+	hb := s.heartbeat()
+	quiet := now.Sub(s.lastHeard)
+	silent := s.outstanding > 0 && !s.dispatching &&
+		((hb > 0 && quiet > 2*hb) || (quiet > expiryGrace && now.After(s.requestEnds)))
+	reset := s.resetPull || silent
+	cs := s.consumer
+	if !reset || cs == nil {
+		s.mu.Unlock()
+		return
+	}
+	s.resetPull = false
+	s.outstanding = 0
+	s.requestsEndedLocked()
+	s.lastHeard = now
+	s.mu.Unlock()
+	if silent {
+		s.p.log.Debugf("topic %q: pull requests went unanswered; pulling again", s.topic)
+	}
+	// The server may have lost the consumer with its state.
+	s.verify(cs)
+}
+
+// onMsg receives what JetStream sends to the inbox: messages, heartbeats
+// and the statuses that end pull requests. It runs on the inbox's own
+// goroutine and hands messages on from there.
+func (s *subscription) onMsg(m *nats.Msg) {
+	if status := m.Header.Get("Status"); status != "" && len(m.Data) == 0 {
+		s.onStatus(m, status)
+		return
+	}
+	d := newDelivery(s, m)
+	s.mu.Lock()
+	if s.over {
+		// The pull was withdrawn late (a handler did not return): JetStream
+		// sent this before it knew.
+		cs := s.consumer
+		s.mu.Unlock()
+		d.take()
+		s.pass(cs, []*Delivery{d})
+		return
+	}
+	s.lastHeard = time.Now()
+	if s.outstanding > 0 && m.Sub == s.inbox {
+		s.outstanding--
+		s.requestsEndedLocked()
+	}
+	s.held[d] = struct{}{}
+	s.floor.delivered(d.Sequence)
+	s.unseen = append(s.unseen, d)
+	s.retryWait = retryMin
+	recovered := s.problem.err != ""
+	s.mu.Unlock()
+	if recovered {
+		s.report(nil)
+	}
+	s.dispatch()
+}
+
+func (s *subscription) onStatus(m *nats.Msg, status string) {
+	desc := strings.ToLower(m.Header.Get("Description"))
+	s.mu.Lock()
+	s.lastHeard = time.Now()
+	current := m.Sub == s.inbox
+	s.mu.Unlock()
+	if !current {
+		return // a withdrawn inbox: its requests are gone
+	}
+	switch {
+	case status == statusHeartbeat, status == statusNoMsgs:
+		// The pull works: a refused request before is fixed.
+		s.report(nil)
+	case status == statusTimeout, status == statusConflict && strings.Contains(desc, "exceeds maxbytes"):
+		// A request ended; the header says how much of it went unused.
+		s.unrequest(m)
+	case status == statusConflict && strings.Contains(desc, "consumer deleted"):
+		s.gone(errors.New("the consumer was deleted"))
+	case status == statusConflict && (strings.Contains(desc, "leadership change") || strings.Contains(desc, "server shutdown")):
+		s.mu.Lock()
+		s.outstanding = 0
+		s.requestsEndedLocked()
+		s.resetPull = true
+		s.mu.Unlock()
+		s.poke()
+	default:
+		s.pullFailed(fmt.Errorf("JetStream refused a pull request for consumer %s: %s %s", s.consumerName(), status, m.Header.Get("Description")))
+	}
+}
+
+// unrequest takes what an ended pull request did not deliver off the count
+// of requested messages, and asks again.
+func (s *subscription) unrequest(m *nats.Msg) {
+	n, err := strconv.Atoi(m.Header.Get("Nats-Pending-Messages"))
+	s.mu.Lock()
+	if err != nil {
+		s.outstanding = 0
+	} else {
+		s.outstanding = max(0, s.outstanding-n)
+	}
+	s.requestsEndedLocked()
+	s.mu.Unlock()
+	s.pullIfRoom()
+}
+
+// pullFailed records a refused pull request and backs off before the next.
+// The consumer is looked up again: a request to one that no longer exists
+// finds no responders.
+func (s *subscription) pullFailed(err error) {
+	s.mu.Lock()
+	s.outstanding = 0
+	s.requestsEndedLocked()
+	s.resetPull = true
+	s.mu.Unlock()
+	s.report(err)
+	s.backOff()
+	s.poke()
+}
+
+func (s *subscription) consumerName() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.consumer == nil {
+		return ""
+	}
+	return fmt.Sprintf("%q on stream %q", s.consumer.name, s.consumer.stream)
+}
