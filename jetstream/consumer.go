@@ -191,7 +191,7 @@ func (s *subscription) reconcile(ctx context.Context, js jetstream.JetStream, st
 	if have.AckPolicy != want.AckPolicy {
 		return nil, &Error{Op: "subscribe to", Topic: s.topic, Kind: KindRejected, Err: fmt.Errorf(
 			"consumer %q on stream %q has ackPolicy %s, and JetStream cannot change it to %s; delete the consumer (nats consumer rm %s %s) so that it is created again, or set another consumerID",
-			want.Durable, stream, have.AckPolicy, want.AckPolicy, stream, want.Durable)}
+			want.Durable, stream, ackPolicyName(have.AckPolicy), ackPolicyName(want.AckPolicy), stream, want.Durable)}
 	}
 	if have.FilterSubject == want.FilterSubject && have.AckWait == want.AckWait && have.MaxDeliver == want.MaxDeliver &&
 		have.MaxAckPending == want.MaxAckPending && slices.Equal(have.BackOff, want.BackOff) {
@@ -209,6 +209,17 @@ func (s *subscription) reconcile(ctx context.Context, js jetstream.JetStream, st
 	s.p.log.Warnf("consumer %q on stream %q keeps its settings (ackWait %s, maxDeliver %d, maxAckPending %d, backOff %v), which this subscription follows: %v",
 		want.Durable, stream, have.AckWait, have.MaxDeliver, have.MaxAckPending, have.BackOff, err)
 	return c, nil
+}
+
+// ackPolicyName is the metadata value for p.
+func ackPolicyName(p jetstream.AckPolicy) string {
+	switch p {
+	case jetstream.AckNonePolicy:
+		return "none"
+	case jetstream.AckAllPolicy:
+		return "all"
+	}
+	return "explicit"
 }
 
 // refresh reads the consumer's settings back from the server, so that

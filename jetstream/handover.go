@@ -119,7 +119,7 @@ func (h *handoverDesk) leave(k handoverKey, ds []*Delivery, ackWait time.Duratio
 	}
 	h.mu.Unlock()
 	for _, w := range back {
-		p.log.Warnf("message %d of stream %q was held by %d subscriptions that ended without settling it; giving it back to JetStream", w.d.Sequence, k.stream, maxHandovers)
+		p.log.Warnf("message %d of stream %q was handed over %d times by subscriptions that ended without settling it; giving it back to JetStream", w.d.Sequence, k.stream, maxHandovers)
 		w.giveBack(p)
 	}
 	if quit != nil {
