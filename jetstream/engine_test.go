@@ -399,31 +399,57 @@ func TestDeliveryResumesSoonAfterReconnect(t *testing.T) {
 }
 
 // A durable whose ack policy the server cannot change fails the subscription
-// with an error that names the setting and the fix, and Ping reports it.
+// with an error that names the setting and the fix, and Ping reports it:
+// acking as the server does not expect would lose or repeat messages.
 func TestAckPolicyTheServerKeepsFailsTheSubscription(t *testing.T) {
 	t.Parallel()
-	ns, js := startNATS(t)
-	first, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "ackPolicy": "none"})
-	h, got := collect()
-	sctx, cancel := context.WithCancel(t.Context())
-	require.NoError(t, first.Subscribe(sctx, pubsub.SubscribeRequest{Topic: "policy"}, h))
-	publish(t, first, "policy", "m1", nil)
-	recv(t, got, waitFor)
-	cancel()
+	for _, tc := range []struct{ have, want string }{{"none", "explicit"}, {"explicit", "none"}} {
+		t.Run(tc.have+" to "+tc.want, func(t *testing.T) {
+			t.Parallel()
+			ns, js := startNATS(t)
+			first, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "ackPolicy": tc.have})
+			h, got := collect()
+			sctx, cancel := context.WithCancel(t.Context())
+			require.NoError(t, first.Subscribe(sctx, pubsub.SubscribeRequest{Topic: "policy"}, h))
+			publish(t, first, "policy", "m1", nil)
+			recv(t, got, waitFor)
+			cancel()
 
-	second, log := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "ackPolicy": "explicit"})
-	fails, _ := failing(1)
-	subscribe(t, second, "policy", nil, fails)
+			second, log := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "ackPolicy": tc.want})
+			fails, _ := failing(1)
+			subscribe(t, second, "policy", nil, fails)
+			var pingErr error
+			require.Eventually(t, func() bool {
+				pingErr = second.Ping(ctx(t))
+				return pingErr != nil
+			}, waitFor, tick, "Ping did not report the failing subscription")
+			assert.Contains(t, pingErr.Error(), `topic "policy"`)
+			assert.Contains(t, pingErr.Error(), "has ackPolicy "+tc.have+", and JetStream cannot change it to "+tc.want)
+			assert.Contains(t, pingErr.Error(), "nats consumer rm policy app-policy")
+			assert.Contains(t, log.String(), "level=error")
+			info, err := consumerInfo(js, "policy", "app-policy")
+			require.NoError(t, err)
+			assert.Equal(t, tc.have, ackPolicyName(info.Config.AckPolicy), "the consumer is left as it is")
+		})
+	}
+}
+
+// A subscription that retrying cannot set up (here a consumer with more
+// replicas than the cluster has servers) is not a silent stall: Ping names
+// it once the error has lasted stuckAfter.
+func TestStuckSubscriptionFailsPing(t *testing.T) {
+	t.Parallel()
+	ns, _ := startNATS(t)
+	ps, log := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "replicas": "3"})
+	h, _ := collect()
+	subscribe(t, ps, "stuck", nil, h)
+	require.NoError(t, ps.Ping(ctx(t)), "a fresh error is not yet a stall")
 	var pingErr error
 	require.Eventually(t, func() bool {
-		pingErr = second.Ping(ctx(t))
+		pingErr = ps.Ping(ctx(t))
 		return pingErr != nil
-	}, waitFor, tick, "Ping did not report the failing subscription")
-	assert.Contains(t, pingErr.Error(), `topic "policy"`)
-	assert.Contains(t, pingErr.Error(), "ackPolicy")
-	assert.Contains(t, pingErr.Error(), "nats consumer rm policy app-policy")
+	}, stuckAfter+waitShort, tick, "Ping never reported the stuck subscription")
+	assert.Contains(t, pingErr.Error(), `topic "stuck"`)
+	assert.Contains(t, pingErr.Error(), "replicas")
 	assert.Contains(t, log.String(), "level=error")
-	info, err := consumerInfo(js, "policy", "app-policy")
-	require.NoError(t, err)
-	assert.Equal(t, jetstream.AckNonePolicy, info.Config.AckPolicy)
 }

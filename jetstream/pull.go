@@ -137,13 +137,18 @@ func (s *subscription) roomLocked() (int, string, string) {
 	limit := s.cons.MaxInFlight
 	busy := len(s.held) + s.outstanding
 	free := limit - busy
-	if free <= 0 || (free < max(1, (limit+1)/2) && busy > 0) {
+	if free <= 0 || (free < refillAt(limit) && busy > 0) {
 		return 0, "", ""
 	}
 	return free, s.consumer.next, s.inbox.Subject
 }
 
 // heartbeat is the idle heartbeat asked of pull requests; 0 for none.
+// refillAt is how much of a window of limit must be free before more is
+// requested (when anything is held or requested): half, as nats.go's
+// Consume does, so that requests are few and the pipeline stays full.
+func refillAt(limit int) int { return max(1, (limit+1)/2) }
+
 func (s *subscription) heartbeat() time.Duration { return s.cons.Heartbeat }
 
 // expiry is how long a pull request with heartbeat hb stays open.
