@@ -185,8 +185,9 @@ func apiPrefix(c metadata.Connection) string {
 // requests they had open may be lost, and retrying starts over at once.
 func (p *PubSub) reconnected() {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	for s := range p.subs {
+	subs := p.subscriptionsLocked()
+	p.mu.Unlock()
+	for _, s := range subs {
 		s.reconnected()
 	}
 }
@@ -283,10 +284,7 @@ func (p *PubSub) Ping(ctx context.Context) error {
 // probes: an error that retrying cannot fix, or one that lasted stuckAfter.
 func (p *PubSub) failingSubscriptions() error {
 	p.mu.Lock()
-	subs := make([]*subscription, 0, len(p.subs))
-	for s := range p.subs {
-		subs = append(subs, s)
-	}
+	subs := p.subscriptionsLocked()
 	p.mu.Unlock()
 	now := time.Now()
 	var problems []string
@@ -313,13 +311,12 @@ func (p *PubSub) failingSubscriptions() error {
 func (p *PubSub) Pause(ctx context.Context) error {
 	p.mu.Lock()
 	p.paused = true
-	subs := make([]*subscription, 0, len(p.subs))
-	quiet := make([]<-chan struct{}, 0, len(p.subs))
-	for s := range p.subs {
-		subs = append(subs, s)
+	subs := p.subscriptionsLocked()
+	p.mu.Unlock()
+	quiet := make([]<-chan struct{}, 0, len(subs))
+	for _, s := range subs {
 		quiet = append(quiet, s.pause())
 	}
-	p.mu.Unlock()
 	deadline := time.NewTimer(withdrawGrace)
 	defer deadline.Stop()
 wait:
@@ -341,12 +338,24 @@ wait:
 // Resume restarts fetching after Pause. Idempotent.
 func (p *PubSub) Resume(context.Context) error {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	p.paused = false
-	for s := range p.subs {
+	subs := p.subscriptionsLocked()
+	p.mu.Unlock()
+	for _, s := range subs {
 		s.resume()
 	}
 	return nil
+}
+
+// subscriptionsLocked lists the subscriptions. p.mu is held; callers work on
+// the list after releasing it, since a subscription takes its own lock
+// before p.mu (see conn).
+func (p *PubSub) subscriptionsLocked() []*subscription {
+	subs := make([]*subscription, 0, len(p.subs))
+	for s := range p.subs {
+		subs = append(subs, s)
+	}
+	return subs
 }
 
 // Close stops every subscription (messages not yet acknowledged go back to
