@@ -96,8 +96,9 @@ demo:
 
 ## bench: the component against raw nats.go (and daprd's built-in pubsub.jetstream, when
 ## $(DAPRD_CACHE)/daprd-v1.18.1-allcomponents or $$DAPRD exists), nats-server, component and daprd as
-## separate processes. About 5 minutes; not part of `test`. Writes .cache/bench/bench-results.md and
-## bench-ratios.svg. BENCH_FLAGS: -quick (smoke run), -pairs 1,4, -out DIR, -cpuprofile DIR.
+## separate processes. About 5 minutes a run; not part of `test`. Writes .cache/bench/bench-results.md and
+## bench-ratios.svg. BENCH_FLAGS: -quick (smoke run), -pairs 1,4, -runs N (the suite N times; medians
+## over the runs, with the min–max of the per-round ratios), -out DIR, -cpuprofile DIR.
 BENCH_FLAGS ?=
 .PHONY: bench
 bench:

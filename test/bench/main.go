@@ -4,11 +4,13 @@
 // CPU and memory can be read from /proc. It is run by `make bench`, not by
 // `make test`.
 //
-//	go run ./test/bench [-quick] [-out DIR] [-pairs 1,2,3,4,5,6,7] [-cpuprofile DIR]
+//	go run ./test/bench [-quick] [-runs N] [-out DIR] [-pairs 1,2,3,4,5,6,7] [-cpuprofile DIR]
 //
 // Every pair runs ours and its baseline interleaved, over several rounds,
 // each measurement on a fresh topic and stream, against one nats-server; the
-// table shows medians and the median of the per-round ratios. It writes
+// table shows medians and the median of the per-round ratios. With -runs N
+// the whole suite runs N times and the table shows, for every figure, the
+// median over the runs, with the spread of the per-round ratios. It writes
 // bench-results.md and bench-ratios.svg to -out.
 package main
 
@@ -37,6 +39,7 @@ func main() {
 	quick := flag.Bool("quick", false, "smoke run: fewer rounds and smaller counts")
 	outDir := flag.String("out", ".cache/bench", "directory for bench-results.md and bench-ratios.svg")
 	pairsFlag := flag.String("pairs", "1,2,3,4,5,6,7", "comma-separated pairs to run")
+	runs := flag.Int("runs", 1, "run the selected pairs this many times; the table gives the median over the runs and the min–max of the per-round ratios")
 	profDir := flag.String("cpuprofile", "", "directory for CPU profiles: the component processes (component-<label>.pprof, "+
 		"served by this binary running pluggable.Run like main.go) and this process (bench.pprof)")
 	hostProfile := flag.String("component-cpuprofile", "", "internal: serve the component here and write its CPU profile to this file")
@@ -48,6 +51,10 @@ func main() {
 	if *hostProfile != "" {
 		os.Exit(hostComponent(*hostProfile))
 	}
+	if *runs < 1 {
+		fmt.Fprintln(os.Stderr, "bench: -runs must be at least 1")
+		os.Exit(2)
+	}
 	want := map[string]bool{}
 	for _, p := range strings.Split(*pairsFlag, ",") {
 		if p = strings.TrimSpace(p); p != "" {
@@ -56,13 +63,13 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *quick, *outDir, *profDir, want); err != nil {
+	if err := run(ctx, *quick, *runs, *outDir, *profDir, want); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, quick bool, outDir, profDir string, want map[string]bool) error {
+func run(ctx context.Context, quick bool, runs int, outDir, profDir string, want map[string]bool) error {
 	start := time.Now()
 	say := func(format string, args ...any) {
 		fmt.Printf("[%6.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
@@ -150,27 +157,98 @@ func run(ctx context.Context, quick bool, outDir, profDir string, want map[strin
 	}
 	load0 := loadAvg()
 
+	perRun := make([][]*comparison, 0, runs)
+	for i := range runs {
+		if ctx.Err() != nil {
+			break
+		}
+		if runs > 1 {
+			say("run %d/%d", i+1, runs)
+		}
+		if err := b.startRun(i, runs, dir, profDir); err != nil {
+			return err
+		}
+		cs, err := b.runSuite(ctx, want)
+		if err != nil {
+			return err
+		}
+		perRun = append(perRun, cs)
+	}
+
+	compNote := "the component binary built from the repository root"
+	if profDir != "" {
+		compNote = "the component served by the bench binary with a CPU profile (-cpuprofile; larger RSS)"
+	}
+	meta := fmt.Sprintf("Run %s, mode %s (%s), %s, %s, GOMAXPROCS %d, %d CPUs, load average %s at start and %s at the end, nats-server %s (file storage, R1), %s, took %s.",
+		start.Format(time.RFC3339), mode, roundsText(b.sz, len(perRun)), runtime.Version(), runtime.GOOS+"/"+runtime.GOARCH,
+		runtime.GOMAXPROCS(0), runtime.NumCPU(), load0, loadAvg(), ver, compNote, time.Since(start).Round(time.Second))
+	rep := report{meta: meta, runs: len(perRun), cs: mergeRuns(perRun)}
+	fmt.Println()
+	fmt.Println(meta)
+	printTable(os.Stdout, rep)
+	md := filepath.Join(outDir, "bench-results.md")
+	svg := filepath.Join(outDir, "bench-ratios.svg")
+	if err := writeMarkdown(md, rep); err != nil {
+		return err
+	}
+	if err := writeSVG(svg, rep); err != nil {
+		return err
+	}
+	fmt.Printf("\nwrote %s and %s\n", md, svg)
+	if profDir != "" {
+		fmt.Printf("CPU profiles in %s: go tool pprof -top %s\n", profDir, filepath.Join(b.cc.profile, "component-main.pprof"))
+	}
+	return ctx.Err()
+}
+
+// roundsText says how many rounds (and runs) the figures come from.
+func roundsText(sz sizes, runs int) string {
+	if runs <= 1 {
+		return fmt.Sprintf("%d rounds; pair 6: %d", sz.rounds, sz.daprdRounds)
+	}
+	return fmt.Sprintf("%d runs, each of %d rounds; pair 6: %d", runs, sz.rounds, sz.daprdRounds)
+}
+
+// startRun gives run i (of runs) its own directory for sockets and daprd's
+// resources, and with several runs its own directory of component profiles,
+// so that no run finds what an earlier one left behind.
+func (b *bench) startRun(i, runs int, dir, profDir string) error {
+	name := fmt.Sprintf("run%d", i+1)
+	b.dir = filepath.Join(dir, name)
+	if err := os.MkdirAll(b.dir, 0o755); err != nil {
+		return err
+	}
+	if profDir == "" || runs == 1 {
+		return nil
+	}
+	b.cc.profile = filepath.Join(profDir, name)
+	return os.MkdirAll(b.cc.profile, 0o755)
+}
+
+// runSuite runs the wanted pairs once, each as its rounds, and returns their
+// comparisons in pair order; a pair that fails gives a row saying so.
+func (b *bench) runSuite(ctx context.Context, want map[string]bool) ([]*comparison, error) {
 	var results []*comparison
 	runPair := func(id string, f func(context.Context) ([]*comparison, error), title string) {
 		if !want[id] || ctx.Err() != nil {
 			return
 		}
-		say("pair %s: %s", id, title)
+		b.out("pair %s: %s", id, title)
 		cs, err := f(ctx)
 		if err != nil {
-			say("pair %s failed: %v", id, err)
+			b.out("pair %s failed: %v", id, err)
 			cs = []*comparison{{pair: id, title: title, notRun: "failed: " + oneLine(err.Error())}}
 		}
 		b.cleanup(context.Background())
 		results = append(results, cs...)
 	}
-	needMain := want["1"] || want["2"] || want["3"] || want["4"] || want["5"]
-	if needMain {
-		b.comp, err = cc.start(ctx, filepath.Join(dir, "sock-main"), "main")
+	if want["1"] || want["2"] || want["3"] || want["4"] || want["5"] {
+		comp, err := b.cc.start(ctx, filepath.Join(b.dir, "sock-main"), "main")
 		if err != nil {
-			return err
+			return nil, err
 		}
-		say("component pid %d, socket %s", b.comp.pid(), b.comp.socket)
+		b.comp = comp
+		b.out("component pid %d, socket %s", comp.pid(), comp.socket)
 	}
 	runPair("1", b.pair1, "Publish, 1 caller")
 	runPair("2", b.pair2, "Publish, 64 callers")
@@ -179,34 +257,12 @@ func run(ctx context.Context, quick bool, outDir, profDir string, want map[strin
 	runPair("5", b.pair5, "Latency at 1,000 msgs/s")
 	if b.comp != nil {
 		b.comp.stop(15 * time.Second)
+		b.comp = nil
 	}
 	runPair("7", b.pair7, "Component RSS after many messages")
 	runPair("6", b.pair6, "Through daprd 1.18.1: ours vs built-in pubsub.jetstream")
 	slices.SortStableFunc(results, func(x, y *comparison) int { return strings.Compare(x.pair, y.pair) })
-
-	compNote := "the component binary built from the repository root"
-	if profDir != "" {
-		compNote = "the component served by the bench binary with a CPU profile (-cpuprofile; larger RSS)"
-	}
-	meta := fmt.Sprintf("Run %s, mode %s (%d rounds; pair 6: %d), %s, %s, GOMAXPROCS %d, %d CPUs, load average %s at start and %s at the end, nats-server %s (file storage, R1), %s, took %s.",
-		start.Format(time.RFC3339), mode, b.sz.rounds, b.sz.daprdRounds, runtime.Version(), runtime.GOOS+"/"+runtime.GOARCH,
-		runtime.GOMAXPROCS(0), runtime.NumCPU(), load0, loadAvg(), ver, compNote, time.Since(start).Round(time.Second))
-	fmt.Println()
-	fmt.Println(meta)
-	printTable(os.Stdout, results)
-	md := filepath.Join(outDir, "bench-results.md")
-	svg := filepath.Join(outDir, "bench-ratios.svg")
-	if err := writeMarkdown(md, results, meta); err != nil {
-		return err
-	}
-	if err := writeSVG(svg, results); err != nil {
-		return err
-	}
-	fmt.Printf("\nwrote %s and %s\n", md, svg)
-	if profDir != "" {
-		fmt.Printf("CPU profiles in %s: go tool pprof -top %s\n", profDir, filepath.Join(profDir, "component-main.pprof"))
-	}
-	return ctx.Err()
+	return results, nil
 }
 
 func loadAvg() string {

@@ -329,11 +329,16 @@ func (b *bench) pair1(ctx context.Context) ([]*comparison, error) {
 		b.cleanup(ctx)
 	}
 	for _, c := range out {
-		raw, hop := c.base[0], c.base[1]
-		c.detail = fmt.Sprintf("per message (medians): ours %s, raw %s + hop %s = %s",
-			fmtDur(c.ours.perMsg()), fmtDur(raw.perMsg()), fmtDur(hop.perMsg()), fmtDur(raw.perMsg()+hop.perMsg()))
+		c.detail = pair1Detail
 	}
 	return out, nil
+}
+
+// pair1Detail gives the per-message times the ratio is made of.
+func pair1Detail(c *comparison) string {
+	raw, hop := c.base[0], c.base[1]
+	return fmt.Sprintf("per message (medians): ours %s, raw %s + hop %s = %s",
+		fmtDur(c.ours.perMsg()), fmtDur(raw.perMsg()), fmtDur(hop.perMsg()), fmtDur(raw.perMsg()+hop.perMsg()))
 }
 
 // ---- pair 2: publish, 64 callers ----
@@ -920,9 +925,15 @@ func (b *bench) pair5(ctx context.Context) ([]*comparison, error) {
 		b.out("  pair 5 round %d/%d done", r+1, b.sz.rounds)
 		b.cleanup(ctx)
 	}
-	c.detail = fmt.Sprintf("added latency (medians over rounds): p50 %+.3f ms, p99 %+.3f ms",
-		ms(c.ours.p(50)-raw.p(50)), ms(c.ours.p(99)-raw.p(99)))
+	c.detail = pair5Detail
 	return []*comparison{c}, nil
+}
+
+// pair5Detail gives the latency ours adds to raw nats.go.
+func pair5Detail(c *comparison) string {
+	raw := c.base[0]
+	return fmt.Sprintf("added latency (medians over rounds): p50 %+.3f ms, p99 %+.3f ms",
+		ms(c.ours.p(50)-raw.p(50)), ms(c.ours.p(99)-raw.p(99)))
 }
 
 // heapSnapshot asks a self-hosted component (-cpuprofile) for a heap
@@ -1027,12 +1038,15 @@ func (b *bench) pair7(ctx context.Context) ([]*comparison, error) {
 		}
 	}
 	s := m.stop(total, nil)
+	s.peakRSS = statusBytes(comp.pid(), "VmHWM")
 	b.heapSnapshot(comp)
 	base.add(s10k)
 	c.ours.add(s)
 	c.ratios = []float64{float64(s.rss) / float64(s10k.rss)}
-	c.detail = fmt.Sprintf("component VmHWM (peak RSS) %s; the publisher keeps at most %s messages ahead of the subscriber; msgs/s is end to end",
-		fmtMB(statusBytes(comp.pid(), "VmHWM")), count(window))
+	c.detail = func(c *comparison) string {
+		return fmt.Sprintf("component VmHWM (peak RSS) %s; the publisher keeps at most %s messages ahead of the subscriber; msgs/s is end to end",
+			fmtMB(c.ours.peakRSS()), count(window))
+	}
 	cancel()
 	b.cleanup(ctx)
 	return []*comparison{c}, nil

@@ -17,6 +17,8 @@ type sample struct {
 	clientCPU float64
 	// parts is the CPU of each measured process, in the meter's order.
 	parts []float64
+	// peakRSS is VmHWM in bytes, where a pair records it (pair 7).
+	peakRSS int64
 }
 
 func (s sample) rate() float64 {
@@ -81,31 +83,52 @@ func median(v []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
-func medianDur(v []time.Duration) time.Duration {
-	f := make([]float64, len(v))
-	for i, d := range v {
-		f[i] = float64(d)
-	}
-	return time.Duration(median(f))
-}
-
 // variant is the per-round samples of one side of a pair, and their medians.
+// A variant merged from several runs (see mergeRuns) keeps every round in
+// samples and the rounds of each run in runs; its figures are the median
+// over the runs of each run's median, so that one disturbed run moves a
+// figure no more than one disturbed round moves a run.
 type variant struct {
 	label   string
 	cpuSrc  string // "component", "bench" or ""
 	samples []sample
 	// noLatency hides p50/p99 (backlog drains, where they mean nothing).
 	noLatency bool
+	runs      [][]sample // nil for a single run: then samples is its rounds
 }
 
 func (v *variant) add(s sample) { v.samples = append(v.samples, s) }
 
-func (v *variant) med(f func(sample) float64) float64 {
-	vals := make([]float64, 0, len(v.samples))
-	for _, s := range v.samples {
-		vals = append(vals, f(s))
+func (v *variant) measured() bool { return len(v.samples) > 0 }
+
+func (v *variant) roundsByRun() [][]sample {
+	if v.runs != nil {
+		return v.runs
 	}
-	return median(vals)
+	return [][]sample{v.samples}
+}
+
+// overRuns is the median over runs of perRun, the figure of one run's
+// rounds; runs for which perRun has no figure are left out.
+func (v *variant) overRuns(perRun func(rounds []sample) (float64, bool)) float64 {
+	var figures []float64
+	for _, rounds := range v.roundsByRun() {
+		if f, ok := perRun(rounds); ok {
+			figures = append(figures, f)
+		}
+	}
+	return median(figures)
+}
+
+// med is the median over rounds of f (over runs, of those medians).
+func (v *variant) med(f func(sample) float64) float64 {
+	return v.overRuns(func(rounds []sample) (float64, bool) {
+		vals := make([]float64, 0, len(rounds))
+		for _, s := range rounds {
+			vals = append(vals, f(s))
+		}
+		return median(vals), len(vals) > 0
+	})
 }
 
 func (v *variant) rate() float64 { return v.med(sample.rate) }
@@ -128,23 +151,29 @@ func (v *variant) part(i int) float64 {
 func (v *variant) rss() int64 {
 	return int64(v.med(func(s sample) float64 { return float64(s.rss) }))
 }
+func (v *variant) peakRSS() int64 {
+	return int64(v.med(func(s sample) float64 { return float64(s.peakRSS) }))
+}
 
 // p returns the median over rounds of the round's pth percentile.
 func (v *variant) p(p float64) time.Duration {
-	var ds []time.Duration
-	for _, s := range v.samples {
-		if len(s.lat) > 0 {
-			ds = append(ds, percentile(sortedCopy(s.lat), p))
+	return time.Duration(v.overRuns(func(rounds []sample) (float64, bool) {
+		var ds []float64
+		for _, s := range rounds {
+			if len(s.lat) > 0 {
+				ds = append(ds, float64(percentile(sortedCopy(s.lat), p)))
+			}
 		}
-	}
-	if len(ds) == 0 {
-		return 0
-	}
-	return medianDur(ds)
+		return median(ds), len(ds) > 0
+	}))
 }
 
+// usPerMsg converts CPU seconds per 100k messages to µs per message.
+func usPerMsg(cpuPer100k float64) float64 { return cpuPer100k * 1e6 / 100000 }
+
 // comparison is one row of results: ours against a baseline, with the
-// target the ratio must meet.
+// target the ratio must meet. Merged from several runs, ratios holds every
+// round's ratio and runRatios those of each run, numbered by runNumbers.
 type comparison struct {
 	pair    string
 	title   string
@@ -154,13 +183,50 @@ type comparison struct {
 	target  float64
 	atMost  bool   // the ratio must be <= target (else >=)
 	explain string // how the ratio is computed
-	detail  string // extra facts printed under the table
-	notRun  string // why the pair did not run
+	// detail gives extra facts printed under the table, computed from the
+	// comparison's figures so that it also describes a merge of runs.
+	detail func(c *comparison) string
+	notRun string // why the pair did not run
 	// passExtra, if set, must also hold for PASS.
-	passExtra func() (bool, string)
+	passExtra func(c *comparison) (bool, string)
+	// deliveredCPU, if set, names the component's CPU per message delivered
+	// to the app (ours' second measured process), which the notes give
+	// against pair 4's component CPU per delivered message.
+	deliveredCPU string
+
+	runRatios  [][]float64 // nil for a single run
+	runNumbers []int       // 1-based, aligned with runRatios
 }
 
-func (c *comparison) ratio() float64 { return median(c.ratios) }
+func (c *comparison) ratiosByRun() [][]float64 {
+	if c.runRatios != nil {
+		return c.runRatios
+	}
+	return [][]float64{c.ratios}
+}
+
+// ratio is the median of the per-round ratios (over runs, of those medians).
+func (c *comparison) ratio() float64 {
+	perRun := make([]float64, 0, len(c.ratiosByRun()))
+	for _, rs := range c.ratiosByRun() {
+		if len(rs) > 0 {
+			perRun = append(perRun, median(rs))
+		}
+	}
+	return median(perRun)
+}
+
+// spread is the lowest and highest per-round ratio over all runs.
+func (c *comparison) spread() (lo, hi float64) {
+	if len(c.ratios) == 0 {
+		return 0, 0
+	}
+	return slices.Min(c.ratios), slices.Max(c.ratios)
+}
+
+// merged says whether the comparison comes from mergeRuns, its figures
+// medians over runs.
+func (c *comparison) merged() bool { return c.runRatios != nil }
 
 func (c *comparison) pass() bool {
 	if c.notRun != "" || len(c.ratios) == 0 {
@@ -172,7 +238,7 @@ func (c *comparison) pass() bool {
 		ok = r <= c.target
 	}
 	if c.passExtra != nil {
-		extra, _ := c.passExtra()
+		extra, _ := c.passExtra(c)
 		ok = ok && extra
 	}
 	return ok
