@@ -453,3 +453,64 @@ func TestStuckSubscriptionFailsPing(t *testing.T) {
 	assert.Contains(t, pingErr.Error(), "replicas")
 	assert.Contains(t, log.String(), "level=error")
 }
+
+// Messages held for long (a slow app, or daprd handling them concurrently)
+// must not keep the rest of the window empty: a subscription fills all of
+// maxInFlight, even when less than half of it is free.
+func TestWindowFillsWhileMessagesAreHeld(t *testing.T) {
+	t.Parallel()
+	ns, _ := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "maxInFlight": "50"})
+	var mu sync.Mutex
+	var held []*Delivery
+	seen := 0
+	_, err := ps.SubscribeDeliveries(t.Context(), pubsub.SubscribeRequest{Topic: "window"}, func(d *Delivery) error {
+		mu.Lock()
+		defer mu.Unlock()
+		seen++
+		if seen <= 10 {
+			return d.Ack()
+		}
+		held = append(held, d)
+		return nil
+	})
+	require.NoError(t, err)
+	for i := range 70 {
+		publish(t, ps, "window", payload(i, 0), nil)
+	}
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(held) == 50
+	}, waitFor, tick, "the window of 50 was not filled while 40 or more were held")
+	assert.Never(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(held) > 50
+	}, 500*time.Millisecond, tick, "more than maxInFlight held")
+}
+
+// Messages waiting behind a slow handler are kept alive from the moment they
+// arrive: none is delivered a second time while the first is handled.
+func TestMessagesBehindASlowHandlerAreKeptAlive(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "ackWait": "1s", "maxInFlight": "10", "deliverAll": "true"})
+	for i := range 3 {
+		publish(t, ps, "behind", payload(i, 0), nil)
+	}
+	got := newTally()
+	subscribe(t, ps, "behind", nil, func(_ context.Context, m *pubsub.NewMessage) error {
+		got.add(string(m.Data))
+		time.Sleep(1500 * time.Millisecond) // the slow handler itself
+		return nil
+	})
+	for range 3 {
+		recv(t, got.ch, waitFor)
+	}
+	info := settledConsumer(t, js, "behind", "app-behind")
+	assert.Zero(t, info.NumRedelivered, "a message was redelivered while it waited")
+	for i := range 3 {
+		assert.Equal(t, 1, got.count(payload(i, 0)), "message %d handled more than once", i)
+	}
+}

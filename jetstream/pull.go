@@ -104,9 +104,16 @@ func (s *subscription) closeInbox() <-chan struct{} {
 // pullIfRoom asks JetStream for as many messages as there is room for, once
 // that is at least half of maxInFlight (or anything, when nothing is held
 // or requested), so that requests are few and the pipeline stays full.
-func (s *subscription) pullIfRoom() {
+func (s *subscription) pullIfRoom() { s.pull(false) }
+
+// topUp also asks for less than half of the window when nothing is
+// requested: messages held for long must not keep the rest of the window
+// empty. It runs from housekeeping, so small requests stay rare.
+func (s *subscription) topUp() { s.pull(true) }
+
+func (s *subscription) pull(small bool) {
 	s.mu.Lock()
-	n, subject, inbox := s.roomLocked()
+	n, subject, inbox := s.roomLocked(small)
 	if n == 0 {
 		s.mu.Unlock()
 		return
@@ -123,9 +130,9 @@ func (s *subscription) pullIfRoom() {
 	}
 }
 
-// roomLocked returns how many messages to request now, and where. s.mu is
-// held.
-func (s *subscription) roomLocked() (int, string, string) {
+// roomLocked returns how many messages to request now, and where; with
+// small, any room counts while nothing is requested. s.mu is held.
+func (s *subscription) roomLocked(small bool) (int, string, string) {
 	if s.paused || s.consumer == nil || s.ctx.Err() != nil || time.Now().Before(s.retryAt) {
 		return 0, "", ""
 	}
@@ -137,13 +144,13 @@ func (s *subscription) roomLocked() (int, string, string) {
 	limit := s.cons.MaxInFlight
 	busy := len(s.held) + s.outstanding
 	free := limit - busy
-	if free <= 0 || (free < refillAt(limit) && busy > 0) {
+	batch := busy > 0 && !(small && s.outstanding == 0)
+	if free <= 0 || (batch && free < refillAt(limit)) {
 		return 0, "", ""
 	}
 	return free, s.consumer.next, s.inbox.Subject
 }
 
-// heartbeat is the idle heartbeat asked of pull requests; 0 for none.
 // refillAt is how much of a window of limit must be free before more is
 // requested (when anything is held or requested): half, as nats.go's
 // Consume does, so that requests are few and the pipeline stays full.
@@ -177,7 +184,7 @@ func (s *subscription) checkPull(now time.Time) {
 	s.mu.Lock()
 	hb := s.heartbeat()
 	quiet := now.Sub(s.lastHeard)
-	silent := s.outstanding > 0 && !s.dispatching &&
+	silent := s.outstanding > 0 &&
 		((hb > 0 && quiet > 2*hb) || (quiet > expiryGrace && now.After(s.requestEnds)))
 	reset := s.resetPull || silent
 	cs := s.consumer
@@ -199,7 +206,7 @@ func (s *subscription) checkPull(now time.Time) {
 
 // onMsg receives what JetStream sends to the inbox: messages, heartbeats
 // and the statuses that end pull requests. It runs on the inbox's own
-// goroutine and hands messages on from there.
+// goroutine, tracks each message and wakes the dispatcher.
 func (s *subscription) onMsg(m *nats.Msg) {
 	if status := m.Header.Get("Status"); status != "" && len(m.Data) == 0 {
 		s.onStatus(m, status)
@@ -230,7 +237,7 @@ func (s *subscription) onMsg(m *nats.Msg) {
 	if recovered {
 		s.report(nil)
 	}
-	s.dispatch()
+	s.signal()
 }
 
 func (s *subscription) onStatus(m *nats.Msg, status string) {

@@ -51,10 +51,11 @@ type DeliverFunc func(*Delivery) error
 // subscription pulls one topic with one long-lived pull on one inbox. It
 // holds at most MaxInFlight messages (received and not yet settled) plus
 // those requested from JetStream and not yet received, so nothing arrives
-// that it has no room for. Messages are handed to the DeliverFunc on the
-// goroutine they arrive on. A housekeeping goroutine sets up the consumer,
-// keeps held messages alive, watches heartbeats and retries. NATS trouble
-// never ends a subscription.
+// that it has no room for. The inbox's goroutine tracks each message as it
+// arrives; a dispatcher hands them to the DeliverFunc in order; a
+// keep-alive goroutine sends InProgress; a housekeeping goroutine sets up the
+// consumer, watches the pull and retries. NATS trouble never ends a
+// subscription.
 type subscription struct {
 	p         *PubSub
 	topic     string
@@ -67,6 +68,8 @@ type subscription struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	wake   chan struct{} // wakes the housekeeping goroutine
+	ended  chan struct{} // closed when finish has handed everything on
+	ready  chan struct{} // wakes the dispatcher
 	work   sync.WaitGroup
 
 	mu          sync.Mutex
@@ -79,7 +82,6 @@ type subscription struct {
 	lastHeard   time.Time     // from the pull: a message, a status or a heartbeat
 	held        map[*Delivery]struct{}
 	unseen      []*Delivery // held and not yet handed to fn, oldest first
-	dispatching bool
 	fnFailed    bool
 	over        bool // handed over: what arrives now goes to the desk
 	paused      bool
@@ -119,7 +121,7 @@ func (p *PubSub) subscribe(ctx context.Context, req pubsub.SubscribeRequest, fn 
 	}
 	s := &subscription{
 		p: p, topic: req.Topic, cons: cons, requested: time.Now().Add(-startSkew), fn: fn,
-		done: make(chan struct{}), wake: make(chan struct{}, 1),
+		done: make(chan struct{}), wake: make(chan struct{}, 1), ended: make(chan struct{}), ready: make(chan struct{}, 1),
 		held: map[*Delivery]struct{}{}, retryWait: retryMin, floor: newResumePoint(),
 	}
 	if cons.RateLimit > 0 {
@@ -148,7 +150,10 @@ func (p *PubSub) subscribe(ctx context.Context, req pubsub.SubscribeRequest, fn 
 		case <-s.ctx.Done():
 		}
 	}()
+	s.work.Add(1)
+	go s.dispatchLoop()
 	go s.run()
+	go s.keepAliveLoop()
 	return s, nil
 }
 
@@ -198,12 +203,11 @@ func (s *subscription) housekeep(now time.Time) {
 	if cs == nil && !retry {
 		s.setUp()
 	}
-	s.keepAlive(now)
 	s.refresh(now)
 	if !paused {
 		s.adopt()
 		s.checkPull(now)
-		s.pullIfRoom()
+		s.topUp()
 	}
 }
 
@@ -278,34 +282,54 @@ func (s *subscription) adopt() {
 	s.unseen = append(front, s.unseen...)
 	s.mu.Unlock()
 	s.p.log.Infof("topic %q: took over %d messages that an ended subscription of consumer %q held", s.topic, len(ds), cs.name)
-	go s.dispatch()
+	s.signal()
 }
 
 func (s *subscription) handoverKey(cs *consumerState) handoverKey {
 	return handoverKey{conn: s.p.connKey, stream: cs.stream, consumer: cs.name}
 }
 
-// dispatch hands unseen messages to fn, in order, unless another goroutine
-// already does, or the subscription is paused or stopping.
+// signal wakes the dispatcher.
+func (s *subscription) signal() {
+	select {
+	case s.ready <- struct{}{}:
+	default:
+	}
+}
+
+// dispatchLoop runs fn for the subscription. fn may take long (an in-process
+// handler, or a gRPC send that waits for daprd to read): on its own
+// goroutine it never keeps the inbox from receiving, so every message
+// JetStream sent is tracked and kept alive while it waits its turn.
+func (s *subscription) dispatchLoop() {
+	defer s.work.Done()
+	for {
+		select {
+		case <-s.ready:
+			s.dispatch()
+		case <-s.ctx.Done():
+			return
+		}
+	}
+}
+
+// dispatch hands unseen messages to fn, in order, unless the subscription
+// is paused or stopping.
 func (s *subscription) dispatch() {
 	for {
 		s.mu.Lock()
-		if s.dispatching || s.paused || s.fnFailed || len(s.unseen) == 0 || s.ctx.Err() != nil {
+		if s.paused || s.fnFailed || len(s.unseen) == 0 || s.ctx.Err() != nil {
 			s.mu.Unlock()
 			return
 		}
 		d := s.unseen[0]
 		s.unseen[0] = nil
 		s.unseen = s.unseen[1:]
-		s.dispatching = true
 		s.mu.Unlock()
 
 		handed := s.deliver(d)
 
 		s.mu.Lock()
-		s.dispatching = false
-		// Time spent in fn is not silence from the server.
-		s.lastHeard = time.Now()
 		if !handed {
 			s.unseen = append([]*Delivery{d}, s.unseen...)
 			s.fnFailed = true
@@ -338,18 +362,40 @@ func (s *subscription) settled(d *Delivery, acked bool) {
 	s.pullIfRoom()
 }
 
+// keepAliveLoop keeps held messages alive until the subscription has handed
+// everything on. It has its own goroutine, so that a slow JetStream API call
+// in housekeeping never delays a keep-alive past the ack wait.
+func (s *subscription) keepAliveLoop() {
+	t := time.NewTimer(tickEvery)
+	defer t.Stop()
+	for {
+		select {
+		case now := <-t.C:
+			t.Reset(s.keepAlive(now))
+		case <-s.ended:
+			return
+		}
+	}
+}
+
 // keepAlive sends InProgress for held messages once half of the consumer's
 // ack wait has passed, so slow handlers do not get a second copy of what
 // they work on. The ack wait is the consumer's, kept current by refresh, as
-// another replica may have changed it.
-func (s *subscription) keepAlive(now time.Time) {
+// another replica may have changed it. It returns when to look again: often
+// enough that a keep-alive is never late by more than an eighth of the wait.
+func (s *subscription) keepAlive(now time.Time) time.Duration {
 	s.mu.Lock()
 	cs := s.consumer
-	if cs == nil || cs.ackPolicy == jetstream.AckNonePolicy || len(s.held) == 0 {
+	if cs == nil || cs.ackPolicy == jetstream.AckNonePolicy {
 		s.mu.Unlock()
-		return
+		return tickEvery
 	}
 	wait := cs.shortestAckWait()
+	next := min(max(wait/8, 10*time.Millisecond), tickEvery)
+	if len(s.held) == 0 {
+		s.mu.Unlock()
+		return next
+	}
 	var due []*Delivery
 	for d := range s.held {
 		if d.due(now, wait) {
@@ -360,6 +406,7 @@ func (s *subscription) keepAlive(now time.Time) {
 	for _, d := range due {
 		d.keepAlive(s.p, now)
 	}
+	return next
 }
 
 // expirePaused gives back messages held unseen for longer than
@@ -425,7 +472,7 @@ func (s *subscription) resume() {
 	s.fnFailed = false
 	s.mu.Unlock()
 	s.poke()
-	go s.dispatch()
+	s.signal()
 }
 
 func (s *subscription) stop() { s.cancel() }
@@ -446,6 +493,7 @@ func (s *subscription) finish() {
 		s.p.log.Warnf("topic %q: handlers still running after %s; handing their messages on", s.topic, handlerGrace)
 	}
 	s.handOver()
+	close(s.ended)
 	s.p.mu.Lock()
 	delete(s.p.subs, s)
 	s.p.mu.Unlock()
