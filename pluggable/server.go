@@ -82,6 +82,13 @@ func (s *Server) Init(ctx context.Context, req *proto.PubSubInitRequest) (*proto
 		return nil, status.Errorf(codes.InvalidArgument, "init component %q: %v", name, err)
 	}
 	s.mu.Lock()
+	if s.draining {
+		// Shutdown began while this instance connected: it has already
+		// collected the instances it closes, so this one must not stay.
+		s.mu.Unlock()
+		_ = ps.Close()
+		return nil, status.Error(codes.Unavailable, "the component is shutting down")
+	}
 	old := s.instances[name]
 	s.instances[name] = ps
 	s.mu.Unlock()

@@ -693,3 +693,45 @@ func TestUnreadMessagesReachTheNextStream(t *testing.T) {
 		}
 	}
 }
+
+// An Init still connecting when Shutdown starts must not leave its instance
+// open behind the shutdown.
+func TestInitRacingShutdownLeavesNothingOpen(t *testing.T) {
+	// A listener that accepts and never answers keeps Init connecting.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	accepted := make(chan net.Conn, 16)
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- conn
+		}
+	}()
+	defer func() {
+		for len(accepted) > 0 {
+			_ = (<-accepted).Close()
+		}
+	}()
+
+	srv := NewServer(testLog)
+	ctx := grpcmd.NewIncomingContext(context.Background(), grpcmd.Pairs(InstanceHeader, "racing"))
+	initErr := make(chan error, 1)
+	go func() {
+		_, err := srv.Init(ctx, &proto.PubSubInitRequest{Metadata: &proto.MetadataRequest{Properties: props("nats://" + ln.Addr().String())}})
+		initErr <- err
+	}()
+	first := <-accepted // Init is connecting now
+	accepted <- first
+	srv.Shutdown(time.Second)
+
+	err = <-initErr
+	require.Error(t, err, "Init finished after Shutdown began")
+	assert.Equal(t, codes.Unavailable, status.Code(err))
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	assert.Empty(t, srv.instances, "an instance was left open after Shutdown")
+}
