@@ -735,3 +735,53 @@ func TestInitRacingShutdownLeavesNothingOpen(t *testing.T) {
 	defer srv.mu.Unlock()
 	assert.Empty(t, srv.instances, "an instance was left open after Shutdown")
 }
+
+// A daprd that stopped reading (a slow app and large messages fill the gRPC
+// window) must not hold up shutdown: it ends within the drain bound plus a
+// small grace, and what daprd never acknowledged goes back to JetStream.
+func TestShutdownIsBoundedWhenDaprdStopsReading(t *testing.T) {
+	ns := natstest.Start(t)
+	_, js := natstest.Client(t, ns)
+	c := startComponent(t, "nats-jetstream") // drain bound 2s
+	cl := daprClient(t, c, "pubsub", props(ns.ClientURL(), "consumerID", "app", "maxInFlight", "20"))
+	stream, cancel := rawPull(t, c, "pubsub", "stalled", nil)
+	defer cancel()
+	require.Eventually(t, func() bool {
+		_, err := js.Consumer(context.Background(), "stalled", "app-stalled")
+		return err == nil
+	}, 10*time.Second, 20*time.Millisecond)
+	pad := strings.Repeat("x", 512<<10)
+	for i := range 20 {
+		require.NoError(t, cl.Publish(context.Background(), &pubsub.PublishRequest{Topic: "stalled", Data: fmt.Appendf(nil, "s%d:%s", i, pad)}))
+	}
+	_, err := stream.Recv() // one read, then daprd stops reading
+	require.NoError(t, err)
+	cons, err := js.Consumer(context.Background(), "stalled", "app-stalled")
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		info, err := cons.Info(context.Background())
+		return err == nil && info.NumPending == 0
+	}, 10*time.Second, 20*time.Millisecond, "the component did not take the backlog")
+
+	start := time.Now()
+	c.stop()
+	select {
+	case err := <-c.done:
+		c.done <- err // for the cleanup's shutdown
+	case <-time.After(2*time.Second + 8*time.Second):
+		t.Fatalf("shutdown did not end within the drain bound plus 8s")
+	}
+	t.Logf("shut down in %s", time.Since(start).Round(time.Millisecond))
+	// Given back, they come again at once, long before the 30s ack wait.
+	seen := map[string]bool{}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(seen) < 20 && time.Now().Before(deadline) {
+		batch, err := cons.Fetch(20, jetstream.FetchMaxWait(time.Second))
+		require.NoError(t, err)
+		for m := range batch.Messages() {
+			seen[string(m.Data()[:3])] = true
+			require.NoError(t, m.Ack())
+		}
+	}
+	assert.Len(t, seen, 20, "the unacknowledged messages did not go back to JetStream")
+}
