@@ -133,7 +133,7 @@ func Run(ctx context.Context, o Options) error {
 	reflection.Register(gs)
 
 	served := make(chan error, 1)
-	go func() { served <- gs.Serve(l) }()
+	go func() { served <- gs.Serve(&peerListener{Listener: l, opened: srv.connOpened, closed: srv.connClosed}) }()
 	o.Logger.Infof("serving component type pubsub.%s on %s", strings.ToLower(o.SocketName), path)
 	if o.Ready != nil {
 		o.Ready(path)

@@ -19,6 +19,7 @@ import (
 	"github.com/dapr/kit/logger"
 	"google.golang.org/grpc/codes"
 	grpcmd "google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/dapr-nats/jetstream-pubsub/jetstream"
@@ -29,21 +30,46 @@ import (
 const InstanceHeader = "x-component-instance"
 
 // Server implements proto.PubSubServer with one jetstream.PubSub per
-// Component instance.
+// Component instance of each daprd: several daprds (apps started with
+// `dapr run` against one component process) may use the same Component name,
+// each with its own metadata.
 type Server struct {
 	proto.UnimplementedPubSubServer
 	log logger.Logger
 
 	mu        sync.Mutex
-	instances map[string]*jetstream.PubSub
+	instances map[instanceKey]*jetstream.PubSub
 	pulls     map[*pull]struct{}
 	draining  bool
 	nextID    atomic.Uint64
+	// conns counts the open connections of each daprd process, and watching
+	// the processes whose last connection closed (see watchExit).
+	conns    map[int]int
+	watching map[int]bool
+	stop     chan struct{} // closed by Shutdown
+	watchers sync.WaitGroup
+}
+
+// instanceKey names an instance: the Component name daprd gave it, and the
+// daprd it belongs to (its process id, see peerAddr).
+type instanceKey struct {
+	name string
+	pid  int
+}
+
+func (k instanceKey) String() string {
+	if k.pid == 0 {
+		return strconv.Quote(k.name)
+	}
+	return strconv.Quote(k.name) + " of daprd process " + strconv.Itoa(k.pid)
 }
 
 // NewServer returns a Server with no instances.
 func NewServer(l logger.Logger) *Server {
-	return &Server{log: l, instances: map[string]*jetstream.PubSub{}, pulls: map[*pull]struct{}{}}
+	return &Server{
+		log: l, instances: map[instanceKey]*jetstream.PubSub{}, pulls: map[*pull]struct{}{},
+		conns: map[int]int{}, watching: map[int]bool{}, stop: make(chan struct{}),
+	}
 }
 
 func instanceName(ctx context.Context) string {
@@ -55,20 +81,35 @@ func instanceName(ctx context.Context) string {
 	return ""
 }
 
-func (s *Server) instance(ctx context.Context) (*jetstream.PubSub, string, error) {
-	name := instanceName(ctx)
+// callerPID is the process id of the daprd that made the call, or 0.
+func callerPID(ctx context.Context) int {
+	if p, ok := peer.FromContext(ctx); ok {
+		if a, ok := p.Addr.(peerAddr); ok {
+			return a.pid
+		}
+	}
+	return 0
+}
+
+func callerKey(ctx context.Context) instanceKey {
+	return instanceKey{name: instanceName(ctx), pid: callerPID(ctx)}
+}
+
+func (s *Server) instance(ctx context.Context) (*jetstream.PubSub, instanceKey, error) {
+	key := callerKey(ctx)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	ps, ok := s.instances[name]
+	ps, ok := s.instances[key]
 	if !ok {
-		return nil, name, status.Errorf(codes.FailedPrecondition, "component %q is not initialized: call Init first", name)
+		return nil, key, status.Errorf(codes.FailedPrecondition, "component %s is not initialized: call Init first", key)
 	}
-	return ps, name, nil
+	return ps, key, nil
 }
 
 // Init creates (or re-creates) the instance named by the call's metadata.
 func (s *Server) Init(ctx context.Context, req *proto.PubSubInitRequest) (*proto.PubSubInitResponse, error) {
-	name := instanceName(ctx)
+	key := callerKey(ctx)
+	name := key.name
 	s.mu.Lock()
 	draining := s.draining
 	s.mu.Unlock()
@@ -79,6 +120,7 @@ func (s *Server) Init(ctx context.Context, req *proto.PubSubInitRequest) (*proto
 	err := ps.Init(ctx, pubsub.Metadata{Base: contribmd.Base{Name: name, Properties: req.GetMetadata().GetProperties()}})
 	if err != nil {
 		_ = ps.Close()
+		s.log.Errorf("init component %s: %v", key, err)
 		return nil, status.Errorf(codes.InvalidArgument, "init component %q: %v", name, err)
 	}
 	s.mu.Lock()
@@ -89,14 +131,14 @@ func (s *Server) Init(ctx context.Context, req *proto.PubSubInitRequest) (*proto
 		_ = ps.Close()
 		return nil, status.Error(codes.Unavailable, "the component is shutting down")
 	}
-	old := s.instances[name]
-	s.instances[name] = ps
+	old := s.instances[key]
+	s.instances[key] = ps
 	s.mu.Unlock()
 	if old != nil {
-		s.log.Infof("component %q initialized again; closing its previous instance", name)
+		s.log.Infof("component %s initialized again; closing its previous instance", key)
 		go func() { _ = old.Close() }()
 	}
-	s.log.Infof("component %q initialized", name)
+	s.log.Infof("component %s initialized", key)
 	return &proto.PubSubInitResponse{}, nil
 }
 
@@ -193,23 +235,28 @@ func (s *Server) Resume(ctx context.Context, _ *proto.ResumeRequest) (*proto.Res
 }
 
 // Ping fails while the named instance (or, without a name, any instance) is
-// not connected to NATS.
+// not connected to NATS. A name is looked up among the caller's instances
+// first, then among every daprd's.
 func (s *Server) Ping(ctx context.Context, _ *proto.PingRequest) (*proto.PingResponse, error) {
-	name := instanceName(ctx)
+	key := callerKey(ctx)
 	s.mu.Lock()
-	targets := map[string]*jetstream.PubSub{}
-	for n, ps := range s.instances {
-		if name == "" || n == name {
-			targets[n] = ps
+	targets := map[instanceKey]*jetstream.PubSub{}
+	if ps, ok := s.instances[key]; ok && key.name != "" {
+		targets[key] = ps
+	} else {
+		for k, ps := range s.instances {
+			if key.name == "" || k.name == key.name {
+				targets[k] = ps
+			}
 		}
 	}
 	s.mu.Unlock()
-	if name != "" && len(targets) == 0 {
-		return nil, status.Errorf(codes.FailedPrecondition, "component %q is not initialized", name)
+	if key.name != "" && len(targets) == 0 {
+		return nil, status.Errorf(codes.FailedPrecondition, "component %q is not initialized", key.name)
 	}
-	for n, ps := range targets {
+	for k, ps := range targets {
 		if err := ps.Ping(ctx); err != nil {
-			return nil, status.Errorf(codes.Unavailable, "component %q: %v", n, err)
+			return nil, status.Errorf(codes.Unavailable, "component %s: %v", k, err)
 		}
 	}
 	return &proto.PingResponse{}, nil
@@ -247,7 +294,7 @@ func (p *pull) size() int {
 // subscription recovers inside. When the stream ends, every message not yet
 // acknowledged goes back to JetStream.
 func (s *Server) PullMessages(stream proto.PubSub_PullMessagesServer) error {
-	ps, name, err := s.instance(stream.Context())
+	ps, key, err := s.instance(stream.Context())
 	if err != nil {
 		return err
 	}
@@ -290,7 +337,7 @@ func (s *Server) PullMessages(stream proto.PubSub_PullMessagesServer) error {
 	if err != nil {
 		return toStatus(err)
 	}
-	s.log.Infof("component %q: daprd subscribed to topic %q", name, topic.GetName())
+	s.log.Infof("component %s: daprd subscribed to topic %q", key, topic.GetName())
 
 	received := make(chan struct{})
 	go func() {
@@ -313,7 +360,7 @@ func (s *Server) PullMessages(stream proto.PubSub_PullMessagesServer) error {
 		// gives up and the subscription can hand its messages over.
 	case <-done:
 	}
-	s.log.Infof("component %q: subscription to topic %q ended", name, topic.GetName())
+	s.log.Infof("component %s: subscription to topic %q ended", key, topic.GetName())
 	return nil
 }
 
@@ -349,6 +396,9 @@ func (s *Server) settle(p *pull, topic string, req *proto.PullMessagesRequest) {
 // instance: what is still unacknowledged goes back to JetStream.
 func (s *Server) Shutdown(drain time.Duration) {
 	s.mu.Lock()
+	if !s.draining {
+		close(s.stop)
+	}
 	s.draining = true
 	instances := make([]*jetstream.PubSub, 0, len(s.instances))
 	for _, ps := range s.instances {
@@ -366,6 +416,7 @@ func (s *Server) Shutdown(drain time.Duration) {
 	if n := s.pendingAcks(); n > 0 {
 		s.log.Warnf("%d messages still unacknowledged after %s; giving them back to JetStream", n, drain)
 	}
+	s.watchers.Wait()
 	var wg sync.WaitGroup
 	for _, ps := range instances {
 		wg.Add(1)

@@ -71,6 +71,10 @@ type Config struct {
 	Echo io.Writer
 	// StartTimeout bounds each wait for readiness (default 90s).
 	StartTimeout time.Duration
+	// SharedSocketDir, if set, makes the node use the component process
+	// already serving in that folder (as several `dapr run` apps share one
+	// component process) instead of starting its own.
+	SharedSocketDir string
 }
 
 // Node is a running component + daprd + app, like one pod.
@@ -90,6 +94,9 @@ func NewNode(cfg Config) (*Node, error) {
 		cfg.StartTimeout = 90 * time.Second
 	}
 	n := &Node{Config: cfg, SocketDir: filepath.Join(cfg.Dir, "sockets"), ResourcesDir: filepath.Join(cfg.Dir, "resources")}
+	if cfg.SharedSocketDir != "" {
+		n.SocketDir = cfg.SharedSocketDir
+	}
 	for _, d := range []string{n.SocketDir, n.ResourcesDir} {
 		if err := os.MkdirAll(d, 0o750); err != nil {
 			return nil, err
@@ -134,8 +141,10 @@ func (n *Node) ComponentYAML() string {
 // Start starts the component, daprd and the app, in that order, and waits
 // until daprd is healthy.
 func (n *Node) Start(ctx context.Context) error {
-	if err := n.StartComponent(); err != nil {
-		return err
+	if n.SharedSocketDir == "" {
+		if err := n.StartComponent(); err != nil {
+			return err
+		}
 	}
 	if err := n.StartDaprd(); err != nil {
 		return err
