@@ -40,13 +40,19 @@ type component struct {
 
 func startComponent(t *testing.T, name string) *component {
 	t.Helper()
+	return startComponentLogging(t, name, testLog)
+}
+
+// startComponentLogging is startComponent with its log going to l.
+func startComponentLogging(t *testing.T, name string, l logger.Logger) *component {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan string, 1)
 	c := &component{stop: cancel, done: make(chan error, 1)}
 	folder := t.TempDir()
 	go func() {
 		c.done <- Run(ctx, Options{
-			SocketFolder: folder, SocketName: name, DrainTimeout: 2 * time.Second, Logger: testLog,
+			SocketFolder: folder, SocketName: name, DrainTimeout: 2 * time.Second, Logger: l,
 			Ready: func(p string) { ready <- p },
 		})
 	}()
