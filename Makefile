@@ -52,8 +52,11 @@ vet:
 	go vet -tags faults ./test/faults/
 
 ## run: a local JetStream (nats-server from go.mod's tool line) plus the component.
-## Prints the Component YAML and the `dapr run` line to use. Ctrl-C stops both.
+## Prints the Component YAML and the `dapr run` line of the tweet demo, whose app it builds
+## into bin/tweetapp (a built binary, because `dapr stop` does not stop what `go run` compiled).
+## Ctrl-C stops both.
 run: build
+	@go build -o bin/tweetapp ./test/e2e/tweetapp
 	@mkdir -p .cache/nats $(SOCKETS)
 	@go tool nats-server -js -a 127.0.0.1 -p $(NATS_PORT) -sd .cache/nats >.cache/nats.log 2>&1 & nats=$$!; \
 	trap 'kill $$nats 2>/dev/null; wait $$nats 2>/dev/null' EXIT INT TERM; \
@@ -61,8 +64,8 @@ run: build
 	echo "NATS JetStream listening on nats://127.0.0.1:$(NATS_PORT) (log: .cache/nats.log)"; \
 	mkdir -p .cache/resources; sed 's#nats://localhost:4222#nats://127.0.0.1:$(NATS_PORT)#' component.yaml > .cache/resources/pubsub.yaml; \
 	echo "--- Component YAML (.cache/resources/pubsub.yaml) ---"; cat .cache/resources/pubsub.yaml; \
-	echo "--- In another terminal, run your app with Dapr: ---"; \
-	echo "DAPR_COMPONENTS_SOCKETS_FOLDER=$(SOCKETS) dapr run --app-id myapp --app-port 3000 --resources-path $(CURDIR)/.cache/resources -- <your app command>"; \
+	echo "--- In another terminal, run the tweet demo app with Dapr (or your app after the --): ---"; \
+	echo "DAPR_COMPONENTS_SOCKETS_FOLDER=$(SOCKETS) dapr run --app-id tweets --app-port 3000 --dapr-http-port 3500 --resources-path $(CURDIR)/.cache/resources -- $(CURDIR)/bin/tweetapp"; \
 	echo "------"; \
 	DAPR_COMPONENTS_SOCKETS_FOLDER=$(SOCKETS) ./$(BIN)
 

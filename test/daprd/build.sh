@@ -7,6 +7,12 @@
 # prints the binary's path on stdout. The build goes to a temporary name first
 # and is renamed into place, so an interrupted build never leaves a truncated
 # binary behind. A cold build takes 10-30 minutes; progress goes to stderr.
+#
+# The binary is stamped with its version, as Dapr's release builds are, so that
+# `daprd --version`, the dapr CLI and daprd's metadata API report it rather
+# than "edge". The cache is keyed by version alone, so an unstamped binary
+# already there (it reports "edge") is reused as it is; delete it to get a
+# stamped one.
 set -euo pipefail
 
 version="${1:?usage: $0 VERSION (one of: $(cd "$(dirname "$0")" && ls -d v*/ | tr -d / | tr '\n' ' '))}"
@@ -33,12 +39,19 @@ if [ -n "$toolchain" ]; then
 	export GOTOOLCHAIN="$toolchain"
 fi
 
+# The same variables Dapr's Makefile sets (DEFAULT_LDFLAGS), with the values of a
+# release built from tag vX.Y.Z: the version without the "v", and the tag as
+# git describe prints it. The commit is not known here and stays empty.
+ldflags="-X github.com/dapr/dapr/pkg/buildinfo.version=${version#v}"
+ldflags+=" -X github.com/dapr/dapr/pkg/buildinfo.gitversion=$version"
+ldflags+=" -X github.com/dapr/kit/logger.DaprVersion=${version#v}"
+
 mkdir -p "$cache"
 tmp="$(mktemp "$cache/.daprd-$version.XXXXXX")"
 trap 'rm -f "$tmp"' EXIT
 echo "building daprd $version into $out (cold builds take 10-30 minutes)..." >&2
 start=$(date +%s)
-(cd "$module" && nice -n 15 go build -tags allcomponents -o "$tmp" .)
+(cd "$module" && nice -n 15 go build -tags allcomponents -ldflags "$ldflags" -o "$tmp" .)
 chmod 0755 "$tmp"
 mv -f "$tmp" "$out"
 trap - EXIT
