@@ -39,6 +39,9 @@ var (
 	// ErrTTLNotAllowed is wrapped when a message has a TTL but its stream does
 	// not allow per-message TTLs and auto-provisioning is off.
 	ErrTTLNotAllowed = errors.New("per-message TTL not allowed")
+	// ErrNotConnected is wrapped by calls that fail because the connection
+	// to NATS is down: not made yet, or lost and being made again.
+	ErrNotConnected = errors.New("NATS is not connected")
 )
 
 // Error carries the topic and the Kind of a failure.
@@ -83,20 +86,28 @@ func classify(op, topic string, err error) error {
 	if errors.As(err, &e) {
 		return err
 	}
-	kind := KindUnavailable
+	return &Error{Op: op, Topic: topic, Kind: classifyKind(err), Err: err}
+}
+
+// classifyKind is the Kind classify gives err.
+func classifyKind(err error) Kind {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Kind
+	}
 	var apiErr *jetstream.APIError
 	switch {
 	case errors.Is(err, nats.ErrMaxPayload), errors.Is(err, nats.ErrBadSubject),
 		errors.Is(err, jetstream.ErrStreamMessageExceedsMaximum), errors.Is(err, metadata.ErrInvalid):
-		kind = KindInvalid
+		return KindInvalid
 	case errors.Is(err, ErrNoStream), errors.Is(err, ErrTTLNotAllowed):
-		kind = KindRejected
+		return KindRejected
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
-		kind = KindUnavailable
+		return KindUnavailable
 	case errors.As(err, &apiErr) && apiErr.Code >= 400 && apiErr.Code < 500 && apiErr.Code != 408:
-		kind = KindRejected
+		return KindRejected
 	}
-	return &Error{Op: op, Topic: topic, Kind: kind, Err: err}
+	return KindUnavailable
 }
 
 func invalid(op, topic string, err error) error {

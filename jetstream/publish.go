@@ -46,9 +46,12 @@ func (p *PubSub) Publish(ctx context.Context, req *pubsub.PublishRequest) error 
 	if err != nil {
 		return invalid("publish to", req.Topic, err)
 	}
+	if err := p.notConnected(); err != nil {
+		return classify("publish to", req.Topic, err)
+	}
 	for retried := false; ; retried = true {
 		if err := prepare(ctx, streams, req.Topic, ttl); err != nil {
-			return classify("publish to", req.Topic, err)
+			return classify("publish to", req.Topic, p.whileDown(err))
 		}
 		f, err := js.PublishMsgAsync(msg)
 		if err == nil {
@@ -58,8 +61,44 @@ func (p *PubSub) Publish(ctx context.Context, req *pubsub.PublishRequest) error 
 			streams.forget(req.Topic)
 			continue
 		}
-		return classify("publish to", req.Topic, err)
+		return classify("publish to", req.Topic, p.whileDown(err))
 	}
+}
+
+// notConnected returns why calls cannot reach NATS now, or nil while it is
+// connected. Without a connection, a request would only wait for its
+// deadline and then report a timeout that names neither NATS nor its URL.
+func (p *PubSub) notConnected() error {
+	p.mu.Lock()
+	conns := p.conns
+	p.mu.Unlock()
+	if conns == nil {
+		return nil
+	}
+	return conns.notConnected()
+}
+
+// whileDown adds to err, from a call to NATS, that the connection is down,
+// when it is: that is then the likely reason, not the timeout or the
+// "connection disconnected" the call reports.
+func (p *PubSub) whileDown(err error) error {
+	if !mayBeDown(err) {
+		return err
+	}
+	return withDown(err, p.notConnected())
+}
+
+// mayBeDown reports whether a lost connection may explain err.
+func mayBeDown(err error) bool {
+	return err != nil && !errors.Is(err, ErrNotConnected) && classifyKind(err) == KindUnavailable
+}
+
+// withDown adds down, the reason from notConnected, to err.
+func withDown(err, down error) error {
+	if down == nil {
+		return err
+	}
+	return fmt.Errorf("%w; %w", err, down)
 }
 
 // BulkPublish publishes all entries through the asynchronous pipeline and
@@ -101,11 +140,22 @@ func (p *PubSub) BulkPublish(ctx context.Context, req *pubsub.BulkPublishRequest
 			pending = append(pending, i)
 		}
 	}
+	if len(pending) > 0 {
+		if err := p.notConnected(); err != nil {
+			// Each entry fails with the reason, so that none is taken for
+			// stored; invalid entries keep their own error.
+			err = classify("publish to", req.Topic, err)
+			for _, i := range pending {
+				failed[i] = err
+			}
+			pending = nil
+		}
+	}
 	// With no valid entry (an invalid topic, say) there is no stream to look
 	// up, and each entry keeps its own error.
 	if len(pending) > 0 {
 		if err := prepare(ctx, streams, req.Topic, withTTL); err != nil {
-			err = classify("bulk publish to", req.Topic, err)
+			err = classify("bulk publish to", req.Topic, p.whileDown(err))
 			return pubsub.NewBulkPublishResponse(req.Entries, err), err
 		}
 	}
@@ -135,8 +185,17 @@ func (p *PubSub) BulkPublish(ctx context.Context, req *pubsub.BulkPublishRequest
 	}
 
 	var resp pubsub.BulkPublishResponse
+	// Why NATS is down, looked up once for the first entry it may explain.
+	var down error
+	looked := false
 	for i, err := range failed {
 		if err != nil {
+			if mayBeDown(err) {
+				if !looked {
+					down, looked = p.notConnected(), true
+				}
+				err = withDown(err, down)
+			}
 			resp.FailedEntries = append(resp.FailedEntries, pubsub.BulkPublishResponseFailedEntry{
 				EntryId: req.Entries[i].EntryId,
 				Error:   classify("publish to", req.Topic, err),

@@ -47,6 +47,8 @@ type PubSub struct {
 	// instances (see handoverDesk).
 	connKey string
 	subs    map[*subscription]struct{}
+	// conns follows the connection, for calls made while it is down.
+	conns   *connWatch
 	paused  bool
 	closed  bool
 	closing chan struct{} // closed when Close starts
@@ -80,6 +82,9 @@ func (p *PubSub) Init(ctx context.Context, md pubsub.Metadata) error {
 	if err != nil {
 		return err
 	}
+	if unknown := metadata.UnknownKeys(md.Properties); len(unknown) > 0 {
+		p.log.Warn(metadata.UnknownKeysWarning(unknown))
+	}
 	opts, err := connectOptions(cfg.Connection)
 	if err != nil {
 		return err
@@ -88,14 +93,24 @@ func (p *PubSub) Init(ctx context.Context, md pubsub.Metadata) error {
 	if cfg.Consumer.FlowControl {
 		p.log.Info("flowControl has no effect: pull consumers are flow-controlled by the number of messages they request")
 	}
+	conns := newConnWatch(p.log, cfg.Connection.URL, cfg.Connection.ReconnectWait)
 	opts = append(opts,
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			// Without an error, the connection was closed on purpose.
 			if err != nil {
-				p.log.Warnf("disconnected from NATS: %v; reconnecting", err)
+				conns.lost(err)
+				p.log.Warnf("disconnected from NATS at %s: %v; reconnecting every %s", conns.url, err, conns.retry)
+			}
+		}),
+		nats.ConnectHandler(func(nc *nats.Conn) {
+			// Said once when it came after failures, which were warned about.
+			if down, n := conns.up(); n > 0 {
+				p.log.Infof("connected to NATS at %s after %s (%s failed)", metadata.RedactURL(nc.ConnectedUrl()), roughly(down), attempts(n))
 			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
-			p.log.Infof("reconnected to NATS at %s", metadata.RedactURL(nc.ConnectedUrl()))
+			down, n := conns.up()
+			p.log.Infof("reconnected to NATS at %s after %s down (%s failed)", metadata.RedactURL(nc.ConnectedUrl()), roughly(down), attempts(n))
 			p.reconnected()
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
@@ -104,6 +119,7 @@ func (p *PubSub) Init(ctx context.Context, md pubsub.Metadata) error {
 		// nats.go reports why the first connection attempt failed only here:
 		// the reconnect loop it starts clears LastError, racing with Init.
 		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
+			conns.failed(err)
 			select {
 			case firstErr <- err:
 			default:
@@ -138,12 +154,18 @@ func (p *PubSub) Init(ctx context.Context, md pubsub.Metadata) error {
 			nc.Close()
 			return fmt.Errorf("%w: TLS with NATS at %s failed: %v; check tls_ca_file, tls_client_cert and tls_client_key", metadata.ErrInvalid, metadata.RedactURL(cfg.Connection.URL), cause)
 		}
-		reason := ""
-		if cause != nil {
-			reason = " (" + cause.Error() + ")"
+		// It may have connected while Init waited for the cause.
+		if !nc.IsConnected() {
+			reason := ""
+			if cause != nil {
+				reason = " (" + cause.Error() + ")"
+			}
+			p.log.Warnf("NATS at %s is not reachable yet%s; connecting in the background every %s, and publishing fails until then. To fix: %s",
+				conns.url, reason, conns.retry, connHint(cause))
 		}
-		p.log.Warnf("NATS at %s is not reachable yet%s; connecting in the background", metadata.RedactURL(cfg.Connection.URL), reason)
 	}
+	conns.watch(nc, p.closing, &p.wg)
+	p.conns = conns
 	jsOpts := []jetstream.JetStreamOpt{
 		jetstream.WithPublishAsyncMaxPending(4096),
 		jetstream.WithPublishAsyncTimeout(30 * time.Second),

@@ -25,6 +25,9 @@ const (
 	DefaultDuplicateWindow = 2 * time.Minute
 )
 
+// natsSchemes are the schemes of NATS server URLs.
+var natsSchemes = []string{"nats", "tls", "ws", "wss"}
+
 // Config is the validated form of a component's metadata.
 type Config struct {
 	Connection Connection
@@ -38,7 +41,9 @@ type Config struct {
 
 // Connection holds how to reach and authenticate to NATS.
 type Connection struct {
-	// URL is one server URL or a comma-separated list of them.
+	// URL is one server URL or a comma-separated list of them, as given,
+	// except that commas within user information are percent-encoded:
+	// nats.go splits the list at every comma.
 	URL            string
 	Name           string
 	Token          string
@@ -277,17 +282,30 @@ func parseConnection(p *Properties) (Connection, error) {
 	if strings.TrimFunc(c.URL, func(r rune) bool { return r == ',' || unicode.IsSpace(r) }) == "" {
 		add(fieldErr("natsURL", "", "is required", "a NATS URL such as nats://localhost:4222, or a comma-separated list of them"))
 	}
-	for u := range strings.SplitSeq(c.URL, ",") {
-		u = strings.TrimSpace(u)
+	servers := splitServerURLs(c.URL)
+	shown := redactServerURLs(servers)
+	for i, raw := range servers {
+		u := strings.TrimSpace(raw)
 		if u == "" {
 			continue
 		}
 		parsed, err := url.Parse(u)
-		if err != nil || parsed.Host == "" || !slices.Contains([]string{"nats", "tls", "ws", "wss"}, parsed.Scheme) {
-			add(fieldErr("natsURL", RedactURL(u), "is not a NATS server URL",
-				"nats://host:port, tls://host:port, ws://host:port or wss://host:port, comma-separated for several servers"))
+		if err != nil || parsed.Host == "" || !slices.Contains(natsSchemes, parsed.Scheme) {
+			value := strings.TrimSpace(shown[i])
+			problem := "is not a NATS server URL"
+			accepted := "nats://host:port, tls://host:port, ws://host:port or wss://host:port, comma-separated for several servers"
+			if value != u {
+				// What was hidden may be a user or password, and may be
+				// what does not parse.
+				problem += " (what may be a user or password is hidden)"
+				accepted += "; percent-encode , @ / ? # % or a space in a user or password: %2C %40 %2F %3F %23 %25 %20"
+			}
+			add(fieldErr("natsURL", value, problem, accepted))
+			continue
 		}
+		servers[i] = escapeUserInfoCommas(raw)
 	}
+	c.URL = strings.Join(servers, ",")
 	if c.Name == "" {
 		c.Name = DefaultName
 	}
@@ -660,15 +678,148 @@ func parseDeliver(p *Properties, c *Consumer) error {
 	return nil
 }
 
-// RedactURL hides the user information (user, password or token) of a URL.
+// RedactURL hides the user information (user, password or token) of each URL
+// in a natsURL list, and what looks like a piece of user information that a
+// comma cut off from its "@".
 func RedactURL(raw string) string {
-	i := strings.LastIndex(raw, "@")
+	return strings.Join(redactServerURLs(splitServerURLs(raw)), ",")
+}
+
+// splitServerURLs splits a natsURL list into its URLs as written, blanks and
+// empty ones included, so that joining them with commas gives the list back.
+// A comma ends a URL except within its user information: from "scheme://" to
+// the first "@" of the authority, a comma belongs to the user or password,
+// which is what someone who writes such a password means.
+func splitServerURLs(list string) []string {
+	var out []string
+	for {
+		end := serverURLEnd(list)
+		out = append(out, list[:end])
+		if end == len(list) {
+			return out
+		}
+		list = list[end+1:]
+	}
+}
+
+// serverURLEnd is the index of the comma that ends the first URL of list, or
+// len(list).
+func serverURLEnd(list string) int {
+	comma := strings.IndexByte(list, ',')
+	if comma < 0 {
+		return len(list)
+	}
+	scheme := strings.Index(list, "://")
+	if scheme < 0 || scheme > comma {
+		return comma
+	}
+	authority := scheme + len("://")
+	// The authority ends at "/", "?" or "#", which also stops the search at
+	// the "://" of a next URL.
+	at := strings.IndexAny(list[authority:], "@/?#")
+	if at < 0 || list[authority+at] != '@' || authority+at < comma {
+		return comma
+	}
+	if next := strings.IndexByte(list[authority+at:], ','); next >= 0 {
+		return authority + at + next
+	}
+	return len(list)
+}
+
+// redactServerURLs hides the user information of each URL of a split list.
+//
+// Every valid URL starts with its scheme, so a URL followed by pieces without
+// one (empty ones aside) was probably cut by a comma that is not where its
+// user information ends: a password holding "/", "?" or "#" before a comma, or
+// "@" after one. Which of its parts are password then cannot be told (a
+// password piece such as "1234" looks like a port), so everything after the
+// scheme is hidden, and so are the pieces that follow.
+func redactServerURLs(urls []string) []string {
+	out := slices.Clone(urls)
+	for head := 0; head < len(urls); {
+		next, followed := head+1, false
+		for ; next < len(urls) && !startsWithScheme(urls[next]); next++ {
+			if strings.TrimSpace(urls[next]) != "" {
+				followed = true
+				out[next] = "***"
+			}
+		}
+		if followed {
+			if i := strings.Index(urls[head], "://"); i >= 0 {
+				out[head] = urls[head][:i+len("://")] + "***"
+			} else if strings.TrimSpace(urls[head]) != "" {
+				out[head] = "***"
+			}
+		} else {
+			out[head] = redactServerURL(urls[head])
+		}
+		head = next
+	}
+	return out
+}
+
+// startsWithScheme reports whether u, blanks aside, starts with the scheme
+// of a NATS server URL and "://".
+func startsWithScheme(u string) bool {
+	scheme, _, found := strings.Cut(strings.TrimSpace(u), "://")
+	return found && slices.Contains(natsSchemes, strings.ToLower(scheme))
+}
+
+// redactServerURL hides the user information of one URL.
+func redactServerURL(u string) string {
+	scheme, rest := "", u
+	if i := strings.Index(u, "://"); i >= 0 {
+		scheme, rest = u[:i+len("://")], u[i+len("://"):]
+	}
+	// Hiding up to the last "@", past the authority too, hides a password
+	// holding "@" or "/" as well.
+	if at := strings.LastIndexByte(rest, '@'); at >= 0 {
+		return scheme + "***@" + rest[at+1:]
+	}
+	authority := rest
+	if end := strings.IndexAny(rest, "/?#"); end >= 0 {
+		authority = rest[:end]
+	}
+	if looksLikeUserInfo(authority) {
+		return scheme + "***" + rest[len(authority):]
+	}
+	return u
+}
+
+// looksLikeUserInfo reports whether an authority without "@" may be the
+// "user:password" of a URL rather than its host[:port]: something follows a
+// colon, and it is not a port number.
+func looksLikeUserInfo(authority string) bool {
+	if strings.HasPrefix(authority, "[") {
+		if end := strings.IndexByte(authority, ']'); end >= 0 {
+			port, bracketed := strings.CutPrefix(authority[end+1:], ":")
+			return authority[end+1:] != "" && (!bracketed || !isPort(port))
+		}
+	}
+	_, port, found := strings.Cut(authority, ":")
+	return found && !isPort(port)
+}
+
+func isPort(s string) bool {
+	return s != "" && strings.Trim(s, "0123456789") == ""
+}
+
+// escapeUserInfoCommas percent-encodes the commas in the user information of
+// a server URL that url.Parse accepts: nats.go splits the list it is given at
+// every comma, and decodes the user information of each URL.
+func escapeUserInfoCommas(u string) string {
+	i := strings.Index(u, "://")
 	if i < 0 {
-		return raw
+		return u
 	}
-	scheme := ""
-	if j := strings.Index(raw, "://"); j >= 0 && j < i {
-		scheme = raw[:j+3]
+	start := i + len("://")
+	authority := u[start:]
+	if end := strings.IndexAny(authority, "/?#"); end >= 0 {
+		authority = authority[:end]
 	}
-	return scheme + "***@" + raw[i+1:]
+	at := strings.LastIndexByte(authority, '@')
+	if at < 0 {
+		return u
+	}
+	return u[:start] + strings.ReplaceAll(authority[:at], ",", "%2C") + u[start+at:]
 }

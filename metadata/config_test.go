@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"reflect"
 	"slices"
@@ -940,9 +941,135 @@ func TestRedactURL(t *testing.T) {
 		"nats://host:4222/a@b":             "nats://***@b",
 		"wss://u:pw@host:443/path?x=1":     "wss://***@host:443/path?x=1",
 		"nats://u:pw@a:4222,nats://b:4222": "nats://***@a:4222,nats://b:4222",
+		"nats://[::1]:4222":                "nats://[::1]:4222",
+
+		// A comma in the user information does not end the URL.
+		"nats://alice:s3cr,et@host:4222":                "nats://***@host:4222",
+		"nats://alice:s3cr,et@a:4222, tls://b:4222":     "nats://***@a:4222, tls://b:4222",
+		"nats://a:4222,nats://alice:s,3,cr,et@b:4222/x": "nats://a:4222,nats://***@b:4222/x",
+		// Pieces of user information that a comma cut from their "@".
+		"nats://alice:s3cr":             "nats://***",
+		"nats://alice:s3cr,et":          "nats://***,***",
+		"nats://alice:s3cr,et,x/y@host": "nats://***,***,***",
+		"nats://u:x,#@0,0@h:4222":       "nats://***,***,***",
+		"nats://alice:s3cr,et/x":        "nats://***,***",
+		"alice:s3cr,et":                 "***,***",
+		"nats://[::1]:s3cr,et":          "nats://***,***",
+		"nats://alice:1234,5678#@h":     "nats://***,***",
+		"nats://a:4222,nats://u:1,2/@h": "nats://a:4222,nats://***,***",
+		// A URL without a scheme after another may be the rest of its
+		// password: neither is shown.
+		"nats://a:4222,b:4222": "nats://***,***",
+		"nats://a:4222,,":      "nats://a:4222,,",
+		"nats://u:p,://q@h":    "nats://***,***",
+		"nats://u:p, 1x://q@h": "nats://***,***",
+		"nats://u,A://p@h":     "nats://***,***",
+		"nats://a,NATS://b":    "nats://a,NATS://b",
 	}
 	for in, want := range cases {
 		assert.Equal(t, want, RedactURL(in), in)
+	}
+}
+
+// natsGoServers splits a URL list as nats.go's Connect does (see
+// processUrlString in nats.go): at every comma, whatever surrounds it.
+func natsGoServers(t *testing.T, list string) []*url.URL {
+	t.Helper()
+	var out []*url.URL
+	for _, s := range strings.Split(list, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		u, err := url.Parse(s)
+		require.NoError(t, err, "nats.go could not parse a server URL of the list")
+		out = append(out, u)
+	}
+	return out
+}
+
+func TestNatsURLCommaInUserInfo(t *testing.T) {
+	type server struct{ user, password, host string }
+	cases := []struct {
+		natsURL string
+		want    []server
+	}{
+		{"nats://alice:s3cr,et@host:4222", []server{{"alice", "s3cr,et", "host:4222"}}},
+		{"nats://alice:s3cr%2Cet@host:4222", []server{{"alice", "s3cr,et", "host:4222"}}},
+		{"nats://alice:,s3cr,,et,@host:4222", []server{{"alice", ",s3cr,,et,", "host:4222"}}},
+		{"nats://al,ice:s3cr,et@host:4222", []server{{"al,ice", "s3cr,et", "host:4222"}}},
+		{"nats://alice:s3cr,et@a:4222, tls://bob:x,y@b:4443,nats://c:4222,", []server{
+			{"alice", "s3cr,et", "a:4222"}, {"bob", "x,y", "b:4443"}, {"", "", "c:4222"},
+		}},
+		{"nats://a:4222,nats://alice:s3cr,et@b:4222", []server{{"", "", "a:4222"}, {"alice", "s3cr,et", "b:4222"}}},
+		{"nats://alice:s3cr,et@b:4222,nats://alice:s3cr,et@c:4222", []server{
+			{"alice", "s3cr,et", "b:4222"}, {"alice", "s3cr,et", "c:4222"},
+		}},
+		{"wss://alice:s3cr,et@host:443/nats", []server{{"alice", "s3cr,et", "host:443"}}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.natsURL, func(t *testing.T) {
+			cfg, err := Parse(map[string]string{"natsURL": tc.natsURL})
+			require.NoError(t, err)
+			servers := natsGoServers(t, cfg.Connection.URL)
+			require.Len(t, servers, len(tc.want), cfg.Connection.URL)
+			for i, w := range tc.want {
+				assert.Equal(t, w.host, servers[i].Host)
+				if w.user == "" {
+					assert.Nil(t, servers[i].User)
+					continue
+				}
+				require.NotNil(t, servers[i].User)
+				assert.Equal(t, w.user, servers[i].User.Username())
+				pw, ok := servers[i].User.Password()
+				assert.True(t, ok)
+				assert.Equal(t, w.password, pw)
+			}
+		})
+	}
+
+	t.Run("a token with a comma", func(t *testing.T) {
+		cfg := mustParse(t, map[string]string{"natsURL": "nats://to,ken@host:4222"})
+		servers := natsGoServers(t, cfg.Connection.URL)
+		require.Len(t, servers, 1)
+		assert.Equal(t, "to,ken", servers[0].User.Username())
+		_, hasPassword := servers[0].User.Password()
+		assert.False(t, hasPassword, "nats.go sends a user without a password as a token")
+	})
+	t.Run("a list without commas in user information is kept as given", func(t *testing.T) {
+		const list = "nats://u:p@a:4222, tls://b:4443,,nats://c:4222"
+		assert.Equal(t, list, mustParse(t, map[string]string{"natsURL": list}).Connection.URL)
+	})
+}
+
+// No part of the user information of natsURL is ever shown, even when a
+// comma cuts it off from its "@".
+func TestNatsURLUserInfoNeverShown(t *testing.T) {
+	for _, natsURL := range []string{
+		"nats://alice:s3cr,et/x@host:4222",
+		"nats://alice:s3cr,et",
+		"nats://alice:s3cr,et,x/y@host:4222",
+		"nats://alice:s3cr,et?x@host:4222",
+		"http://alice:s3cr,et@host:4222",
+		"nats://alice:s3cr,et@host:port",
+		"nats://alice:s3cr,et@",
+		"alice:s3cr,et@host:4222",
+		"nats://alice:s3cr et@host:4222",
+		"nats://alice:s3cr,e t@host:4222",
+		"nats://b:4222,nats://alice:s3cr,et/x@host:4222",
+	} {
+		t.Run(natsURL, func(t *testing.T) {
+			_, err := Parse(map[string]string{"natsURL": natsURL})
+			fe := requireFieldErr(t, err, "natsURL", "", "percent-encode")
+			texts := []string{err.Error(), fe.Value, RedactURL(natsURL)}
+			for _, l := range leaves(err) {
+				texts = append(texts, l.Error())
+			}
+			for _, text := range texts {
+				for _, secret := range []string{"alice", "s3cr", "et@", "et/", "et?", "e t"} {
+					assert.NotContains(t, text, secret)
+				}
+			}
+		})
 	}
 }
 

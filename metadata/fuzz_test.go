@@ -3,6 +3,7 @@ package metadata
 import (
 	"encoding/json"
 	"errors"
+	"net/url"
 	"reflect"
 	"strconv"
 	"strings"
@@ -142,6 +143,95 @@ func FuzzSanitizeName(f *testing.F) {
 		// Different single names never share a result.
 		if a != b && SanitizeName(a) == SanitizeName(b) {
 			t.Fatalf("SanitizeName(%q) == SanitizeName(%q) == %q", a, b, SanitizeName(a))
+		}
+	})
+}
+
+// userInfoSafe are the characters a user or password may hold as they are;
+// the others must be percent-encoded.
+const userInfoSafe = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;="
+
+// FuzzNatsURLUserInfo checks, for any user and password in a list of two
+// URLs, that nats.go is given exactly them, or that the error shows neither.
+func FuzzNatsURLUserInfo(f *testing.F) {
+	f.Add("alice", "s3cr,et")
+	f.Add("alice", ",,")
+	f.Add("to,ken", "p")
+	f.Add("alice", "s3cr%2Cet")
+	f.Add("alice", "s3cr,et/x")
+	f.Add("alice", "s3cr,et,x?y")
+	f.Add("al ice", "s3cr et")
+	f.Add("alice", "50%off")
+	f.Add("alice", "a@b,c")
+	f.Add("", "")
+
+	f.Fuzz(func(t *testing.T, user, password string) {
+		natsURL := func(user, password string) string {
+			return "nats://" + user + ":" + password + "@h1:4222, nats://" + user + ":" + password + "@h2:4222"
+		}
+		cfg, err := Parse(map[string]string{"natsURL": natsURL(user, password)})
+		if err != nil {
+			// A secret is only shown if the text comes from it: with other
+			// letters and digits in its place (the same punctuation, so the
+			// same mistakes) the text must be gone. The mask does not count.
+			shown := func(err error) string { return strings.ReplaceAll(err.Error(), "***", "\x00") }
+			other := func(s string) string {
+				return strings.Map(func(r rune) rune {
+					switch {
+					case r >= 'a' && r <= 'z':
+						return 'a' + (r-'a'+13)%26
+					case r >= 'A' && r <= 'Z':
+						return 'A' + (r-'A'+13)%26
+					case r >= '0' && r <= '9':
+						return '0' + (r-'0'+5)%10
+					}
+					return r
+				}, s)
+			}
+			// A "://" in them reads as the start of a next URL, which
+			// nothing can tell from one.
+			for _, secret := range []string{user, password} {
+				if len(secret) >= 4 && strings.Contains(shown(err), secret) && !strings.Contains(user+":"+password, "://") {
+					_, err2 := Parse(map[string]string{"natsURL": natsURL(other(user), other(password))})
+					if err2 == nil || !strings.Contains(shown(err2), secret) {
+						t.Fatalf("%q appears in the error: %v", secret, err)
+					}
+				}
+			}
+			if strings.Trim(user, userInfoSafe) == "" && strings.Trim(password, userInfoSafe) == "" {
+				t.Fatalf("user %q and password %q are refused: %v", user, password, err)
+			}
+			return
+		}
+		if strings.ContainsAny(user+password, "@/?#:") || strings.Contains(user, ":") {
+			return
+		}
+		wantUser, err := url.PathUnescape(user)
+		if err != nil {
+			t.Fatalf("user %q is not valid percent-encoding, yet accepted", user)
+		}
+		wantPassword, err := url.PathUnescape(password)
+		if err != nil {
+			t.Fatalf("password %q is not valid percent-encoding, yet accepted", password)
+		}
+		// As nats.go's Connect splits its URL argument.
+		var servers []*url.URL
+		for s := range strings.SplitSeq(cfg.Connection.URL, ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				u, err := url.Parse(s)
+				if err != nil {
+					t.Fatalf("nats.go cannot parse %q of %q", s, cfg.Connection.URL)
+				}
+				servers = append(servers, u)
+			}
+		}
+		if len(servers) != 2 || servers[0].Host != "h1:4222" || servers[1].Host != "h2:4222" {
+			t.Fatalf("nats.go would see %d servers in %q", len(servers), cfg.Connection.URL)
+		}
+		for _, s := range servers {
+			if got, _ := s.User.Password(); s.User.Username() != wantUser || got != wantPassword {
+				t.Fatalf("nats.go would send user %q password %q, not %q %q", s.User.Username(), got, wantUser, wantPassword)
+			}
 		}
 	})
 }

@@ -785,3 +785,53 @@ func TestShutdownIsBoundedWhenDaprdStopsReading(t *testing.T) {
 	}
 	assert.Len(t, seen, 20, "the unacknowledged messages did not go back to JetStream")
 }
+
+// With natsURL pointing where nothing listens, Init succeeds (the component
+// connects in the background) and publishing fails at once with Unavailable,
+// naming the URL, rather than after the caller's deadline.
+func TestPublishWithUnreachableNATSIsUnavailable(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	require.NoError(t, ln.Close())
+	url := "nats://" + addr
+
+	c := startComponent(t, "nats-jetstream")
+	conn, err := grpc.NewClient("unix://"+c.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close() })
+	cl := proto.NewPubSubClient(conn)
+	call := func() context.Context {
+		ctx, cancel := context.WithTimeout(grpcmd.AppendToOutgoingContext(context.Background(), InstanceHeader, "unreachable"), 20*time.Second)
+		t.Cleanup(cancel)
+		return ctx
+	}
+	_, err = cl.Init(call(), &proto.PubSubInitRequest{Metadata: &proto.MetadataRequest{Properties: props(url)}})
+	require.NoError(t, err, "Init does not wait for NATS")
+
+	start := time.Now()
+	_, err = cl.Publish(call(), &proto.PublishRequest{PubsubName: "pubsub", Topic: "TWITTERCLONE.tweets", Data: []byte("hi")})
+	took := time.Since(start)
+	t.Logf("Publish failed after %s: %v", took, err)
+	assert.Less(t, took, time.Second, "Publish waited instead of failing fast")
+	assert.Equal(t, codes.Unavailable, status.Code(err))
+	assert.Contains(t, status.Convert(err).Message(), "NATS at "+url)
+
+	start = time.Now()
+	_, err = cl.BulkPublish(call(), &proto.BulkPublishRequest{PubsubName: "pubsub", Topic: "TWITTERCLONE.tweets", Entries: []*proto.BulkMessageEntry{
+		{EntryId: "1", Event: []byte("one"), ContentType: "text/plain"},
+		{EntryId: "2", Event: []byte("two"), ContentType: "text/plain"},
+	}})
+	took = time.Since(start)
+	t.Logf("BulkPublish failed after %s: %v", took, err)
+	assert.Less(t, took, time.Second, "BulkPublish waited instead of failing fast")
+	assert.Equal(t, codes.Unavailable, status.Code(err))
+	assert.Contains(t, status.Convert(err).Message(), "NATS at "+url)
+	var failed int
+	for _, d := range status.Convert(err).Details() {
+		if r, ok := d.(*proto.BulkPublishResponse); ok {
+			failed = len(r.GetFailedEntries())
+		}
+	}
+	assert.Equal(t, 2, failed, "every entry is reported failed")
+}

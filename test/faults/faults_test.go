@@ -19,6 +19,7 @@ import (
 	contribmd "github.com/dapr/components-contrib/metadata"
 	"github.com/dapr/components-contrib/pubsub"
 	proto "github.com/dapr/dapr/pkg/proto/components/v1"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
@@ -519,29 +520,15 @@ func faultQuiesce(t *testing.T, url, topic string, within time.Duration) uint64 
 	_, js := procClient(t, url)
 	ctx, cancel := context.WithTimeout(context.Background(), within)
 	defer cancel()
-	name, err := js.StreamNameBySubject(ctx, topic)
-	if err != nil {
-		t.Errorf("find the stream of %s: %v", topic, err)
-		return 0
-	}
-	st, err := js.Stream(ctx, name)
-	if err != nil {
-		t.Errorf("stream %s: %v", name, err)
-		return 0
-	}
 	for {
-		busy := ""
-		lister := st.ListConsumers(ctx)
-		for ci := range lister.Info() {
-			if ci.NumPending > 0 || ci.NumAckPending > 0 {
-				busy = fmt.Sprintf("consumer %s: %d pending, %d unacknowledged", ci.Name, ci.NumPending, ci.NumAckPending)
-			}
-		}
-		if err := lister.Err(); err != nil {
-			busy = "listing consumers: " + err.Error()
-		}
+		// Each round asks again, with a short timeout: right after a
+		// cluster lost its meta leader, JetStream API requests go
+		// unanswered or get 503 until a new one is elected.
+		rctx, rcancel := context.WithTimeout(ctx, 2*time.Second)
+		stored, busy := faultSettled(rctx, js, topic)
+		rcancel()
 		if busy == "" {
-			break
+			return stored
 		}
 		select {
 		case <-ctx.Done():
@@ -550,12 +537,38 @@ func faultQuiesce(t *testing.T, url, topic string, within time.Duration) uint64 
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// faultSettled returns how many messages the stream that stores topic
+// holds, or why it is not settled yet: a consumer with messages pending or
+// unacknowledged, or a failed request.
+func faultSettled(ctx context.Context, js natsjs.JetStream, topic string) (uint64, string) {
+	name, err := js.StreamNameBySubject(ctx, topic)
+	if err != nil {
+		return 0, fmt.Sprintf("find the stream of %s: %v", topic, err)
+	}
+	st, err := js.Stream(ctx, name)
+	if err != nil {
+		return 0, fmt.Sprintf("stream %s: %v", name, err)
+	}
+	busy := ""
+	lister := st.ListConsumers(ctx)
+	for ci := range lister.Info() {
+		if ci.NumPending > 0 || ci.NumAckPending > 0 {
+			busy = fmt.Sprintf("consumer %s: %d pending, %d unacknowledged", ci.Name, ci.NumPending, ci.NumAckPending)
+		}
+	}
+	if err := lister.Err(); err != nil {
+		busy = "listing consumers: " + err.Error()
+	}
+	if busy != "" {
+		return 0, busy
+	}
 	info, err := st.Info(ctx)
 	if err != nil {
-		t.Errorf("stream %s: %v", name, err)
-		return 0
+		return 0, fmt.Sprintf("stream %s: %v", name, err)
 	}
-	return info.State.Msgs
+	return info.State.Msgs, ""
 }
 
 // TestFaultNATSDownAtStart initialises the component against a port nobody

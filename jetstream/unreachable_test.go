@@ -1,0 +1,254 @@
+package jetstream
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/dapr/components-contrib/pubsub"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
+)
+
+// failFast bounds a call that must not wait for NATS.
+const failFast = time.Second
+
+// unusedPort returns a loopback port nobody listens on (yet).
+func unusedPort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	port := l.Addr().(*net.TCPAddr).Port
+	require.NoError(t, l.Close())
+	return port
+}
+
+// notConnectedState matches the connection state a not-connected error names.
+var notConnectedState = regexp.MustCompile(`\b(CONNECTING|RECONNECTING|DISCONNECTED)\b`)
+
+// requireNotConnected checks an error of a call made while NATS is down.
+func requireNotConnected(t *testing.T, err error, shownURL, secret string) {
+	t.Helper()
+	require.Error(t, err)
+	assert.ErrorIs(t, err, ErrNotConnected)
+	assert.Equal(t, KindUnavailable, KindOf(err), "maps to gRPC Unavailable: %v", err)
+	assert.Contains(t, err.Error(), "NATS at "+shownURL)
+	assert.Regexp(t, notConnectedState, err.Error(), "the error names the connection state")
+	assert.Contains(t, err.Error(), "natsURL", "the error says what to check")
+	if secret != "" {
+		assert.NotContains(t, err.Error(), secret)
+	}
+}
+
+// With nothing listening at natsURL, Init succeeds (it connects in the
+// background) and publishing fails at once, saying why, until NATS is there.
+func TestPublishFailsFastWhileNATSUnreachable(t *testing.T) {
+	t.Parallel()
+	port := unusedPort(t)
+	const secret = "s3cret-pw"
+	url := fmt.Sprintf("nats://app:%s@127.0.0.1:%d", secret, port)
+	shown := fmt.Sprintf("nats://***@127.0.0.1:%d", port)
+	ps, buf := open(t, url, map[string]string{"reconnectWait": "100ms"})
+	t.Cleanup(func() { assert.NotContains(t, buf.String(), secret, "the log shows the password") })
+
+	publishOnce := func() (time.Duration, error) {
+		start := time.Now()
+		err := ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "TWITTERCLONE.tweets", Data: []byte("hi")})
+		return time.Since(start), err
+	}
+	took, err := publishOnce()
+	t.Logf("Publish failed after %s: %v", took, err)
+	assert.Less(t, took, failFast, "Publish waited for NATS instead of failing fast")
+	requireNotConnected(t, err, shown, secret)
+
+	// Once a retry was refused, the error says so.
+	var slowest time.Duration
+	require.Eventually(t, func() bool {
+		took, err := publishOnce()
+		slowest = max(slowest, took)
+		return err != nil && strings.Contains(err.Error(), "connection refused")
+	}, waitShort, tick, "the error never named the refused connection")
+	assert.Less(t, slowest, failFast)
+
+	// A batch fails as a whole, each entry with its own error; an invalid
+	// entry keeps its own reason.
+	req := &pubsub.BulkPublishRequest{Topic: "TWITTERCLONE.tweets", Entries: []pubsub.BulkMessageEntry{
+		{EntryId: "1", Event: []byte("one"), ContentType: "text/plain"},
+		{EntryId: "2", Event: []byte("two"), ContentType: "text/plain"},
+		{EntryId: "bad", Event: []byte("bad"), ContentType: "text/plain", Metadata: map[string]string{"bad key": "x"}},
+		{EntryId: "3", Event: []byte("three"), ContentType: "text/plain"},
+	}}
+	start := time.Now()
+	resp, err := ps.BulkPublish(ctx(t), req)
+	took = time.Since(start)
+	t.Logf("BulkPublish failed after %s: %v", took, err)
+	assert.Less(t, took, failFast, "BulkPublish waited for NATS instead of failing fast")
+	requireNotConnected(t, err, shown, secret)
+	require.Len(t, resp.FailedEntries, len(req.Entries), "every entry is reported failed")
+	for _, f := range resp.FailedEntries {
+		if f.EntryId == "bad" {
+			assert.Equal(t, KindInvalid, KindOf(f.Error), "entry %s: %v", f.EntryId, f.Error)
+			continue
+		}
+		requireNotConnected(t, f.Error, shown, secret)
+	}
+
+	// NATS comes up on that port: publishing works without anything else.
+	ns := natstest.Start(t, func(o *server.Options) { o.Port = port })
+	require.Eventually(t, func() bool {
+		c, cancel := context.WithTimeout(context.Background(), failFast)
+		defer cancel()
+		return ps.Publish(c, &pubsub.PublishRequest{Topic: "TWITTERCLONE.tweets", Data: []byte("hi")}) == nil
+	}, waitFor, tick, "Publish never succeeded once NATS was up")
+	resp, err = ps.BulkPublish(ctx(t), &pubsub.BulkPublishRequest{Topic: "TWITTERCLONE.tweets", Entries: req.Entries[:2]})
+	require.NoError(t, err)
+	assert.Empty(t, resp.FailedEntries)
+	_, js := natstest.Client(t, ns)
+	name, err := js.StreamNameBySubject(ctx(t), "TWITTERCLONE.tweets")
+	require.NoError(t, err)
+	assert.Equal(t, uint64(3), msgCount(t, js, name), "the first Publish that succeeded and the two entries")
+}
+
+// A publish that started while NATS was up and lost it on the way names the
+// lost connection too, rather than only a timeout.
+func TestPublishAfterNATSWentAwayFailsFast(t *testing.T) {
+	t.Parallel()
+	ns, _ := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"reconnectWait": "100ms"})
+	publish(t, ps, "gone", "before", nil)
+
+	natstest.Stop(ns)
+	require.Eventually(t, func() bool { return !ps.conn().IsConnected() }, waitShort, tick)
+	start := time.Now()
+	err := ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "gone", Data: []byte("after")})
+	took := time.Since(start)
+	t.Logf("Publish failed after %s: %v", took, err)
+	assert.Less(t, took, failFast)
+	requireNotConnected(t, err, ns.ClientURL(), "")
+	assert.Contains(t, err.Error(), "lost", "the error says the connection was lost, not never made")
+}
+
+// countLines counts the log lines that contain s.
+func countLines(buf *logBuffer, s string) int {
+	n := 0
+	for line := range strings.Lines(buf.String()) {
+		if strings.Contains(line, s) {
+			n++
+		}
+	}
+	return n
+}
+
+// The log keeps saying that NATS is unreachable, at a bounded rate, and says
+// once that the connection came up; then the warnings stop. Not parallel:
+// it shortens unreachableWarnEvery for the instance it creates.
+func TestUnreachableWarningRepeats(t *testing.T) {
+	const every = 150 * time.Millisecond
+	old := unreachableWarnEvery
+	unreachableWarnEvery = every
+	t.Cleanup(func() { unreachableWarnEvery = old })
+
+	port := unusedPort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	started := time.Now()
+	ps, buf := open(t, url, map[string]string{"reconnectWait": "50ms"})
+	const still = "is still not reachable"
+	require.Eventually(t, func() bool { return countLines(buf, still) >= 3 }, waitShort, tick,
+		"the warning was not repeated")
+	warned := countLines(buf, still)
+	elapsed := time.Since(started)
+	assert.LessOrEqual(t, warned, int(elapsed/every)+1, "more than one warning per %s", every)
+	log := buf.String()
+	assert.Contains(t, log, "NATS at "+url+" "+still)
+	assert.Regexp(t, `after \d+(\.\d+)?m?s`, log, "the warning says how long NATS has been unreachable")
+	assert.Regexp(t, `\d+ connection attempts failed`, log, "the warning counts the failed attempts")
+	assert.Contains(t, log, "connection refused", "the warning gives the last error")
+	assert.Contains(t, log, "natsURL", "the warning says what to check")
+
+	// NATS comes up: one info line, then no more warnings.
+	ns := natstest.Start(t, func(o *server.Options) { o.Port = port })
+	require.Eventually(t, func() bool { return countLines(buf, "connected to NATS at "+url) >= 1 }, waitFor, tick,
+		"the connection was not logged")
+	warned = countLines(buf, still)
+	require.Never(t, func() bool { return countLines(buf, still) > warned }, 5*every, tick,
+		"the warning went on after NATS was connected")
+	assert.Equal(t, 1, countLines(buf, "connected to NATS at "+url), "the connection is logged once")
+	require.NoError(t, ps.Ping(ctx(t)))
+
+	// The connection is lost: the warnings come back, and stop again with
+	// one line once it is back.
+	natstest.Stop(ns)
+	require.Eventually(t, func() bool { return countLines(buf, still) >= warned+2 }, waitShort, tick,
+		"the warning was not repeated after the connection was lost")
+	assert.Regexp(t, `connection lost \d+(\.\d+)?m?s ago`, buf.String())
+	natstest.Start(t, func(o *server.Options) { o.Port = port })
+	require.Eventually(t, func() bool { return countLines(buf, "reconnected to NATS at "+url) == 1 }, waitFor, tick,
+		"the reconnection was not logged")
+	warned = countLines(buf, still)
+	require.Never(t, func() bool { return countLines(buf, still) > warned }, 5*every, tick,
+		"the warning went on after NATS was reconnected")
+	assert.Equal(t, 1, countLines(buf, "reconnected to NATS at "+url))
+}
+
+// hangUp accepts connections on a loopback port and closes each at once, as
+// a service that is not nats-server might; it returns the port and the
+// number of connections so far.
+func hangUp(t *testing.T) (int, func() int) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var n atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			n.Add(1)
+			_ = c.Close()
+		}
+	}()
+	t.Cleanup(func() { _ = l.Close(); <-done })
+	return l.Addr().(*net.TCPAddr).Port, func() int { return int(n.Load()) }
+}
+
+var failedAttempts = regexp.MustCompile(`(\d+) connection attempts? failed`)
+
+// When something answers at natsURL but is not NATS, every attempt fails in
+// the handshake, which nats.go reports to no handler: the warning repeats all
+// the same, and counts those attempts.
+func TestUnreachableWarningWhenHandshakeFails(t *testing.T) {
+	const every = 150 * time.Millisecond
+	old := unreachableWarnEvery
+	unreachableWarnEvery = every
+	t.Cleanup(func() { unreachableWarnEvery = old })
+
+	port, accepted := hangUp(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	ps, buf := open(t, url, map[string]string{"reconnectWait": "50ms"})
+	const still = "is still not reachable"
+	require.Eventually(t, func() bool { return countLines(buf, still) >= 3 }, waitShort, tick,
+		"the warning was not repeated")
+
+	start := time.Now()
+	err := ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "orders", Data: []byte("x")})
+	assert.Less(t, time.Since(start), failFast)
+	requireNotConnected(t, err, url, "")
+	m := failedAttempts.FindStringSubmatch(err.Error())
+	require.NotNil(t, m, "the error counts the failed attempts: %v", err)
+	counted, _ := strconv.Atoi(m[1])
+	// One attempt may be under way on either side of the count.
+	n := accepted()
+	assert.InDelta(t, n, counted, 2, "%d connections were refused in the handshake, the error counts %d", n, counted)
+}
