@@ -98,6 +98,22 @@ func (h *handoverDesk) unregister(p *PubSub) {
 	}
 }
 
+// waitsOnlyOn reports whether messages wait for a consumer on p's account
+// and p is the only instance that can keep them.
+func (h *handoverDesk) waitsOnlyOn(p *PubSub) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.keepers[p.connKey]) > 1 {
+		return false
+	}
+	for k := range h.waiting {
+		if k.conn == p.connKey {
+			return true
+		}
+	}
+	return false
+}
+
 // leave hands ds, taken from an ended subscription, to the desk.
 func (h *handoverDesk) leave(k handoverKey, ds []*Delivery, ackWait time.Duration, ackNone bool, p *PubSub) {
 	now := time.Now()

@@ -383,20 +383,63 @@ func (p *PubSub) subscriptionsLocked() []*subscription {
 // Close stops every subscription (messages not yet acknowledged go back to
 // JetStream), drains the connection and returns when everything has stopped.
 func (p *PubSub) Close() error {
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
+	nc, ok := p.beginClose()
+	if !ok {
 		return nil
+	}
+	p.wg.Wait()
+	return p.endClose(nc)
+}
+
+// Retire closes p as Close does, for an instance whose daprd has gone. What
+// its ended subscriptions left for the next subscription of their consumers
+// keeps waiting, kept alive by p, until another instance on the same NATS
+// account can keep it (the daprd came back and initialised its Component
+// again), nothing waits any more, handoverTimeout has passed, or stop
+// closes. Close would give it back to JetStream at once when p is the last
+// instance on its account, as at shutdown, using up a delivery of messages
+// the app never saw.
+func (p *PubSub) Retire(stop <-chan struct{}) error {
+	nc, ok := p.beginClose()
+	if !ok {
+		return nil
+	}
+	p.wg.Wait()
+	deadline := time.NewTimer(handoverTimeout + handoverTick)
+	defer deadline.Stop()
+	poll := time.NewTicker(100 * time.Millisecond)
+	defer poll.Stop()
+	for desk.waitsOnlyOn(p) {
+		select {
+		case <-stop:
+			return p.endClose(nc)
+		case <-deadline.C:
+			return p.endClose(nc)
+		case <-poll.C:
+		}
+	}
+	return p.endClose(nc)
+}
+
+// beginClose marks p closed and stops its subscriptions; false when p was
+// closed already.
+func (p *PubSub) beginClose() (*nats.Conn, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, false
 	}
 	p.closed = true
 	close(p.closing)
 	for s := range p.subs {
 		s.stop()
 	}
-	nc := p.nc
-	p.mu.Unlock()
+	return p.nc, true
+}
 
-	p.wg.Wait()
+// endClose leaves the handover desk and drains the connection, once the
+// subscriptions have ended.
+func (p *PubSub) endClose(nc *nats.Conn) error {
 	if nc == nil {
 		return nil
 	}

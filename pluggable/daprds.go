@@ -1,6 +1,7 @@
 package pluggable
 
 import (
+	"sync"
 	"time"
 
 	"github.com/dapr-nats/jetstream-pubsub/jetstream"
@@ -98,13 +99,20 @@ func (s *Server) takeInstancesLocked(pid int) map[instanceKey]*jetstream.PubSub 
 }
 
 // closeInstances closes the instances of a daprd that exited. Their
-// subscriptions ended with its connections, giving back what its app had not
-// acknowledged; closing drains the NATS connection.
+// subscriptions ended with its connections; what its app had not
+// acknowledged waits for the next subscription of the same consumer, as when
+// a daprd restarts, which is why they retire rather than close.
 func (s *Server) closeInstances(instances map[instanceKey]*jetstream.PubSub) {
+	var wg sync.WaitGroup
 	for k, ps := range instances {
-		s.log.Infof("component %s: the daprd exited; closing its instance", k)
-		if err := ps.Close(); err != nil {
-			s.log.Warnf("component %s: closing: %v", k, err)
-		}
+		s.log.Infof("component %s: the daprd exited; closing its instance once what its subscriptions held has a new home", k)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := ps.Retire(s.stop); err != nil {
+				s.log.Warnf("component %s: closing: %v", k, err)
+			}
+		}()
 	}
+	wg.Wait()
 }
