@@ -61,7 +61,20 @@ func (p *PubSub) Publish(ctx context.Context, req *pubsub.PublishRequest) error 
 			streams.forget(req.Topic)
 			continue
 		}
+		err = explainExpectation(err, req.Topic, req.Metadata, storedIn(ctx, streams, req.Topic))
 		return classify("publish to", req.Topic, p.whileDown(err))
+	}
+}
+
+// storedIn returns a function naming the stream that stores topic, for
+// error messages.
+func storedIn(ctx context.Context, s *streams, topic string) func() string {
+	return func() string {
+		name, err := s.ensure(ctx, topic)
+		if err != nil {
+			return "unknown"
+		}
+		return name
 	}
 }
 
@@ -116,16 +129,7 @@ func (p *PubSub) BulkPublish(ctx context.Context, req *pubsub.BulkPublishRequest
 	failed := make([]error, len(req.Entries))
 	var withTTL bool
 	for i, e := range req.Entries {
-		md := req.Metadata
-		if len(e.Metadata) > 0 {
-			md = make(map[string]string, len(req.Metadata)+len(e.Metadata))
-			for k, v := range req.Metadata {
-				md[k] = v
-			}
-			for k, v := range e.Metadata {
-				md[k] = v
-			}
-		}
+		md := entryMetadata(req, i)
 		msg, ttl, err := p.newMsg(req.Topic, e.Event, md, e.ContentType)
 		if err != nil {
 			failed[i] = invalid("publish to", req.Topic, fmt.Errorf("entry %q: %w", e.EntryId, err))
@@ -196,6 +200,7 @@ func (p *PubSub) BulkPublish(ctx context.Context, req *pubsub.BulkPublishRequest
 				}
 				err = withDown(err, down)
 			}
+			err = explainExpectation(err, req.Topic, entryMetadata(req, i), storedIn(ctx, streams, req.Topic))
 			resp.FailedEntries = append(resp.FailedEntries, pubsub.BulkPublishResponseFailedEntry{
 				EntryId: req.Entries[i].EntryId,
 				Error:   classify("publish to", req.Topic, err),
@@ -206,6 +211,22 @@ func (p *PubSub) BulkPublish(ctx context.Context, req *pubsub.BulkPublishRequest
 		return resp, fmt.Errorf("bulk publish to topic %q: %d of %d entries failed; first: %w", req.Topic, n, len(req.Entries), resp.FailedEntries[0].Error)
 	}
 	return resp, nil
+}
+
+// entryMetadata is the request's metadata with entry i's own on top.
+func entryMetadata(req *pubsub.BulkPublishRequest, i int) map[string]string {
+	e := req.Entries[i]
+	if len(e.Metadata) == 0 {
+		return req.Metadata
+	}
+	md := make(map[string]string, len(req.Metadata)+len(e.Metadata))
+	for k, v := range req.Metadata {
+		md[k] = v
+	}
+	for k, v := range e.Metadata {
+		md[k] = v
+	}
+	return md
 }
 
 // prepare makes sure a stream stores topic and, if needed, accepts TTLs.
@@ -246,6 +267,12 @@ func (p *PubSub) newMsg(topic string, data []byte, md map[string]string, content
 	}
 	msg := &nats.Msg{Subject: topic, Data: data, Header: make(nats.Header, len(md)+2)}
 	for k, v := range md {
+		if key := expectationKey(k); key != "" {
+			if err := setExpectation(msg, topic, key, v); err != nil {
+				return nil, false, err
+			}
+			continue
+		}
 		if reservedKey(k) {
 			continue
 		}

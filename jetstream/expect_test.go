@@ -1,0 +1,96 @@
+package jetstream
+
+import (
+	"testing"
+
+	"github.com/dapr/components-contrib/pubsub"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// Optimistic concurrency: the expected* publish metadata become JetStream's
+// Nats-Expected-* checks. A mismatch is a rejection (not retried) whose error
+// names the key, what was expected and what the stream holds; the message is
+// not stored.
+func TestPublishExpectations(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "streamName": "LEDGER", "streamSubjects": "ledger.>"})
+	pub := func(topic, data string, md map[string]string) error {
+		return ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: topic, Data: []byte(data), Metadata: md})
+	}
+	rejected := func(t *testing.T, err error, contains ...string) {
+		t.Helper()
+		require.Error(t, err)
+		t.Log(err)
+		assert.Equal(t, KindRejected, KindOf(err), "a failed expectation is not worth retrying: %v", err)
+		for _, s := range contains {
+			assert.Contains(t, err.Error(), s)
+		}
+	}
+
+	// The first event of an account: nothing on its subject yet.
+	require.NoError(t, pub("ledger.acct1", "opened", map[string]string{"expectedLastSubjectSequence": "0"}))
+	rejected(t, pub("ledger.acct1", "opened again", map[string]string{"expectedLastSubjectSequence": "0"}),
+		"expectedLastSubjectSequence", `"0"`, "1")
+	// Appending after what was read.
+	require.NoError(t, pub("ledger.acct2", "opened", nil))
+	require.NoError(t, pub("ledger.acct1", "deposit", map[string]string{"expectedLastSubjectSequence": "1"}))
+	rejected(t, pub("ledger.acct1", "stale deposit", map[string]string{"expectedLastSubjectSequence": "1"}),
+		"expectedLastSubjectSequence", "3")
+	require.NoError(t, pub("ledger.acct1", "withdraw", map[string]string{"expectedLastSequence": "3"}))
+	rejected(t, pub("ledger.acct2", "stale", map[string]string{"expectedLastSequence": "3"}),
+		"expectedLastSequence", `"3"`, "4")
+	// The last message id, as the msgId it was published with.
+	require.NoError(t, pub("ledger.acct1", "fee", map[string]string{"msgId": "fee-1", "expectedLastSequence": "4"}))
+	require.NoError(t, pub("ledger.acct1", "fee 2", map[string]string{"msgId": "fee-2", "expectedLastMsgId": "fee-1"}))
+	rejected(t, pub("ledger.acct1", "fee 3", map[string]string{"msgId": "fee-3", "expectedLastMsgId": "fee-1"}),
+		"expectedLastMsgId", `"fee-1"`, "fee-2")
+	require.NoError(t, pub("ledger.acct1", "fee 3", map[string]string{"expectedStream": "LEDGER"}))
+	rejected(t, pub("ledger.acct1", "elsewhere", map[string]string{"expectedStream": "ORDERS"}),
+		"expectedStream", `"ORDERS"`, "LEDGER")
+
+	// Only the successful publishes were stored, and the keys never became
+	// headers of their own.
+	assert.Equal(t, uint64(7), msgCount(t, js, "LEDGER"))
+	st, err := js.Stream(ctx(t), "LEDGER")
+	require.NoError(t, err)
+	for seq := uint64(1); seq <= 7; seq++ {
+		m, err := st.GetMsg(ctx(t), seq)
+		require.NoError(t, err)
+		for k := range m.Header {
+			assert.NotContains(t, []string{"expectedLastSequence", "expectedLastSubjectSequence", "expectedLastMsgId", "expectedStream"}, k)
+		}
+	}
+	last, err := st.GetMsg(ctx(t), 6)
+	require.NoError(t, err)
+	assert.Equal(t, "ledger.acct1:fee-2", last.Header.Get(jetstream.MsgIDHeader))
+}
+
+func TestPublishExpectationBadValues(t *testing.T) {
+	t.Parallel()
+	ns, _ := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app"})
+	for key, value := range map[string]string{
+		"expectedLastSequence":        "-1",
+		"expectedLastSubjectSequence": "three",
+		"expectedLastMsgId":           "",
+		"expectedStream":              "ORDERS.*",
+	} {
+		err := ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "orders", Data: []byte("x"), Metadata: map[string]string{key: value}})
+		require.Error(t, err, key)
+		assert.Equal(t, KindInvalid, KindOf(err), "%s = %q: %v", key, value, err)
+		assert.Contains(t, err.Error(), key)
+		assert.Contains(t, err.Error(), `"`+value+`"`)
+	}
+	// Bulk entries carry their own expectations and fail one by one.
+	resp, err := ps.BulkPublish(ctx(t), &pubsub.BulkPublishRequest{Topic: "orders", Entries: []pubsub.BulkMessageEntry{
+		{EntryId: "a", Event: []byte("a"), ContentType: "text/plain", Metadata: map[string]string{"expectedLastSubjectSequence": "0"}},
+		{EntryId: "b", Event: []byte("b"), ContentType: "text/plain", Metadata: map[string]string{"expectedLastSequence": "x"}},
+	}})
+	require.Error(t, err)
+	require.Len(t, resp.FailedEntries, 1)
+	assert.Equal(t, "b", resp.FailedEntries[0].EntryId)
+	assert.Contains(t, resp.FailedEntries[0].Error.Error(), "expectedLastSequence")
+}
