@@ -1,9 +1,7 @@
 package jetstream
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -284,7 +282,11 @@ func (p *PubSub) newMsg(topic string, data []byte, md map[string]string, content
 	if contentType != "" {
 		msg.Header.Set(HeaderContentType, contentType)
 	}
-	if id := msgID(data, md); id != "" {
+	ce, isCE := readCloudEvent(data)
+	if isCE {
+		setTraceContext(msg, ce, md)
+	}
+	if id := msgID(ce, isCE, md); id != "" {
 		// Scoped to the topic, the id also keeps apart a dead letter from its
 		// original in the same stream: daprd publishes a failed message to
 		// its dead-letter topic with the delivery's data and metadata, so
@@ -343,29 +345,28 @@ func validHeader(k, v string) error {
 	return nil
 }
 
-// msgID picks the de-duplication id: msgId metadata, else the id of a
-// CloudEvent payload, else Dapr's cloudevent.id metadata. Payloads that are
-// not valid CloudEvent JSON get no id from their content.
-func msgID(data []byte, md map[string]string) string {
-	if id := md[MetadataMsgID]; id != "" {
-		return id
+// Trace context headers, named as W3C Trace Context names them.
+const (
+	HeaderTraceParent = "traceparent"
+	HeaderTraceState  = "tracestate"
+)
+
+// setTraceContext copies a CloudEvent's trace context into the NATS headers
+// traceparent and tracestate, unless the publish metadata set a traceparent
+// of its own (which is copied as a header like any other key).
+func setTraceContext(msg *nats.Msg, ce cloudEvent, md map[string]string) {
+	if ce.TraceParent == "" {
+		return
 	}
-	if trimmed := bytes.TrimLeft(data, " \t\r\n"); len(trimmed) > 0 && trimmed[0] == '{' {
-		if id, ok := fastCloudEventID(data); ok {
-			if id != "" {
-				return id
-			}
-			return md[MetadataCloudEventID]
-		}
-		var ce struct {
-			ID          string `json:"id"`
-			SpecVersion string `json:"specversion"`
-		}
-		if json.Unmarshal(data, &ce) == nil && ce.SpecVersion != "" && ce.ID != "" {
-			return ce.ID
+	for k := range md {
+		if strings.EqualFold(k, HeaderTraceParent) {
+			return
 		}
 	}
-	return md[MetadataCloudEventID]
+	msg.Header[HeaderTraceParent] = []string{ce.TraceParent}
+	if ce.TraceState != "" {
+		msg.Header[HeaderTraceState] = []string{ce.TraceState}
+	}
 }
 
 // scopedMsgID is the Nats-Msg-Id of a message published to topic with the
@@ -388,113 +389,4 @@ func unscopedMsgID(subject, header string) string {
 		return header[n+1:]
 	}
 	return header
-}
-
-// fastCloudEventID returns what msgID's json.Unmarshal would find, without
-// decoding the payload: the document must be valid JSON (json.Valid), then
-// only the top-level keys are scanned; "id" and "specversion" are matched as
-// encoding/json does (case-insensitively, the last one wins). Anything
-// unusual (escapes, non-ASCII or non-string values) returns ok == false,
-// and the caller falls back to json.Unmarshal.
-func fastCloudEventID(data []byte) (id string, ok bool) {
-	if !json.Valid(data) {
-		return "", true // json.Unmarshal would fail: no id from the content
-	}
-	i := skipWS(data, 0)
-	if i >= len(data) || data[i] != '{' {
-		return "", false
-	}
-	i++
-	var gotID, gotSpec []byte
-	for {
-		i = skipWS(data, i)
-		if data[i] == '}' {
-			break
-		}
-		key, j, ok := plainString(data, i)
-		if !ok {
-			return "", false
-		}
-		i = skipWS(data, j)
-		i = skipWS(data, i+1) // ':'
-		isID, isSpec := strings.EqualFold(string(key), "id"), strings.EqualFold(string(key), "specversion")
-		if isID || isSpec {
-			v, j, ok := plainString(data, i)
-			if !ok {
-				return "", false
-			}
-			if isID {
-				gotID = v
-			} else {
-				gotSpec = v
-			}
-			i = j
-		} else {
-			i = skipValue(data, i)
-		}
-		i = skipWS(data, i)
-		if data[i] == ',' {
-			i++
-		}
-	}
-	if len(gotSpec) == 0 || len(gotID) == 0 {
-		return "", true
-	}
-	return string(gotID), true
-}
-
-func skipWS(b []byte, i int) int {
-	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\r' || b[i] == '\n') {
-		i++
-	}
-	return i
-}
-
-// plainString reads a JSON string at b[i] with no escapes and only ASCII.
-func plainString(b []byte, i int) ([]byte, int, bool) {
-	if b[i] != '"' {
-		return nil, i, false
-	}
-	for j := i + 1; j < len(b); j++ {
-		switch c := b[j]; {
-		case c == '"':
-			return b[i+1 : j], j + 1, true
-		case c == '\\' || c >= 0x80:
-			return nil, i, false
-		}
-	}
-	return nil, i, false
-}
-
-// skipValue skips one value of a document already known to be valid.
-func skipValue(b []byte, i int) int {
-	depth := 0
-	for ; i < len(b); i++ {
-		switch b[i] {
-		case '"':
-			for i++; b[i] != '"'; i++ {
-				if b[i] == '\\' {
-					i++
-				}
-			}
-			if depth == 0 {
-				return i + 1
-			}
-		case '{', '[':
-			depth++
-		case '}', ']':
-			if depth == 0 {
-				return i
-			}
-			depth--
-			if depth == 0 {
-				return i + 1
-			}
-		case ',':
-			if depth == 0 {
-				return i
-			}
-		}
-	}
-	return i
 }

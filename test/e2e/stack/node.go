@@ -454,6 +454,8 @@ type Record struct {
 	BatchSize int             `json:"batchSize"`
 	Time      time.Time       `json:"time"`
 	Status    string          `json:"status"`
+	// TraceParent is the traceparent header daprd sent with the event.
+	TraceParent string `json:"traceparent"`
 }
 
 // TweetData is the data of the app's events.

@@ -77,6 +77,8 @@ type Record struct {
 	BatchSize int       `json:"batchSize,omitempty"`
 	Time      time.Time `json:"time"`
 	Status    string    `json:"status"`
+	// TraceParent is the W3C traceparent header daprd sent with the event.
+	TraceParent string `json:"traceparent,omitempty"`
 }
 
 type app struct {
@@ -330,7 +332,8 @@ func (a *app) event(topic string, raw bool) http.HandlerFunc {
 		// The record's topic is the subscription's: a dead letter keeps the
 		// CloudEvent of the original, whose topic field names the original topic.
 		data, isRaw := ce.payload()
-		rec := a.record(Record{Route: r.URL.Path, Topic: topic, ID: ce.ID, Data: data, Event: body, Raw: raw && isRaw})
+		rec := a.record(Record{Route: r.URL.Path, Topic: topic, ID: ce.ID, Data: data, Event: body, Raw: raw && isRaw,
+			TraceParent: r.Header.Get("traceparent")})
 		log.Printf("received %s id=%s attempt=%d data=%s -> %s", topic, ce.ID, rec.Attempt, data, rec.Status)
 		a.wait(r.Context())
 		if rec.Status == "HTTP500" {
