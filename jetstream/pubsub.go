@@ -288,6 +288,9 @@ func (p *PubSub) Ping(ctx context.Context) error {
 	case nc == nil:
 		return ErrNotInitialized
 	case !nc.IsConnected():
+		if err := p.notConnected(); err != nil {
+			return err
+		}
 		return fmt.Errorf("NATS is not connected (%s)", nc.Status())
 	}
 	if _, ok := ctx.Deadline(); !ok {

@@ -69,6 +69,8 @@ func TestPublishFailsFastWhileNATSUnreachable(t *testing.T) {
 	t.Logf("Publish failed after %s: %v", took, err)
 	assert.Less(t, took, failFast, "Publish waited for NATS instead of failing fast")
 	requireNotConnected(t, err, shown, secret)
+	// Ping says the same, for probes.
+	requireNotConnected(t, ps.Ping(ctx(t)), shown, secret)
 
 	// Once a retry was refused, the error says so.
 	var slowest time.Duration
