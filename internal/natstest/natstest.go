@@ -38,6 +38,7 @@ func Run(t testing.TB, o *server.Options) *server.Server {
 	if err != nil {
 		t.Fatalf("nats-server: %v", err)
 	}
+	ns.SetLogger(attachServerLog(t), false, false)
 	go ns.Start()
 	if !ns.ReadyForConnections(10 * time.Second) {
 		t.Fatal("nats-server did not start within 10s")
