@@ -34,11 +34,18 @@ var (
 	ErrClosed = errors.New("jetstream pubsub: closed")
 	// ErrAlreadySettled is returned when a delivery is acked or nacked twice.
 	ErrAlreadySettled = errors.New("jetstream pubsub: message already acknowledged")
+	// ErrInvalidRequest is wrapped when a publish or subscribe request
+	// itself is wrong: its topic, metadata or size.
+	ErrInvalidRequest = errors.New("invalid request")
 	// ErrNoStream is wrapped when no stream covers a topic and auto-provisioning is off.
 	ErrNoStream = errors.New("no stream covers the topic")
 	// ErrTTLNotAllowed is wrapped when a message has a TTL but its stream does
 	// not allow per-message TTLs and auto-provisioning is off.
 	ErrTTLNotAllowed = errors.New("per-message TTL not allowed")
+	// ErrSchedulesNotAllowed is wrapped when a publish is delayed but its
+	// stream cannot hold the schedule: it does not allow message schedules
+	// while auto-provisioning is off, or it has interest retention.
+	ErrSchedulesNotAllowed = errors.New("message schedules not allowed")
 	// ErrNotConnected is wrapped by calls that fail because the connection
 	// to NATS is down: not made yet, or lost and being made again.
 	ErrNotConnected = errors.New("NATS is not connected")
@@ -68,7 +75,7 @@ func KindOf(err error) Kind {
 	if errors.As(err, &e) {
 		return e.Kind
 	}
-	if errors.Is(err, metadata.ErrInvalid) {
+	if errors.Is(err, metadata.ErrInvalid) || errors.Is(err, ErrInvalidRequest) {
 		return KindInvalid
 	}
 	return KindUnavailable
@@ -98,9 +105,10 @@ func classifyKind(err error) Kind {
 	var apiErr *jetstream.APIError
 	switch {
 	case errors.Is(err, nats.ErrMaxPayload), errors.Is(err, nats.ErrBadSubject),
-		errors.Is(err, jetstream.ErrStreamMessageExceedsMaximum), errors.Is(err, metadata.ErrInvalid):
+		errors.Is(err, jetstream.ErrStreamMessageExceedsMaximum), errors.Is(err, metadata.ErrInvalid),
+		errors.Is(err, ErrInvalidRequest):
 		return KindInvalid
-	case errors.Is(err, ErrNoStream), errors.Is(err, ErrTTLNotAllowed):
+	case errors.Is(err, ErrNoStream), errors.Is(err, ErrTTLNotAllowed), errors.Is(err, ErrSchedulesNotAllowed):
 		return KindRejected
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		return KindUnavailable

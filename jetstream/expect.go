@@ -48,7 +48,7 @@ func expectationKey(k string) string {
 // setExpectation checks one expected* value and sets its header on msg.
 func setExpectation(msg *nats.Msg, topic, key, value string) error {
 	bad := func(accepted string) error {
-		return fmt.Errorf("%w: metadata %s = %q: %s", metadata.ErrInvalid, key, value, accepted)
+		return fmt.Errorf("%w: metadata %s = %q: %s", ErrInvalidRequest, key, value, accepted)
 	}
 	switch key {
 	case MetadataExpectedLastSequence, MetadataExpectedLastSubjectSequence:

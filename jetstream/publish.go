@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -40,7 +41,7 @@ func (p *PubSub) Publish(ctx context.Context, req *pubsub.PublishRequest) error 
 	if req.ContentType != nil {
 		contentType = *req.ContentType
 	}
-	msg, ttl, err := p.newMsg(req.Topic, req.Data, req.Metadata, contentType)
+	msg, need, err := p.newMsg(req.Topic, req.Data, req.Metadata, contentType)
 	if err != nil {
 		return invalid("publish to", req.Topic, err)
 	}
@@ -48,8 +49,12 @@ func (p *PubSub) Publish(ctx context.Context, req *pubsub.PublishRequest) error 
 		return classify("publish to", req.Topic, err)
 	}
 	for retried := false; ; retried = true {
-		if err := prepare(ctx, streams, req.Topic, ttl); err != nil {
+		stream, err := prepare(ctx, streams, req.Topic, need)
+		if err != nil {
 			return classify("publish to", req.Topic, p.whileDown(err))
+		}
+		if need.schedule {
+			routeSchedule(msg, stream)
 		}
 		f, err := js.PublishMsgAsync(msg)
 		if err == nil {
@@ -125,16 +130,16 @@ func (p *PubSub) BulkPublish(ctx context.Context, req *pubsub.BulkPublishRequest
 	}
 	msgs := make([]*nats.Msg, len(req.Entries))
 	failed := make([]error, len(req.Entries))
-	var withTTL bool
+	var need needs
 	for i, e := range req.Entries {
 		md := entryMetadata(req, i)
-		msg, ttl, err := p.newMsg(req.Topic, e.Event, md, e.ContentType)
+		msg, n, err := p.newMsg(req.Topic, e.Event, md, e.ContentType)
 		if err != nil {
 			failed[i] = invalid("publish to", req.Topic, fmt.Errorf("entry %q: %w", e.EntryId, err))
 			continue
 		}
 		msgs[i] = msg
-		withTTL = withTTL || ttl
+		need = need.and(n)
 	}
 	pending := make([]int, 0, len(msgs))
 	for i, m := range msgs {
@@ -155,8 +160,9 @@ func (p *PubSub) BulkPublish(ctx context.Context, req *pubsub.BulkPublishRequest
 	}
 	// With no valid entry (an invalid topic, say) there is no stream to look
 	// up, and each entry keeps its own error.
+	var stream string
 	if len(pending) > 0 {
-		if err := prepare(ctx, streams, req.Topic, withTTL); err != nil {
+		if stream, err = prepare(ctx, streams, req.Topic, need); err != nil {
 			err = classify("bulk publish to", req.Topic, p.whileDown(err))
 			return pubsub.NewBulkPublishResponse(req.Entries, err), err
 		}
@@ -165,6 +171,9 @@ func (p *PubSub) BulkPublish(ctx context.Context, req *pubsub.BulkPublishRequest
 	send := func(idx []int) []int {
 		futures := make([]jetstream.PubAckFuture, len(req.Entries))
 		for _, i := range idx {
+			if isSchedule(msgs[i]) {
+				routeSchedule(msgs[i], stream)
+			}
 			futures[i], failed[i] = js.PublishMsgAsync(msgs[i])
 		}
 		var again []int
@@ -181,7 +190,7 @@ func (p *PubSub) BulkPublish(ctx context.Context, req *pubsub.BulkPublishRequest
 	if again := send(pending); len(again) > 0 {
 		// The stream went away under us: find or create it again, once.
 		streams.forget(req.Topic)
-		if err := prepare(ctx, streams, req.Topic, withTTL); err == nil {
+		if stream, err = prepare(ctx, streams, req.Topic, need); err == nil {
 			send(again)
 		}
 	}
@@ -227,16 +236,35 @@ func entryMetadata(req *pubsub.BulkPublishRequest, i int) map[string]string {
 	return md
 }
 
-// prepare makes sure a stream stores topic and, if needed, accepts TTLs.
-func prepare(ctx context.Context, s *streams, topic string, ttl bool) error {
+// needs is what a publish asks of its stream besides storing the topic.
+type needs struct {
+	ttl      bool // a per-message TTL
+	schedule bool // a delayed message
+}
+
+// and is what n and o need together.
+func (n needs) and(o needs) needs {
+	return needs{ttl: n.ttl || o.ttl, schedule: n.schedule || o.schedule}
+}
+
+// prepare makes sure a stream stores topic and accepts what the publish
+// needs, and returns its name.
+func prepare(ctx context.Context, s *streams, topic string, need needs) (string, error) {
 	name, err := s.ensure(ctx, topic)
 	if err != nil {
-		return err
+		return "", err
 	}
-	if ttl {
-		return s.ensureTTL(ctx, name)
+	if need.ttl {
+		if err := s.ensureTTL(ctx, name); err != nil {
+			return "", err
+		}
 	}
-	return nil
+	if need.schedule {
+		if err := s.ensureSchedules(ctx, name); err != nil {
+			return "", err
+		}
+	}
+	return name, nil
 }
 
 func await(ctx context.Context, f jetstream.PubAckFuture) error {
@@ -255,19 +283,20 @@ func isNoStream(err error) bool {
 }
 
 // newMsg builds the NATS message for one Dapr publish: headers from the
-// metadata, the de-duplication id and the TTL. It reports whether a TTL is set.
-func (p *PubSub) newMsg(topic string, data []byte, md map[string]string, contentType string) (*nats.Msg, bool, error) {
+// metadata, the de-duplication id, the TTL and the schedule. It reports what
+// the message needs of its stream.
+func (p *PubSub) newMsg(topic string, data []byte, md map[string]string, contentType string) (*nats.Msg, needs, error) {
 	if err := metadata.ValidSubject(topic, false); err != nil {
-		return nil, false, fmt.Errorf("%w: topic %s; use a NATS subject such as orders or orders.created", metadata.ErrInvalid, err)
+		return nil, needs{}, fmt.Errorf("%w: topic %s; use a NATS subject such as orders or orders.created", ErrInvalidRequest, err)
 	}
 	if max := p.maxPayload(); max > 0 && int64(len(data)) > max {
-		return nil, false, fmt.Errorf("%w: message of %d bytes exceeds the server's max_payload of %d bytes", nats.ErrMaxPayload, len(data), max)
+		return nil, needs{}, fmt.Errorf("%w: message of %d bytes exceeds the server's max_payload of %d bytes", nats.ErrMaxPayload, len(data), max)
 	}
 	msg := &nats.Msg{Subject: topic, Data: data, Header: make(nats.Header, len(md)+2)}
 	for k, v := range md {
 		if key := expectationKey(k); key != "" {
 			if err := setExpectation(msg, topic, key, v); err != nil {
-				return nil, false, err
+				return nil, needs{}, err
 			}
 			continue
 		}
@@ -275,7 +304,7 @@ func (p *PubSub) newMsg(topic string, data []byte, md map[string]string, content
 			continue
 		}
 		if err := validHeader(k, v); err != nil {
-			return nil, false, err
+			return nil, needs{}, err
 		}
 		msg.Header.Set(k, v)
 	}
@@ -293,25 +322,39 @@ func (p *PubSub) newMsg(topic string, data []byte, md map[string]string, content
 		// with the original's id.
 		msg.Header.Set(jetstream.MsgIDHeader, scopedMsgID(topic, id))
 	}
+	var need needs
 	ttl, ok, err := contribmd.TryGetTTL(md)
 	if err != nil {
-		return nil, false, fmt.Errorf("%w: %v", metadata.ErrInvalid, err)
+		return nil, needs{}, fmt.Errorf("%w: %v", ErrInvalidRequest, err)
 	}
 	if ok {
 		if ttl < time.Second {
-			return nil, false, fmt.Errorf("%w: ttlInSeconds must be 1 or more, got %s", metadata.ErrInvalid, ttl)
+			return nil, needs{}, fmt.Errorf("%w: ttlInSeconds must be 1 or more, got %s", ErrInvalidRequest, ttl)
 		}
-		msg.Header.Set(jetstream.MsgTTLHeader, ttl.String())
+		msg.Header.Set(jetstream.MsgTTLHeader, strconv.FormatInt(int64(ttl/time.Second), 10)+"s")
+		need.ttl = true
+	}
+	at, err := scheduledFor(md, time.Now())
+	if err != nil {
+		return nil, needs{}, err
+	}
+	if !at.IsZero() {
+		if e := expectations(md); len(e) > 0 {
+			return nil, needs{}, fmt.Errorf("%w: metadata %s cannot be combined with %s: JetStream checks an expectation when it stores the schedule, not when the message reaches the topic, so the check cannot guard that append; publish without a delay to append on a condition",
+				ErrInvalidRequest, scheduleKey(md), e[0].key)
+		}
+		setSchedule(msg, at)
+		need.schedule = true
 	}
 	// The headers count against max_payload too; nats.go would only say
 	// "maximum payload exceeded".
 	if max := p.maxPayload(); max > 0 {
 		if size := int64(msg.Size() - len(msg.Subject)); size > max {
-			return nil, false, fmt.Errorf("%w: message of %d bytes (%d of data, %d of headers) exceeds the server's max_payload of %d bytes",
+			return nil, needs{}, fmt.Errorf("%w: message of %d bytes (%d of data, %d of headers) exceeds the server's max_payload of %d bytes",
 				nats.ErrMaxPayload, size, len(data), size-int64(len(data)), max)
 		}
 	}
-	return msg, ok, nil
+	return msg, need, nil
 }
 
 func (p *PubSub) maxPayload() int64 {
@@ -331,16 +374,19 @@ func reservedKey(k string) bool {
 	case "ttlinseconds", "ttl", "rawpayload", "msgid", "content-type", "contenttype":
 		return true
 	}
+	if isScheduleKey(k) {
+		return true
+	}
 	l := strings.ToLower(k)
 	return strings.HasPrefix(l, "cloudevent.") || strings.HasPrefix(l, "nats-")
 }
 
 func validHeader(k, v string) error {
 	if k == "" || strings.ContainsFunc(k, func(r rune) bool { return r <= ' ' || r == ':' || r >= 0x7f }) {
-		return fmt.Errorf("%w: metadata key %q cannot be a NATS header name: use printable ASCII without spaces or colons", metadata.ErrInvalid, k)
+		return fmt.Errorf("%w: metadata key %q cannot be a NATS header name: use printable ASCII without spaces or colons", ErrInvalidRequest, k)
 	}
 	if strings.ContainsAny(v, "\r\n") {
-		return fmt.Errorf("%w: metadata %q has a line break in its value, which a NATS header cannot carry", metadata.ErrInvalid, k)
+		return fmt.Errorf("%w: metadata %q has a line break in its value, which a NATS header cannot carry", ErrInvalidRequest, k)
 	}
 	return nil
 }

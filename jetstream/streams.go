@@ -22,10 +22,11 @@ type streams struct {
 	mu    sync.Mutex
 	known map[string]string // topic -> stream
 	ttl   map[string]bool   // stream -> allows per-message TTL
+	sched map[string]bool   // stream -> holds delayed messages
 }
 
 func newStreams(js jetstream.JetStream, cfg metadata.Stream) *streams {
-	return &streams{js: js, cfg: cfg, known: map[string]string{}, ttl: map[string]bool{}}
+	return &streams{js: js, cfg: cfg, known: map[string]string{}, ttl: map[string]bool{}, sched: map[string]bool{}}
 }
 
 func (s *streams) cached(topic string) (string, bool) {
@@ -42,6 +43,7 @@ func (s *streams) forget(topic string) {
 	defer s.mu.Unlock()
 	if name, ok := s.known[topic]; ok {
 		delete(s.ttl, name)
+		delete(s.sched, name)
 	}
 	delete(s.known, topic)
 }
@@ -210,6 +212,48 @@ func (s *streams) ensureTTL(ctx context.Context, name string) error {
 	}
 	s.mu.Lock()
 	s.ttl[name] = true
+	s.mu.Unlock()
+	return nil
+}
+
+// ensureSchedules makes sure the stream can hold delayed messages: it allows
+// message schedules and covers its schedule subjects, which auto-provisioning
+// arranges. A stream with interest retention is refused, since JetStream
+// drops a schedule there that no consumer is interested in, and no consumer
+// is: the message would be acknowledged and never delivered.
+func (s *streams) ensureSchedules(ctx context.Context, name string) error {
+	s.mu.Lock()
+	ok := s.sched[name]
+	s.mu.Unlock()
+	if ok {
+		return nil
+	}
+	st, err := s.js.Stream(ctx, name)
+	if err != nil {
+		return fmt.Errorf("look up stream %q: %w", name, err)
+	}
+	cfg := st.CachedInfo().Config
+	if cfg.Retention == jetstream.InterestPolicy {
+		return fmt.Errorf("%w: stream %q has interest retention, on which JetStream drops a delayed message while it waits, since no consumer is interested in its schedule subject; publish delayed messages (scheduledSendTime, deliverAfter) to a stream with limits or workqueue retention",
+			ErrSchedulesNotAllowed, name)
+	}
+	subjects := scheduleSubjects(name)
+	covered := covers(cfg.Subjects, scheduleSubject(name))
+	if !cfg.AllowMsgSchedules || !covered {
+		if !s.cfg.AutoProvision {
+			return fmt.Errorf("%w: stream %q cannot hold delayed messages (scheduledSendTime, deliverAfter): set allow_msg_schedules on the stream and add the subject %q to it, or set autoProvision to true",
+				ErrSchedulesNotAllowed, name, subjects)
+		}
+		cfg.AllowMsgSchedules = true
+		if !covered {
+			cfg.Subjects = append(slices.Clone(cfg.Subjects), subjects)
+		}
+		if _, err := s.js.UpdateStream(ctx, cfg); err != nil {
+			return fmt.Errorf("allow message schedules on stream %q, with the subject %q: %w", name, subjects, err)
+		}
+	}
+	s.mu.Lock()
+	s.sched[name] = true
 	s.mu.Unlock()
 	return nil
 }

@@ -113,7 +113,7 @@ func (p *PubSub) subscribe(ctx context.Context, req pubsub.SubscribeRequest, fn 
 		return nil, err
 	}
 	if err := metadata.ValidSubject(req.Topic, true); err != nil {
-		return nil, invalid("subscribe to", req.Topic, fmt.Errorf("%w: topic %s; use a NATS subject such as orders, orders.* or orders.>", metadata.ErrInvalid, err))
+		return nil, invalid("subscribe to", req.Topic, fmt.Errorf("%w: topic %s; use a NATS subject such as orders, orders.* or orders.>", ErrInvalidRequest, err))
 	}
 	cons, err := cfg.ForSubscription(req.Metadata)
 	if err != nil {
