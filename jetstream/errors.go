@@ -46,6 +46,9 @@ var (
 	// stream cannot hold the schedule: it does not allow message schedules
 	// while auto-provisioning is off, or it has interest retention.
 	ErrSchedulesNotAllowed = errors.New("message schedules not allowed")
+	// ErrAtomicNotAllowed is wrapped when a BulkPublish is atomic but its
+	// stream does not allow atomic publish and auto-provisioning is off.
+	ErrAtomicNotAllowed = errors.New("atomic publish not allowed")
 	// ErrNotConnected is wrapped by calls that fail because the connection
 	// to NATS is down: not made yet, or lost and being made again.
 	ErrNotConnected = errors.New("NATS is not connected")
@@ -108,7 +111,8 @@ func classifyKind(err error) Kind {
 		errors.Is(err, jetstream.ErrStreamMessageExceedsMaximum), errors.Is(err, metadata.ErrInvalid),
 		errors.Is(err, ErrInvalidRequest):
 		return KindInvalid
-	case errors.Is(err, ErrNoStream), errors.Is(err, ErrTTLNotAllowed), errors.Is(err, ErrSchedulesNotAllowed):
+	case errors.Is(err, ErrNoStream), errors.Is(err, ErrTTLNotAllowed), errors.Is(err, ErrSchedulesNotAllowed),
+		errors.Is(err, ErrAtomicNotAllowed):
 		return KindRejected
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		return KindUnavailable

@@ -111,9 +111,13 @@ func explainExpectation(err error, topic string, md map[string]string, stored fu
 		key := MetadataExpectedLastSequence
 		if v := find(MetadataExpectedLastSubjectSequence); v != "" {
 			key = MetadataExpectedLastSubjectSequence
-			what = fmt.Sprintf("%s = %q does not hold: the last message on topic %q is at sequence %s", key, v, topic, orNone(holds))
+			what = fmt.Sprintf("%s = %q does not hold: the last message on topic %q is at sequence %s", key, v, topic, holds)
 		} else {
-			what = fmt.Sprintf("%s = %q does not hold: the stream's last sequence is %s", key, find(key), orNone(holds))
+			what = fmt.Sprintf("%s = %q does not hold: the stream's last sequence is %s", key, find(key), holds)
+		}
+		if holds == "" {
+			// JetStream does not say, for an entry of an atomic batch.
+			what = fmt.Sprintf("%s = %q does not hold", key, find(key))
 		}
 	case 10070: // wrong last msg ID
 		what = fmt.Sprintf("%s = %q does not hold: the stream's last message has msgId %q", MetadataExpectedLastMsgID,

@@ -121,12 +121,20 @@ func withDown(err, down error) error {
 // waits for every acknowledgement. Entries that failed are reported one by one;
 // the error is non-nil whenever any entry failed.
 func (p *PubSub) BulkPublish(ctx context.Context, req *pubsub.BulkPublishRequest) (pubsub.BulkPublishResponse, error) {
-	_, js, streams, err := p.state()
+	cfg, js, streams, err := p.state()
 	if err != nil {
 		return pubsub.NewBulkPublishResponse(req.Entries, err), err
 	}
 	if len(req.Entries) == 0 {
 		return pubsub.BulkPublishResponse{}, nil
+	}
+	atomic, err := bulkAtomic(cfg, req.Metadata)
+	if err != nil {
+		err = invalid("bulk publish to", req.Topic, err)
+		return pubsub.NewBulkPublishResponse(req.Entries, err), err
+	}
+	if atomic {
+		return p.bulkPublishAtomic(ctx, js, streams, req)
 	}
 	msgs := make([]*nats.Msg, len(req.Entries))
 	failed := make([]error, len(req.Entries))
@@ -374,7 +382,7 @@ func reservedKey(k string) bool {
 	case "ttlinseconds", "ttl", "rawpayload", "msgid", "content-type", "contenttype":
 		return true
 	}
-	if isScheduleKey(k) {
+	if isScheduleKey(k) || strings.EqualFold(k, MetadataBulkPublishAtomic) {
 		return true
 	}
 	l := strings.ToLower(k)

@@ -23,10 +23,11 @@ type streams struct {
 	known map[string]string // topic -> stream
 	ttl   map[string]bool   // stream -> allows per-message TTL
 	sched map[string]bool   // stream -> holds delayed messages
+	batch map[string]bool   // stream -> allows atomic batches
 }
 
 func newStreams(js jetstream.JetStream, cfg metadata.Stream) *streams {
-	return &streams{js: js, cfg: cfg, known: map[string]string{}, ttl: map[string]bool{}, sched: map[string]bool{}}
+	return &streams{js: js, cfg: cfg, known: map[string]string{}, ttl: map[string]bool{}, sched: map[string]bool{}, batch: map[string]bool{}}
 }
 
 func (s *streams) cached(topic string) (string, bool) {
@@ -44,6 +45,7 @@ func (s *streams) forget(topic string) {
 	if name, ok := s.known[topic]; ok {
 		delete(s.ttl, name)
 		delete(s.sched, name)
+		delete(s.batch, name)
 	}
 	delete(s.known, topic)
 }
@@ -187,11 +189,15 @@ func (s *streams) coveredBy(ctx context.Context, topic string) *jetstream.Stream
 	return found
 }
 
-// ensureTTL makes sure the stream accepts per-message TTLs, enabling them
-// when auto-provisioning is on.
-func (s *streams) ensureTTL(ctx context.Context, name string) error {
+// ensureConfig makes sure stream name has what a publish needs, and
+// remembers it in known. adjust changes cfg to have it and reports whether
+// anything changed, or says why the stream can never have it. A change is
+// made only when auto-provisioning is on; refused says what to do when it
+// is off. what names the change, for its error.
+func (s *streams) ensureConfig(ctx context.Context, name string, known map[string]bool, what string,
+	adjust func(cfg *jetstream.StreamConfig) (bool, error), refused func() error) error {
 	s.mu.Lock()
-	ok := s.ttl[name]
+	ok := known[name]
 	s.mu.Unlock()
 	if ok {
 		return nil
@@ -201,61 +207,76 @@ func (s *streams) ensureTTL(ctx context.Context, name string) error {
 		return fmt.Errorf("look up stream %q: %w", name, err)
 	}
 	cfg := st.CachedInfo().Config
-	if !cfg.AllowMsgTTL {
+	changed, err := adjust(&cfg)
+	if err != nil {
+		return err
+	}
+	if changed {
 		if !s.cfg.AutoProvision {
-			return fmt.Errorf("%w: stream %q does not allow per-message TTL (ttlInSeconds); enable allow_msg_ttl on the stream or set autoProvision to true", ErrTTLNotAllowed, name)
+			return refused()
 		}
-		cfg.AllowMsgTTL = true
 		if _, err := s.js.UpdateStream(ctx, cfg); err != nil {
-			return fmt.Errorf("allow per-message TTL on stream %q: %w", name, err)
+			return fmt.Errorf("%s on stream %q: %w", what, name, err)
 		}
 	}
 	s.mu.Lock()
-	s.ttl[name] = true
+	known[name] = true
 	s.mu.Unlock()
 	return nil
 }
 
+// ensureTTL makes sure the stream accepts per-message TTLs.
+func (s *streams) ensureTTL(ctx context.Context, name string) error {
+	return s.ensureConfig(ctx, name, s.ttl, "allow per-message TTL",
+		func(cfg *jetstream.StreamConfig) (bool, error) {
+			changed := !cfg.AllowMsgTTL
+			cfg.AllowMsgTTL = true
+			return changed, nil
+		},
+		func() error {
+			return fmt.Errorf("%w: stream %q does not allow per-message TTL (ttlInSeconds); enable allow_msg_ttl on the stream or set autoProvision to true", ErrTTLNotAllowed, name)
+		})
+}
+
 // ensureSchedules makes sure the stream can hold delayed messages: it allows
-// message schedules and covers its schedule subjects, which auto-provisioning
-// arranges. A stream with interest retention is refused, since JetStream
-// drops a schedule there that no consumer is interested in, and no consumer
-// is: the message would be acknowledged and never delivered.
+// message schedules and covers its schedule subjects. A stream with interest
+// retention is refused, since JetStream drops a schedule there that no
+// consumer is interested in, and no consumer is: the message would be
+// acknowledged and never delivered.
 func (s *streams) ensureSchedules(ctx context.Context, name string) error {
-	s.mu.Lock()
-	ok := s.sched[name]
-	s.mu.Unlock()
-	if ok {
-		return nil
-	}
-	st, err := s.js.Stream(ctx, name)
-	if err != nil {
-		return fmt.Errorf("look up stream %q: %w", name, err)
-	}
-	cfg := st.CachedInfo().Config
-	if cfg.Retention == jetstream.InterestPolicy {
-		return fmt.Errorf("%w: stream %q has interest retention, on which JetStream drops a delayed message while it waits, since no consumer is interested in its schedule subject; publish delayed messages (scheduledSendTime, deliverAfter) to a stream with limits or workqueue retention",
-			ErrSchedulesNotAllowed, name)
-	}
 	subjects := scheduleSubjects(name)
-	covered := covers(cfg.Subjects, scheduleSubject(name))
-	if !cfg.AllowMsgSchedules || !covered {
-		if !s.cfg.AutoProvision {
+	return s.ensureConfig(ctx, name, s.sched, fmt.Sprintf("allow message schedules, with the subject %q,", subjects),
+		func(cfg *jetstream.StreamConfig) (bool, error) {
+			if cfg.Retention == jetstream.InterestPolicy {
+				return false, fmt.Errorf("%w: stream %q has interest retention, on which JetStream drops a delayed message while it waits, since no consumer is interested in its schedule subject; publish delayed messages (scheduledSendTime, deliverAfter) to a stream with limits or workqueue retention",
+					ErrSchedulesNotAllowed, name)
+			}
+			changed := !cfg.AllowMsgSchedules
+			cfg.AllowMsgSchedules = true
+			if !covers(cfg.Subjects, scheduleSubject(name)) {
+				cfg.Subjects = append(slices.Clone(cfg.Subjects), subjects)
+				changed = true
+			}
+			return changed, nil
+		},
+		func() error {
 			return fmt.Errorf("%w: stream %q cannot hold delayed messages (scheduledSendTime, deliverAfter): set allow_msg_schedules on the stream and add the subject %q to it, or set autoProvision to true",
 				ErrSchedulesNotAllowed, name, subjects)
-		}
-		cfg.AllowMsgSchedules = true
-		if !covered {
-			cfg.Subjects = append(slices.Clone(cfg.Subjects), subjects)
-		}
-		if _, err := s.js.UpdateStream(ctx, cfg); err != nil {
-			return fmt.Errorf("allow message schedules on stream %q, with the subject %q: %w", name, subjects, err)
-		}
-	}
-	s.mu.Lock()
-	s.sched[name] = true
-	s.mu.Unlock()
-	return nil
+		})
+}
+
+// ensureAtomic makes sure the stream allows atomic batch publish.
+func (s *streams) ensureAtomic(ctx context.Context, name string) error {
+	return s.ensureConfig(ctx, name, s.batch, "allow atomic publish",
+		func(cfg *jetstream.StreamConfig) (bool, error) {
+			changed := !cfg.AllowAtomicPublish
+			cfg.AllowAtomicPublish = true
+			return changed, nil
+		},
+		func() error {
+			return fmt.Errorf("%w: stream %q does not allow atomic publish (bulkPublishAtomic); set allow_atomic on the stream, or set autoProvision to true",
+				ErrAtomicNotAllowed, name)
+		})
 }
 
 func covers(subjects []string, topic string) bool {

@@ -32,6 +32,7 @@ var natsSchemes = []string{"nats", "tls", "ws", "wss"}
 type Config struct {
 	Connection Connection
 	Stream     Stream
+	Publish    Publish
 	Consumer   Consumer
 
 	// consumerProps holds the component's consumer keys, canonically named,
@@ -77,6 +78,13 @@ type Stream struct {
 	DuplicateWindow time.Duration
 }
 
+// Publish holds how messages are published.
+type Publish struct {
+	// BulkAtomic makes each BulkPublish an atomic batch: every entry is
+	// stored, or none. A request's own bulkPublishAtomic overrides it.
+	BulkAtomic bool
+}
+
 // Consumer holds the settings of the durable (or ephemeral) pull consumer
 // made for each subscribed topic.
 type Consumer struct {
@@ -119,6 +127,7 @@ func Parse(props map[string]string) (*Config, error) {
 	errs = append(errs, err)
 	cfg.Stream, err = parseStream(&p)
 	errs = append(errs, err)
+	cfg.Publish = parsePublish(&p)
 	cfg.Consumer, err = parseConsumer(&p)
 	errs = append(errs, err)
 	if err := errors.Join(errs...); err != nil {
@@ -360,6 +369,14 @@ func parseConnection(p *Properties) (Connection, error) {
 		add(conflict("both choose the JetStream API subject prefix", "set domain for a JetStream domain, or apiPrefix for an imported API, not both", "domain", "apiPrefix"))
 	}
 	return c, errors.Join(errs...)
+}
+
+func parsePublish(p *Properties) Publish {
+	var pub Publish
+	if p.BulkPublishAtomic != nil {
+		pub.BulkAtomic = bool(*p.BulkPublishAtomic)
+	}
+	return pub
 }
 
 func parseStream(p *Properties) (Stream, error) {

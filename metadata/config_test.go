@@ -264,6 +264,12 @@ var validCases = []validCase{
 	{"autoProvision TRUE", map[string]string{"autoProvision": "TRUE"}, func(t *testing.T, c *Config) {
 		assert.True(t, c.Stream.AutoProvision)
 	}},
+	{"bulkPublishAtomic true", map[string]string{"bulkPublishAtomic": "true"}, func(t *testing.T, c *Config) {
+		assert.True(t, c.Publish.BulkAtomic)
+	}},
+	{"bulkPublishAtomic absent", map[string]string{}, func(t *testing.T, c *Config) {
+		assert.False(t, c.Publish.BulkAtomic, "off by default")
+	}},
 	{"streamSubjects", map[string]string{"streamName": "ORDERS", "streamSubjects": "orders.>, orders.*.new ,ORDERS"}, func(t *testing.T, c *Config) {
 		assert.Equal(t, []string{"orders.>", "orders.*.new", "ORDERS"}, c.Stream.Subjects)
 	}},
@@ -470,6 +476,7 @@ var typeErrorCases = []struct {
 	{"connectTimeout", "5 seconds", acceptedDuration},
 	{"autoProvision", "ture", acceptedBool},
 	{"autoProvision", "yes", acceptedBool},
+	{"bulkPublishAtomic", "atomic", acceptedBool},
 	{"streamReplicas", "abc", acceptedInt},
 	{"streamReplicas", "1.5", acceptedInt},
 	{"streamMaxAge", "1 day", acceptedDuration},

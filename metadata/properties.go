@@ -43,6 +43,9 @@ type Properties struct {
 	StreamMaxBytes        *int64        `mapstructure:"streamMaxBytes"`
 	StreamDuplicateWindow time.Duration `mapstructure:"streamDuplicateWindow"`
 
+	// Publish.
+	BulkPublishAtomic *Bool `mapstructure:"bulkPublishAtomic"`
+
 	// Consumer. These may also be set per subscription.
 	ConsumerID     string          `mapstructure:"consumerID"`
 	DurableName    string          `mapstructure:"durableName"`

@@ -15,6 +15,22 @@ import (
 	"github.com/dapr-nats/jetstream-pubsub/test/e2e/stack"
 )
 
+// bulkEntry is an entry of daprd's bulk publish API.
+type bulkEntry struct {
+	EntryID     string            `json:"entryId"`
+	Event       any               `json:"event"`
+	ContentType string            `json:"contentType"`
+	Metadata    map[string]string `json:"metadata,omitempty"`
+}
+
+// bulkResponse is the body of daprd's answer to a bulk publish that failed.
+type bulkResponse struct {
+	FailedEntries []struct {
+		EntryID string `json:"entryId"`
+		Error   string `json:"error"`
+	} `json:"failedEntries"`
+}
+
 // TestBulkPublishAndSubscribe: daprd's bulk publish API reaches the
 // component's BulkPublish; every valid entry is stored, and an entry that
 // cannot become a NATS message (its metadata key has a space, which no NATS
@@ -27,24 +43,18 @@ func TestBulkPublishAndSubscribe(t *testing.T) {
 		prefix := tag(t)
 
 		const count = 20
-		type entry struct {
-			EntryID     string            `json:"entryId"`
-			Event       any               `json:"event"`
-			ContentType string            `json:"contentType"`
-			Metadata    map[string]string `json:"metadata,omitempty"`
-		}
-		var entries []entry
+		var entries []bulkEntry
 		texts := map[string]bool{}
 		for i := range count {
 			text := fmt.Sprintf("%s bulk %d", prefix, i)
 			texts[text] = true
-			entries = append(entries, entry{
+			entries = append(entries, bulkEntry{
 				EntryID: fmt.Sprintf("e%d", i), ContentType: "application/json",
 				Event: stack.TweetData{ID: fmt.Sprintf("b%d", i), Text: text},
 			})
 		}
 		badText := prefix + " bad entry"
-		entries = append(entries, entry{
+		entries = append(entries, bulkEntry{
 			EntryID: "bad", ContentType: "application/json",
 			Event:    stack.TweetData{ID: "bad", Text: badText},
 			Metadata: map[string]string{"not a header": "x"},
@@ -55,12 +65,7 @@ func TestBulkPublishAndSubscribe(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Logf("bulk publish answered %d: %s", status, body)
-		var resp struct {
-			FailedEntries []struct {
-				EntryID string `json:"entryId"`
-				Error   string `json:"error"`
-			} `json:"failedEntries"`
-		}
+		var resp bulkResponse
 		if len(body) > 0 {
 			if err := json.Unmarshal(body, &resp); err != nil {
 				t.Fatalf("bulk publish response %q: %v", body, err)

@@ -1,0 +1,155 @@
+package jetstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/dapr/components-contrib/pubsub"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/synadia-io/orbit.go/jetstreamext"
+
+	"github.com/dapr-nats/jetstream-pubsub/metadata"
+)
+
+// MetadataBulkPublishAtomic, in a BulkPublish request's metadata, makes that
+// request one atomic batch ("true") or not ("false"), whatever the
+// component's bulkPublishAtomic says.
+const MetadataBulkPublishAtomic = "bulkPublishAtomic"
+
+// bulkAtomic reports whether a BulkPublish with request metadata md is to be
+// one atomic batch.
+func bulkAtomic(cfg *metadata.Config, md map[string]string) (bool, error) {
+	v, ok := lookupFold(md, MetadataBulkPublishAtomic)
+	if !ok {
+		return cfg.Publish.BulkAtomic, nil
+	}
+	atomic, err := strconv.ParseBool(strings.TrimSpace(v))
+	if err != nil {
+		return false, fmt.Errorf("%w: metadata %s = %q: use true or false", ErrInvalidRequest, MetadataBulkPublishAtomic, v)
+	}
+	return atomic, nil
+}
+
+// bulkPublishAtomic publishes the entries of req as one atomic batch
+// (nats-server 2.12+): JetStream stores every entry or none. Whatever fails,
+// every entry is reported failed, with the reason.
+func (p *PubSub) bulkPublishAtomic(ctx context.Context, js jetstream.JetStream, streams *streams, req *pubsub.BulkPublishRequest) (pubsub.BulkPublishResponse, error) {
+	fail := func(err error) (pubsub.BulkPublishResponse, error) {
+		err = classify("bulk publish to", req.Topic, err)
+		return pubsub.NewBulkPublishResponse(req.Entries, err), err
+	}
+	msgs := make([]*nats.Msg, len(req.Entries))
+	var need needs
+	for i, e := range req.Entries {
+		md := entryMetadata(req, i)
+		msg, n, err := p.newMsg(req.Topic, e.Event, md, e.ContentType)
+		if err == nil {
+			err = batchable(md)
+		}
+		if err != nil {
+			return failedByEntry(req, i, err)
+		}
+		msgs[i], need = msg, need.and(n)
+	}
+	if err := p.notConnected(); err != nil {
+		return fail(err)
+	}
+	stream, err := prepare(ctx, streams, req.Topic, need)
+	if err == nil {
+		err = streams.ensureAtomic(ctx, stream)
+	}
+	if err != nil {
+		return fail(p.whileDown(err))
+	}
+	for _, m := range msgs {
+		if isSchedule(m) {
+			routeSchedule(m, stream)
+		}
+	}
+	if _, err := jetstreamext.PublishMsgBatch(ctx, js, msgs); err != nil {
+		if isAPIError(err, jetstreamext.JSErrCodeBatchPublishNotEnabled) {
+			streams.forget(req.Topic)
+		}
+		return fail(explainBatch(p.whileDown(err), req, storedIn(ctx, streams, req.Topic)))
+	}
+	return pubsub.BulkPublishResponse{}, nil
+}
+
+// batchable refuses what JetStream does not check in an atomic batch.
+func batchable(md map[string]string) error {
+	for _, e := range expectations(md) {
+		if e.key == MetadataExpectedLastMsgID {
+			return fmt.Errorf("%w: metadata %s cannot be used with %s: JetStream does not check it in an atomic batch; use %s or %s instead",
+				ErrInvalidRequest, MetadataExpectedLastMsgID, MetadataBulkPublishAtomic, MetadataExpectedLastSequence, MetadataExpectedLastSubjectSequence)
+		}
+	}
+	return nil
+}
+
+// failedByEntry fails every entry of an atomic bulk because entry bad is
+// invalid: it keeps its own error, and the others name it.
+func failedByEntry(req *pubsub.BulkPublishRequest, bad int, err error) (pubsub.BulkPublishResponse, error) {
+	id := req.Entries[bad].EntryId
+	own := invalid("publish to", req.Topic, fmt.Errorf("entry %q: %w", id, err))
+	others := invalid("publish to", req.Topic, fmt.Errorf("%w: not stored, since entry %q is invalid and the bulk is atomic (%s): every entry is stored or none",
+		ErrInvalidRequest, id, MetadataBulkPublishAtomic))
+	resp := pubsub.BulkPublishResponse{FailedEntries: make([]pubsub.BulkPublishResponseFailedEntry, len(req.Entries))}
+	for i, e := range req.Entries {
+		resp.FailedEntries[i] = pubsub.BulkPublishResponseFailedEntry{EntryId: e.EntryId, Error: others}
+		if i == bad {
+			resp.FailedEntries[i].Error = own
+		}
+	}
+	return resp, fmt.Errorf("atomic bulk publish to topic %q: nothing was stored: %w", req.Topic, own)
+}
+
+// explainBatch says why JetStream refused an atomic batch, and what was
+// stored: nothing, except after a timeout, when the outcome is unknown.
+func explainBatch(err error, req *pubsub.BulkPublishRequest, stored func() string) error {
+	n := len(req.Entries)
+	var apiErr *jetstream.APIError
+	switch {
+	case errors.As(err, &apiErr) && apiErr.ErrorCode == jetstreamext.JSErrCodeBatchPublishExceedsLimit:
+		_, limit, _ := strings.Cut(apiErr.Description, ": ")
+		return fmt.Errorf("%w: the bulk has %d entries, and nats-server takes at most %s in one atomic batch (max_batch_size in its jetstream limits); split the bulk, or publish it without %s; nothing was stored",
+			err, n, orNone(limit), MetadataBulkPublishAtomic)
+	case errors.As(err, &apiErr) && apiErr.ErrorCode == jetstreamext.JSErrCodeBatchPublishDuplicateMsgID:
+		return fmt.Errorf("%w: the id of an entry (its CloudEvent id, or msgId) was stored already within the stream's duplicate window, or two entries share one; every entry is stored or none, so nothing was stored (if this repeats a bulk that succeeded, that one is stored)", err)
+	case errors.As(err, &apiErr) && apiErr.ErrorCode == jetstreamext.JSErrCodeBatchPublishIncomplete:
+		return fmt.Errorf("%w: the batch did not reach nats-server whole, or waited longer than its max_batch_timeout; nothing was stored, and publishing it again is safe", err)
+	case errors.As(err, &apiErr) && apiErr.ErrorCode == jetstreamext.JSErrCodeAtomicPublishTooManyInflight:
+		return fmt.Errorf("%w: nats-server has as many atomic batches open as its max_batch_inflight limits allow; nothing was stored, and publishing it again later may succeed", err)
+	case errors.As(err, &apiErr):
+		return explainBatchExpectation(err, req, stored)
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
+		return fmt.Errorf("%w: no answer from JetStream in time, so the bulk may be stored or not (all of it or none); with CloudEvent ids or msgId, publishing it again is refused as a duplicate if it was stored", err)
+	}
+	return fmt.Errorf("atomic bulk of %d entries: %w; nothing was stored", n, err)
+}
+
+// explainBatchExpectation names the entry whose expectation did not hold,
+// when one entry has expectations; JetStream's answer does not say which.
+func explainBatchExpectation(err error, req *pubsub.BulkPublishRequest, stored func() string) error {
+	var with []int
+	for i := range req.Entries {
+		if len(expectations(entryMetadata(req, i))) > 0 {
+			with = append(with, i)
+		}
+	}
+	if len(with) == 1 {
+		i := with[0]
+		if explained := explainExpectation(err, req.Topic, entryMetadata(req, i), stored); explained != err {
+			return fmt.Errorf("entry %q (JetStream checks it after the entries before it in the bulk): %w", req.Entries[i].EntryId, explained)
+		}
+	}
+	return fmt.Errorf("atomic bulk of %d entries: %w; nothing was stored", len(req.Entries), err)
+}
+
+func isAPIError(err error, code jetstream.ErrorCode) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == code
+}

@@ -1,0 +1,208 @@
+package jetstream
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+
+	"github.com/dapr/components-contrib/pubsub"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func textEntries(prefix string, n int) []pubsub.BulkMessageEntry {
+	entries := make([]pubsub.BulkMessageEntry, n)
+	for i := range entries {
+		entries[i] = pubsub.BulkMessageEntry{EntryId: fmt.Sprintf("%s%d", prefix, i), Event: []byte(fmt.Sprintf("%s%d", prefix, i)), ContentType: "text/plain"}
+	}
+	return entries
+}
+
+// failedIDs lists the entries a response reports failed, each with an error.
+func failedIDs(t *testing.T, resp pubsub.BulkPublishResponse) []string {
+	t.Helper()
+	var ids []string
+	for _, f := range resp.FailedEntries {
+		require.Error(t, f.Error, f.EntryId)
+		ids = append(ids, f.EntryId)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+func entryIDs(entries []pubsub.BulkMessageEntry) []string {
+	var ids []string
+	for _, e := range entries {
+		ids = append(ids, e.EntryId)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+var atomicBulk = map[string]string{"bulkPublishAtomic": "true"}
+
+// An atomic BulkPublish stores every entry or none: one entry that is
+// invalid, here or at the server, fails them all, and nothing is stored.
+func TestBulkPublishAtomic(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), nil)
+	bulk := func(entries []pubsub.BulkMessageEntry, md map[string]string) (pubsub.BulkPublishResponse, error) {
+		return ps.BulkPublish(ctx(t), &pubsub.BulkPublishRequest{Topic: "ledger", Entries: entries, Metadata: md})
+	}
+
+	entries := textEntries("a", 5)
+	resp, err := bulk(entries, atomicBulk)
+	require.NoError(t, err)
+	assert.Empty(t, resp.FailedEntries)
+	info := streamInfo(t, js, "ledger")
+	assert.True(t, info.Config.AllowAtomicPublish, "auto-provisioning allows atomic publish")
+	assert.Equal(t, uint64(5), info.State.Msgs)
+
+	// Invalid here: nothing is sent.
+	entries = textEntries("b", 5)
+	entries[2].Metadata = map[string]string{"note": "line1\nline2"}
+	resp, err = bulk(entries, atomicBulk)
+	require.Error(t, err)
+	t.Log(err)
+	assert.Equal(t, KindInvalid, KindOf(err))
+	assert.Equal(t, entryIDs(entries), failedIDs(t, resp), "every entry fails")
+	for _, f := range resp.FailedEntries {
+		if f.EntryId == "b2" {
+			assert.Contains(t, f.Error.Error(), "line break")
+		} else {
+			assert.Contains(t, f.Error.Error(), `entry "b2"`, "the others name the entry that failed them")
+			assert.Contains(t, f.Error.Error(), "atomic")
+		}
+	}
+	assert.Equal(t, uint64(5), msgCount(t, js, "ledger"), "nothing was stored")
+
+	// Refused by JetStream: the entries before it were sent and are dropped.
+	entries = textEntries("c", 5)
+	entries[3].Metadata = map[string]string{"expectedLastSubjectSequence": "999"}
+	resp, err = bulk(entries, atomicBulk)
+	require.Error(t, err)
+	t.Log(err)
+	assert.Equal(t, KindRejected, KindOf(err))
+	assert.Equal(t, entryIDs(entries), failedIDs(t, resp))
+	for _, s := range []string{"expectedLastSubjectSequence", `"999"`, `entry "c3"`, "nothing was stored"} {
+		assert.Contains(t, err.Error(), s)
+	}
+	assert.Equal(t, uint64(5), msgCount(t, js, "ledger"), "nothing was stored")
+
+	// An event-sourced append of several events after what was read.
+	entries = textEntries("d", 3)
+	entries[0].Metadata = map[string]string{"expectedLastSubjectSequence": "5"}
+	_, err = bulk(entries, atomicBulk)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(8), msgCount(t, js, "ledger"))
+	_, err = bulk(entries, atomicBulk)
+	require.Error(t, err, "the same append again no longer follows what the stream holds")
+	assert.Contains(t, err.Error(), "sequence 8")
+	assert.Equal(t, uint64(8), msgCount(t, js, "ledger"))
+}
+
+// bulkPublishAtomic in the component metadata makes every BulkPublish
+// atomic, unless the request says otherwise.
+func TestBulkPublishAtomicComponentDefault(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"bulkPublishAtomic": "true"})
+	entries := textEntries("e", 4)
+	entries[1].Metadata = map[string]string{"expectedLastSubjectSequence": "7"}
+
+	resp, err := ps.BulkPublish(ctx(t), &pubsub.BulkPublishRequest{Topic: "orders", Entries: entries})
+	require.Error(t, err)
+	assert.Len(t, resp.FailedEntries, 4)
+	assert.Zero(t, msgCount(t, js, "orders"))
+
+	resp, err = ps.BulkPublish(ctx(t), &pubsub.BulkPublishRequest{Topic: "orders", Entries: entries, Metadata: map[string]string{"bulkPublishAtomic": "false"}})
+	require.Error(t, err)
+	assert.Equal(t, []string{"e1"}, failedIDs(t, resp), "without atomicity, each entry fails on its own")
+	assert.Equal(t, uint64(3), msgCount(t, js, "orders"))
+}
+
+// What JetStream cannot do in an atomic batch fails with the reason and the
+// fix, and nothing is stored.
+func TestBulkPublishAtomicLimits(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app"})
+	bulk := func(entries []pubsub.BulkMessageEntry, md map[string]string) (pubsub.BulkPublishResponse, error) {
+		return ps.BulkPublish(ctx(t), &pubsub.BulkPublishRequest{Topic: "big", Entries: entries, Metadata: md})
+	}
+	publish(t, ps, "big", "first", map[string]string{"msgId": "m1"})
+
+	// More entries than the server takes in one batch.
+	resp, err := bulk(textEntries("f", 1001), atomicBulk)
+	require.Error(t, err)
+	t.Log(err)
+	assert.Equal(t, KindRejected, KindOf(err))
+	assert.Len(t, resp.FailedEntries, 1001)
+	for _, s := range []string{"1001 entries", "1000", "max_batch_size", "split"} {
+		assert.Contains(t, err.Error(), s)
+	}
+	assert.Equal(t, uint64(1), msgCount(t, js, "big"))
+
+	// An id that the stream has already stored.
+	entries := textEntries("g", 3)
+	entries[1].Metadata = map[string]string{"msgId": "m1"}
+	resp, err = bulk(entries, atomicBulk)
+	require.Error(t, err)
+	t.Log(err)
+	assert.Equal(t, KindRejected, KindOf(err))
+	assert.Len(t, resp.FailedEntries, 3)
+	for _, s := range []string{"duplicate", "id", "nothing was stored"} {
+		assert.Contains(t, err.Error(), s)
+	}
+	assert.Equal(t, uint64(1), msgCount(t, js, "big"))
+
+	// expectedLastMsgId, which JetStream does not check in a batch.
+	entries = textEntries("h", 2)
+	entries[0].Metadata = map[string]string{"expectedLastMsgId": "m1"}
+	resp, err = bulk(entries, atomicBulk)
+	require.Error(t, err)
+	t.Log(err)
+	assert.Equal(t, KindInvalid, KindOf(err))
+	assert.Len(t, resp.FailedEntries, 2)
+	for _, s := range []string{"expectedLastMsgId", "bulkPublishAtomic", "expectedLastSubjectSequence"} {
+		assert.Contains(t, err.Error(), s)
+	}
+
+	// A value that is not a boolean.
+	_, err = bulk(textEntries("i", 2), map[string]string{"bulkPublishAtomic": "yes please"})
+	require.Error(t, err)
+	assert.Equal(t, KindInvalid, KindOf(err))
+	assert.Contains(t, err.Error(), `bulkPublishAtomic = "yes please"`)
+	assert.Equal(t, uint64(1), msgCount(t, js, "big"))
+
+	// Delayed entries go into the batch too, each to its own schedule.
+	entries = textEntries("j", 2)
+	entries[1].Metadata = map[string]string{"deliverAfter": "1h"}
+	_, err = bulk(entries, atomicBulk)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(3), msgCount(t, js, "big"))
+}
+
+// With provisioning off, a stream that does not allow atomic publish is a
+// clear refusal, and the stream is left as it is.
+func TestBulkPublishAtomicNotAllowed(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	_, err := js.CreateStream(ctx(t), jetstream.StreamConfig{Name: "PLAIN", Subjects: []string{"plain"}})
+	require.NoError(t, err)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"autoProvision": "false"})
+	resp, err := ps.BulkPublish(ctx(t), &pubsub.BulkPublishRequest{Topic: "plain", Entries: textEntries("k", 2), Metadata: atomicBulk})
+	require.Error(t, err)
+	t.Log(err)
+	assert.Equal(t, KindRejected, KindOf(err))
+	assert.ErrorIs(t, err, ErrAtomicNotAllowed)
+	assert.Len(t, resp.FailedEntries, 2)
+	for _, s := range []string{"PLAIN", "allow_atomic", "autoProvision"} {
+		assert.Contains(t, err.Error(), s)
+	}
+	info := streamInfo(t, js, "PLAIN")
+	assert.False(t, info.Config.AllowAtomicPublish)
+	assert.Zero(t, info.State.Msgs)
+}
