@@ -58,25 +58,39 @@ func (p *PubSub) bulkPublishAtomic(ctx context.Context, js jetstream.JetStream, 
 	if err := p.notConnected(); err != nil {
 		return fail(err)
 	}
-	stream, err := prepare(ctx, streams, req.Topic, need)
+	for retried := false; ; retried = true {
+		err := publishBatch(ctx, js, streams, req.Topic, need, msgs)
+		if err == nil {
+			return pubsub.BulkPublishResponse{}, nil
+		}
+		// The stream went away, or no longer allows atomic publish (an
+		// operator changed it): find or set it up again, once. JetStream
+		// dropped the batch, so nothing of it is stored.
+		if (isNoStream(err) || isAPIError(err, jetstreamext.JSErrCodeBatchPublishNotEnabled)) && !retried {
+			streams.forget(req.Topic)
+			continue
+		}
+		return fail(explainBatch(p.whileDown(err), req, storedIn(ctx, streams, req.Topic)))
+	}
+}
+
+// publishBatch makes sure the stream of topic takes msgs, and publishes them
+// as one atomic batch.
+func publishBatch(ctx context.Context, js jetstream.JetStream, streams *streams, topic string, need needs, msgs []*nats.Msg) error {
+	stream, err := prepare(ctx, streams, topic, need)
 	if err == nil {
 		err = streams.ensureAtomic(ctx, stream)
 	}
 	if err != nil {
-		return fail(p.whileDown(err))
+		return err
 	}
 	for _, m := range msgs {
 		if isSchedule(m) {
 			routeSchedule(m, stream)
 		}
 	}
-	if _, err := jetstreamext.PublishMsgBatch(ctx, js, msgs); err != nil {
-		if isAPIError(err, jetstreamext.JSErrCodeBatchPublishNotEnabled) {
-			streams.forget(req.Topic)
-		}
-		return fail(explainBatch(p.whileDown(err), req, storedIn(ctx, streams, req.Topic)))
-	}
-	return pubsub.BulkPublishResponse{}, nil
+	_, err = jetstreamext.PublishMsgBatch(ctx, js, msgs)
+	return err
 }
 
 // batchable refuses what JetStream does not check in an atomic batch.

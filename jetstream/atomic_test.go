@@ -206,3 +206,28 @@ func TestBulkPublishAtomicNotAllowed(t *testing.T) {
 	assert.False(t, info.Config.AllowAtomicPublish)
 	assert.Zero(t, info.State.Msgs)
 }
+
+// An operator turns atomic publish off, or replaces the stream, after the
+// component set it up: the next atomic bulk sets it up again.
+func TestBulkPublishAtomicAfterStreamChanged(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	keepAccountStore(t, js)
+	ps, _ := open(t, ns.ClientURL(), nil)
+	bulk := func() error {
+		_, err := ps.BulkPublish(ctx(t), &pubsub.BulkPublishRequest{Topic: "changed", Entries: textEntries("l", 3), Metadata: atomicBulk})
+		return err
+	}
+	require.NoError(t, bulk())
+
+	cfg := streamInfo(t, js, "changed").Config
+	cfg.AllowAtomicPublish = false
+	_, err := js.UpdateStream(ctx(t), cfg)
+	require.NoError(t, err)
+	require.NoError(t, bulk(), "after allow_atomic was turned off")
+	assert.Equal(t, uint64(6), msgCount(t, js, "changed"))
+
+	require.NoError(t, js.DeleteStream(ctx(t), "changed"))
+	require.NoError(t, bulk(), "after the stream was deleted")
+	assert.Equal(t, uint64(3), msgCount(t, js, "changed"))
+}

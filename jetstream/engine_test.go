@@ -279,14 +279,8 @@ func TestEphemeralRecoversFromReplacedStream(t *testing.T) {
 		t.Run(fmt.Sprintf("durable=%v", durable), func(t *testing.T) {
 			t.Parallel()
 			ns, js := startNATS(t)
-			// nats-server removes an account's store directory in the
-			// background when its last stream is deleted, and a stream
-			// created meanwhile fails with "error creating store for
-			// stream". An unrelated stream keeps that directory, so the
-			// replacement below tests the component, not that race.
-			_, err := js.CreateStream(ctx(t), jetstream.StreamConfig{Name: "BYSTANDER", Subjects: []string{"bystander"}})
-			require.NoError(t, err)
-			_, err = js.CreateStream(ctx(t), jetstream.StreamConfig{Name: "OLD", Subjects: []string{"replaced.>"}})
+			keepAccountStore(t, js)
+			_, err := js.CreateStream(ctx(t), jetstream.StreamConfig{Name: "OLD", Subjects: []string{"replaced.>"}})
 			require.NoError(t, err)
 			props := map[string]string{"autoProvision": "false"}
 			if durable {

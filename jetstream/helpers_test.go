@@ -226,3 +226,13 @@ func count(js jetstream.JetStream, name string) uint64 {
 	}
 	return info.State.Msgs
 }
+
+// keepAccountStore creates an unrelated stream, for tests that delete a
+// stream and create one again: nats-server removes an account's store
+// directory in the background when its last stream is deleted, and a stream
+// created meanwhile fails with "error creating store for stream".
+func keepAccountStore(t *testing.T, js jetstream.JetStream) {
+	t.Helper()
+	_, err := js.CreateStream(ctx(t), jetstream.StreamConfig{Name: "BYSTANDER", Subjects: []string{"bystander"}})
+	require.NoError(t, err)
+}
