@@ -49,12 +49,16 @@ type Delivery struct {
 	// handovers counts the subscriptions this message was handed to after
 	// the one it was delivered to ended without settling it.
 	handovers int
+	header    nats.Header  // as delivered, for a dead letter
 	touched   atomic.Int64 // unix nanos of delivery or last InProgress
 	settled   atomic.Bool
+	// deadLettering is set while the message is on its way to the
+	// dead-letter subject, after its last allowed delivery failed.
+	deadLettering atomic.Bool
 }
 
 func newDelivery(s *subscription, msg *nats.Msg) *Delivery {
-	d := &Delivery{sub: s, reply: msg.Reply, Topic: s.topic, Data: msg.Data}
+	d := &Delivery{sub: s, reply: msg.Reply, Topic: s.topic, Data: msg.Data, header: msg.Header}
 	hdr := msg.Header
 	md := make(map[string]string, len(hdr)+7)
 	for k, v := range hdr {
@@ -92,7 +96,7 @@ func newDelivery(s *subscription, msg *nats.Msg) *Delivery {
 func (d *Delivery) handedTo(s *subscription) *Delivery {
 	c := &Delivery{
 		sub: s, reply: d.reply, Topic: d.Topic, Data: d.Data, Metadata: d.Metadata, ContentType: d.ContentType,
-		Sequence: d.Sequence, Deliveries: d.Deliveries, handovers: d.handovers,
+		Sequence: d.Sequence, Deliveries: d.Deliveries, handovers: d.handovers, header: d.header,
 	}
 	c.touched.Store(d.touched.Load())
 	return c
@@ -110,9 +114,14 @@ func (d *Delivery) Ack() error { return d.Settle(nil) }
 // (the backOff step for its delivery count, or nakDelay).
 func (d *Delivery) Nak() error { return d.nak(d.sub.nakDelay(d.Deliveries)) }
 
-// Settle acks the message when handlerErr is nil and naks it otherwise.
+// Settle acks the message when handlerErr is nil and naks it otherwise. A
+// failure of the last delivery that maxDeliver allows sends the message to
+// the dead-letter subject instead, when there is one.
 func (d *Delivery) Settle(handlerErr error) error {
 	if handlerErr != nil {
+		if !d.sub.ackNone() && d.sub.lastDelivery(d) {
+			return d.sub.lastFailed(d, handlerErr)
+		}
 		return d.Nak()
 	}
 	if !d.settled.CompareAndSwap(false, true) {

@@ -116,6 +116,9 @@ func (p *PubSub) subscribe(ctx context.Context, req pubsub.SubscribeRequest, fn 
 		return nil, invalid("subscribe to", req.Topic, fmt.Errorf("%w: topic %s; use a NATS subject such as orders, orders.* or orders.>", ErrInvalidRequest, err))
 	}
 	cons, err := cfg.ForSubscription(req.Metadata)
+	if err == nil {
+		err = deadLetterLoop(req.Topic, cons)
+	}
 	if err != nil {
 		return nil, invalid("subscribe to", req.Topic, err)
 	}

@@ -112,6 +112,18 @@ type Consumer struct {
 	Heartbeat   time.Duration
 	FlowControl bool
 	Parallel    bool
+	// DeadLetterSubject is where a message goes when its last allowed
+	// delivery fails; TopicToken in it stands for the message's subject.
+	// Empty means no dead letters: such a message is logged.
+	DeadLetterSubject string
+}
+
+// TopicToken, in deadLetterSubject, stands for the subject of the message.
+const TopicToken = "{topic}"
+
+// DeadLetterFor is the dead-letter subject of a message on subject.
+func (c Consumer) DeadLetterFor(subject string) string {
+	return strings.ReplaceAll(c.DeadLetterSubject, TopicToken, subject)
 }
 
 // Parse decodes and validates component metadata. Every problem found is
@@ -562,7 +574,21 @@ func parseConsumer(p *Properties) (Consumer, error) {
 	default:
 		add(fieldErr("concurrency", p.Concurrency, "is not a concurrency mode", "single or parallel"))
 	}
+	if dl := strings.TrimSpace(p.DeadLetterSubject); dl != "" {
+		c.DeadLetterSubject = dl
+		if err := validDeadLetterSubject(dl); err != nil {
+			add(fieldErr("deadLetterSubject", dl, err.Error(), "a NATS subject without wildcards, such as dead.{topic}, where {topic} stands for the subject of the failed message"))
+		}
+	}
 	return c, errors.Join(errs...)
+}
+
+func validDeadLetterSubject(tmpl string) error {
+	probe := strings.ReplaceAll(tmpl, TopicToken, "topic")
+	if strings.ContainsAny(probe, "{}") {
+		return errors.New("has a template other than {topic}")
+	}
+	return ValidSubject(probe, false)
 }
 
 // startTime is a Unix time in seconds, and must be below 1e11.

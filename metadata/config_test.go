@@ -442,6 +442,13 @@ var validCases = []validCase{
 		assert.True(t, c.Consumer.Parallel)
 		assert.Equal(t, jetstream.AckNonePolicy, c.Consumer.AckPolicy)
 	}},
+	{"deadLetterSubject", map[string]string{"deadLetterSubject": " dead.{topic} "}, func(t *testing.T, c *Config) {
+		assert.Equal(t, "dead.{topic}", c.Consumer.DeadLetterSubject)
+		assert.Equal(t, "dead.orders.new", c.Consumer.DeadLetterFor("orders.new"))
+	}},
+	{"deadLetterSubject without a template", map[string]string{"deadLetterSubject": "DEAD"}, func(t *testing.T, c *Config) {
+		assert.Equal(t, "DEAD", c.Consumer.DeadLetterFor("orders"))
+	}},
 	{"concurrency single", map[string]string{"concurrency": "single"}, func(t *testing.T, c *Config) {
 		assert.False(t, c.Consumer.Parallel)
 	}},
@@ -593,6 +600,10 @@ func TestParseFieldErrors(t *testing.T) {
 		{"heartbeat too long", with(map[string]string{"heartbeat": "31s"}), "heartbeat", "is out of range", "500ms to 30s"},
 		{"heartbeat negative", with(map[string]string{"heartbeat": "-1s"}), "heartbeat", "is out of range", "500ms to 30s"},
 		{"concurrency", with(map[string]string{"concurrency": "multi"}), "concurrency", "is not a concurrency mode", "single or parallel"},
+		{"deadLetterSubject wildcard", with(map[string]string{"deadLetterSubject": "dead.*"}), "deadLetterSubject", "wildcard", "without wildcards, such as dead.{topic}"},
+		{"deadLetterSubject space", with(map[string]string{"deadLetterSubject": "dead letters"}), "deadLetterSubject", "", "such as dead.{topic}"},
+		{"deadLetterSubject empty token", with(map[string]string{"deadLetterSubject": "dead..{topic}"}), "deadLetterSubject", "", "such as dead.{topic}"},
+		{"deadLetterSubject other template", with(map[string]string{"deadLetterSubject": "dead.{app}"}), "deadLetterSubject", "template other than {topic}", "{topic} stands for"},
 		{"startSequence 0", with(map[string]string{"startSequence": "0"}), "startSequence", "is out of range", "1 or more"},
 		{"startTime 0", with(map[string]string{"startTime": "0"}), "startTime", "is out of range", "a Unix time in seconds"},
 		{"startTime negative", with(map[string]string{"startTime": "-5"}), "startTime", "is out of range", "a Unix time in seconds"},
@@ -1111,6 +1122,7 @@ func TestForSubscription(t *testing.T) {
 			"durableName": "d", "deliverPolicy": "last", "ackPolicy": "none", "ackWait": "5s", "maxDeliver": "4",
 			"backOff": "1s,2s", "nakDelay": "3s", "maxAckPending": "40", "maxInFlight": "4", "replicas": "1",
 			"memoryStorage": "true", "rateLimit": "800", "heartbeat": "2s", "flowControl": "true", "concurrency": "parallel",
+			"deadLetterSubject": "dlq.{topic}",
 		})
 		require.NoError(t, err)
 		assert.Equal(t, Consumer{
@@ -1118,6 +1130,7 @@ func TestForSubscription(t *testing.T) {
 			AckWait: 5 * time.Second, MaxDeliver: 4, BackOff: []time.Duration{time.Second, 2 * time.Second},
 			NakDelay: 3 * time.Second, MaxAckPending: 40, MaxInFlight: 4, Replicas: 1, MemoryStorage: true,
 			RateLimit: 800, Heartbeat: 2 * time.Second, FlowControl: true, Parallel: true,
+			DeadLetterSubject: "dlq.{topic}",
 		}, c)
 	})
 	t.Run("durable name from the subscription", func(t *testing.T) {

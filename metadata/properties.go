@@ -67,6 +67,8 @@ type Properties struct {
 	Heartbeat      *time.Duration  `mapstructure:"heartbeat"`
 	FlowControl    *Bool           `mapstructure:"flowControl"`
 	Concurrency    string          `mapstructure:"concurrency"`
+	// DeadLetterSubject may contain {topic}, the subject of the failed message.
+	DeadLetterSubject string `mapstructure:"deadLetterSubject"`
 }
 
 // secretFields are never echoed back in an error or a log line.
@@ -79,6 +81,7 @@ var consumerFields = []string{
 	"consumerID", "durableName", "queueGroupName", "deliverPolicy", "deliverAll", "startSequence",
 	"startTime", "ackPolicy", "ackWait", "maxDeliver", "backOff", "nakDelay", "maxAckPending",
 	"maxInFlight", "replicas", "memoryStorage", "rateLimit", "heartbeat", "flowControl", "concurrency",
+	"deadLetterSubject",
 }
 
 // deliverFields decide where a new consumer starts. A subscription that sets any

@@ -382,7 +382,7 @@ func (s *Server) settle(p *pull, topic string, req *proto.PullMessagesRequest) {
 	}
 	var err error
 	if ackErr := req.GetAckError(); ackErr != nil {
-		err = d.Nak()
+		err = d.Settle(appError(ackErr.GetMessage()))
 	} else {
 		err = d.Ack()
 	}
@@ -466,4 +466,12 @@ func deref(s *string) string {
 		return ""
 	}
 	return *s
+}
+
+// appError is the failure daprd reports for a message its app did not take.
+func appError(msg string) error {
+	if msg == "" {
+		msg = "daprd reported that the app did not process the message"
+	}
+	return errors.New(msg)
 }

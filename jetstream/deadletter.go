@@ -1,0 +1,193 @@
+package jetstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/dapr-nats/jetstream-pubsub/metadata"
+)
+
+// Headers of a dead letter: where the message came from and why it failed.
+// A Dapr app that subscribes to the dead-letter subject gets them as
+// metadata.
+const (
+	HeaderDeadLetterSubject    = "Dead-Letter-Subject"
+	HeaderDeadLetterStream     = "Dead-Letter-Stream"
+	HeaderDeadLetterSequence   = "Dead-Letter-Sequence"
+	HeaderDeadLetterConsumer   = "Dead-Letter-Consumer"
+	HeaderDeadLetterDeliveries = "Dead-Letter-Deliveries"
+	HeaderDeadLetterError      = "Dead-Letter-Error"
+)
+
+const (
+	// maxDeadLetterError bounds the error text kept in a dead letter.
+	maxDeadLetterError = 1024
+	// deadLetterTimeout bounds one attempt to publish a dead letter.
+	deadLetterTimeout = 5 * time.Second
+	// deadLetterRetryMax is the longest wait between attempts.
+	deadLetterRetryMax = 5 * time.Second
+	// deadLetterLogEvery spaces out the log of attempts that keep failing.
+	deadLetterLogEvery = 30 * time.Second
+)
+
+// deadLetterLoop refuses a dead-letter subject that the subscription's own
+// topic covers: a failed message would be delivered to it again, and fail
+// again, for ever.
+func deadLetterLoop(topic string, cons metadata.Consumer) error {
+	if cons.DeadLetterSubject == "" {
+		return nil
+	}
+	dl := cons.DeadLetterFor(exampleSubject(topic))
+	if metadata.SubjectCovers(topic, dl) {
+		return fmt.Errorf("%w: deadLetterSubject %q: topic %q covers %q, so failed messages would come back to this subscription; choose a subject outside the topic, such as dead.{topic}",
+			ErrInvalidRequest, cons.DeadLetterSubject, topic, dl)
+	}
+	return nil
+}
+
+// exampleSubject is a subject that topic, which may have wildcards, matches.
+func exampleSubject(topic string) string {
+	tokens := strings.Split(topic, ".")
+	for i, t := range tokens {
+		if t == "*" || t == ">" {
+			tokens[i] = "x"
+		}
+	}
+	return strings.Join(tokens, ".")
+}
+
+// lastDelivery reports whether JetStream will not deliver d again once this
+// delivery fails: it has had every delivery the consumer's maxDeliver
+// allows, as the server has the consumer.
+func (s *subscription) lastDelivery(d *Delivery) bool {
+	max := s.maxDeliver()
+	return max > 0 && d.Deliveries >= uint64(max)
+}
+
+func (s *subscription) maxDeliver() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.consumer != nil {
+		return s.consumer.maxDeliver
+	}
+	return s.cons.MaxDeliver
+}
+
+// lastFailed handles the failure of d's last allowed delivery: with a
+// dead-letter subject, the message goes there before the original is
+// terminated; without one, the log says what JetStream is abandoning.
+func (s *subscription) lastFailed(d *Delivery, cause error) error {
+	if s.cons.DeadLetterSubject == "" {
+		s.p.log.Warnf("topic %q: the last delivery that maxDeliver allows (%d of maxDeliver %d) failed for the message at sequence %d of stream %q (subject %q): %v; JetStream will not deliver it again. Set deadLetterSubject to keep such messages",
+			s.topic, d.Deliveries, s.maxDeliver(), d.Sequence, d.Metadata[MetadataStream], d.Metadata[MetadataSubject], cause)
+		return d.Nak()
+	}
+	if d.Settled() || !d.deadLettering.CompareAndSwap(false, true) {
+		return ErrAlreadySettled
+	}
+	go s.deadLetter(d, cause)
+	return nil
+}
+
+// deadLetter publishes d to its dead-letter subject, trying until JetStream
+// acknowledges it, and then terminates the original. Meanwhile d stays held
+// and kept alive, so that it is not lost while, say, NATS is away or the
+// subject has no stream yet. It gives up only when d is settled otherwise:
+// handed to another subscription, or given back at the end.
+func (s *subscription) deadLetter(d *Delivery, cause error) {
+	subject := s.cons.DeadLetterFor(d.Metadata[MetadataSubject])
+	msg := deadLetterMsg(subject, d, cause)
+	wait := 100 * time.Millisecond
+	var logged time.Time
+	for {
+		err := s.publishDeadLetter(msg)
+		if err == nil {
+			break
+		}
+		if d.Settled() {
+			return
+		}
+		if time.Since(logged) >= deadLetterLogEvery {
+			logged = time.Now()
+			s.p.log.Errorf("topic %q: publishing the message at sequence %d of stream %q to dead-letter subject %q: %v; it is held, and tried again until that works",
+				s.topic, d.Sequence, d.Metadata[MetadataStream], subject, err)
+		}
+		select {
+		case <-time.After(wait):
+		case <-s.ctx.Done():
+			if !d.Settled() {
+				s.p.log.Errorf("topic %q: the subscription ended before the message at sequence %d of stream %q reached dead-letter subject %q",
+					s.topic, d.Sequence, d.Metadata[MetadataStream], subject)
+			}
+			return
+		}
+		wait = min(2*wait, deadLetterRetryMax)
+	}
+	if !d.take() {
+		return // handed on meanwhile: its new owner settles it
+	}
+	defer s.settled(d, true)
+	if err := s.p.reply(d.reply, []byte("+TERM dead-lettered to "+subject)); err != nil {
+		s.p.log.Warnf("topic %q: terminating the message at sequence %d after its dead letter: %v", s.topic, d.Sequence, err)
+	}
+}
+
+// publishDeadLetter makes sure a stream stores the dead-letter subject and
+// publishes msg there.
+func (s *subscription) publishDeadLetter(msg *nats.Msg) error {
+	_, js, streams, err := s.p.state()
+	if err != nil {
+		return err
+	}
+	if err := s.p.notConnected(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, deadLetterTimeout)
+	defer cancel()
+	if _, err := prepare(ctx, streams, msg.Subject, needs{}); err != nil {
+		return err
+	}
+	_, err = js.PublishMsg(ctx, msg)
+	if isNoStream(err) {
+		streams.forget(msg.Subject)
+	}
+	return err
+}
+
+// deadLetterMsg is d as a dead letter on subject: its data and headers, the
+// Dead-Letter-* headers, and a Nats-Msg-Id of its own, from the original's
+// stream and sequence, so that a dead letter published twice is stored once.
+func deadLetterMsg(subject string, d *Delivery, cause error) *nats.Msg {
+	msg := nats.NewMsg(subject)
+	msg.Data = d.Data
+	for k, v := range d.header {
+		if !strings.HasPrefix(strings.ToLower(k), "nats-") {
+			msg.Header[k] = v
+		}
+	}
+	stream := d.Metadata[MetadataStream]
+	msg.Header[HeaderDeadLetterSubject] = []string{d.Metadata[MetadataSubject]}
+	msg.Header[HeaderDeadLetterStream] = []string{stream}
+	msg.Header[HeaderDeadLetterSequence] = []string{strconv.FormatUint(d.Sequence, 10)}
+	msg.Header[HeaderDeadLetterConsumer] = []string{d.Metadata[MetadataConsumer]}
+	msg.Header[HeaderDeadLetterDeliveries] = []string{strconv.FormatUint(d.Deliveries, 10)}
+	msg.Header[HeaderDeadLetterError] = []string{headerText(cause)}
+	msg.Header[jetstream.MsgIDHeader] = []string{scopedMsgID(subject, stream+":"+strconv.FormatUint(d.Sequence, 10))}
+	return msg
+}
+
+// headerText is err's text as a header value: on one line, and bounded.
+func headerText(err error) string {
+	if err == nil {
+		err = errors.New("the handler failed")
+	}
+	text := strings.Join(strings.Fields(err.Error()), " ")
+	return truncate(text, maxDeadLetterError)
+}

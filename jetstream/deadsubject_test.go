@@ -1,0 +1,164 @@
+package jetstream
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/dapr/components-contrib/pubsub"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
+)
+
+// alwaysFailing is a handler that always fails, counting its calls.
+func alwaysFailing(calls *atomic.Int32, why string) pubsub.Handler {
+	return func(context.Context, *pubsub.NewMessage) error {
+		calls.Add(1)
+		return errors.New(why)
+	}
+}
+
+// terminations subscribes to JetStream's advisories of terminated messages.
+func terminations(t *testing.T, nc *nats.Conn) chan *nats.Msg {
+	t.Helper()
+	ch := make(chan *nats.Msg, 10)
+	sub, err := nc.ChanSubscribe("$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.>", ch)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	require.NoError(t, nc.Flush())
+	return ch
+}
+
+// When the last delivery that maxDeliver allows fails, the message is
+// published to deadLetterSubject with its headers and where it came from,
+// and only then is the original terminated.
+func TestDeadLetterSubjectAtLastDelivery(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	nc, _ := natstest.Client(t, ns)
+	terminated := terminations(t, nc)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "maxDeliver": "3", "deadLetterSubject": "dead.{topic}"})
+	var calls atomic.Int32
+	subscribe(t, ps, "orders", nil, alwaysFailing(&calls, "cannot parse the order\nline 2"))
+	dl, dead := collect()
+	subscribe(t, ps, "dead.orders", nil, dl)
+
+	ce := `{"specversion":"1.0","id":"ce-9","source":"app","type":"t","data":{"n":1}}`
+	publish(t, ps, "orders", ce, map[string]string{"tenant": "t1"})
+
+	m := recv(t, dead, waitFor)
+	assert.JSONEq(t, ce, string(m.Data))
+	assert.Equal(t, int32(3), calls.Load(), "every allowed delivery reached the handler")
+	for k, want := range map[string]string{
+		"tenant":                   "t1",
+		HeaderDeadLetterSubject:    "orders",
+		HeaderDeadLetterStream:     "orders",
+		HeaderDeadLetterSequence:   "1",
+		HeaderDeadLetterConsumer:   "app-orders",
+		HeaderDeadLetterDeliveries: "3",
+		HeaderDeadLetterError:      "cannot parse the order line 2",
+		MetadataSubject:            "dead.orders",
+	} {
+		assert.Equal(t, want, m.Metadata[k], "metadata %q", k)
+	}
+
+	adv := recv(t, terminated, waitFor)
+	var term struct {
+		Stream   string `json:"stream"`
+		Consumer string `json:"consumer"`
+		Seq      uint64 `json:"stream_seq"`
+		Reason   string `json:"reason"`
+	}
+	require.NoError(t, json.Unmarshal(adv.Data, &term))
+	assert.Equal(t, "orders", term.Stream)
+	assert.Equal(t, "app-orders", term.Consumer)
+	assert.Equal(t, uint64(1), term.Seq)
+	assert.Contains(t, term.Reason, "dead.orders")
+	info := settledConsumer(t, js, "orders", "app-orders")
+	assert.Equal(t, uint64(1), info.AckFloor.Stream, "the terminated message is behind the ack floor")
+	nothing(t, dead, 300*time.Millisecond)
+	assert.Equal(t, int32(3), calls.Load(), "no delivery after the last one")
+}
+
+// A subscription may set its own deadLetterSubject; one that the topic
+// itself covers would bring failed messages back, and is refused.
+func TestDeadLetterSubjectPerSubscription(t *testing.T) {
+	t.Parallel()
+	ns, _ := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "maxDeliver": "1", "streamName": "SHOP", "streamSubjects": "shop.>"})
+	var calls atomic.Int32
+	subscribe(t, ps, "shop.orders", map[string]string{"deadLetterSubject": "shop.failed.{topic}"}, alwaysFailing(&calls, "no"))
+	dl, dead := collect()
+	subscribe(t, ps, "shop.failed.shop.orders", nil, dl)
+	publish(t, ps, "shop.orders", "o1", nil)
+	m := recv(t, dead, waitFor)
+	assert.Equal(t, "o1", string(m.Data))
+	assert.Equal(t, "SHOP", m.Metadata[HeaderDeadLetterStream])
+
+	for _, c := range []struct{ topic, dl string }{
+		{"shop.items", "shop.items"},
+		{"shop.>", "shop.dead"},
+		{"shop.*", "dead.{app}"},
+		{"shop.>", "{topic}.dead"},
+	} {
+		err := ps.Subscribe(ctx(t), pubsub.SubscribeRequest{Topic: c.topic, Metadata: map[string]string{"deadLetterSubject": c.dl}}, alwaysFailing(&calls, "no"))
+		require.Error(t, err, "%+v", c)
+		t.Log(err)
+		assert.Equal(t, KindInvalid, KindOf(err), "%+v: %v", c, err)
+		assert.Contains(t, err.Error(), "deadLetterSubject")
+	}
+}
+
+// Without deadLetterSubject, a message whose last delivery failed is logged
+// at warn level, naming it, so that nothing vanishes unseen.
+func TestLastDeliveryLoggedWithoutDeadLetterSubject(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, log := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "maxDeliver": "2"})
+	var calls atomic.Int32
+	subscribe(t, ps, "plain", nil, alwaysFailing(&calls, "handler says no"))
+	publish(t, ps, "plain", "x", nil)
+	require.Eventually(t, func() bool { return strings.Contains(log.String(), "last") }, waitFor, tick)
+	line := log.String()
+	for _, s := range []string{"level=warning", `topic \"plain\"`, "sequence 1", `stream \"plain\"`, "2 of maxDeliver 2", "handler says no", "deadLetterSubject"} {
+		assert.Contains(t, line, s)
+	}
+	settledConsumer(t, js, "plain", "app-plain")
+	assert.Equal(t, int32(2), calls.Load())
+}
+
+// With provisioning off and no stream for the dead-letter subject, the
+// message is held, not lost: the log names the fix, and once an operator
+// creates the stream the dead letter is published and the original
+// terminated.
+func TestDeadLetterWaitsForItsStream(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	_, err := js.CreateStream(ctx(t), jetstream.StreamConfig{Name: "WORK", Subjects: []string{"work"}})
+	require.NoError(t, err)
+	ps, log := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "maxDeliver": "1", "autoProvision": "false", "deadLetterSubject": "dead.{topic}", "ackWait": "1s"})
+	var calls atomic.Int32
+	subscribe(t, ps, "work", nil, alwaysFailing(&calls, "no"))
+	publish(t, ps, "work", "job", nil)
+	require.Eventually(t, func() bool { return strings.Contains(log.String(), "dead.work") }, waitFor, tick)
+	assert.Contains(t, log.String(), "autoProvision")
+	time.Sleep(1500 * time.Millisecond) // longer than ackWait: the held message must not time out
+	info, err := consumerInfo(js, "WORK", "app-work")
+	require.NoError(t, err)
+	assert.Equal(t, 1, info.NumAckPending, "the message is held while its dead letter waits")
+
+	_, err = js.CreateStream(ctx(t), jetstream.StreamConfig{Name: "DEAD", Subjects: []string{"dead.>"}})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return count(js, "DEAD") == 1 }, waitFor, tick, "the dead letter was not published")
+	info = settledConsumer(t, js, "WORK", "app-work")
+	assert.Equal(t, uint64(1), info.AckFloor.Stream)
+	assert.Equal(t, int32(1), calls.Load())
+}
