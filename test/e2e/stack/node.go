@@ -29,12 +29,15 @@ const (
 	TopicDeadLetter = "TWITTERCLONE.deadletter"
 	TopicRaw        = "TWITTERCLONE.raw"
 	TopicBulk       = "TWITTERCLONE.bulk"
-	SocketName      = "nats-jetstream"
-	PubsubName      = "pubsub"
+	// TopicFailed receives the component's dead letters of TopicLiked, with
+	// deadLetterSubject TWITTERCLONE.failed.{topic}.
+	TopicFailed = "TWITTERCLONE.failed.TWITTERCLONE.tweet_liked"
+	SocketName  = "nats-jetstream"
+	PubsubName  = "pubsub"
 )
 
 // AppTopics are the topics the tweet app subscribes to.
-var AppTopics = []string{TopicCreated, TopicLiked, TopicDeadLetter, TopicRaw, TopicBulk}
+var AppTopics = []string{TopicCreated, TopicLiked, TopicDeadLetter, TopicRaw, TopicBulk, TopicFailed}
 
 // StartNATS runs nats-server with JetStream in this process, on a random
 // loopback port, with its file store in dir.
@@ -456,6 +459,9 @@ type Record struct {
 	Status    string          `json:"status"`
 	// TraceParent is the traceparent header daprd sent with the event.
 	TraceParent string `json:"traceparent"`
+	// DeadLetter holds the Dead-Letter-* metadata daprd sent, keyed in lower
+	// case.
+	DeadLetter map[string]string `json:"deadLetter"`
 }
 
 // TweetData is the data of the app's events.

@@ -20,7 +20,8 @@
 // Query parameters of the POSTs (such as metadata.ttlInSeconds=1) are passed
 // on to daprd. The "behavior" of an event decides how its handler answers:
 // "retry-once" answers RETRY on the first attempt, "fail-once" answers HTTP
-// 500 on the first attempt, "drop" answers DROP, anything else SUCCESS.
+// 500 on the first attempt, "fail-always" answers HTTP 500 every time, "drop"
+// answers DROP, anything else SUCCESS.
 package main
 
 import (
@@ -37,6 +38,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -49,6 +51,9 @@ const (
 	TopicDeadLetter = "TWITTERCLONE.deadletter"
 	TopicRaw        = "TWITTERCLONE.raw"
 	TopicBulk       = "TWITTERCLONE.bulk"
+	// TopicFailed receives the component's dead letters of tweet_liked
+	// (deadLetterSubject TWITTERCLONE.failed.{topic}).
+	TopicFailed = "TWITTERCLONE.failed.TWITTERCLONE.tweet_liked"
 )
 
 // Tweet is the data of a tweet_created event; a like carries the tweet's id.
@@ -79,6 +84,9 @@ type Record struct {
 	Status    string    `json:"status"`
 	// TraceParent is the W3C traceparent header daprd sent with the event.
 	TraceParent string `json:"traceparent,omitempty"`
+	// DeadLetter holds the Dead-Letter-* metadata daprd sent as headers,
+	// keyed in lower case.
+	DeadLetter map[string]string `json:"deadLetter,omitempty"`
 }
 
 type app struct {
@@ -142,6 +150,7 @@ func (a *app) routes() http.Handler {
 	mux.HandleFunc("POST /events/deadletter", a.event(TopicDeadLetter, false))
 	mux.HandleFunc("POST /events/raw", a.event(TopicRaw, true))
 	mux.HandleFunc("POST /events/bulk", a.bulkEvent)
+	mux.HandleFunc("POST /events/failed", a.event(TopicFailed, false))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) })
 	return mux
 }
@@ -169,6 +178,7 @@ func (a *app) subscribe(w http.ResponseWriter, _ *http.Request) {
 		{PubsubName: a.pubsub, Topic: TopicDeadLetter, Route: "/events/deadletter"},
 		{PubsubName: a.pubsub, Topic: TopicRaw, Route: "/events/raw", Metadata: map[string]string{"rawPayload": "true"}},
 		{PubsubName: a.pubsub, Topic: TopicBulk, Route: "/events/bulk", BulkSubscribe: &bulk{Enabled: true, MaxMessagesCount: 10, MaxAwaitDurationMs: 500}},
+		{PubsubName: a.pubsub, Topic: TopicFailed, Route: "/events/failed"},
 	})
 }
 
@@ -306,6 +316,8 @@ func (a *app) record(rec Record) Record {
 		rec.Status = "RETRY"
 	case t.Behavior == "fail-once" && rec.Attempt == 1:
 		rec.Status = "HTTP500"
+	case t.Behavior == "fail-always" && rec.Topic != TopicFailed:
+		rec.Status = "HTTP500"
 	case t.Behavior == "drop":
 		rec.Status = "DROP"
 	default:
@@ -333,11 +345,11 @@ func (a *app) event(topic string, raw bool) http.HandlerFunc {
 		// CloudEvent of the original, whose topic field names the original topic.
 		data, isRaw := ce.payload()
 		rec := a.record(Record{Route: r.URL.Path, Topic: topic, ID: ce.ID, Data: data, Event: body, Raw: raw && isRaw,
-			TraceParent: r.Header.Get("traceparent")})
+			TraceParent: r.Header.Get("traceparent"), DeadLetter: deadLetterHeaders(r.Header)})
 		log.Printf("received %s id=%s attempt=%d data=%s -> %s", topic, ce.ID, rec.Attempt, data, rec.Status)
 		a.wait(r.Context())
 		if rec.Status == "HTTP500" {
-			http.Error(w, "failing once on purpose", http.StatusInternalServerError)
+			http.Error(w, "failing on purpose", http.StatusInternalServerError)
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": rec.Status})
@@ -402,4 +414,18 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// deadLetterHeaders picks the Dead-Letter-* headers, keyed in lower case.
+func deadLetterHeaders(h http.Header) map[string]string {
+	var out map[string]string
+	for k, v := range h {
+		if k := strings.ToLower(k); strings.HasPrefix(k, "dead-letter-") && len(v) > 0 {
+			if out == nil {
+				out = map[string]string{}
+			}
+			out[k] = v[0]
+		}
+	}
+	return out
 }
