@@ -138,16 +138,21 @@ func (s *subscription) ensureConsumer(ctx context.Context) (*consumerState, erro
 	}
 	created := st.CachedInfo().Created
 	want := s.consumerConfig(stream, created)
+	if st.CachedInfo().Config.Retention == jetstream.WorkQueuePolicy {
+		if err := s.forWorkQueue(&want, stream); err != nil {
+			return nil, err
+		}
+	}
 	if want.Durable == "" {
 		c, err := js.CreateConsumer(ctx, stream, want)
 		if err != nil {
-			return nil, err
+			return nil, explainWorkQueue(err, stream, s.topic)
 		}
 		return s.p.newConsumerState(c, created, true), nil
 	}
 	c, err := s.findOrCreate(ctx, js, stream, want)
 	if err != nil {
-		return nil, err
+		return nil, explainWorkQueue(err, stream, s.topic)
 	}
 	c, err = s.reconcile(ctx, js, stream, c, want)
 	if err != nil {

@@ -151,7 +151,11 @@ func (s *subscription) publishDeadLetter(msg *nats.Msg) error {
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, deadLetterTimeout)
 	defer cancel()
-	if _, err := prepare(ctx, streams, msg.Subject, needs{}); err != nil {
+	stream, err := prepare(ctx, streams, msg.Subject, needs{})
+	if err != nil {
+		return err
+	}
+	if err := keptByInterest(ctx, js, stream, msg.Subject); err != nil {
 		return err
 	}
 	_, err = js.PublishMsg(ctx, msg)
@@ -159,6 +163,32 @@ func (s *subscription) publishDeadLetter(msg *nats.Msg) error {
 		streams.forget(msg.Subject)
 	}
 	return err
+}
+
+// keptByInterest refuses to publish to subject in a stream with interest
+// retention that no consumer takes it from: JetStream would acknowledge the
+// dead letter and drop it at once.
+func keptByInterest(ctx context.Context, js jetstream.JetStream, stream, subject string) error {
+	st, err := js.Stream(ctx, stream)
+	if err != nil {
+		return err
+	}
+	if st.CachedInfo().Config.Retention != jetstream.InterestPolicy {
+		return nil
+	}
+	list := st.ListConsumers(ctx)
+	for info := range list.Info() {
+		filters := append([]string{info.Config.FilterSubject}, info.Config.FilterSubjects...)
+		for _, f := range filters {
+			if (f == "" && len(filters) == 1) || (f != "" && metadata.SubjectCovers(f, subject)) {
+				return nil
+			}
+		}
+	}
+	if err := list.Err(); err != nil {
+		return err
+	}
+	return fmt.Errorf("stream %q has interest retention and no consumer takes %q, so JetStream would drop the dead letter at once; subscribe to the dead-letter subject, or store it in a stream with limits retention", stream, subject)
 }
 
 // deadLetterMsg is d as a dead letter on subject: its data and headers, the

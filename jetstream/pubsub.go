@@ -184,7 +184,7 @@ func (p *PubSub) Init(ctx context.Context, md pubsub.Metadata) error {
 		return fmt.Errorf("%w: JetStream context: %v", metadata.ErrInvalid, err)
 	}
 	p.cfg, p.nc, p.js = cfg, nc, js
-	p.streams = newStreams(js, cfg.Stream)
+	p.streams = newStreams(js, cfg.Stream, p.log.Warnf)
 	p.apiPrefix = apiPrefix(cfg.Connection)
 	p.connKey = connKey(cfg.Connection)
 	desk.register(p)

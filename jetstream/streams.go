@@ -16,18 +16,23 @@ import (
 // that stores a topic. Answers are cached per topic, so the publish path
 // touches the JetStream API only the first time it sees a topic.
 type streams struct {
-	js  jetstream.JetStream
-	cfg metadata.Stream
+	js   jetstream.JetStream
+	cfg  metadata.Stream
+	warn func(format string, args ...any)
 
 	mu    sync.Mutex
 	known map[string]string // topic -> stream
 	ttl   map[string]bool   // stream -> allows per-message TTL
 	sched map[string]bool   // stream -> holds delayed messages
 	batch map[string]bool   // stream -> allows atomic batches
+	noted map[string]bool   // stream -> its differences were logged
 }
 
-func newStreams(js jetstream.JetStream, cfg metadata.Stream) *streams {
-	return &streams{js: js, cfg: cfg, known: map[string]string{}, ttl: map[string]bool{}, sched: map[string]bool{}, batch: map[string]bool{}}
+func newStreams(js jetstream.JetStream, cfg metadata.Stream, warn func(string, ...any)) *streams {
+	return &streams{
+		js: js, cfg: cfg, warn: warn,
+		known: map[string]string{}, ttl: map[string]bool{}, sched: map[string]bool{}, batch: map[string]bool{}, noted: map[string]bool{},
+	}
 }
 
 func (s *streams) cached(topic string) (string, bool) {
@@ -61,8 +66,11 @@ func (s *streams) ensure(ctx context.Context, topic string) (string, error) {
 	}
 	if info == nil {
 		info, err = s.create(ctx, name, topic)
-	} else if !covers(info.Config.Subjects, topic) {
-		info, err = s.extend(ctx, info, topic)
+	} else {
+		s.noteDifferences(info.Config)
+		if !covers(info.Config.Subjects, topic) {
+			info, err = s.extend(ctx, info, topic)
+		}
 	}
 	if err != nil {
 		return "", err
@@ -123,6 +131,13 @@ func (s *streams) create(ctx context.Context, name, topic string) (*jetstream.St
 		MaxBytes:    s.cfg.MaxBytes,
 		Duplicates:  s.cfg.DuplicateWindow,
 		AllowMsgTTL: true,
+		Retention:   s.cfg.Retention,
+		Discard:     s.cfg.Discard,
+		MaxMsgSize:  s.cfg.MaxMsgSize,
+		Compression: s.cfg.Compression,
+		Placement:   s.cfg.Placement,
+
+		MaxMsgsPerSubject: s.cfg.MaxMsgsPerSubject,
 	}
 	st, err := s.js.CreateStream(ctx, cfg)
 	if err == nil {

@@ -3,6 +3,7 @@ package metadata
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net/url"
 	"reflect"
 	"slices"
@@ -76,6 +77,17 @@ type Stream struct {
 	MaxMsgs         int64
 	MaxBytes        int64
 	DuplicateWindow time.Duration
+	Retention       jetstream.RetentionPolicy
+	Discard         jetstream.DiscardPolicy
+	// MaxMsgSize and MaxMsgsPerSubject are -1 for no limit.
+	MaxMsgSize        int32
+	MaxMsgsPerSubject int64
+	Compression       jetstream.StoreCompression
+	// Placement is nil when neither cluster nor tags are set.
+	Placement *jetstream.Placement
+	// Given lists the stream* keys the metadata set, so that an existing
+	// stream is compared only with what was asked for.
+	Given []string
 }
 
 // Publish holds how messages are published.
@@ -142,6 +154,9 @@ func Parse(props map[string]string) (*Config, error) {
 	cfg.Publish = parsePublish(&p)
 	cfg.Consumer, err = parseConsumer(&p)
 	errs = append(errs, err)
+	if err == nil {
+		errs = append(errs, workQueueConsumer(cfg.Stream, cfg.Consumer, p))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
@@ -455,7 +470,111 @@ func parseStream(p *Properties) (Stream, error) {
 	if s.MaxAge > 0 && s.DuplicateWindow > s.MaxAge {
 		add(conflict("the duplicate window cannot be longer than the age limit", "shorten streamDuplicateWindow or lengthen streamMaxAge", "streamDuplicateWindow", "streamMaxAge"))
 	}
+	add(parseStreamPolicies(p, &s))
+	s.Given = givenStreamKeys(p)
 	return s, errors.Join(errs...)
+}
+
+// workQueueConsumer checks the component's consumer settings against
+// workqueue retention, which JetStream allows only with consumers that ack
+// explicitly and start at the first message: a workqueue stream holds only
+// what no consumer has acknowledged yet.
+func workQueueConsumer(s Stream, c Consumer, p Properties) error {
+	if s.Retention != jetstream.WorkQueuePolicy {
+		return nil
+	}
+	var errs []error
+	if c.AckPolicy != jetstream.AckExplicitPolicy {
+		errs = append(errs, conflict("streamRetention workqueue needs consumers that acknowledge each message", "use ackPolicy explicit", "streamRetention", "ackPolicy"))
+	}
+	if !c.StartAtSubscribe && c.DeliverPolicy != jetstream.DeliverAllPolicy {
+		field := "deliverPolicy"
+		switch {
+		case p.StartSequence != nil:
+			field = "startSequence"
+		case p.StartTime != nil:
+			field = "startTime"
+		}
+		errs = append(errs, conflict("streamRetention workqueue needs consumers that start at the first message the stream holds", "remove "+field+" (or use deliverPolicy all)", "streamRetention", field))
+	}
+	return errors.Join(errs...)
+}
+
+// parseStreamPolicies reads retention, discard, the per-message limits,
+// compression and placement.
+func parseStreamPolicies(p *Properties, s *Stream) error {
+	var errs []error
+	add := func(err error) { errs = append(errs, err) }
+	s.MaxMsgSize, s.MaxMsgsPerSubject = -1, -1
+	switch strings.ToLower(strings.TrimSpace(p.StreamRetention)) {
+	case "", "limits":
+	case "interest":
+		s.Retention = jetstream.InterestPolicy
+	case "workqueue":
+		s.Retention = jetstream.WorkQueuePolicy
+	default:
+		add(fieldErr("streamRetention", p.StreamRetention, "is not a retention policy", "limits, interest or workqueue"))
+	}
+	switch strings.ToLower(strings.TrimSpace(p.StreamDiscard)) {
+	case "", "old":
+	case "new":
+		s.Discard = jetstream.DiscardNew
+	default:
+		add(fieldErr("streamDiscard", p.StreamDiscard, "is not a discard policy", "old (drop the oldest messages when full) or new (refuse new ones)"))
+	}
+	if v := p.StreamMaxMsgSize; v != nil {
+		if *v == 0 || *v < -1 || *v > math.MaxInt32 {
+			add(fieldErr("streamMaxMsgSize", fmt.Sprint(*v), "is out of range", "a size in bytes from 1 to 2147483647, or -1 for no limit"))
+		} else {
+			s.MaxMsgSize = int32(*v)
+		}
+	}
+	if v := p.StreamMaxMsgsPerSubject; v != nil {
+		if *v == 0 || *v < -1 {
+			add(fieldErr("streamMaxMsgsPerSubject", fmt.Sprint(*v), "is out of range", "a positive number, or -1 for no limit"))
+		} else {
+			s.MaxMsgsPerSubject = *v
+		}
+	}
+	switch strings.ToLower(strings.TrimSpace(p.StreamCompression)) {
+	case "", "none":
+	case "s2":
+		s.Compression = jetstream.S2Compression
+	default:
+		add(fieldErr("streamCompression", p.StreamCompression, "is not a compression", "none or s2"))
+	}
+	var tags []string
+	for _, t := range p.StreamPlacementTags {
+		if t = strings.TrimSpace(t); t != "" {
+			tags = append(tags, t)
+		}
+	}
+	if cluster := strings.TrimSpace(p.StreamPlacementCluster); cluster != "" || len(tags) > 0 {
+		s.Placement = &jetstream.Placement{Cluster: cluster, Tags: tags}
+	}
+	return errors.Join(errs...)
+}
+
+// givenStreamKeys lists the stream* keys set in p.
+func givenStreamKeys(p *Properties) []string {
+	var given []string
+	for _, f := range []struct {
+		key string
+		set bool
+	}{
+		{"streamStorage", p.StreamStorage != ""}, {"streamReplicas", p.StreamReplicas != nil},
+		{"streamMaxAge", p.StreamMaxAge != 0}, {"streamMaxMsgs", p.StreamMaxMsgs != nil},
+		{"streamMaxBytes", p.StreamMaxBytes != nil}, {"streamDuplicateWindow", p.StreamDuplicateWindow != 0},
+		{"streamRetention", p.StreamRetention != ""}, {"streamDiscard", p.StreamDiscard != ""},
+		{"streamMaxMsgSize", p.StreamMaxMsgSize != nil}, {"streamMaxMsgsPerSubject", p.StreamMaxMsgsPerSubject != nil},
+		{"streamCompression", p.StreamCompression != ""},
+		{"streamPlacementCluster", p.StreamPlacementCluster != ""}, {"streamPlacementTags", len(p.StreamPlacementTags) > 0},
+	} {
+		if f.set {
+			given = append(given, f.key)
+		}
+	}
+	return given
 }
 
 func parseConsumer(p *Properties) (Consumer, error) {

@@ -149,12 +149,14 @@ func TestParseDefaults(t *testing.T) {
 		ConnectTimeout: 5 * time.Second,
 	}, cfg.Connection)
 	assert.Equal(t, Stream{
-		AutoProvision:   true,
-		Storage:         jetstream.FileStorage,
-		Replicas:        1,
-		MaxMsgs:         -1,
-		MaxBytes:        -1,
-		DuplicateWindow: 2 * time.Minute,
+		AutoProvision:     true,
+		Storage:           jetstream.FileStorage,
+		Replicas:          1,
+		MaxMsgs:           -1,
+		MaxBytes:          -1,
+		DuplicateWindow:   2 * time.Minute,
+		MaxMsgSize:        -1,
+		MaxMsgsPerSubject: -1,
 	}, cfg.Stream)
 	assert.Equal(t, Consumer{
 		StartAtSubscribe: true,
@@ -299,6 +301,40 @@ var validCases = []validCase{
 	}},
 	{"streamMaxBytes", map[string]string{"streamMaxBytes": "1073741824"}, func(t *testing.T, c *Config) {
 		assert.Equal(t, int64(1<<30), c.Stream.MaxBytes)
+	}},
+	{"streamRetention workqueue", map[string]string{"streamRetention": "WorkQueue", "streamReplicas": "3"}, func(t *testing.T, c *Config) {
+		assert.Equal(t, jetstream.WorkQueuePolicy, c.Stream.Retention)
+		assert.Equal(t, []string{"streamReplicas", "streamRetention"}, c.Stream.Given)
+	}},
+	{"streamRetention interest", map[string]string{"streamRetention": "interest"}, func(t *testing.T, c *Config) {
+		assert.Equal(t, jetstream.InterestPolicy, c.Stream.Retention)
+	}},
+	{"streamRetention limits", map[string]string{"streamRetention": "limits"}, func(t *testing.T, c *Config) {
+		assert.Equal(t, jetstream.LimitsPolicy, c.Stream.Retention)
+	}},
+	{"streamRetention workqueue with deliverAll", map[string]string{"streamRetention": "workqueue", "deliverAll": "true"}, func(t *testing.T, c *Config) {
+		assert.Equal(t, jetstream.DeliverAllPolicy, c.Consumer.DeliverPolicy)
+	}},
+	{"streamDiscard new", map[string]string{"streamDiscard": "new"}, func(t *testing.T, c *Config) {
+		assert.Equal(t, jetstream.DiscardNew, c.Stream.Discard)
+	}},
+	{"streamDiscard old", map[string]string{"streamDiscard": "Old"}, func(t *testing.T, c *Config) {
+		assert.Equal(t, jetstream.DiscardOld, c.Stream.Discard)
+	}},
+	{"streamMaxMsgSize", map[string]string{"streamMaxMsgSize": "1048576"}, func(t *testing.T, c *Config) {
+		assert.Equal(t, int32(1<<20), c.Stream.MaxMsgSize)
+	}},
+	{"streamMaxMsgsPerSubject", map[string]string{"streamMaxMsgsPerSubject": "10"}, func(t *testing.T, c *Config) {
+		assert.Equal(t, int64(10), c.Stream.MaxMsgsPerSubject)
+	}},
+	{"streamCompression s2", map[string]string{"streamCompression": "S2"}, func(t *testing.T, c *Config) {
+		assert.Equal(t, jetstream.S2Compression, c.Stream.Compression)
+	}},
+	{"streamPlacement", map[string]string{"streamPlacementCluster": "east", "streamPlacementTags": "ssd, az:1"}, func(t *testing.T, c *Config) {
+		assert.Equal(t, &jetstream.Placement{Cluster: "east", Tags: []string{"ssd", "az:1"}}, c.Stream.Placement)
+	}},
+	{"streamPlacementTags alone", map[string]string{"streamPlacementTags": "ssd"}, func(t *testing.T, c *Config) {
+		assert.Equal(t, &jetstream.Placement{Tags: []string{"ssd"}}, c.Stream.Placement)
 	}},
 	{"streamDuplicateWindow", map[string]string{"streamDuplicateWindow": "5m"}, func(t *testing.T, c *Config) {
 		assert.Equal(t, 5*time.Minute, c.Stream.DuplicateWindow)
@@ -491,6 +527,8 @@ var typeErrorCases = []struct {
 	{"streamMaxMsgs", "99999999999999999999", acceptedInt},
 	{"streamMaxBytes", "1GB", acceptedInt},
 	{"streamDuplicateWindow", "abc", acceptedDuration},
+	{"streamMaxMsgSize", "1MB", acceptedInt},
+	{"streamMaxMsgsPerSubject", "ten", acceptedInt},
 	{"deliverAll", "maybe", acceptedBool},
 	{"startSequence", "abc", acceptedUint},
 	{"startSequence", "-1", acceptedUint},
@@ -583,6 +621,12 @@ func TestParseFieldErrors(t *testing.T) {
 		{"streamMaxBytes 0", with(map[string]string{"streamMaxBytes": "0"}), "streamMaxBytes", "is out of range", "-1 for no limit"},
 		{"streamMaxBytes -5", with(map[string]string{"streamMaxBytes": "-5"}), "streamMaxBytes", "is out of range", "a positive number"},
 		{"streamDuplicateWindow negative", with(map[string]string{"streamDuplicateWindow": "-1s"}), "streamDuplicateWindow", "must not be negative", "a duration such as 2m"},
+		{"streamRetention", with(map[string]string{"streamRetention": "forever"}), "streamRetention", "is not a retention policy", "limits, interest or workqueue"},
+		{"streamDiscard", with(map[string]string{"streamDiscard": "oldest"}), "streamDiscard", "is not a discard policy", "old (drop the oldest messages when full) or new"},
+		{"streamMaxMsgSize 0", with(map[string]string{"streamMaxMsgSize": "0"}), "streamMaxMsgSize", "is out of range", "from 1 to 2147483647, or -1"},
+		{"streamMaxMsgSize over int32", with(map[string]string{"streamMaxMsgSize": "2147483648"}), "streamMaxMsgSize", "is out of range", "from 1 to 2147483647"},
+		{"streamMaxMsgsPerSubject -2", with(map[string]string{"streamMaxMsgsPerSubject": "-2"}), "streamMaxMsgsPerSubject", "is out of range", "a positive number, or -1 for no limit"},
+		{"streamCompression", with(map[string]string{"streamCompression": "gzip"}), "streamCompression", "is not a compression", "none or s2"},
 		{"ackPolicy", with(map[string]string{"ackPolicy": "sometimes"}), "ackPolicy", "is not an ack policy", "explicit, all or none"},
 		{"ackWait 0", with(map[string]string{"ackWait": "0s"}), "ackWait", "must be positive", "a duration such as 30s"},
 		{"ackWait negative", with(map[string]string{"ackWait": "-1s"}), "ackWait", "must be positive", "a duration such as 30s"},
@@ -668,6 +712,9 @@ func TestParseConflicts(t *testing.T) {
 		{"streamSubjects without streamName", map[string]string{"streamSubjects": "orders.>"}, []string{"streamSubjects", "streamName"}},
 		{"streamDuplicateWindow over streamMaxAge", map[string]string{"streamDuplicateWindow": "2h", "streamMaxAge": "1h"}, []string{"streamDuplicateWindow", "streamMaxAge"}},
 		{"streamDuplicateWindow over a short streamMaxAge", map[string]string{"streamDuplicateWindow": "2m", "streamMaxAge": "1m"}, []string{"streamDuplicateWindow", "streamMaxAge"}},
+		{"workqueue with ackPolicy none", map[string]string{"streamRetention": "workqueue", "ackPolicy": "none"}, []string{"streamRetention", "ackPolicy"}},
+		{"workqueue with deliverPolicy new", map[string]string{"streamRetention": "workqueue", "deliverPolicy": "new"}, []string{"streamRetention", "deliverPolicy"}},
+		{"workqueue with startSequence", map[string]string{"streamRetention": "workqueue", "startSequence": "5"}, []string{"streamRetention", "startSequence"}},
 		{"maxDeliver below backOff steps", map[string]string{"maxDeliver": "1", "backOff": "1s,2s"}, []string{"maxDeliver", "backOff"}},
 		{"maxInFlight over maxAckPending", map[string]string{"maxInFlight": "20", "maxAckPending": "10"}, []string{"maxInFlight", "maxAckPending"}},
 		{"maxInFlight over default maxAckPending", map[string]string{"maxInFlight": "1001"}, []string{"maxInFlight", "maxAckPending"}},
@@ -1409,7 +1456,10 @@ func TestMetadataYAMLSchema(t *testing.T) {
 			if f.Default != "" {
 				cfg := mustParse(t, with(map[string]string{f.Name: f.Default}))
 				assert.Equal(t, empty.Connection, cfg.Connection)
-				assert.Equal(t, empty.Stream, cfg.Stream)
+				stream := cfg.Stream
+				stream.Given = nil // records that the key was set, which it was
+				assert.Equal(t, empty.Stream, stream)
+				assert.Equal(t, empty.Publish, cfg.Publish)
 				assert.Equal(t, empty.Consumer, cfg.Consumer)
 			}
 		})

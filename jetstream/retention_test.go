@@ -1,0 +1,116 @@
+package jetstream
+
+import (
+	"context"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/dapr/components-contrib/pubsub"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// The stream* settings reach the streams the component creates.
+func TestProvisionedStreamSettings(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{
+		"streamRetention": "interest", "streamDiscard": "new", "streamMaxMsgSize": "4096",
+		"streamMaxMsgsPerSubject": "5", "streamCompression": "s2", "streamMaxMsgs": "1000",
+	})
+	subscribe(t, ps, "settings", nil, func(context.Context, *pubsub.NewMessage) error { return nil })
+	require.Eventually(t, func() bool { _, err := js.Stream(ctx(t), "settings"); return err == nil }, waitFor, tick)
+	cfg := streamInfo(t, js, "settings").Config
+	assert.Equal(t, jetstream.InterestPolicy, cfg.Retention)
+	assert.Equal(t, jetstream.DiscardNew, cfg.Discard)
+	assert.Equal(t, int32(4096), cfg.MaxMsgSize)
+	assert.Equal(t, int64(5), cfg.MaxMsgsPerSubject)
+	assert.Equal(t, jetstream.S2Compression, cfg.Compression)
+
+	err := ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "settings", Data: make([]byte, 5000)})
+	require.Error(t, err, "larger than streamMaxMsgSize")
+	t.Log(err)
+	assert.Equal(t, KindInvalid, KindOf(err))
+}
+
+// The placement reaches the stream (a single server takes any placement).
+func TestProvisionedStreamPlacement(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"streamPlacementTags": "ssd,az:1"})
+	publish(t, ps, "placed", "x", nil)
+	assert.Equal(t, &jetstream.Placement{Tags: []string{"ssd", "az:1"}}, streamInfo(t, js, "placed").Config.Placement)
+}
+
+// On a workqueue stream, a subscription starts at the first message the
+// stream holds, and the messages are removed once acknowledged; a second
+// app id on the same topic is refused with the reason, and the first keeps
+// everything.
+func TestWorkQueueStream(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	props := map[string]string{"streamRetention": "workqueue", "consumerID": "a"}
+	a, _ := open(t, ns.ClientURL(), props)
+	publish(t, a, "jobs", "before", nil)
+	h, got := collect()
+	subscribe(t, a, "jobs", nil, h)
+	assert.Equal(t, "before", string(recv(t, got, waitFor).Data), "a message published before the subscription is delivered")
+	require.Eventually(t, func() bool { return count(js, "jobs") == 0 }, waitFor, tick, "an acknowledged message stays in the workqueue")
+
+	props["consumerID"] = "b"
+	b, log := open(t, ns.ClientURL(), props)
+	var calls atomic.Int32
+	subscribe(t, b, "jobs", nil, alwaysFailing(&calls, "b"))
+	require.Eventually(t, func() bool { return strings.Contains(log.String(), "workqueue retention") }, waitFor, tick)
+	for _, s := range []string{"one consumer", "consumerID", "limits or interest"} {
+		assert.Contains(t, log.String(), s)
+	}
+	publish(t, a, "jobs", "after", nil)
+	assert.Equal(t, "after", string(recv(t, got, waitFor).Data))
+	assert.Zero(t, calls.Load())
+
+	// A subscription that asks to start elsewhere is refused.
+	c, log := open(t, ns.ClientURL(), map[string]string{"consumerID": "c", "streamRetention": "workqueue"})
+	subscribe(t, c, "tasks", map[string]string{"deliverPolicy": "new"}, alwaysFailing(&calls, "c"))
+	require.Eventually(t, func() bool { return strings.Contains(log.String(), "remove deliverPolicy") }, waitFor, tick, "log:\n%s", log)
+}
+
+// An existing stream is left as it is; where it differs from the stream*
+// settings the metadata gave, the log says so once.
+func TestExistingStreamDifferencesLogged(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	_, err := js.CreateStream(ctx(t), jetstream.StreamConfig{Name: "ORDERS", Subjects: []string{"orders.>"}})
+	require.NoError(t, err)
+	ps, log := open(t, ns.ClientURL(), map[string]string{"streamRetention": "workqueue", "streamMaxMsgsPerSubject": "-1", "streamCompression": "s2"})
+	publish(t, ps, "orders.new", "1", nil)
+	publish(t, ps, "orders.paid", "2", nil)
+	text := log.String()
+	assert.Equal(t, 1, strings.Count(text, "exists with settings other than"), text)
+	for _, s := range []string{"ORDERS", "retention limits where streamRetention asks for workqueue", "compression none where streamCompression asks for s2", "nats stream edit"} {
+		assert.Contains(t, text, s)
+	}
+	assert.NotContains(t, text, "streamMaxMsgsPerSubject", "a setting that matches is not named")
+	assert.Equal(t, jetstream.LimitsPolicy, streamInfo(t, js, "ORDERS").Config.Retention, "the stream is left as it is")
+}
+
+// A dead letter bound for an interest stream that no consumer takes it from
+// would be dropped: it is held until a consumer exists.
+func TestDeadLetterIntoInterestStream(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	_, err := js.CreateStream(ctx(t), jetstream.StreamConfig{Name: "DEAD", Subjects: []string{"dead.>"}, Retention: jetstream.InterestPolicy})
+	require.NoError(t, err)
+	ps, log := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "maxDeliver": "1", "deadLetterSubject": "dead.{topic}"})
+	var calls atomic.Int32
+	subscribe(t, ps, "tasks", nil, alwaysFailing(&calls, "no"))
+	publish(t, ps, "tasks", "t1", nil)
+	require.Eventually(t, func() bool { return strings.Contains(log.String(), "interest retention") }, waitFor, tick)
+	assert.Zero(t, count(js, "DEAD"))
+
+	dl, dead := collect()
+	subscribe(t, ps, "dead.tasks", nil, dl)
+	assert.Equal(t, "t1", string(recv(t, dead, waitFor).Data))
+}
