@@ -35,7 +35,11 @@ type consumerState struct {
 	ackWait       time.Duration
 	backOff       []time.Duration
 	maxDeliver    int
-	refreshed     time.Time
+	// priority is the consumer's priority policy, and group its priority
+	// group, which pull requests must name.
+	priority  jetstream.PriorityPolicy
+	group     string
+	refreshed time.Time
 }
 
 func (p *PubSub) newConsumerState(c jetstream.Consumer, created time.Time, ephemeral bool) *consumerState {
@@ -53,6 +57,10 @@ func (cs *consumerState) update(info *jetstream.ConsumerInfo) {
 	cs.ackWait = info.Config.AckWait
 	cs.backOff = info.Config.BackOff
 	cs.maxDeliver = info.Config.MaxDeliver
+	cs.priority, cs.group = info.Config.PriorityPolicy, ""
+	if len(info.Config.PriorityGroups) > 0 {
+		cs.group = info.Config.PriorityGroups[0]
+	}
 }
 
 // shortestAckWait is the shortest time JetStream waits for an ack of any
@@ -111,6 +119,9 @@ func (s *subscription) consumerConfig(stream string, created time.Time) jetstrea
 	}
 	if cfg.Durable == "" {
 		cfg.InactiveThreshold = 5 * time.Minute
+	}
+	if c.PriorityPolicy != jetstream.PriorityPolicyNone {
+		cfg.PriorityPolicy, cfg.PriorityGroups, cfg.PinnedTTL = c.PriorityPolicy, []string{metadata.PriorityGroup}, c.PinnedTTL
 	}
 	return cfg
 }
@@ -198,13 +209,19 @@ func (s *subscription) reconcile(ctx context.Context, js jetstream.JetStream, st
 			"consumer %q on stream %q has ackPolicy %s, and JetStream cannot change it to %s; delete the consumer (nats consumer rm %s %s) so that it is created again, or set another consumerID",
 			want.Durable, stream, ackPolicyName(have.AckPolicy), ackPolicyName(want.AckPolicy), stream, want.Durable)}
 	}
+	samePriority := have.PriorityPolicy == want.PriorityPolicy && slices.Equal(have.PriorityGroups, want.PriorityGroups) && have.PinnedTTL == want.PinnedTTL
 	if have.FilterSubject == want.FilterSubject && have.AckWait == want.AckWait && have.MaxDeliver == want.MaxDeliver &&
-		have.MaxAckPending == want.MaxAckPending && slices.Equal(have.BackOff, want.BackOff) {
+		have.MaxAckPending == want.MaxAckPending && slices.Equal(have.BackOff, want.BackOff) && samePriority {
 		return c, nil
 	}
 	updated, err := js.UpdateConsumer(ctx, stream, want)
 	if err == nil {
 		return updated, nil
+	}
+	if have.PriorityPolicy != want.PriorityPolicy {
+		return nil, &Error{Op: "subscribe to", Topic: s.topic, Kind: KindRejected, Err: fmt.Errorf(
+			"consumer %q on stream %q has priority policy %s, and JetStream refused to change it to %s (%v); delete the consumer (nats consumer rm %s %s) so that it is created again, or set another consumerID",
+			want.Durable, stream, priorityName(have.PriorityPolicy), priorityName(want.PriorityPolicy), err, stream, want.Durable)}
 	}
 	if have.FilterSubject != want.FilterSubject {
 		return nil, &Error{Op: "subscribe to", Topic: s.topic, Kind: KindRejected, Err: fmt.Errorf(
@@ -214,6 +231,19 @@ func (s *subscription) reconcile(ctx context.Context, js jetstream.JetStream, st
 	s.p.log.Warnf("consumer %q on stream %q keeps its settings (ackWait %s, maxDeliver %d, maxAckPending %d, backOff %v), which this subscription follows: %v",
 		want.Durable, stream, have.AckWait, have.MaxDeliver, have.MaxAckPending, have.BackOff, err)
 	return c, nil
+}
+
+// priorityName is the metadata value for p.
+func priorityName(p jetstream.PriorityPolicy) string {
+	switch p {
+	case jetstream.PriorityPolicyPinned:
+		return "pinned"
+	case jetstream.PriorityPolicyOverflow:
+		return "overflow"
+	case jetstream.PriorityPolicyNone:
+		return "none"
+	}
+	return fmt.Sprint(int(p))
 }
 
 // ackPolicyName is the metadata value for p.

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 const (
@@ -31,6 +32,13 @@ const (
 	statusNoMsgs    = "404"
 	statusTimeout   = "408"
 	statusConflict  = "409"
+	// statusWrongPin ends a pull request that named a pin id JetStream no
+	// longer has: another replica is pinned now.
+	statusWrongPin = "423"
+
+	// headerPinID carries, on each message to the pinned subscription, the
+	// pin id its next pull requests must name.
+	headerPinID = "Nats-Pin-Id"
 )
 
 // openInboxLocked subscribes to a new inbox for the pull. s.mu is held.
@@ -121,8 +129,9 @@ func (s *subscription) pull(small bool) {
 	s.outstanding += n
 	hb := s.heartbeat()
 	s.requestEnds = time.Now().Add(expiry(hb) + expiryGrace)
+	prio := s.priorityLocked()
 	s.mu.Unlock()
-	if err := s.p.request(subject, inbox, pullRequest(n, hb)); err != nil {
+	if err := s.p.request(subject, inbox, pullRequest(n, hb, prio)); err != nil {
 		s.mu.Lock()
 		s.outstanding = max(0, s.outstanding-n)
 		s.requestsEndedLocked()
@@ -161,8 +170,34 @@ func (s *subscription) heartbeat() time.Duration { return s.cons.Heartbeat }
 // expiry is how long a pull request with heartbeat hb stays open.
 func expiry(hb time.Duration) time.Duration { return max(pullExpiry, 2*hb) }
 
+// pullPriority is what a pull request says to a consumer with a priority
+// policy: its group, the pin id this subscription holds (pinned), and the
+// pending count below which it is not served (overflow standbys).
+type pullPriority struct {
+	group      string
+	pinID      string
+	minPending int64
+}
+
+// priorityLocked is the priority part of the next pull request, following
+// the consumer as the server has it. s.mu is held.
+func (s *subscription) priorityLocked() pullPriority {
+	cs := s.consumer
+	if cs == nil || cs.priority == jetstream.PriorityPolicyNone || cs.group == "" {
+		return pullPriority{}
+	}
+	p := pullPriority{group: cs.group}
+	switch cs.priority {
+	case jetstream.PriorityPolicyPinned:
+		p.pinID = s.pinID
+	case jetstream.PriorityPolicyOverflow:
+		p.minPending = s.cons.MinPending
+	}
+	return p
+}
+
 // pullRequest is the JSON body of a pull request for n messages.
-func pullRequest(n int, hb time.Duration) []byte {
+func pullRequest(n int, hb time.Duration, prio pullPriority) []byte {
 	expires := expiry(hb)
 	b := make([]byte, 0, 80)
 	b = append(b, `{"batch":`...)
@@ -172,6 +207,18 @@ func pullRequest(n int, hb time.Duration) []byte {
 	if hb > 0 {
 		b = append(b, `,"idle_heartbeat":`...)
 		b = strconv.AppendInt(b, hb.Nanoseconds(), 10)
+	}
+	if prio.group != "" {
+		b = append(b, `,"group":`...)
+		b = strconv.AppendQuote(b, prio.group)
+	}
+	if prio.pinID != "" {
+		b = append(b, `,"id":`...)
+		b = strconv.AppendQuote(b, prio.pinID)
+	}
+	if prio.minPending > 0 {
+		b = append(b, `,"min_pending":`...)
+		b = strconv.AppendInt(b, prio.minPending, 10)
 	}
 	return append(b, '}')
 }
@@ -228,6 +275,9 @@ func (s *subscription) onMsg(m *nats.Msg) {
 		s.outstanding--
 		s.requestsEndedLocked()
 	}
+	if pin := m.Header.Get(headerPinID); pin != "" {
+		s.pinID = pin
+	}
 	s.held[d] = struct{}{}
 	s.floor.delivered(d.Sequence)
 	s.unseen = append(s.unseen, d)
@@ -255,6 +305,12 @@ func (s *subscription) onStatus(m *nats.Msg, status string) {
 		s.report(nil)
 	case status == statusTimeout, status == statusConflict && strings.Contains(desc, "exceeds maxbytes"):
 		// A request ended; the header says how much of it went unused.
+		s.unrequest(m)
+	case status == statusWrongPin:
+		// Another replica is pinned: wait in line, without a pin id.
+		s.mu.Lock()
+		s.pinID = ""
+		s.mu.Unlock()
 		s.unrequest(m)
 	case status == statusConflict && strings.Contains(desc, "consumer deleted"):
 		s.gone(errors.New("the consumer was deleted"))

@@ -91,6 +91,7 @@ type subscription struct {
 	retryWait   time.Duration
 	floor       resumePoint
 	problem     problem
+	pinID       string // the pin JetStream gave this subscription (priorityPolicy pinned)
 }
 
 // SubscribeDeliveries subscribes to req.Topic and calls fn for each message.

@@ -128,7 +128,23 @@ type Consumer struct {
 	// delivery fails; TopicToken in it stands for the message's subject.
 	// Empty means no dead letters: such a message is logged.
 	DeadLetterSubject string
+	// PriorityPolicy is none, pinned or overflow; the durable then has one
+	// priority group, PriorityGroup.
+	PriorityPolicy jetstream.PriorityPolicy
+	// PinnedTTL is how long a pinned replica may go without pulling
+	// before another takes over.
+	PinnedTTL time.Duration
+	// MinPending, with overflow, makes this replica a standby: it gets
+	// messages only while the consumer has at least this many pending.
+	MinPending int64
 }
+
+// PriorityGroup is the one priority group of a durable with a priority
+// policy.
+const PriorityGroup = "dapr"
+
+// DefaultPinnedTTL is pinnedTTL when priorityPolicy is pinned.
+const DefaultPinnedTTL = 30 * time.Second
 
 // TopicToken, in deadLetterSubject, stands for the subject of the message.
 const TopicToken = "{topic}"
@@ -693,6 +709,7 @@ func parseConsumer(p *Properties) (Consumer, error) {
 	default:
 		add(fieldErr("concurrency", p.Concurrency, "is not a concurrency mode", "single or parallel"))
 	}
+	add(parsePriority(p, &c))
 	if dl := strings.TrimSpace(p.DeadLetterSubject); dl != "" {
 		c.DeadLetterSubject = dl
 		if err := validDeadLetterSubject(dl); err != nil {
@@ -700,6 +717,48 @@ func parseConsumer(p *Properties) (Consumer, error) {
 		}
 	}
 	return c, errors.Join(errs...)
+}
+
+// parsePriority reads priorityPolicy and the settings that go with it.
+func parsePriority(p *Properties, c *Consumer) error {
+	var errs []error
+	add := func(err error) { errs = append(errs, err) }
+	switch strings.ToLower(strings.TrimSpace(p.PriorityPolicy)) {
+	case "", "none":
+	case "pinned":
+		c.PriorityPolicy, c.PinnedTTL = jetstream.PriorityPolicyPinned, DefaultPinnedTTL
+	case "overflow":
+		c.PriorityPolicy = jetstream.PriorityPolicyOverflow
+	default:
+		add(fieldErr("priorityPolicy", p.PriorityPolicy, "is not a priority policy", "pinned (one replica at a time) or overflow (standbys with minPending)"))
+	}
+	if p.PinnedTTL != nil {
+		switch {
+		case c.PriorityPolicy != jetstream.PriorityPolicyPinned:
+			add(conflict("pinnedTTL applies only to priorityPolicy pinned", "set priorityPolicy pinned, or remove pinnedTTL", "pinnedTTL", "priorityPolicy"))
+		case *p.PinnedTTL < 2*time.Second:
+			add(fieldErr("pinnedTTL", p.PinnedTTL.String(), "is too short", "2s or more: a pinned replica renews its pull about every second"))
+		case c.Heartbeat > 0 && *p.PinnedTTL <= 2*c.Heartbeat:
+			add(conflict(fmt.Sprintf("pinnedTTL (%s) must be longer than a pull request, which lasts 2 × heartbeat (%s)", *p.PinnedTTL, 2*c.Heartbeat),
+				"lengthen pinnedTTL or shorten heartbeat", "pinnedTTL", "heartbeat"))
+		default:
+			c.PinnedTTL = *p.PinnedTTL
+		}
+	}
+	if p.MinPending != nil {
+		switch {
+		case c.PriorityPolicy != jetstream.PriorityPolicyOverflow:
+			add(conflict("minPending applies only to priorityPolicy overflow", "set priorityPolicy overflow, or remove minPending", "minPending", "priorityPolicy"))
+		case *p.MinPending < 1:
+			add(fieldErr("minPending", fmt.Sprint(*p.MinPending), "is out of range", "1 or more"))
+		default:
+			c.MinPending = *p.MinPending
+		}
+	}
+	if c.PriorityPolicy != jetstream.PriorityPolicyNone && c.DurableBase == "" {
+		add(conflict("priorityPolicy needs one durable that the replicas share", "set consumerID, durableName or queueGroupName", "priorityPolicy", "consumerID"))
+	}
+	return errors.Join(errs...)
 }
 
 func validDeadLetterSubject(tmpl string) error {

@@ -482,6 +482,21 @@ var validCases = []validCase{
 		assert.Equal(t, "dead.{topic}", c.Consumer.DeadLetterSubject)
 		assert.Equal(t, "dead.orders.new", c.Consumer.DeadLetterFor("orders.new"))
 	}},
+	{"priorityPolicy pinned", map[string]string{"priorityPolicy": "Pinned", "consumerID": "app"}, func(t *testing.T, c *Config) {
+		assert.Equal(t, jetstream.PriorityPolicyPinned, c.Consumer.PriorityPolicy)
+		assert.Equal(t, DefaultPinnedTTL, c.Consumer.PinnedTTL)
+	}},
+	{"priorityPolicy pinned with pinnedTTL", map[string]string{"priorityPolicy": "pinned", "pinnedTTL": "5s", "consumerID": "app"}, func(t *testing.T, c *Config) {
+		assert.Equal(t, 5*time.Second, c.Consumer.PinnedTTL)
+	}},
+	{"priorityPolicy overflow with minPending", map[string]string{"priorityPolicy": "overflow", "minPending": "100", "consumerID": "app"}, func(t *testing.T, c *Config) {
+		assert.Equal(t, jetstream.PriorityPolicyOverflow, c.Consumer.PriorityPolicy)
+		assert.Equal(t, int64(100), c.Consumer.MinPending)
+		assert.Zero(t, c.Consumer.PinnedTTL)
+	}},
+	{"priorityPolicy none", map[string]string{"priorityPolicy": "none"}, func(t *testing.T, c *Config) {
+		assert.Equal(t, jetstream.PriorityPolicyNone, c.Consumer.PriorityPolicy)
+	}},
 	{"deadLetterSubject without a template", map[string]string{"deadLetterSubject": "DEAD"}, func(t *testing.T, c *Config) {
 		assert.Equal(t, "DEAD", c.Consumer.DeadLetterFor("orders"))
 	}},
@@ -528,6 +543,8 @@ var typeErrorCases = []struct {
 	{"streamMaxBytes", "1GB", acceptedInt},
 	{"streamDuplicateWindow", "abc", acceptedDuration},
 	{"streamMaxMsgSize", "1MB", acceptedInt},
+	{"pinnedTTL", "soon", acceptedDuration},
+	{"minPending", "many", acceptedInt},
 	{"streamMaxMsgsPerSubject", "ten", acceptedInt},
 	{"deliverAll", "maybe", acceptedBool},
 	{"startSequence", "abc", acceptedUint},
@@ -644,6 +661,9 @@ func TestParseFieldErrors(t *testing.T) {
 		{"heartbeat too long", with(map[string]string{"heartbeat": "31s"}), "heartbeat", "is out of range", "500ms to 30s"},
 		{"heartbeat negative", with(map[string]string{"heartbeat": "-1s"}), "heartbeat", "is out of range", "500ms to 30s"},
 		{"concurrency", with(map[string]string{"concurrency": "multi"}), "concurrency", "is not a concurrency mode", "single or parallel"},
+		{"priorityPolicy", with(map[string]string{"priorityPolicy": "sticky"}), "priorityPolicy", "is not a priority policy", "pinned (one replica at a time) or overflow"},
+		{"pinnedTTL too short", with(map[string]string{"priorityPolicy": "pinned", "pinnedTTL": "1s", "consumerID": "app"}), "pinnedTTL", "is too short", "2s or more"},
+		{"minPending 0", with(map[string]string{"priorityPolicy": "overflow", "minPending": "0", "consumerID": "app"}), "minPending", "is out of range", "1 or more"},
 		{"deadLetterSubject wildcard", with(map[string]string{"deadLetterSubject": "dead.*"}), "deadLetterSubject", "wildcard", "without wildcards, such as dead.{topic}"},
 		{"deadLetterSubject space", with(map[string]string{"deadLetterSubject": "dead letters"}), "deadLetterSubject", "", "such as dead.{topic}"},
 		{"deadLetterSubject empty token", with(map[string]string{"deadLetterSubject": "dead..{topic}"}), "deadLetterSubject", "", "such as dead.{topic}"},
@@ -712,6 +732,10 @@ func TestParseConflicts(t *testing.T) {
 		{"streamSubjects without streamName", map[string]string{"streamSubjects": "orders.>"}, []string{"streamSubjects", "streamName"}},
 		{"streamDuplicateWindow over streamMaxAge", map[string]string{"streamDuplicateWindow": "2h", "streamMaxAge": "1h"}, []string{"streamDuplicateWindow", "streamMaxAge"}},
 		{"streamDuplicateWindow over a short streamMaxAge", map[string]string{"streamDuplicateWindow": "2m", "streamMaxAge": "1m"}, []string{"streamDuplicateWindow", "streamMaxAge"}},
+		{"pinnedTTL without pinned", map[string]string{"pinnedTTL": "5s"}, []string{"pinnedTTL", "priorityPolicy"}},
+		{"minPending with pinned", map[string]string{"priorityPolicy": "pinned", "minPending": "5", "consumerID": "app"}, []string{"minPending", "priorityPolicy"}},
+		{"priorityPolicy without a durable", map[string]string{"priorityPolicy": "pinned"}, []string{"priorityPolicy", "consumerID"}},
+		{"pinnedTTL within a pull request", map[string]string{"priorityPolicy": "pinned", "pinnedTTL": "5s", "heartbeat": "3s", "consumerID": "app"}, []string{"pinnedTTL", "heartbeat"}},
 		{"workqueue with ackPolicy none", map[string]string{"streamRetention": "workqueue", "ackPolicy": "none"}, []string{"streamRetention", "ackPolicy"}},
 		{"workqueue with deliverPolicy new", map[string]string{"streamRetention": "workqueue", "deliverPolicy": "new"}, []string{"streamRetention", "deliverPolicy"}},
 		{"workqueue with startSequence", map[string]string{"streamRetention": "workqueue", "startSequence": "5"}, []string{"streamRetention", "startSequence"}},
@@ -1169,7 +1193,7 @@ func TestForSubscription(t *testing.T) {
 			"durableName": "d", "deliverPolicy": "last", "ackPolicy": "none", "ackWait": "5s", "maxDeliver": "4",
 			"backOff": "1s,2s", "nakDelay": "3s", "maxAckPending": "40", "maxInFlight": "4", "replicas": "1",
 			"memoryStorage": "true", "rateLimit": "800", "heartbeat": "2s", "flowControl": "true", "concurrency": "parallel",
-			"deadLetterSubject": "dlq.{topic}",
+			"deadLetterSubject": "dlq.{topic}", "priorityPolicy": "overflow", "minPending": "7",
 		})
 		require.NoError(t, err)
 		assert.Equal(t, Consumer{
@@ -1177,7 +1201,7 @@ func TestForSubscription(t *testing.T) {
 			AckWait: 5 * time.Second, MaxDeliver: 4, BackOff: []time.Duration{time.Second, 2 * time.Second},
 			NakDelay: 3 * time.Second, MaxAckPending: 40, MaxInFlight: 4, Replicas: 1, MemoryStorage: true,
 			RateLimit: 800, Heartbeat: 2 * time.Second, FlowControl: true, Parallel: true,
-			DeadLetterSubject: "dlq.{topic}",
+			DeadLetterSubject: "dlq.{topic}", PriorityPolicy: jetstream.PriorityPolicyOverflow, MinPending: 7,
 		}, c)
 	})
 	t.Run("durable name from the subscription", func(t *testing.T) {
@@ -1402,6 +1426,13 @@ func TestMetadataYAMLSchema(t *testing.T) {
 			return "string"
 		}
 	}
+	// Keys that need others to be valid get them.
+	companions := map[string]map[string]string{
+		"streamSubjects": {"streamName": "ORDERS"},
+		"priorityPolicy": {"consumerID": "app"},
+		"pinnedTTL":      {"consumerID": "app", "priorityPolicy": "pinned"},
+		"minPending":     {"consumerID": "app", "priorityPolicy": "overflow"},
+	}
 	check := func(t *testing.T, f metadataField) {
 		assert.NotEmpty(t, f.Description)
 		assert.NotEmpty(t, f.Example, "the schema requires an example")
@@ -1413,7 +1444,9 @@ func TestMetadataYAMLSchema(t *testing.T) {
 		assert.Equal(t, wantType(f.Name), typ, "type of %s", f.Name)
 		assert.Equal(t, secretFields[strings.ToLower(f.Name)], f.Sensitive, "sensitive")
 		for _, v := range f.AllowedValues {
-			_, err := Parse(with(map[string]string{f.Name: v}))
+			props := with(companions[f.Name])
+			props[f.Name] = v
+			_, err := Parse(props)
 			if f.Name == "deliverPolicy" && (v == "sequence" || v == "time") {
 				requireFieldErr(t, err, "deliverPolicy", "needs a start", "")
 				continue
@@ -1442,7 +1475,6 @@ func TestMetadataYAMLSchema(t *testing.T) {
 		})
 	}
 	empty := mustParse(t, with(nil))
-	companions := map[string]map[string]string{"streamSubjects": {"streamName": "ORDERS"}}
 	for _, f := range md.Metadata {
 		t.Run(f.Name, func(t *testing.T) {
 			check(t, f)

@@ -75,7 +75,10 @@ type Properties struct {
 	FlowControl    *Bool           `mapstructure:"flowControl"`
 	Concurrency    string          `mapstructure:"concurrency"`
 	// DeadLetterSubject may contain {topic}, the subject of the failed message.
-	DeadLetterSubject string `mapstructure:"deadLetterSubject"`
+	DeadLetterSubject string         `mapstructure:"deadLetterSubject"`
+	PriorityPolicy    string         `mapstructure:"priorityPolicy"`
+	PinnedTTL         *time.Duration `mapstructure:"pinnedTTL"`
+	MinPending        *int64         `mapstructure:"minPending"`
 }
 
 // secretFields are never echoed back in an error or a log line.
@@ -88,7 +91,7 @@ var consumerFields = []string{
 	"consumerID", "durableName", "queueGroupName", "deliverPolicy", "deliverAll", "startSequence",
 	"startTime", "ackPolicy", "ackWait", "maxDeliver", "backOff", "nakDelay", "maxAckPending",
 	"maxInFlight", "replicas", "memoryStorage", "rateLimit", "heartbeat", "flowControl", "concurrency",
-	"deadLetterSubject",
+	"deadLetterSubject", "priorityPolicy", "pinnedTTL", "minPending",
 }
 
 // deliverFields decide where a new consumer starts. A subscription that sets any

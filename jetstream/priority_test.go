@@ -1,0 +1,96 @@
+package jetstream
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dapr/components-contrib/pubsub"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// tagged collects messages with the name of the replica that got them.
+func tagged(name string, ch chan<- string) pubsub.Handler {
+	return func(_ context.Context, m *pubsub.NewMessage) error {
+		ch <- name + ":" + string(m.Data)
+		return nil
+	}
+}
+
+// With priorityPolicy pinned, one replica receives everything, in order;
+// when it goes away, another takes over after pinnedTTL.
+func TestPinnedReplicas(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	props := map[string]string{"consumerID": "app", "priorityPolicy": "pinned", "pinnedTTL": "2s", "deliverAll": "true"}
+	got := make(chan string, 100)
+	replicas := map[string]*PubSub{}
+	for _, name := range []string{"r1", "r2"} {
+		ps, _ := open(t, ns.ClientURL(), props)
+		replicas[name] = ps
+		subscribe(t, ps, "seq", nil, tagged(name, got))
+	}
+	for i := range 20 {
+		publish(t, replicas["r1"], "seq", fmt.Sprint(i), nil)
+	}
+	var pinned string
+	for i := range 20 {
+		m := recv(t, got, waitFor)
+		name, data, _ := cut(m)
+		if pinned == "" {
+			pinned = name
+		}
+		assert.Equal(t, pinned, name, "message %d went to another replica", i)
+		assert.Equal(t, fmt.Sprint(i), data, "out of order")
+	}
+	info, err := consumerInfo(js, "seq", "app-seq")
+	require.NoError(t, err)
+	assert.Equal(t, jetstream.PriorityPolicyPinned, info.Config.PriorityPolicy)
+	require.Len(t, info.PriorityGroups, 1)
+	assert.NotEmpty(t, info.PriorityGroups[0].PinnedClientID)
+
+	// The pinned replica goes away; the other takes over.
+	require.NoError(t, replicas[pinned].Close())
+	other := "r1"
+	if pinned == "r1" {
+		other = "r2"
+	}
+	start := time.Now()
+	publish(t, replicas[other], "seq", "after", nil)
+	m := recv(t, got, waitFor)
+	assert.Equal(t, other+":after", m)
+	t.Logf("%s took over %s after %s went away", other, time.Since(start).Round(100*time.Millisecond), pinned)
+}
+
+// With priorityPolicy overflow, a standby replica (minPending) receives only
+// while the consumer has at least that many messages pending.
+func TestOverflowStandby(t *testing.T) {
+	t.Parallel()
+	ns, _ := startNATS(t)
+	got := make(chan string, 200)
+	standby, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "priorityPolicy": "overflow", "minPending": "20", "deliverAll": "true"})
+	subscribe(t, standby, "load", nil, tagged("standby", got))
+	for i := range 5 {
+		publish(t, standby, "load", fmt.Sprint(i), nil)
+	}
+	nothing(t, got, 1500*time.Millisecond)
+	for i := 5; i < 40; i++ {
+		publish(t, standby, "load", fmt.Sprint(i), nil)
+	}
+	m := recv(t, got, waitFor)
+	assert.Contains(t, m, "standby:")
+
+	primary, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "priorityPolicy": "overflow", "deliverAll": "true"})
+	subscribe(t, primary, "load", nil, tagged("primary", got))
+	seen := map[string]bool{}
+	for !seen["primary"] {
+		name, _, _ := cut(recv(t, got, waitFor))
+		seen[name] = true
+	}
+}
+
+func cut(m string) (string, string, bool) { return strings.Cut(m, ":") }
