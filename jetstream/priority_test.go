@@ -94,3 +94,34 @@ func TestOverflowStandby(t *testing.T) {
 }
 
 func cut(m string) (string, string, bool) { return strings.Cut(m, ":") }
+
+// A rolling update that turns priorityPolicy pinned on for an existing
+// durable: the durable gets the priority group, and the replicas that still
+// run without it follow the durable as JetStream has it.
+func TestPinnedAddedToExistingDurable(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	got := make(chan string, 100)
+	old, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "deliverAll": "true"})
+	subscribe(t, old, "roll", nil, tagged("old", got))
+	publish(t, old, "roll", "0", nil)
+	assert.Equal(t, "old:0", recv(t, got, waitFor))
+
+	updated, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "deliverAll": "true", "priorityPolicy": "pinned", "pinnedTTL": "2s"})
+	subscribe(t, updated, "roll", nil, tagged("new", got))
+	require.Eventually(t, func() bool {
+		info, err := consumerInfo(js, "roll", "app-roll")
+		return err == nil && info.Config.PriorityPolicy == jetstream.PriorityPolicyPinned
+	}, waitFor, tick, "the durable did not get the priority policy")
+
+	// Every message still arrives once, at one replica at a time.
+	for i := 1; i <= 20; i++ {
+		publish(t, old, "roll", fmt.Sprint(i), nil)
+	}
+	seen := map[string]bool{}
+	for len(seen) < 20 {
+		_, data, _ := cut(recv(t, got, waitFor))
+		assert.False(t, seen[data], "message %s came twice", data)
+		seen[data] = true
+	}
+}
