@@ -112,6 +112,8 @@ func (s *subscription) deadLetter(d *Delivery, cause error) {
 			break
 		}
 		if d.Settled() {
+			s.p.log.Warnf("topic %q: stopped publishing the message at sequence %d of stream %q to dead-letter subject %q: it was handed to another subscription, or given back as its subscription ended (%v)",
+				s.topic, d.Sequence, d.Metadata[MetadataStream], subject, err)
 			return
 		}
 		if time.Since(logged) >= deadLetterLogEvery {
