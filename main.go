@@ -15,6 +15,7 @@ import (
 
 	"github.com/dapr/kit/logger"
 
+	"github.com/dapr-nats/jetstream-pubsub/metrics"
 	"github.com/dapr-nats/jetstream-pubsub/pluggable"
 )
 
@@ -27,10 +28,13 @@ func main() {
 	mode := fs.String("socket-mode", env("JETSTREAM_SOCKET_MODE", "0660"), "socket permission bits, 0660 or stricter (env JETSTREAM_SOCKET_MODE)")
 	drain := fs.Duration("drain-timeout", pluggable.DefaultDrainTimeout, "on SIGTERM, how long to wait for daprd to acknowledge in-flight messages")
 	level := fs.String("log-level", env("JETSTREAM_LOG_LEVEL", "info"), "debug, info, warn or error (env JETSTREAM_LOG_LEVEL)")
+	asJSON := fs.Bool("log-as-json", env("JETSTREAM_LOG_AS_JSON", "false") == "true", "log in JSON, as daprd's --log-as-json does (env JETSTREAM_LOG_AS_JSON=true)")
+	metricsAddr := fs.String("metrics-addr", env("JETSTREAM_METRICS_ADDR", ""), "serve Prometheus metrics, /healthz and /readyz on this address, such as :9095; off when empty (env JETSTREAM_METRICS_ADDR)")
 	_ = fs.Parse(os.Args[1:])
 
 	log := logger.NewLogger("nats-jetstream")
 	log.SetOutputLevel(logger.LogLevel(*level))
+	log.EnableJSONOutput(*asJSON)
 	perm, err := strconv.ParseUint(*mode, 8, 32)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "invalid -socket-mode %q: use octal such as 0660\n", *mode)
@@ -39,7 +43,18 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	var m *metrics.Metrics
+	if *metricsAddr != "" {
+		m = metrics.New()
+		go func() {
+			if err := m.Serve(ctx, *metricsAddr); err != nil {
+				log.Errorf("metrics: %v", err)
+			}
+		}()
+		log.Infof("serving metrics, /healthz and /readyz on %s", *metricsAddr)
+	}
 	err = pluggable.Run(ctx, pluggable.Options{
+		Metrics:      m,
 		SocketFolder: *socketFolder,
 		SocketName:   *name,
 		SocketMode:   os.FileMode(perm),

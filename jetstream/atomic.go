@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/dapr/components-contrib/pubsub"
 	"github.com/nats-io/nats.go"
@@ -59,8 +60,10 @@ func (p *PubSub) bulkPublishAtomic(ctx context.Context, js jetstream.JetStream, 
 		return fail(err)
 	}
 	for retried := false; ; retried = true {
+		sent := time.Now()
 		err := publishBatch(ctx, js, streams, req.Topic, need, msgs)
 		if err == nil {
+			p.countBatch(req.Topic, sent, len(msgs), nil)
 			return pubsub.BulkPublishResponse{}, nil
 		}
 		// The stream went away, or no longer allows atomic publish (an
@@ -70,7 +73,18 @@ func (p *PubSub) bulkPublishAtomic(ctx context.Context, js jetstream.JetStream, 
 			streams.forget(req.Topic)
 			continue
 		}
+		p.countBatch(req.Topic, sent, len(msgs), err)
 		return fail(explainBatch(p.whileDown(err), req, storedIn(ctx, streams, req.Topic)))
+	}
+}
+
+// countBatch counts the n entries of an atomic batch, which share an outcome.
+func (p *PubSub) countBatch(topic string, sent time.Time, n int, err error) {
+	for range n {
+		p.countPublish(topic, sent, nil, err)
+	}
+	if err != nil {
+		p.stats.publishes(topic).bulkFailed.Add(uint64(n))
 	}
 }
 

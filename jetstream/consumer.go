@@ -37,9 +37,16 @@ type consumerState struct {
 	maxDeliver    int
 	// priority is the consumer's priority policy, and group its priority
 	// group, which pull requests must name.
-	priority  jetstream.PriorityPolicy
-	group     string
-	refreshed time.Time
+	priority jetstream.PriorityPolicy
+	group    string
+	// numPending and numAckPending are from the last consumer info.
+	numPending    uint64
+	numAckPending int
+	refreshed     time.Time
+	// drained is set when the last held message was settled: the next
+	// refresh comes at the busy rate, so that the pending counts show the
+	// drain instead of what they were at the last busy refresh.
+	drained bool
 }
 
 func (p *PubSub) newConsumerState(c jetstream.Consumer, created time.Time, ephemeral bool) *consumerState {
@@ -57,6 +64,7 @@ func (cs *consumerState) update(info *jetstream.ConsumerInfo) {
 	cs.ackWait = info.Config.AckWait
 	cs.backOff = info.Config.BackOff
 	cs.maxDeliver = info.Config.MaxDeliver
+	cs.numPending, cs.numAckPending = info.NumPending, info.NumAckPending
 	cs.priority, cs.group = info.Config.PriorityPolicy, ""
 	if len(info.Config.PriorityGroups) > 0 {
 		cs.group = info.Config.PriorityGroups[0]
@@ -264,7 +272,7 @@ func (s *subscription) refresh(now time.Time) {
 	s.mu.Lock()
 	cs := s.consumer
 	every := refreshIdle
-	if len(s.held) > 0 {
+	if len(s.held) > 0 || (cs != nil && cs.drained) {
 		every = refreshBusy
 	}
 	s.mu.Unlock()
@@ -284,7 +292,7 @@ func (s *subscription) verify(cs *consumerState) {
 	case err == nil:
 		s.mu.Lock()
 		cs.update(info)
-		cs.refreshed = time.Now()
+		cs.refreshed, cs.drained = time.Now(), false
 		s.floor.serverFloor(cs.stream, cs.streamCreated, info.AckFloor.Stream)
 		s.mu.Unlock()
 	case errors.Is(err, jetstream.ErrConsumerNotFound), errors.Is(err, jetstream.ErrStreamNotFound):

@@ -136,6 +136,7 @@ func (s *subscription) deadLetter(d *Delivery, cause error) {
 		return // handed on meanwhile: its new owner settles it
 	}
 	defer s.settled(d, true)
+	s.counters.terms.Add(1)
 	if err := s.p.reply(d.reply, []byte("+TERM dead-lettered to "+subject)); err != nil {
 		s.p.log.Warnf("topic %q: terminating the message at sequence %d after its dead letter: %v", s.topic, d.Sequence, err)
 	}

@@ -50,6 +50,7 @@ type Delivery struct {
 	// the one it was delivered to ended without settling it.
 	handovers int
 	header    nats.Header  // as delivered, for a dead letter
+	received  time.Time    // when the component received it
 	touched   atomic.Int64 // unix nanos of delivery or last InProgress
 	settled   atomic.Bool
 	// deadLettering is set while the message is on its way to the
@@ -86,7 +87,8 @@ func newDelivery(s *subscription, msg *nats.Msg) *Delivery {
 		md[MetadataTimestamp] = meta.Timestamp.UTC().Format(time.RFC3339Nano)
 	}
 	d.Metadata = md
-	d.touched.Store(time.Now().UnixNano())
+	d.received = time.Now()
+	d.touched.Store(d.received.UnixNano())
 	return d
 }
 
@@ -96,7 +98,7 @@ func newDelivery(s *subscription, msg *nats.Msg) *Delivery {
 func (d *Delivery) handedTo(s *subscription) *Delivery {
 	c := &Delivery{
 		sub: s, reply: d.reply, Topic: d.Topic, Data: d.Data, Metadata: d.Metadata, ContentType: d.ContentType,
-		Sequence: d.Sequence, Deliveries: d.Deliveries, handovers: d.handovers, header: d.header,
+		Sequence: d.Sequence, Deliveries: d.Deliveries, handovers: d.handovers, header: d.header, received: d.received,
 	}
 	c.touched.Store(d.touched.Load())
 	return c
@@ -112,7 +114,13 @@ func (d *Delivery) Ack() error { return d.Settle(nil) }
 
 // Nak gives the message back for redelivery after the configured delay
 // (the backOff step for its delivery count, or nakDelay).
-func (d *Delivery) Nak() error { return d.nak(d.sub.nakDelay(d.Deliveries)) }
+func (d *Delivery) Nak() error {
+	err := d.nak(d.sub.nakDelay(d.Deliveries))
+	if err == nil {
+		d.sub.counters.naks.Add(1)
+	}
+	return err
+}
 
 // Settle acks the message when handlerErr is nil and naks it otherwise. A
 // failure of the last delivery that maxDeliver allows sends the message to
@@ -128,6 +136,7 @@ func (d *Delivery) Settle(handlerErr error) error {
 		return ErrAlreadySettled
 	}
 	defer d.sub.settled(d, true)
+	d.sub.counters.acks.Add(1)
 	if d.sub.ackNone() {
 		return nil
 	}
@@ -135,8 +144,11 @@ func (d *Delivery) Settle(handlerErr error) error {
 }
 
 // giveBack returns an unhandled message to JetStream at once, for any
-// subscriber.
-func (d *Delivery) giveBack() error { return d.nak(0) }
+// subscriber; reason is counted.
+func (d *Delivery) giveBack(reason string) error {
+	d.sub.p.stats.gaveBack(d.Topic, reason, 1)
+	return d.nak(0)
+}
 
 func (d *Delivery) nak(delay time.Duration) error {
 	if !d.settled.CompareAndSwap(false, true) {
@@ -166,6 +178,7 @@ func (d *Delivery) due(now time.Time, ackWait time.Duration) bool {
 // worked on, restarting its ack wait.
 func (d *Delivery) keepAlive(p *PubSub, now time.Time) {
 	d.touched.Store(now.UnixNano())
+	d.sub.counters.inProgress.Add(1)
 	_ = p.reply(d.reply, progressBody)
 }
 

@@ -131,6 +131,16 @@ func explainExpectation(err error, topic string, md map[string]string, stored fu
 		Err: fmt.Errorf("%s; nothing was stored (read again and retry with what the stream holds)", what)}
 }
 
+// isExpectationCode reports JetStream's refusals of a publish whose
+// Nats-Expected-* check did not hold.
+func isExpectationCode(c jetstream.ErrorCode) bool {
+	switch c {
+	case jetstream.JSErrCodeStreamWrongLastSequence, jetstream.JSErrCodeStreamWrongLastSequenceConstant, 10070, 10060:
+		return true
+	}
+	return false
+}
+
 func orNone(s string) string {
 	if s == "" {
 		return "unknown"

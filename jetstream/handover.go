@@ -94,7 +94,7 @@ func (h *handoverDesk) unregister(p *PubSub) {
 	h.stopIfIdleLocked()
 	h.mu.Unlock()
 	for _, w := range orphans {
-		w.giveBack(p)
+		w.giveBack(p, GivenBackShutdown)
 	}
 }
 
@@ -136,7 +136,7 @@ func (h *handoverDesk) leave(k handoverKey, ds []*Delivery, ackWait time.Duratio
 	h.mu.Unlock()
 	for _, w := range back {
 		p.log.Warnf("message %d of stream %q was handed over %d times by subscriptions that ended without settling it; giving it back to JetStream", w.d.Sequence, k.stream, maxHandovers)
-		w.giveBack(p)
+		w.giveBack(p, GivenBackStreamEnd)
 	}
 	if quit != nil {
 		go h.tick(quit)
@@ -219,7 +219,7 @@ func (h *handoverDesk) sweep(now time.Time) bool {
 		}
 		if j.expire {
 			j.keeper.log.Warnf("message %d of stream %q waited %s for a subscriber after its subscription ended; giving it back to JetStream", j.w.d.Sequence, j.w.d.Metadata[MetadataStream], handoverTimeout)
-			j.w.giveBack(j.keeper)
+			j.w.giveBack(j.keeper, GivenBackStreamEnd)
 		} else {
 			j.w.d.keepAlive(j.keeper, now)
 		}
@@ -234,7 +234,8 @@ func (h *handoverDesk) anyKeeper(conn string) *PubSub {
 	return nil
 }
 
-func (w waiting) giveBack(p *PubSub) {
+func (w waiting) giveBack(p *PubSub, reason string) {
+	p.stats.gaveBack(w.d.Topic, reason, 1)
 	if !w.ackNone {
 		_ = p.reply(w.d.reply, nakBody)
 	}

@@ -32,11 +32,14 @@ const (
 
 // Publish stores one message. Each call waits for its own acknowledgement,
 // but concurrent calls share the connection's asynchronous publish pipeline.
-func (p *PubSub) Publish(ctx context.Context, req *pubsub.PublishRequest) error {
+func (p *PubSub) Publish(ctx context.Context, req *pubsub.PublishRequest) (err error) {
 	_, js, streams, err := p.state()
 	if err != nil {
 		return err
 	}
+	var ack *jetstream.PubAck
+	var sent time.Time
+	defer func() { p.countPublish(req.Topic, sent, ack, err) }()
 	contentType := ""
 	if req.ContentType != nil {
 		contentType = *req.ContentType
@@ -56,9 +59,10 @@ func (p *PubSub) Publish(ctx context.Context, req *pubsub.PublishRequest) error 
 		if need.schedule {
 			routeSchedule(msg, stream)
 		}
+		sent = time.Now()
 		f, err := js.PublishMsgAsync(msg)
 		if err == nil {
-			err = await(ctx, f)
+			ack, err = await(ctx, f)
 		}
 		if isNoStream(err) && !retried {
 			streams.forget(req.Topic)
@@ -176,8 +180,19 @@ func (p *PubSub) BulkPublish(ctx context.Context, req *pubsub.BulkPublishRequest
 		}
 	}
 
+	acks := make([]*jetstream.PubAck, len(req.Entries))
+	var sent time.Time
+	defer func() {
+		for i := range req.Entries {
+			p.countPublish(req.Topic, sent, acks[i], failed[i])
+			if failed[i] != nil {
+				p.stats.publishes(req.Topic).bulkFailed.Add(1)
+			}
+		}
+	}()
 	send := func(idx []int) []int {
 		futures := make([]jetstream.PubAckFuture, len(req.Entries))
+		sent = time.Now()
 		for _, i := range idx {
 			if isSchedule(msgs[i]) {
 				routeSchedule(msgs[i], stream)
@@ -187,7 +202,7 @@ func (p *PubSub) BulkPublish(ctx context.Context, req *pubsub.BulkPublishRequest
 		var again []int
 		for _, i := range idx {
 			if failed[i] == nil {
-				failed[i] = await(ctx, futures[i])
+				acks[i], failed[i] = await(ctx, futures[i])
 			}
 			if isNoStream(failed[i]) {
 				again = append(again, i)
@@ -275,14 +290,14 @@ func prepare(ctx context.Context, s *streams, topic string, need needs) (string,
 	return name, nil
 }
 
-func await(ctx context.Context, f jetstream.PubAckFuture) error {
+func await(ctx context.Context, f jetstream.PubAckFuture) (*jetstream.PubAck, error) {
 	select {
-	case <-f.Ok():
-		return nil
+	case ack := <-f.Ok():
+		return ack, nil
 	case err := <-f.Err():
-		return err
+		return nil, err
 	case <-ctx.Done():
-		return fmt.Errorf("waiting for the JetStream acknowledgement: %w", ctx.Err())
+		return nil, fmt.Errorf("waiting for the JetStream acknowledgement: %w", ctx.Err())
 	}
 }
 

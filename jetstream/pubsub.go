@@ -53,6 +53,10 @@ type PubSub struct {
 	closed  bool
 	closing chan struct{} // closed when Close starts
 	wg      sync.WaitGroup
+	// stats counts what the instance does; observer, if set, is told each
+	// publish's PubAck latency.
+	stats    *stats
+	observer PublishObserver
 }
 
 var (
@@ -67,7 +71,7 @@ func New(l logger.Logger) *PubSub {
 	if l == nil {
 		l = logger.NewLogger("nats-jetstream")
 	}
-	return &PubSub{log: l, subs: map[*subscription]struct{}{}, closing: make(chan struct{})}
+	return &PubSub{log: l, subs: map[*subscription]struct{}{}, closing: make(chan struct{}), stats: newStats()}
 }
 
 // NewPubSub is New with the signature of components-contrib's constructors.
@@ -99,6 +103,7 @@ func (p *PubSub) Init(ctx context.Context, md pubsub.Metadata) error {
 			// Without an error, the connection was closed on purpose.
 			if err != nil {
 				conns.lost(err)
+				p.stats.disconnected(disconnectKind(err))
 				p.log.Warnf("disconnected from NATS at %s: %v; reconnecting every %s", conns.url, err, conns.retry)
 			}
 		}),

@@ -279,6 +279,10 @@ func (s *subscription) onMsg(m *nats.Msg) {
 		s.pinID = pin
 	}
 	s.held[d] = struct{}{}
+	s.counters.deliveries.Add(1)
+	if d.Deliveries > 1 {
+		s.counters.redeliveries.Add(1)
+	}
 	s.floor.delivered(d.Sequence)
 	s.unseen = append(s.unseen, d)
 	s.retryWait = retryMin

@@ -92,6 +92,7 @@ type subscription struct {
 	floor       resumePoint
 	problem     problem
 	pinID       string // the pin JetStream gave this subscription (priorityPolicy pinned)
+	counters    *subCounters
 }
 
 // SubscribeDeliveries subscribes to req.Topic and calls fn for each message.
@@ -128,6 +129,7 @@ func (p *PubSub) subscribe(ctx context.Context, req pubsub.SubscribeRequest, fn 
 		done: make(chan struct{}), wake: make(chan struct{}, 1), ended: make(chan struct{}), ready: make(chan struct{}, 1),
 		held: map[*Delivery]struct{}{}, retryWait: retryMin, floor: newResumePoint(),
 	}
+	s.counters = p.stats.subscription(s.topic, s.statsConsumer())
 	if cons.RateLimit > 0 {
 		s.limiter = rate.NewLimiter(rate.Limit(cons.RateLimit), int(max(cons.RateLimit, 8<<20)))
 	}
@@ -362,6 +364,9 @@ func (s *subscription) settled(d *Delivery, acked bool) {
 	if acked {
 		s.floor.acked(d.Sequence)
 	}
+	if len(s.held) == 0 && s.consumer != nil {
+		s.consumer.drained = true
+	}
 	s.mu.Unlock()
 	s.pullIfRoom()
 }
@@ -426,7 +431,7 @@ func (s *subscription) expirePaused(now time.Time) {
 	s.mu.Unlock()
 	s.p.log.Warnf("topic %q: paused for %s; giving %d messages back to JetStream", s.topic, handoverTimeout, len(back))
 	for _, d := range back {
-		_ = d.giveBack()
+		_ = d.giveBack(GivenBackPause)
 	}
 }
 

@@ -15,6 +15,8 @@ import (
 	"github.com/dapr/kit/logger"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/reflection"
+
+	"github.com/dapr-nats/jetstream-pubsub/metrics"
 )
 
 // Defaults of Options.
@@ -41,6 +43,8 @@ type Options struct {
 	Logger       logger.Logger
 	// Ready, if set, is called with the socket path once it accepts calls.
 	Ready func(path string)
+	// Metrics, if set, records what the instances do.
+	Metrics *metrics.Metrics
 }
 
 func (o *Options) defaults() error {
@@ -122,6 +126,9 @@ func Run(ctx context.Context, o Options) error {
 	defer os.Remove(path)
 
 	srv := NewServer(o.Logger)
+	if o.Metrics != nil {
+		srv.UseMetrics(o.Metrics)
+	}
 	// Stream workers run unary RPCs on long-lived goroutines whose stacks have
 	// already grown; without them every call starts a goroutine and copies
 	// its stack as it grows (about 13% of the component's CPU when publishing).

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/dapr-nats/jetstream-pubsub/jetstream"
+	"github.com/dapr-nats/jetstream-pubsub/metrics"
 )
 
 // InstanceHeader is the gRPC metadata key daprd uses to name the Component
@@ -48,6 +49,8 @@ type Server struct {
 	watching map[int]bool
 	stop     chan struct{} // closed by Shutdown
 	watchers sync.WaitGroup
+	// metrics, if set, records each instance's publishes.
+	metrics *metrics.Metrics
 }
 
 // instanceKey names an instance: the Component name daprd gave it, and the
@@ -117,6 +120,9 @@ func (s *Server) Init(ctx context.Context, req *proto.PubSubInitRequest) (*proto
 		return nil, status.Error(codes.Unavailable, "the component is shutting down")
 	}
 	ps := jetstream.New(s.log)
+	if s.metrics != nil {
+		ps.SetPublishObserver(s.metrics.Publishes(name, strconv.Itoa(key.pid)))
+	}
 	err := ps.Init(ctx, pubsub.Metadata{Base: contribmd.Base{Name: name, Properties: req.GetMetadata().GetProperties()}})
 	if err != nil {
 		_ = ps.Close()
@@ -474,4 +480,29 @@ func appError(msg string) error {
 		msg = "daprd reported that the app did not process the message"
 	}
 	return errors.New(msg)
+}
+
+// UseMetrics has m record the instances this server makes, and list them at
+// each scrape.
+func (s *Server) UseMetrics(m *metrics.Metrics) {
+	s.mu.Lock()
+	s.metrics = m
+	s.mu.Unlock()
+	m.SetSource(s.metricsInstances)
+}
+
+// metricsInstances is what each instance does now, for a scrape.
+func (s *Server) metricsInstances() []metrics.Instance {
+	s.mu.Lock()
+	keys := make([]instanceKey, 0, len(s.instances))
+	pss := make([]*jetstream.PubSub, 0, len(s.instances))
+	for k, ps := range s.instances {
+		keys, pss = append(keys, k), append(pss, ps)
+	}
+	s.mu.Unlock()
+	out := make([]metrics.Instance, len(keys))
+	for i, k := range keys {
+		out[i] = metrics.Instance{Name: k.name, Daprd: strconv.Itoa(k.pid), Stats: pss[i].Stats()}
+	}
+	return out
 }

@@ -1,0 +1,331 @@
+package jetstream
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Stats is a snapshot of what an instance does behind the socket, for
+// metrics and readiness. Counters count from the instance's Init.
+type Stats struct {
+	Connection    ConnectionStats
+	Publish       []PublishStats
+	Subscriptions []SubscriptionStats
+	GivenBack     []GivenBackStats
+}
+
+// ConnectionStats describes the connection to NATS.
+type ConnectionStats struct {
+	// State is connected, reconnecting or closed ("" before Init).
+	State         string
+	ServerVersion string
+	Reconnects    uint64
+	// Disconnects counts lost connections by the kind of error.
+	Disconnects map[string]uint64
+}
+
+// Publish outcomes.
+const (
+	OutcomeOK        = "ok"
+	OutcomeDuplicate = "duplicate"
+	OutcomeNoStream  = "no_stream"
+	OutcomeTimeout   = "timeout"
+	OutcomeMismatch  = "expected_mismatch"
+	OutcomeInvalid   = "invalid"
+	OutcomeError     = "error"
+)
+
+var outcomes = []string{OutcomeOK, OutcomeDuplicate, OutcomeNoStream, OutcomeTimeout, OutcomeMismatch, OutcomeInvalid, OutcomeError}
+
+// PublishStats counts the publishes to one topic by outcome.
+type PublishStats struct {
+	Topic             string
+	Outcomes          map[string]uint64
+	BulkEntriesFailed uint64
+}
+
+// SubscriptionStats describes the subscriptions to one topic with one
+// consumer: counters that outlive a single PullMessages stream, and what the
+// live ones hold now.
+type SubscriptionStats struct {
+	Topic    string
+	Consumer string // the durable, or "ephemeral"
+	Live     int    // subscriptions open now
+
+	Deliveries, Redeliveries, Acks, Naks, Terms, InProgress uint64
+
+	Held        int
+	MaxInFlight int
+	OldestHeld  time.Duration
+	// NumPending and NumAckPending are the consumer's, from its last info
+	// (read at most every second while messages are held).
+	NumPending    uint64
+	NumAckPending int
+	// Problem is what keeps a subscription from delivering; Permanent when
+	// retrying cannot fix it.
+	Problem   string
+	Permanent bool
+}
+
+// Reasons a message the app has not seen is given back to JetStream.
+const (
+	GivenBackPause     = "pause"
+	GivenBackStreamEnd = "stream_end"
+	GivenBackShutdown  = "shutdown"
+)
+
+// GivenBackStats counts messages given back, by reason.
+type GivenBackStats struct {
+	Topic  string
+	Reason string
+	Count  uint64
+}
+
+// PublishObserver is told how long each publish waited for its PubAck.
+// It runs on the publish path: it must be fast and must not block.
+type PublishObserver func(topic string, took time.Duration, outcome string)
+
+// SetPublishObserver sets o for the publishes that follow.
+func (p *PubSub) SetPublishObserver(o PublishObserver) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.observer = o
+}
+
+// subCounters count for one topic and consumer, across subscriptions.
+type subCounters struct {
+	deliveries, redeliveries, acks, naks, terms, inProgress atomic.Uint64
+}
+
+type subKey struct{ topic, consumer string }
+
+type givenBackKey struct{ topic, reason string }
+
+// pubCounters count the publishes to one topic.
+type pubCounters struct {
+	byOutcome  [7]atomic.Uint64 // in the order of outcomes
+	bulkFailed atomic.Uint64
+}
+
+// stats holds an instance's counters.
+type stats struct {
+	pub sync.Map // topic -> *pubCounters
+
+	mu          sync.Mutex
+	subs        map[subKey]*subCounters
+	givenBack   map[givenBackKey]uint64
+	disconnects map[string]uint64
+}
+
+func newStats() *stats {
+	return &stats{subs: map[subKey]*subCounters{}, givenBack: map[givenBackKey]uint64{}, disconnects: map[string]uint64{}}
+}
+
+func (st *stats) publishes(topic string) *pubCounters {
+	if c, ok := st.pub.Load(topic); ok {
+		return c.(*pubCounters)
+	}
+	c, _ := st.pub.LoadOrStore(topic, &pubCounters{})
+	return c.(*pubCounters)
+}
+
+func (st *stats) published(topic, outcome string) {
+	c := st.publishes(topic)
+	for i, o := range outcomes {
+		if o == outcome {
+			c.byOutcome[i].Add(1)
+			return
+		}
+	}
+}
+
+func (st *stats) subscription(topic, consumer string) *subCounters {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	k := subKey{topic, consumer}
+	c := st.subs[k]
+	if c == nil {
+		c = &subCounters{}
+		st.subs[k] = c
+	}
+	return c
+}
+
+func (st *stats) gaveBack(topic, reason string, n int) {
+	if n == 0 {
+		return
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.givenBack[givenBackKey{topic, reason}] += uint64(n)
+}
+
+func (st *stats) disconnected(kind string) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.disconnects[kind]++
+}
+
+// Stats returns what the instance does now. It is cheap enough for every
+// scrape: it reads counters and the state of live subscriptions.
+func (p *PubSub) Stats() Stats {
+	p.mu.Lock()
+	nc := p.nc
+	subs := p.subscriptionsLocked()
+	p.mu.Unlock()
+	st := p.stats
+	var out Stats
+	out.Connection = connectionStats(nc)
+	st.mu.Lock()
+	out.Connection.Disconnects = make(map[string]uint64, len(st.disconnects))
+	for k, v := range st.disconnects {
+		out.Connection.Disconnects[k] = v
+	}
+	for k, v := range st.givenBack {
+		out.GivenBack = append(out.GivenBack, GivenBackStats{Topic: k.topic, Reason: k.reason, Count: v})
+	}
+	byKey := map[subKey]*SubscriptionStats{}
+	for k, c := range st.subs {
+		byKey[k] = &SubscriptionStats{
+			Topic: k.topic, Consumer: k.consumer,
+			Deliveries: c.deliveries.Load(), Redeliveries: c.redeliveries.Load(), Acks: c.acks.Load(),
+			Naks: c.naks.Load(), Terms: c.terms.Load(), InProgress: c.inProgress.Load(),
+		}
+	}
+	st.mu.Unlock()
+	now := time.Now()
+	for _, s := range subs {
+		s.addLive(byKey, now)
+	}
+	for _, v := range byKey {
+		out.Subscriptions = append(out.Subscriptions, *v)
+	}
+	st.pub.Range(func(k, v any) bool {
+		c := v.(*pubCounters)
+		ps := PublishStats{Topic: k.(string), Outcomes: map[string]uint64{}, BulkEntriesFailed: c.bulkFailed.Load()}
+		for i, o := range outcomes {
+			ps.Outcomes[o] = c.byOutcome[i].Load()
+		}
+		out.Publish = append(out.Publish, ps)
+		return true
+	})
+	sort.Slice(out.Publish, func(i, j int) bool { return out.Publish[i].Topic < out.Publish[j].Topic })
+	sort.Slice(out.Subscriptions, func(i, j int) bool {
+		a, b := out.Subscriptions[i], out.Subscriptions[j]
+		return a.Topic < b.Topic || (a.Topic == b.Topic && a.Consumer < b.Consumer)
+	})
+	return out
+}
+
+func connectionStats(nc *nats.Conn) ConnectionStats {
+	if nc == nil {
+		return ConnectionStats{}
+	}
+	cs := ConnectionStats{ServerVersion: nc.ConnectedServerVersion(), Reconnects: nc.Stats().Reconnects}
+	switch nc.Status() {
+	case nats.CONNECTED:
+		cs.State = "connected"
+	case nats.CLOSED:
+		cs.State = "closed"
+	default:
+		cs.State = "reconnecting"
+	}
+	return cs
+}
+
+// statsConsumer is the consumer label of s: its durable, or "ephemeral",
+// so that re-created ephemeral consumers do not add label values.
+func (s *subscription) statsConsumer() string {
+	if d := s.durableName(); d != "" {
+		return d
+	}
+	return "ephemeral"
+}
+
+// addLive adds what s holds now to its entry in byKey.
+func (s *subscription) addLive(byKey map[subKey]*SubscriptionStats, now time.Time) {
+	k := subKey{s.topic, s.statsConsumer()}
+	v := byKey[k]
+	if v == nil {
+		v = &SubscriptionStats{Topic: k.topic, Consumer: k.consumer}
+		byKey[k] = v
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v.Live++
+	v.Held += len(s.held)
+	v.MaxInFlight += s.cons.MaxInFlight
+	for d := range s.held {
+		if age := now.Sub(d.received); age > v.OldestHeld {
+			v.OldestHeld = age
+		}
+	}
+	if cs := s.consumer; cs != nil {
+		v.NumPending, v.NumAckPending = cs.numPending, cs.numAckPending
+	}
+	if s.problem.err != "" && (v.Problem == "" || s.problem.permanent) {
+		v.Problem, v.Permanent = s.problem.err, s.problem.permanent
+	}
+}
+
+// countPublish counts one publish by its outcome, and tells the observer
+// how long it waited for its PubAck when it was sent (sent not zero).
+func (p *PubSub) countPublish(topic string, sent time.Time, ack *jetstream.PubAck, err error) {
+	outcome := publishOutcome(ack, err)
+	p.stats.published(topic, outcome)
+	p.mu.Lock()
+	o := p.observer
+	p.mu.Unlock()
+	if o != nil && !sent.IsZero() {
+		o(topic, time.Since(sent), outcome)
+	}
+}
+
+// publishOutcome names the outcome of a publish.
+func publishOutcome(ack *jetstream.PubAck, err error) string {
+	var apiErr *jetstream.APIError
+	switch {
+	case err == nil && ack != nil && ack.Duplicate:
+		return OutcomeDuplicate
+	case err == nil:
+		return OutcomeOK
+	case isNoStream(err), errors.Is(err, ErrNoStream):
+		return OutcomeNoStream
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
+		return OutcomeTimeout
+	case errors.As(err, &apiErr) && isExpectationCode(apiErr.ErrorCode):
+		return OutcomeMismatch
+	case KindOf(err) == KindInvalid:
+		return OutcomeInvalid
+	}
+	return OutcomeError
+}
+
+// disconnectKind names the kind of error that lost a connection, for a
+// bounded metric label.
+func disconnectKind(err error) string {
+	var netErr net.Error
+	switch {
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "eof"
+	case errors.Is(err, nats.ErrStaleConnection):
+		return "stale"
+	case errors.Is(err, nats.ErrAuthorization), errors.Is(err, nats.ErrAuthExpired), errors.Is(err, nats.ErrAuthRevoked):
+		return "auth"
+	case errors.As(err, &netErr) && netErr.Timeout():
+		return "timeout"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return "reset"
+	}
+	return "other"
+}

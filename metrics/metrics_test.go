@@ -1,0 +1,213 @@
+package metrics_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	contribmd "github.com/dapr/components-contrib/metadata"
+	"github.com/dapr/components-contrib/pubsub"
+	"github.com/dapr/kit/logger"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
+	"github.com/dapr-nats/jetstream-pubsub/jetstream"
+	"github.com/dapr-nats/jetstream-pubsub/metrics"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+const waitFor = 15 * time.Second
+
+// scrape fetches /metrics from h and parses it as Prometheus does.
+func scrape(t *testing.T, h http.Handler) map[string]*dto.MetricFamily {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	require.Equal(t, http.StatusOK, rec.Code)
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(rec.Body)
+	require.NoError(t, err)
+	return fams
+}
+
+// value is the value of the sample of family name whose labels include
+// want; -1 when there is none.
+func value(fams map[string]*dto.MetricFamily, name string, want map[string]string) float64 {
+	f := fams[metrics.Namespace+"_"+name]
+	if f == nil {
+		return -1
+	}
+	for _, m := range f.GetMetric() {
+		if !hasLabels(m, want) {
+			continue
+		}
+		switch {
+		case m.GetCounter() != nil:
+			return m.GetCounter().GetValue()
+		case m.GetGauge() != nil:
+			return m.GetGauge().GetValue()
+		case m.GetHistogram() != nil:
+			return float64(m.GetHistogram().GetSampleCount())
+		}
+	}
+	return -1
+}
+
+func hasLabels(m *dto.Metric, want map[string]string) bool {
+	have := map[string]string{}
+	for _, l := range m.GetLabel() {
+		have[l.GetName()] = l.GetValue()
+	}
+	for k, v := range want {
+		if have[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func get(t *testing.T, h http.Handler, path string) (int, string) {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+	b, _ := io.ReadAll(rec.Body)
+	return rec.Code, string(b)
+}
+
+// instrumented is a PubSub on a real nats-server whose metrics m serves.
+func instrumented(t *testing.T, url string, props map[string]string) (*jetstream.PubSub, *metrics.Metrics) {
+	t.Helper()
+	ps := jetstream.New(logger.NewLogger("metrics-test"))
+	m := metrics.New()
+	ps.SetPublishObserver(m.Publishes("pubsub", "0"))
+	m.SetSource(func() []metrics.Instance {
+		return []metrics.Instance{{Name: "pubsub", Daprd: "0", Stats: ps.Stats()}}
+	})
+	md := map[string]string{"natsURL": url}
+	for k, v := range props {
+		md[k] = v
+	}
+	require.NoError(t, ps.Init(t.Context(), pubsub.Metadata{Base: contribmd.Base{Name: "pubsub", Properties: md}}))
+	t.Cleanup(func() { _ = ps.Close() })
+	return ps, m
+}
+
+// The metrics follow the component's work: N publishes give N PubAcks, a
+// failed delivery shows one NAK and one redelivery, and the consumer's
+// pending count falls as a backlog drains.
+func TestMetricsFollowTheWork(t *testing.T) {
+	ns := natstest.Start(t)
+	ps, m := instrumented(t, ns.ClientURL(), map[string]string{"consumerID": "app", "deliverAll": "true", "maxInFlight": "5"})
+	h := m.Handler()
+	ctx := t.Context()
+
+	const n = 25
+	for i := range n {
+		require.NoError(t, ps.Publish(ctx, &pubsub.PublishRequest{Topic: "orders", Data: []byte(fmt.Sprint(i))}))
+	}
+	fams := scrape(t, h)
+	topic := map[string]string{"instance": "pubsub", "daprd": "0", "topic": "orders"}
+	assert.Equal(t, float64(n), value(fams, "publish_total", with(topic, "outcome", "ok")))
+	assert.Equal(t, float64(n), value(fams, "puback_seconds", with(topic, "outcome", "ok")), "one PubAck latency per publish")
+	assert.Equal(t, 1.0, value(fams, "connection_state", map[string]string{"state": "connected"}))
+	assert.Equal(t, 0.0, value(fams, "connection_state", map[string]string{"state": "reconnecting"}))
+	assert.Equal(t, 1.0, value(fams, "server_info", nil))
+
+	// A backlog drains through a gate; the first message fails once.
+	gate := make(chan struct{})
+	var failedOnce atomic.Bool
+	var handled atomic.Int32
+	require.NoError(t, ps.Subscribe(ctx, pubsub.SubscribeRequest{Topic: "orders"}, func(ctx context.Context, msg *pubsub.NewMessage) error {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if string(msg.Data) == "0" && failedOnce.CompareAndSwap(false, true) {
+			return errors.New("first attempt fails")
+		}
+		handled.Add(1)
+		return nil
+	}))
+	sub := with(topic, "consumer", "app-orders")
+	require.Eventually(t, func() bool {
+		f := scrape(t, h)
+		return value(f, "held_messages", sub) == 5 && value(f, "consumer_pending_messages", sub) >= n-5-1
+	}, waitFor, 50*time.Millisecond, "the backlog is not visible")
+	fams = scrape(t, h)
+	before := value(fams, "consumer_pending_messages", sub)
+	assert.Equal(t, 5.0, value(fams, "max_in_flight", sub))
+	assert.Greater(t, value(fams, "oldest_held_seconds", sub), 0.0)
+	t.Logf("pending before the drain: %v", before)
+	close(gate)
+	require.Eventually(t, func() bool { return handled.Load() == n }, waitFor, 20*time.Millisecond)
+	require.Eventually(t, func() bool {
+		f := scrape(t, h)
+		return value(f, "consumer_pending_messages", sub) == 0 && value(f, "consumer_ack_pending_messages", sub) == 0 && value(f, "held_messages", sub) == 0
+	}, waitFor, 100*time.Millisecond, "num_pending did not fall to 0")
+	fams = scrape(t, h)
+	assert.Equal(t, 1.0, value(fams, "naks_total", sub))
+	assert.Equal(t, 1.0, value(fams, "redeliveries_total", sub))
+	assert.Equal(t, float64(n), value(fams, "acks_total", sub))
+	assert.Equal(t, float64(n+1), value(fams, "deliveries_total", sub))
+}
+
+// /healthz says the process is alive; /readyz says whether NATS is
+// connected, and names what is not.
+func TestReadiness(t *testing.T) {
+	ns := natstest.Start(t)
+	_, m := instrumented(t, ns.ClientURL(), map[string]string{"reconnectWait": "100ms"})
+	h := m.Handler()
+	code, _ := get(t, h, "/healthz")
+	assert.Equal(t, http.StatusOK, code)
+	require.Eventually(t, func() bool { code, _ := get(t, h, "/readyz"); return code == http.StatusOK }, waitFor, 20*time.Millisecond)
+
+	natstest.Stop(ns)
+	require.Eventually(t, func() bool { code, _ := get(t, h, "/readyz"); return code == http.StatusServiceUnavailable }, waitFor, 20*time.Millisecond)
+	_, body := get(t, h, "/readyz")
+	assert.Contains(t, body, `instance "pubsub"`)
+	assert.Contains(t, body, "NATS is reconnecting")
+	code, _ = get(t, h, "/healthz")
+	assert.Equal(t, http.StatusOK, code, "alive while NATS is away")
+	fams := scrape(t, h)
+	assert.Equal(t, 1.0, value(fams, "connection_state", map[string]string{"state": "reconnecting"}))
+	assert.GreaterOrEqual(t, value(fams, "disconnects_total", nil), 1.0)
+}
+
+// A subscription stuck on an error that retrying cannot fix makes the
+// component not ready, and /readyz names it.
+func TestReadinessNamesAStuckSubscription(t *testing.T) {
+	ns := natstest.Start(t)
+	ps, m := instrumented(t, ns.ClientURL(), map[string]string{"consumerID": "app", "streamRetention": "workqueue"})
+	h := m.Handler()
+	require.NoError(t, ps.Subscribe(t.Context(), pubsub.SubscribeRequest{Topic: "jobs", Metadata: map[string]string{"deliverPolicy": "new"}},
+		func(context.Context, *pubsub.NewMessage) error { return nil }))
+	require.Eventually(t, func() bool { code, _ := get(t, h, "/readyz"); return code == http.StatusServiceUnavailable }, waitFor, 20*time.Millisecond)
+	_, body := get(t, h, "/readyz")
+	assert.Contains(t, body, `topic "jobs"`)
+	assert.Contains(t, body, "workqueue")
+}
+
+func with(base map[string]string, kv ...string) map[string]string {
+	out := make(map[string]string, len(base)+len(kv)/2)
+	for k, v := range base {
+		out[k] = v
+	}
+	for i := 0; i+1 < len(kv); i += 2 {
+		out[kv[i]] = kv[i+1]
+	}
+	return out
+}
+
