@@ -210,4 +210,3 @@ func with(base map[string]string, kv ...string) map[string]string {
 	}
 	return out
 }
-
