@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,15 +23,36 @@ import (
 	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
 )
 
+var (
+	buildOnce sync.Once
+	built     string
+	buildErr  error
+)
+
+// buildBinary builds the component once for the tests of this package.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "dapr-nats-jetstream-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		built = filepath.Join(dir, "dapr-nats-jetstream")
+		build := exec.Command("go", "build", "-o", built, ".")
+		build.Stderr = os.Stderr
+		buildErr = build.Run()
+	})
+	require.NoError(t, buildErr)
+	return built
+}
+
 // TestSIGTERMDrains runs the real binary: on SIGTERM it stops delivering,
 // lets daprd acknowledge what it holds within the drain bound, gives the
 // rest back to JetStream, removes its socket and exits 0.
 func TestSIGTERMDrains(t *testing.T) {
 	ns := natstest.Start(t)
-	bin := filepath.Join(t.TempDir(), "dapr-nats-jetstream")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	build.Stderr = os.Stderr
-	require.NoError(t, build.Run())
+	bin := buildBinary(t)
 
 	sockets := t.TempDir()
 	cmd := exec.Command(bin, "-drain-timeout", "3s", "-socket-name", "nats-js-test")

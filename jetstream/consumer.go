@@ -236,7 +236,7 @@ func (s *subscription) reconcile(ctx context.Context, js jetstream.JetStream, st
 			"consumer %q on stream %q filters %q, not %q, and JetStream refused to change it (%v); delete the consumer (nats consumer rm %s %s) or set another consumerID",
 			want.Durable, stream, have.FilterSubject, want.FilterSubject, err, stream, want.Durable)}
 	}
-	s.p.log.Warnf("consumer %q on stream %q keeps its settings (ackWait %s, maxDeliver %d, maxAckPending %d, backOff %v), which this subscription follows: %v",
+	s.log.Warnf("consumer %q on stream %q keeps its settings (ackWait %s, maxDeliver %d, maxAckPending %d, backOff %v), which this subscription follows: %v",
 		want.Durable, stream, have.AckWait, have.MaxDeliver, have.MaxAckPending, have.BackOff, err)
 	return c, nil
 }
@@ -321,7 +321,7 @@ func (s *subscription) gone(why error) {
 	if _, _, streams, err := s.p.state(); err == nil {
 		streams.forget(s.topic)
 	}
-	s.p.log.Warnf("topic %q: consumer %q on stream %q is gone (%v); creating it again", s.topic, cs.name, cs.stream, why)
+	s.log.Warnf("topic %q: consumer %q on stream %q is gone (%v); creating it again", s.topic, cs.name, cs.stream, why)
 	s.poke()
 }
 
@@ -395,15 +395,15 @@ func (s *subscription) report(err error) {
 	pr := &s.problem
 	switch {
 	case err == nil && pr.err != "":
-		s.p.log.Infof("topic %q: recovered", s.topic)
+		s.log.Infof("topic %q: recovered", s.topic)
 		*pr = problem{}
 	case err == nil:
 	case err.Error() != pr.err:
 		*pr = problem{err: err.Error(), permanent: KindOf(err) != KindUnavailable, since: now, logged: now}
-		s.p.log.Errorf("topic %q: %v; retrying in the background", s.topic, err)
+		s.log.Errorf("topic %q: %v; retrying in the background", s.topic, err)
 	case now.Sub(pr.logged) >= reportEvery:
 		pr.logged = now
-		s.p.log.Errorf("topic %q: %v (for %s); retrying in the background", s.topic, err, now.Sub(pr.since).Round(time.Second))
+		s.log.Errorf("topic %q: %v (for %s); retrying in the background", s.topic, err, now.Sub(pr.since).Round(time.Second))
 	}
 }
 

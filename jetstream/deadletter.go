@@ -85,7 +85,7 @@ func (s *subscription) maxDeliver() int {
 // terminated; without one, the log says what JetStream is abandoning.
 func (s *subscription) lastFailed(d *Delivery, cause error) error {
 	if s.cons.DeadLetterSubject == "" {
-		s.p.log.Warnf("topic %q: the last delivery that maxDeliver allows (%d of maxDeliver %d) failed for the message at sequence %d of stream %q (subject %q): %v; JetStream will not deliver it again. Set deadLetterSubject to keep such messages",
+		s.log.Warnf("topic %q: the last delivery that maxDeliver allows (%d of maxDeliver %d) failed for the message at sequence %d of stream %q (subject %q): %v; JetStream will not deliver it again. Set deadLetterSubject to keep such messages",
 			s.topic, d.Deliveries, s.maxDeliver(), d.Sequence, d.Metadata[MetadataStream], d.Metadata[MetadataSubject], cause)
 		return d.Nak()
 	}
@@ -112,20 +112,20 @@ func (s *subscription) deadLetter(d *Delivery, cause error) {
 			break
 		}
 		if d.Settled() {
-			s.p.log.Warnf("topic %q: stopped publishing the message at sequence %d of stream %q to dead-letter subject %q: it was handed to another subscription, or given back as its subscription ended (%v)",
+			s.log.Warnf("topic %q: stopped publishing the message at sequence %d of stream %q to dead-letter subject %q: it was handed to another subscription, or given back as its subscription ended (%v)",
 				s.topic, d.Sequence, d.Metadata[MetadataStream], subject, err)
 			return
 		}
 		if time.Since(logged) >= deadLetterLogEvery {
 			logged = time.Now()
-			s.p.log.Errorf("topic %q: publishing the message at sequence %d of stream %q to dead-letter subject %q: %v; it is held, and tried again until that works",
+			s.log.Errorf("topic %q: publishing the message at sequence %d of stream %q to dead-letter subject %q: %v; it is held, and tried again until that works",
 				s.topic, d.Sequence, d.Metadata[MetadataStream], subject, err)
 		}
 		select {
 		case <-time.After(wait):
 		case <-s.ctx.Done():
 			if !d.Settled() {
-				s.p.log.Errorf("topic %q: the subscription ended before the message at sequence %d of stream %q reached dead-letter subject %q",
+				s.log.Errorf("topic %q: the subscription ended before the message at sequence %d of stream %q reached dead-letter subject %q",
 					s.topic, d.Sequence, d.Metadata[MetadataStream], subject)
 			}
 			return
@@ -138,7 +138,7 @@ func (s *subscription) deadLetter(d *Delivery, cause error) {
 	defer s.settled(d, true)
 	s.counters.terms.Add(1)
 	if err := s.p.reply(d.reply, []byte("+TERM dead-lettered to "+subject)); err != nil {
-		s.p.log.Warnf("topic %q: terminating the message at sequence %d after its dead letter: %v", s.topic, d.Sequence, err)
+		s.log.Warnf("topic %q: terminating the message at sequence %d after its dead letter: %v", s.topic, d.Sequence, err)
 	}
 }
 

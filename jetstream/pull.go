@@ -245,7 +245,7 @@ func (s *subscription) checkPull(now time.Time) {
 	s.lastHeard = now
 	s.mu.Unlock()
 	if silent {
-		s.p.log.Debugf("topic %q: pull requests went unanswered; pulling again", s.topic)
+		s.log.Debugf("topic %q: pull requests went unanswered; pulling again", s.topic)
 	}
 	// The server may have lost the consumer with its state.
 	s.verify(cs)

@@ -3,6 +3,7 @@ package jetstream
 import (
 	"context"
 	"fmt"
+	"github.com/dapr/kit/logger"
 	"sync"
 	"time"
 
@@ -93,6 +94,8 @@ type subscription struct {
 	problem     problem
 	pinID       string // the pin JetStream gave this subscription (priorityPolicy pinned)
 	counters    *subCounters
+	// log carries the topic and the consumer as fields.
+	log logger.Logger
 }
 
 // SubscribeDeliveries subscribes to req.Topic and calls fn for each message.
@@ -130,6 +133,7 @@ func (p *PubSub) subscribe(ctx context.Context, req pubsub.SubscribeRequest, fn 
 		held: map[*Delivery]struct{}{}, retryWait: retryMin, floor: newResumePoint(),
 	}
 	s.counters = p.stats.subscription(s.topic, s.statsConsumer())
+	s.log = p.log.WithFields(map[string]any{"topic": s.topic, "consumer": s.statsConsumer()})
 	if cons.RateLimit > 0 {
 		s.limiter = rate.NewLimiter(rate.Limit(cons.RateLimit), int(max(cons.RateLimit, 8<<20)))
 	}
@@ -242,7 +246,7 @@ func (s *subscription) setUp() {
 	s.retryWait = retryMin
 	s.mu.Unlock()
 	s.report(nil)
-	s.p.log.Infof("subscribed to topic %q with consumer %q on stream %q", s.topic, cs.name, cs.stream)
+	s.log.Infof("subscribed to topic %q with consumer %q on stream %q", s.topic, cs.name, cs.stream)
 	s.adopt()
 }
 
@@ -287,7 +291,7 @@ func (s *subscription) adopt() {
 	}
 	s.unseen = append(front, s.unseen...)
 	s.mu.Unlock()
-	s.p.log.Infof("topic %q: took over %d messages that an ended subscription of consumer %q held", s.topic, len(ds), cs.name)
+	s.log.Infof("topic %q: took over %d messages that an ended subscription of consumer %q held", s.topic, len(ds), cs.name)
 	s.signal()
 }
 
@@ -429,7 +433,7 @@ func (s *subscription) expirePaused(now time.Time) {
 	back := s.unseen
 	s.unseen = nil
 	s.mu.Unlock()
-	s.p.log.Warnf("topic %q: paused for %s; giving %d messages back to JetStream", s.topic, handoverTimeout, len(back))
+	s.log.Warnf("topic %q: paused for %s; giving %d messages back to JetStream", s.topic, handoverTimeout, len(back))
 	for _, d := range back {
 		_ = d.giveBack(GivenBackPause)
 	}
@@ -499,7 +503,7 @@ func (s *subscription) finish() {
 	handlersDone := make(chan struct{})
 	go func() { s.work.Wait(); close(handlersDone) }()
 	if !waitUpTo(handlersDone, handlerGrace) {
-		s.p.log.Warnf("topic %q: handlers still running after %s; handing their messages on", s.topic, handlerGrace)
+		s.log.Warnf("topic %q: handlers still running after %s; handing their messages on", s.topic, handlerGrace)
 	}
 	s.handOver()
 	close(s.ended)

@@ -119,7 +119,7 @@ func (s *Server) Init(ctx context.Context, req *proto.PubSubInitRequest) (*proto
 	if draining {
 		return nil, status.Error(codes.Unavailable, "the component is shutting down")
 	}
-	ps := jetstream.New(s.log)
+	ps := jetstream.New(s.log.WithFields(map[string]any{"component": name, "daprd": key.pid}))
 	if s.metrics != nil {
 		ps.SetPublishObserver(s.metrics.Publishes(name, strconv.Itoa(key.pid)))
 	}
@@ -273,6 +273,7 @@ func (s *Server) Ping(ctx context.Context, _ *proto.PingRequest) (*proto.PingRes
 type pull struct {
 	mu      sync.Mutex
 	pending map[string]*jetstream.Delivery
+	log     logger.Logger // with the component, daprd and topic as fields
 }
 
 func (p *pull) add(id string, d *jetstream.Delivery) {
@@ -312,7 +313,7 @@ func (s *Server) PullMessages(stream proto.PubSub_PullMessagesServer) error {
 	if topic.GetName() == "" {
 		return status.Error(codes.InvalidArgument, "the first PullMessages request must name the topic")
 	}
-	p := &pull{pending: map[string]*jetstream.Delivery{}}
+	p := &pull{pending: map[string]*jetstream.Delivery{}, log: s.log.WithFields(map[string]any{"component": key.name, "daprd": key.pid, "topic": topic.GetName()})}
 	s.mu.Lock()
 	if s.draining {
 		s.mu.Unlock()
@@ -343,7 +344,7 @@ func (s *Server) PullMessages(stream proto.PubSub_PullMessagesServer) error {
 	if err != nil {
 		return toStatus(err)
 	}
-	s.log.Infof("component %s: daprd subscribed to topic %q", key, topic.GetName())
+	p.log.Infof("component %s: daprd subscribed to topic %q", key, topic.GetName())
 
 	received := make(chan struct{})
 	go func() {
@@ -366,24 +367,24 @@ func (s *Server) PullMessages(stream proto.PubSub_PullMessagesServer) error {
 		// gives up and the subscription can hand its messages over.
 	case <-done:
 	}
-	s.log.Infof("component %s: subscription to topic %q ended", key, topic.GetName())
+	p.log.Infof("component %s: subscription to topic %q ended", key, topic.GetName())
 	return nil
 }
 
 func (s *Server) settle(p *pull, topic string, req *proto.PullMessagesRequest) {
 	if req.GetTopic() != nil {
-		s.log.Warnf("topic %q: ignoring a second topic frame on the same stream", topic)
+		p.log.Warnf("topic %q: ignoring a second topic frame on the same stream", topic)
 	}
 	id := req.GetAckMessageId()
 	if id == "" {
 		if req.GetTopic() == nil {
-			s.log.Warnf("topic %q: ignoring a request with no message id", topic)
+			p.log.Warnf("topic %q: ignoring a request with no message id", topic)
 		}
 		return
 	}
 	d := p.take(id)
 	if d == nil {
-		s.log.Warnf("topic %q: ignoring an acknowledgement for unknown, already acknowledged or expired message %q", topic, id)
+		p.log.Warnf("topic %q: ignoring an acknowledgement for unknown, already acknowledged or expired message %q", topic, id)
 		return
 	}
 	var err error
@@ -393,7 +394,7 @@ func (s *Server) settle(p *pull, topic string, req *proto.PullMessagesRequest) {
 		err = d.Ack()
 	}
 	if err != nil && !errors.Is(err, jetstream.ErrAlreadySettled) {
-		s.log.Warnf("topic %q: settling message %q: %v (JetStream will redeliver it)", topic, id, err)
+		p.log.Warnf("topic %q: settling message %q: %v (JetStream will redeliver it)", topic, id, err)
 	}
 }
 

@@ -1,0 +1,134 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	proto "github.com/dapr/dapr/pkg/proto/components/v1"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	grpcmd "google.golang.org/grpc/metadata"
+
+	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
+)
+
+// TestMetricsEndpointAndJSONLogs runs the binary with the metrics address
+// and JSON logs set by environment: the endpoint labels each instance with
+// its Component name and its daprd, /readyz answers, and every log line is
+// JSON, with the component, topic and consumer as fields for a subscription.
+func TestMetricsEndpointAndJSONLogs(t *testing.T) {
+	ns := natstest.Start(t)
+	bin := buildBinary(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := l.Addr().String()
+	require.NoError(t, l.Close())
+
+	sockets := t.TempDir()
+	cmd := exec.Command(bin, "-socket-name", "nats-js-metrics")
+	cmd.Env = append(os.Environ(), "DAPR_COMPONENTS_SOCKETS_FOLDER="+sockets, "JETSTREAM_METRICS_ADDR="+addr, "JETSTREAM_LOG_AS_JSON=true")
+	out, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	cmd.Stderr = cmd.Stdout
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	var mu sync.Mutex
+	var lines []string
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			mu.Lock()
+			lines = append(lines, sc.Text())
+			mu.Unlock()
+		}
+	}()
+
+	socket := filepath.Join(sockets, "nats-js-metrics.sock")
+	require.Eventually(t, func() bool { _, err := os.Stat(socket); return err == nil }, 20*time.Second, 50*time.Millisecond)
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	defer conn.Close()
+	client := proto.NewPubSubClient(conn)
+	ctx := grpcmd.AppendToOutgoingContext(context.Background(), "x-component-instance", "pubsub")
+	_, err = client.Init(ctx, &proto.PubSubInitRequest{Metadata: &proto.MetadataRequest{Properties: map[string]string{
+		"natsURL": ns.ClientURL(), "consumerID": "app",
+	}}})
+	require.NoError(t, err)
+	stream, err := client.PullMessages(ctx)
+	require.NoError(t, err)
+	require.NoError(t, stream.Send(&proto.PullMessagesRequest{Topic: &proto.Topic{Name: "metered"}}))
+	_, err = client.Publish(ctx, &proto.PublishRequest{Topic: "metered", Data: []byte("m")})
+	require.NoError(t, err)
+	m, err := stream.Recv()
+	require.NoError(t, err)
+	require.NoError(t, stream.Send(&proto.PullMessagesRequest{AckMessageId: m.GetId()}))
+
+	get := func(path string) (int, string) {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	code, _ := get("/readyz")
+	assert.Equal(t, http.StatusOK, code)
+	me := strconv.Itoa(os.Getpid())
+	var acked float64
+	require.Eventually(t, func() bool {
+		code, body := get("/metrics")
+		if code != http.StatusOK {
+			return false
+		}
+		p := expfmt.NewTextParser(model.UTF8Validation)
+		fams, err := p.TextToMetricFamilies(strings.NewReader(body))
+		if err != nil {
+			return false
+		}
+		for _, s := range fams["jetstream_pubsub_acks_total"].GetMetric() {
+			labels := map[string]string{}
+			for _, l := range s.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["instance"] == "pubsub" && labels["daprd"] == me && labels["topic"] == "metered" && labels["consumer"] == "app-metered" {
+				acked = s.GetCounter().GetValue()
+			}
+		}
+		return acked == 1
+	}, 10*time.Second, 50*time.Millisecond, "no ack counted for instance pubsub of daprd %s", me)
+
+	mu.Lock()
+	defer mu.Unlock()
+	require.NotEmpty(t, lines)
+	var sawSubscription bool
+	for _, line := range lines {
+		var entry map[string]any
+		require.NoError(t, json.Unmarshal([]byte(line), &entry), "not JSON: %s", line)
+		if msg, _ := entry["msg"].(string); strings.Contains(msg, "subscribed to topic") && strings.Contains(msg, "with consumer") {
+			sawSubscription = true
+			assert.Equal(t, "pubsub", entry["component"], line)
+			assert.Equal(t, "metered", entry["topic"], line)
+			assert.Equal(t, "app-metered", entry["consumer"], line)
+			assert.Equal(t, me, fmt.Sprint(entry["daprd"]), line)
+		}
+	}
+	assert.True(t, sawSubscription, "no log line about the subscription:\n%s", strings.Join(lines, "\n"))
+}
