@@ -6,8 +6,19 @@ import (
 	"github.com/dapr-nats/jetstream-pubsub/jetstream"
 )
 
+// names lists every metric the collector makes, for Names.
+var names []string
+
 func desc(name, help string, labels ...string) *prometheus.Desc {
-	return prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", name), help, append([]string{"instance", "daprd"}, labels...), nil)
+	fq := prometheus.BuildFQName(Namespace, "", name)
+	names = append(names, fq)
+	return prometheus.NewDesc(fq, help, append([]string{"instance", "daprd"}, labels...), nil)
+}
+
+// Names lists the metrics of the component, without Go's and the process's:
+// what a dashboard or an alert may query.
+func Names() []string {
+	return append([]string{prometheus.BuildFQName(Namespace, "", pubAckName)}, names...)
 }
 
 // What an instance reports at each scrape, read from its Stats.

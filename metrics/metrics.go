@@ -18,6 +18,8 @@ import (
 // Namespace prefixes every metric of the component.
 const Namespace = "jetstream_pubsub"
 
+const pubAckName = "puback_seconds"
+
 // Instance is one component instance: a Component name, the daprd it
 // serves (its process id, "0" when unknown), and what it does.
 type Instance struct {
@@ -43,7 +45,7 @@ func New() *Metrics {
 	m := &Metrics{
 		reg: prometheus.NewRegistry(),
 		pubAck: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Namespace: Namespace, Name: "puback_seconds",
+			Namespace: Namespace, Name: pubAckName,
 			Help:    "Time from sending a message to NATS until its PubAck arrived (or the publish failed).",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
 		}, []string{"instance", "daprd", "topic", "outcome"}),
