@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	contribmd "github.com/dapr/components-contrib/metadata"
@@ -56,7 +57,7 @@ type PubSub struct {
 	// stats counts what the instance does; observer, if set, is told each
 	// publish's PubAck latency.
 	stats    *stats
-	observer PublishObserver
+	observer atomic.Pointer[PublishObserver]
 }
 
 var (

@@ -96,11 +96,7 @@ type GivenBackStats struct {
 type PublishObserver func(topic string, took time.Duration, outcome string)
 
 // SetPublishObserver sets o for the publishes that follow.
-func (p *PubSub) SetPublishObserver(o PublishObserver) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.observer = o
-}
+func (p *PubSub) SetPublishObserver(o PublishObserver) { p.observer.Store(&o) }
 
 // subCounters count for one topic and consumer, across subscriptions.
 type subCounters struct {
@@ -283,11 +279,8 @@ func (s *subscription) addLive(byKey map[subKey]*SubscriptionStats, now time.Tim
 func (p *PubSub) countPublish(topic string, sent time.Time, ack *jetstream.PubAck, err error) {
 	outcome := publishOutcome(ack, err)
 	p.stats.published(topic, outcome)
-	p.mu.Lock()
-	o := p.observer
-	p.mu.Unlock()
-	if o != nil && !sent.IsZero() {
-		o(topic, time.Since(sent), outcome)
+	if o := p.observer.Load(); o != nil && *o != nil && !sent.IsZero() {
+		(*o)(topic, time.Since(sent), outcome)
 	}
 }
 
