@@ -178,7 +178,6 @@ func (d *Delivery) due(now time.Time, ackWait time.Duration) bool {
 // worked on, restarting its ack wait.
 func (d *Delivery) keepAlive(p *PubSub, now time.Time) {
 	d.touched.Store(now.UnixNano())
-	d.sub.counters.inProgress.Add(1)
 	_ = p.reply(d.reply, progressBody)
 }
 

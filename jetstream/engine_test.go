@@ -515,3 +515,44 @@ func TestMessagesBehindASlowHandlerAreKeptAlive(t *testing.T) {
 		assert.Equal(t, 1, got.count(payload(i, 0)), "message %d handled more than once", i)
 	}
 }
+
+// Messages waiting for the next subscription after theirs ended are kept
+// alive while they wait: past half the ack wait, none is redelivered.
+func TestHandedOverMessagesKeptAlive(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "maxInFlight": "10", "ackWait": "2s"})
+	sctx, cancel := context.WithCancel(t.Context())
+	first := make(chan *Delivery, 10)
+	done, err := ps.SubscribeDeliveries(sctx, pubsub.SubscribeRequest{Topic: "waits"}, func(d *Delivery) error {
+		if len(first) > 0 {
+			return errStopped
+		}
+		first <- d
+		return nil
+	})
+	require.NoError(t, err)
+	for i := range 5 {
+		publish(t, ps, "waits", fmt.Sprint(i), nil)
+	}
+	recv(t, first, waitFor)
+	require.Eventually(t, func() bool {
+		info, err := consumerInfo(js, "waits", "app-waits")
+		return err == nil && info != nil && info.NumPending == 0
+	}, waitFor, tick, "the backlog was not fetched ahead")
+	cancel()
+	closedWithin(t, done, waitFor, "the first subscription ending")
+	time.Sleep(1500 * time.Millisecond) // past half the ack wait, while the messages wait
+
+	got := make(chan string, 10)
+	_, err = ps.SubscribeDeliveries(t.Context(), pubsub.SubscribeRequest{Topic: "waits"}, func(d *Delivery) error {
+		got <- string(d.Data)
+		return d.Ack()
+	})
+	require.NoError(t, err)
+	for range 5 {
+		recv(t, got, waitFor)
+	}
+	info := settledConsumer(t, js, "waits", "app-waits")
+	assert.Equal(t, uint64(5), info.Delivered.Consumer, "nothing was redelivered")
+}

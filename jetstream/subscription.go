@@ -419,6 +419,7 @@ func (s *subscription) keepAlive(now time.Time) time.Duration {
 	for _, d := range due {
 		d.keepAlive(s.p, now)
 	}
+	s.counters.inProgress.Add(uint64(len(due)))
 	return next
 }
 
