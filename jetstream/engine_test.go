@@ -521,7 +521,7 @@ func TestMessagesBehindASlowHandlerAreKeptAlive(t *testing.T) {
 func TestHandedOverMessagesKeptAlive(t *testing.T) {
 	t.Parallel()
 	ns, js := startNATS(t)
-	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "maxInFlight": "10", "ackWait": "2s"})
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "maxInFlight": "10", "ackWait": "3s"})
 	sctx, cancel := context.WithCancel(t.Context())
 	first := make(chan *Delivery, 10)
 	done, err := ps.SubscribeDeliveries(sctx, pubsub.SubscribeRequest{Topic: "waits"}, func(d *Delivery) error {
@@ -542,7 +542,7 @@ func TestHandedOverMessagesKeptAlive(t *testing.T) {
 	}, waitFor, tick, "the backlog was not fetched ahead")
 	cancel()
 	closedWithin(t, done, waitFor, "the first subscription ending")
-	time.Sleep(1500 * time.Millisecond) // past half the ack wait, while the messages wait
+	time.Sleep(2 * time.Second) // past half the ack wait, while the messages wait
 
 	got := make(chan string, 10)
 	_, err = ps.SubscribeDeliveries(t.Context(), pubsub.SubscribeRequest{Topic: "waits"}, func(d *Delivery) error {

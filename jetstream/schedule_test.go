@@ -38,6 +38,7 @@ func TestDelayedDelivery(t *testing.T) {
 	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app"})
 	h, got := collectArrivals()
 	subscribe(t, ps, "reminders", nil, h)
+	waitConsumer(t, js, "reminders", "app-reminders")
 
 	start := time.Now()
 	at := start.Add(1500 * time.Millisecond)
@@ -103,6 +104,7 @@ func TestDelayedDeliveryTTLAndDedup(t *testing.T) {
 	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app"})
 	h, got := collectArrivals()
 	subscribe(t, ps, "later", nil, h)
+	waitConsumer(t, js, "later", "app-later")
 
 	event := `{"specversion":"1.0","id":"evt-7","source":"test","type":"t","datacontenttype":"text/plain","data":"hello"}`
 	md := map[string]string{"deliverAfter": "1s", "ttlInSeconds": "60"}
@@ -250,6 +252,7 @@ func TestDelayedDeliveryWorkQueue(t *testing.T) {
 	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app"})
 	h, got := collectArrivals()
 	subscribe(t, ps, "jobs", map[string]string{"deliverAll": "true"}, h)
+	waitConsumer(t, js, "JOBS", "app-jobs")
 	publish(t, ps, "jobs", "job", map[string]string{"deliverAfter": "1s"})
 	assert.Equal(t, "job", recv(t, got, waitFor).data)
 	require.Eventually(t, func() bool { return count(js, "JOBS") == 0 }, waitFor, tick, "the stream still holds %d messages", count(js, "JOBS"))
@@ -272,4 +275,16 @@ func lastMsg(t *testing.T, js jetstream.JetStream, stream, subject string) (*jet
 		return nil, err
 	}
 	return st.GetLastMsgForSubject(ctx(t), subject)
+}
+
+// waitConsumer waits until the subscription's consumer exists. Tests that
+// then change the stream (a delayed publish allows schedules) do so after
+// it: nats-server 2.15.2 reads a stream's configuration without a lock while
+// it creates a consumer, and the race detector flags a concurrent update.
+func waitConsumer(t *testing.T, js jetstream.JetStream, stream, name string) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		info, err := consumerInfo(js, stream, name)
+		return err == nil && info != nil
+	}, waitFor, tick, "consumer %s on stream %s", name, stream)
 }
