@@ -323,7 +323,7 @@ func goMemLimit(v string) (int64, error) {
 // the server (exec inherits the container's env, but not its args).
 func checkExec(p *problems, where string, ex *corev1.ExecAction, c *corev1.Container, sock socketOf, e env) {
 	if ex == nil {
-		p.add("%s is not an exec action; the binary serves no TCP or HTTP port, so only exec can reach it", where)
+		p.add("%s is neither an exec action nor an httpGet on -metrics-addr", where)
 		return
 	}
 	cmd := ex.Command
@@ -393,10 +393,17 @@ func checkComponentContainer(p *problems, c *corev1.Container, pod *corev1.Pod, 
 	if c.StartupProbe == nil || c.LivenessProbe == nil || c.ReadinessProbe == nil {
 		p.add("%s: wants startup, liveness and readiness probes", where)
 	}
+	port, err := metricsPort(c, e)
+	if err != nil {
+		p.add("%s: %v", where, err)
+	}
 	for name, pr := range map[string]*corev1.Probe{"startupProbe": c.StartupProbe, "livenessProbe": c.LivenessProbe, "readinessProbe": c.ReadinessProbe} {
 		if pr != nil {
-			checkExec(p, where+" "+name, pr.Exec, c, sock, e)
+			checkProbe(p, where, name, pr, c, sock, e, port)
 		}
+	}
+	if err == nil {
+		checkScrape(p, where, c, pod, port)
 	}
 	if c.Lifecycle != nil && c.Lifecycle.PostStart != nil {
 		checkExec(p, where+" postStart", c.Lifecycle.PostStart.Exec, c, sock, e)

@@ -147,8 +147,8 @@ func TestPodMistakesAreFound(t *testing.T) {
 			c.Spec.Type = "pubsub.natsjs"
 		}, ""},
 		{"probe on another socket", "deploy/manual", manualCtr(func(c *corev1.Container) {
-			c.LivenessProbe.Exec.Command = append(c.LivenessProbe.Exec.Command, "-socket-name=other")
-		}), "livenessProbe checks /tmp/dapr-components-sockets/other.sock but the server listens on /tmp/dapr-components-sockets/nats-jetstream.sock"},
+			c.StartupProbe.Exec.Command = append(c.StartupProbe.Exec.Command, "-socket-name=other")
+		}), "startupProbe checks /tmp/dapr-components-sockets/other.sock but the server listens on /tmp/dapr-components-sockets/nats-jetstream.sock"},
 		{"socket name arg without probes", "deploy/manual", func(t *testing.T, c *componentsapi.Component, d *appsv1.Deployment) {
 			container(t, d, "nats-jetstream").Args = append(container(t, d, "nats-jetstream").Args, "-socket-name=natsjs")
 			c.Spec.Type = "pubsub.natsjs"
@@ -196,12 +196,48 @@ func TestPodMistakesAreFound(t *testing.T) {
 			c.Env = append(c.Env, corev1.EnvVar{Name: "JETSTREAM_SOCKET_MODE", Value: "0666"})
 		}), "socket mode 0666"},
 		{"shell probe", "deploy/manual", manualCtr(func(c *corev1.Container) {
-			c.ReadinessProbe.Exec.Command = []string{"/bin/sh", "-c", "test -S /tmp/dapr-components-sockets/nats-jetstream.sock"}
-		}), "readinessProbe: command"},
+			c.StartupProbe.Exec.Command = []string{"/bin/sh", "-c", "test -S /tmp/dapr-components-sockets/nats-jetstream.sock"}
+		}), "startupProbe: command"},
 		{"tcp probe", "deploy/manual", manualCtr(func(c *corev1.Container) {
-			c.LivenessProbe.Exec = nil
+			c.LivenessProbe.HTTPGet = nil
 			c.LivenessProbe.TCPSocket = &corev1.TCPSocketAction{Port: intstr.FromInt32(4222)}
-		}), "livenessProbe is not an exec action"},
+		}), "livenessProbe is neither an exec action nor an httpGet on -metrics-addr"},
+		{"exec probes", "deploy/manual", manualCtr(func(c *corev1.Container) {
+			c.ReadinessProbe.HTTPGet = nil
+			c.ReadinessProbe.Exec = &corev1.ExecAction{Command: []string{"/dapr-nats-jetstream", "healthcheck", "-nats"}}
+		}), ""},
+		{"liveness on readyz", "deploy/manual", manualCtr(func(c *corev1.Container) { c.LivenessProbe.HTTPGet.Path = "/readyz" }),
+			`livenessProbe gets "/readyz"; want "/healthz"`},
+		{"readiness on healthz", "deploy/injected", func(t *testing.T, c *componentsapi.Component, _ *appsv1.Deployment) {
+			c.Annotations["dapr.io/component-container"] = strings.Replace(c.Annotations["dapr.io/component-container"], `"/readyz"`, `"/healthz"`, 1)
+		}, `readinessProbe gets "/healthz"; want "/readyz"`},
+		{"probe on daprd's port", "deploy/manual", manualCtr(func(c *corev1.Container) { c.ReadinessProbe.HTTPGet.Port = intstr.FromInt32(9090) }),
+			"readinessProbe gets port 9090 but -metrics-addr serves on 9095"},
+		{"probe port not declared", "deploy/manual", manualCtr(func(c *corev1.Container) { c.Ports = nil }),
+			`names port "js-metrics", which container nats-jetstream does not declare`},
+		{"metrics off", "deploy/manual", manualCtr(func(c *corev1.Container) { c.Args = []string{"-drain-timeout=20s"} }),
+			"livenessProbe is an httpGet, but metrics are off"},
+		{"metrics from env", "deploy/manual", manualCtr(func(c *corev1.Container) {
+			c.Args = []string{"-drain-timeout=20s"}
+			c.Env = append(c.Env, corev1.EnvVar{Name: "JETSTREAM_METRICS_ADDR", Value: ":9095"})
+		}), ""},
+		{"metrics on loopback", "deploy/manual", manualCtr(func(c *corev1.Container) { c.Args = []string{"-metrics-addr=localhost:9095"} }),
+			`-metrics-addr "localhost:9095" listens on localhost only`},
+		{"metrics port moved alone", "deploy/injected", func(t *testing.T, c *componentsapi.Component, _ *appsv1.Deployment) {
+			c.Annotations["dapr.io/component-container"] = strings.Replace(c.Annotations["dapr.io/component-container"], "-metrics-addr=:9095", "-metrics-addr=:9096", 1)
+		}, `pod annotation prometheus.io/port is "9095" but -metrics-addr serves on 9096`},
+		{"metrics on daprd's port", "deploy/manual", func(t *testing.T, _ *componentsapi.Component, d *appsv1.Deployment) {
+			c := container(t, d, "nats-jetstream")
+			c.Args = []string{"-metrics-addr=:9090"}
+			c.Ports[0].ContainerPort = 9090
+			d.Spec.Template.Annotations["prometheus.io/port"] = "9090"
+		}, "port 9090 clashes with container daprd's port dapr-metrics"},
+		{"not scraped", "deploy/injected", func(t *testing.T, _ *componentsapi.Component, d *appsv1.Deployment) {
+			delete(d.Spec.Template.Annotations, "prometheus.io/scrape")
+		}, `wants the pod annotation prometheus.io/scrape: "true"`},
+		{"scrape path", "deploy/manual", func(t *testing.T, _ *componentsapi.Component, d *appsv1.Deployment) {
+			d.Spec.Template.Annotations["prometheus.io/path"] = "/"
+		}, `pod annotation prometheus.io/path is "/"`},
 		{"no probes", "deploy/manual", manualCtr(func(c *corev1.Container) { c.StartupProbe = nil }), "wants startup, liveness and readiness probes"},
 		{"no limits", "deploy/manual", manualCtr(func(c *corev1.Container) { c.Resources.Limits = nil }), "wants both a request and a limit for cpu"},
 		{"GOMEMLIMIT above limit", "deploy/manual", manualCtr(func(c *corev1.Container) { c.Env[0].Value = "1GiB" }), "GOMEMLIMIT"},
