@@ -30,26 +30,40 @@ faults:
 	grep -E "^(--- |ok|FAIL|PASS)|FAULT |panic:|secrets" .cache/faults.log; \
 	if [ $$rc -ne 0 ]; then echo "--- last 300 lines of .cache/faults.log:"; tail -n 300 .cache/faults.log; fi; exit $$rc
 
-## lint: gofmt (tracked and new files), go vet, and staticcheck, also with the faults build tag.
+## lint: gofmt, go vet, staticcheck (also with the faults and e2e build tags), and go.mod/go.sum tidy.
 ## Separate from `test`: staticcheck is downloaded from the module proxy the first time.
-lint: vet
-	@out=$$(gofmt -l $$(git ls-files --cached --others --exclude-standard '*.go' 2>/dev/null || find . -name '*.go' -not -path './.cache/*')); \
-	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+lint: fmt-check vet
+	go mod tidy -diff
 	$(STATICCHECK) $(STATICCHECK_FLAGS) ./...
 	$(STATICCHECK) $(STATICCHECK_FLAGS) -tags faults ./test/faults/
+	$(STATICCHECK) $(STATICCHECK_FLAGS) -tags e2e ./test/e2e/...
 
 ## image: the sidecar image (Dockerfile). Needs Docker with BuildKit; push it wherever your cluster pulls from
 ## and set that name in deploy/*/component.yaml or deploy/*/deployment.yaml.
 image:
 	docker build -t $(IMAGE) .
 
+## fmt-check: gofmt over tracked and new (not ignored) Go files; the one formatting check.
 fmt-check:
-	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	@out=$$(gofmt -l $$(git ls-files --cached --others --exclude-standard '*.go' 2>/dev/null || find . -name '*.go' -not -path './.cache/*')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
 vet:
 	go vet ./...
 	go vet -tags faults ./test/faults/
+	go vet -tags e2e ./test/e2e/...
+
+## fuzz: every fuzzer, each for FUZZTIME, starting from its seed corpus (testdata/fuzz and f.Add).
+## Go runs one fuzz target per invocation, so this lists them and runs them in turn.
+FUZZTIME ?= 30s
+.PHONY: fuzz
+fuzz:
+	@set -e; for file in $$(git grep -l '^func Fuzz' -- '*_test.go'); do \
+		for f in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$file); do \
+			echo "== ./$$(dirname $$file) $$f ($(FUZZTIME))"; \
+			go test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) ./$$(dirname $$file); \
+		done; \
+	done
 
 ## run: a local JetStream (nats-server from go.mod's tool line) plus the component.
 ## Prints the Component YAML and the `dapr run` line of the tweet demo, whose app it builds
