@@ -217,3 +217,25 @@ func checkLink(file, md, target string) string {
 	}
 	return ""
 }
+
+// TestEveryDocLinkedFromREADME checks that the README links CONTRIBUTING.md
+// and every page under docs/, so that none of them can only be found by
+// browsing the repository.
+func TestEveryDocLinkedFromREADME(t *testing.T) {
+	md, err := os.ReadFile(filepath.Join(root, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	linked := map[string]bool{}
+	for _, l := range links(string(md)) {
+		path, _, _ := strings.Cut(l.target, "#")
+		if path != "" && !scheme.MatchString(path) {
+			linked[filepath.ToSlash(filepath.Clean(path))] = true
+		}
+	}
+	for _, f := range docFiles(t) {
+		if f != "README.md" && !linked[f] {
+			t.Errorf("README.md has no link to %s", f)
+		}
+	}
+}
