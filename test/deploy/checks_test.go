@@ -43,7 +43,7 @@ const (
 )
 
 // healthcheckFlags are the flags of the `healthcheck` subcommand that the
-// probes use (see the README's Kubernetes section). "nats" takes no value.
+// probes use (see docs/kubernetes.md). "nats" takes no value.
 var healthcheckFlags = map[string]bool{"socket-folder": true, "socket-name": true, "timeout": true, "wait": true, "nats": true}
 
 // env is what the checks compare the manifests with.

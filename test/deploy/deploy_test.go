@@ -225,10 +225,11 @@ func TestSecretsArePlaceholders(t *testing.T) {
 	}
 	// The NATS servers and the component must be told about the same Secret
 	// names and keys that the docs tell users to create.
-	readme := string(readFile(t, "README.md"))
+	const guide = "docs/kubernetes.md"
+	steps := string(readFile(t, guide))
 	for _, want := range []string{"create secret generic nats-jetstream-auth --from-literal=token=", "create secret generic nats-auth --from-literal=token="} {
-		if !strings.Contains(readme, want) {
-			t.Errorf("README.md does not show `kubectl ... %s`", want)
+		if !strings.Contains(steps, want) {
+			t.Errorf("%s does not show `kubectl ... %s`", guide, want)
 		}
 	}
 }
@@ -248,7 +249,7 @@ func TestNATSValues(t *testing.T) {
 			t.Errorf("%s: %d servers, want 1", f, inst.Servers)
 		}
 		if inst.Host != "nats.nats.svc.cluster.local" {
-			t.Errorf("%s: the client Service is %s; the README and Components use nats.nats.svc.cluster.local", f, inst.Host)
+			t.Errorf("%s: the client Service is %s; docs/kubernetes.md and the Components use nats.nats.svc.cluster.local", f, inst.Host)
 		}
 	}
 }
