@@ -158,9 +158,15 @@ func TestMakefile(t *testing.T) {
 	if !regexp.MustCompile(`(?m)^image:\s*\n\tdocker build -t \$\(IMAGE\) \.\s*$`).MatchString(mk) {
 		t.Error("Makefile: want `image:` running `docker build -t $(IMAGE) .`")
 	}
-	lint := regexp.MustCompile(`(?ms)^lint:[^\n]*\n(.*?)\n\n`).FindStringSubmatch(mk)
-	if lint == nil || !strings.Contains(lint[1], "$(STATICCHECK)") || !strings.Contains(lint[0], "gofmt") {
-		t.Error("Makefile: want `lint:` with gofmt and staticcheck")
+	lint := regexp.MustCompile(`(?ms)^lint:([^\n]*)\n(.*?)\n\n`).FindStringSubmatch(mk)
+	if lint == nil || !strings.Contains(lint[1], "fmt-check") || !strings.Contains(lint[2], "$(STATICCHECK)") || !strings.Contains(lint[2], "go mod tidy -diff") {
+		t.Error("Makefile: want `lint:` on fmt-check, with staticcheck and go mod tidy -diff")
+	}
+	if fmt := regexp.MustCompile(`(?ms)^fmt-check:[^\n]*\n(.*?)\n\n`).FindStringSubmatch(mk); fmt == nil || !strings.Contains(fmt[1], "gofmt -l") {
+		t.Error("Makefile: want `fmt-check:` running gofmt -l")
+	}
+	if !regexp.MustCompile(`(?m)^fuzz:`).MatchString(mk) || !strings.Contains(mk, "-fuzztime $(FUZZTIME)") {
+		t.Error("Makefile: want `fuzz:` running every fuzzer for $(FUZZTIME)")
 	}
 	if test := regexp.MustCompile(`(?m)^test:(.*)$`).FindStringSubmatch(mk); test == nil || strings.Contains(test[1], "lint") {
 		t.Error("Makefile: `test` must not depend on `lint`")
