@@ -1,4 +1,7 @@
-// Package natstest runs a real nats-server with JetStream inside a test.
+// Package natstest is the test kit: a real nats-server with JetStream inside
+// a test (Start, Client), child processes (Proc), binaries built once
+// (BuildBinary), and bounded waits (Recv, Nothing, Await). The bench
+// program, which is no test, uses it too.
 package natstest
 
 import (
