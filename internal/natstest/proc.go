@@ -41,7 +41,7 @@ type Spec struct {
 // started again with the same Spec after it exited, keeping one output.
 type Proc struct {
 	Spec
-	out *output
+	out *Output
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -51,7 +51,7 @@ type Proc struct {
 
 // NewProc prepares, without starting, a Proc for s.
 func NewProc(s Spec) *Proc {
-	return &Proc{Spec: s, out: &output{keep: s.Keep, echo: s.Echo, name: s.Name}}
+	return &Proc{Spec: s, out: NewOutput(s.Name, s.Keep, s.Echo)}
 }
 
 // StartProc prepares and starts a Proc for s.
@@ -260,24 +260,31 @@ func isClosed(ch <-chan struct{}) bool {
 	}
 }
 
-// output keeps a child's output, also echoing it line by line.
-type output struct {
+// Output keeps what a process or logger writes, safe for concurrent
+// writers, and echoes it line by line.
+type Output struct {
 	mu   sync.Mutex
 	buf  []byte
 	keep int
 	echo io.Writer
 	name string
+	// midLine is set when the last write ended inside a line: the prefix
+	// goes only before a line's start, so that a line written in pieces
+	// stays whole in echo (the faults suite searches it for secrets).
+	midLine bool
 }
 
-func (o *output) Write(p []byte) (int, error) {
+// NewOutput keeps the last keep bytes written (all of them if keep is 0) and
+// copies each line to echo, if set, prefixed with "[name] ".
+func NewOutput(name string, keep int, echo io.Writer) *Output {
+	return &Output{keep: keep, echo: echo, name: name}
+}
+
+func (o *Output) Write(p []byte) (int, error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.echo != nil {
-		for _, line := range strings.SplitAfter(string(p), "\n") {
-			if line != "" {
-				fmt.Fprintf(o.echo, "[%s] %s", o.name, line)
-			}
-		}
+		o.echoLines(p)
 	}
 	o.buf = append(o.buf, p...)
 	// Trimming only at twice the bound keeps the copying rare.
@@ -287,7 +294,20 @@ func (o *output) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (o *output) String() string {
+func (o *Output) echoLines(p []byte) {
+	for _, piece := range strings.SplitAfter(string(p), "\n") {
+		if piece == "" {
+			continue
+		}
+		if !o.midLine {
+			fmt.Fprintf(o.echo, "[%s] ", o.name)
+		}
+		_, _ = io.WriteString(o.echo, piece)
+		o.midLine = !strings.HasSuffix(piece, "\n")
+	}
+}
+
+func (o *Output) String() string {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	b := o.buf

@@ -28,6 +28,8 @@ import (
 
 	"github.com/dapr-nats/jetstream-pubsub/jetstream"
 	"github.com/dapr-nats/jetstream-pubsub/pluggable"
+
+	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
 )
 
 // faultLedger tracks every message of a scenario by its index: whether its
@@ -484,10 +486,10 @@ func TestFaultNATSKilledAndRestarted(t *testing.T) {
 		t.Fatalf("only %d of %d messages published before the kill", l.publishedCount(), total)
 	}
 	killedAt := time.Now()
-	ns.kill()
+	ns.Kill()
 	handledAtKill := l.handledCount()
 	time.Sleep(2 * time.Second)
-	ns.start()
+	procStart(t, ns.Proc)
 	ns.waitReady(t, 30*time.Second)
 	t.Logf("nats-server killed -9 at %d published / %d handled, back after %s", l.publishedCount(), handledAtKill, faultDur(time.Since(killedAt)))
 
@@ -586,7 +588,7 @@ func TestFaultNATSDownAtStart(t *testing.T) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	port := procFreePort(t)
+	port := natstest.FreePortT(t)
 	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
 
 	ps := jetstream.New(procLogger(t, "fault-late"))
@@ -640,7 +642,7 @@ func TestFaultNATSDownAtStart(t *testing.T) {
 		t.Errorf("%d publishes returned nil while NATS was down", n)
 	}
 	ns := procNewNATS(t, "nats-late", port, "-sd", t.TempDir())
-	ns.start()
+	procStart(t, ns.Proc)
 	upAt := time.Now()
 	ns.waitReady(t, 30*time.Second)
 
@@ -702,7 +704,7 @@ func TestFaultLongOutageMemoryStorage(t *testing.T) {
 		t.Fatalf("handled %d of %d before the outage", l.handledCount(), before)
 	}
 
-	ns.kill()
+	ns.Kill()
 	downAt := time.Now()
 	// Count the component's reconnect attempts: something accepts on the
 	// port and hangs up at once, as good as nobody listening to a client.
@@ -723,7 +725,7 @@ func TestFaultLongOutageMemoryStorage(t *testing.T) {
 	}
 	// Two connections (publisher and subscriber) were reconnecting.
 	attempts := dials() / 2
-	ns.start()
+	procStart(t, ns.Proc)
 	upAt := time.Now()
 	ns.waitReady(t, 30*time.Second)
 	t.Logf("outage of %s, %d reconnect attempts per connection at reconnectWait 100ms", faultDur(upAt.Sub(downAt)), attempts)
@@ -1078,10 +1080,10 @@ func TestFaultSIGTERMComponent(t *testing.T) {
 		t.Fatalf("daprd holds only %d unacknowledged messages", held)
 	}
 	sigAt := time.Now()
-	if err := comp.signal(syscall.SIGTERM); err != nil {
+	if err := comp.Signal(syscall.SIGTERM); err != nil {
 		t.Fatalf("SIGTERM: %v", err)
 	}
-	err, exited := comp.wait(drain + 8*time.Second)
+	exited, err := comp.Wait(drain + 8*time.Second)
 	exitTook := time.Since(sigAt)
 	if !exited {
 		t.Fatalf("the component did not exit within %s of SIGTERM", drain+8*time.Second)

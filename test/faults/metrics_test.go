@@ -76,7 +76,7 @@ func TestFaultNATSRestartSeenByMetrics(t *testing.T) {
 		t.Fatalf("reconnects_total %v before the restart, want 0", got)
 	}
 
-	ns.kill()
+	ns.Kill()
 	down := time.Now()
 	body := waitReady("NATS killed", http.StatusServiceUnavailable)
 	if !strings.Contains(body, `instance "pubsub"`) || !strings.Contains(body, "NATS is") {
@@ -84,7 +84,7 @@ func TestFaultNATSRestartSeenByMetrics(t *testing.T) {
 	}
 	t.Logf("not ready %s after the kill: %s", time.Since(down).Round(10*time.Millisecond), strings.TrimSpace(body))
 
-	ns.start()
+	procStart(t, ns.Proc)
 	ns.waitReady(t, 30*time.Second)
 	up := time.Now()
 	waitReady("NATS back", http.StatusOK)

@@ -109,11 +109,11 @@ func TestFaultSIGTERMDaprdNotReading(t *testing.T) {
 	})
 
 	sigAt := time.Now()
-	if err := comp.signal(syscall.SIGTERM); err != nil {
+	if err := comp.Signal(syscall.SIGTERM); err != nil {
 		t.Fatalf("SIGTERM: %v", err)
 	}
 	bound := drain + grace + 2*time.Second
-	err, exited := comp.wait(bound + 10*time.Second)
+	exited, err := comp.Wait(bound + 10*time.Second)
 	took := time.Since(sigAt)
 	if !exited {
 		t.Fatalf("the component still runs %s after SIGTERM while daprd does not read", bound+10*time.Second)
