@@ -488,7 +488,7 @@ func TestFaultNATSKilledAndRestarted(t *testing.T) {
 	killedAt := time.Now()
 	ns.Kill()
 	handledAtKill := l.handledCount()
-	time.Sleep(2 * time.Second)
+	time.Sleep(2 * time.Second) // the outage itself, not a wait for a condition
 	procStart(t, ns.Proc)
 	ns.waitReady(t, 30*time.Second)
 	t.Logf("nats-server killed -9 at %d published / %d handled, back after %s", l.publishedCount(), handledAtKill, faultDur(time.Since(killedAt)))
@@ -637,7 +637,7 @@ func TestFaultNATSDownAtStart(t *testing.T) {
 		}()
 	}
 
-	time.Sleep(time.Until(start.Add(downTime)))
+	time.Sleep(time.Until(start.Add(downTime))) // the outage itself, not a wait for a condition
 	if n := l.publishedCount(); n > 0 {
 		t.Errorf("%d publishes returned nil while NATS was down", n)
 	}
@@ -844,13 +844,11 @@ func TestFaultSlowHandler(t *testing.T) {
 func faultCountDials(t *testing.T, port int) func() int {
 	t.Helper()
 	var ln net.Listener
-	var err error
-	for range 50 { // the killed server's socket may linger a moment
-		if ln, err = net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	// The killed server's socket may linger a moment.
+	err := natstest.Await(time.Second, 20*time.Millisecond, nil, func() (err error) {
+		ln, err = net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		return err
+	})
 	if err != nil {
 		t.Fatalf("listen on %d during the outage: %v", port, err)
 	}
@@ -1056,7 +1054,7 @@ func TestFaultSIGTERMComponent(t *testing.T) {
 	l := newFaultLedger("sigterm", total)
 	subMD := map[string]string{"maxInFlight": "50"}
 	p1 := faultStartPull(t, ctx, c, instance, topic, subMD, l, faultAckFirst(acked))
-	time.Sleep(300 * time.Millisecond) // the consumer starts at the subscription
+	faultWaitConsumer(t, ns.url(), "sigterm", topic)
 
 	stats := &faultStats{}
 	published := make(chan error, 1)
@@ -1071,10 +1069,7 @@ func TestFaultSIGTERMComponent(t *testing.T) {
 		published <- nil
 	}()
 
-	deadline := time.Now().Add(30 * time.Second)
-	for p1.heldCount() < holdMin && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
+	_ = natstest.Await(30*time.Second, 20*time.Millisecond, nil, natstest.Check(func() bool { return p1.heldCount() >= holdMin }))
 	held := p1.heldCount()
 	if held < holdMin {
 		t.Fatalf("daprd holds only %d unacknowledged messages", held)
@@ -1126,7 +1121,7 @@ func TestFaultSIGTERMComponent(t *testing.T) {
 		t.Errorf("handled %d of %d", l.handledCount(), total)
 	}
 	took := time.Since(start)
-	time.Sleep(time.Second)
+	time.Sleep(time.Second) // a window for a late duplicate to show in the report, not a wait
 	faultReport(t, "component-sigterm", l, took, fmt.Sprintf("exit 0 after %s with %d held; held ones back within %s of restart; %s",
 		faultDur(exitTook), held, faultDur(redelivered), stats))
 	if stats.count() == 0 {
@@ -1185,7 +1180,7 @@ func TestFaultPullStreamCut(t *testing.T) {
 	l := newFaultLedger("cut", total)
 	subMD := map[string]string{"maxInFlight": "50"}
 	a := faultStartPull(t, ctx, c, "daprd-a", topic, subMD, l, faultAckFirst(acked))
-	time.Sleep(300 * time.Millisecond)
+	faultWaitConsumer(t, ns.url(), "cut", topic)
 
 	stats := &faultStats{}
 	var wg sync.WaitGroup
@@ -1202,10 +1197,7 @@ func TestFaultPullStreamCut(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	deadline := time.Now().Add(20 * time.Second)
-	for a.heldCount() < holdMin && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
+	_ = natstest.Await(20*time.Second, 20*time.Millisecond, nil, natstest.Check(func() bool { return a.heldCount() >= holdMin }))
 	held := a.heldCount()
 	if held < holdMin {
 		t.Fatalf("daprd-a holds only %d messages", held)
@@ -1225,6 +1217,6 @@ func TestFaultPullStreamCut(t *testing.T) {
 		t.Errorf("handled %d of %d", l.handledCount(), total)
 	}
 	took := time.Since(start)
-	time.Sleep(time.Second)
+	time.Sleep(time.Second) // a window for a late duplicate to show in the report, not a wait
 	faultReport(t, "pull-stream-cut", l, took, fmt.Sprintf("%d held messages at another subscriber %s after the cut (ackWait %s)", held, faultDur(back), ackWait))
 }

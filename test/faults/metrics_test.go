@@ -4,6 +4,7 @@ package faults
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -13,6 +14,8 @@ import (
 
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
 )
 
 // TestFaultNATSRestartSeenByMetrics kills nats-server and starts it again
@@ -59,17 +62,15 @@ func TestFaultNATSRestartSeenByMetrics(t *testing.T) {
 	}
 	waitReady := func(what string, want int) string {
 		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			code, body := get("/readyz")
-			if code == want {
-				return body
+		var body string
+		natstest.AwaitT(t, 30*time.Second, what, func() error {
+			var code int
+			if code, body = get("/readyz"); code != want {
+				return fmt.Errorf("/readyz answered %d (%s), want %d", code, strings.TrimSpace(body), want)
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: /readyz answered %d (%s), want %d", what, code, strings.TrimSpace(body), want)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+			return nil
+		})
+		return body
 	}
 	waitReady("connected", http.StatusOK)
 	if got := reconnects(); got != 0 {

@@ -21,6 +21,7 @@ import (
 	natsjs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
+	"github.com/dapr-nats/jetstream-pubsub/metadata"
 )
 
 // procKeep is how much of a child's output a failing test shows.
@@ -134,6 +135,25 @@ func procClient(t testing.TB, url string) (*nats.Conn, natsjs.JetStream) {
 		t.Fatalf("jetstream: %v", err)
 	}
 	return nc, js
+}
+
+// faultWaitConsumer waits until the durable of consumerID for topic exists:
+// the consumer starts at the subscription, so only what is published after it
+// exists reaches the subscriber for certain.
+func faultWaitConsumer(t testing.TB, url, consumerID, topic string) {
+	t.Helper()
+	_, js := procClient(t, url)
+	durable := metadata.SanitizeName(consumerID, topic)
+	natstest.AwaitT(t, 10*time.Second, "consumer "+durable+" for "+topic, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		stream, err := js.StreamNameBySubject(ctx, topic)
+		if err != nil {
+			return err
+		}
+		_, err = js.Consumer(ctx, stream, durable)
+		return err
+	})
 }
 
 // procComponent is the component binary serving its socket.
