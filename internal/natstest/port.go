@@ -5,6 +5,7 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"time"
 )
 
 var (
@@ -41,4 +42,16 @@ func FreePortT(t testing.TB) int {
 		t.Fatalf("free port: %v", err)
 	}
 	return port
+}
+
+// Dials is a condition for Await and WaitFor: network at addr (a TCP address
+// or a unix socket) accepts a connection.
+func Dials(network, addr string) func() error {
+	return func() error {
+		c, err := net.DialTimeout(network, addr, time.Second)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	}
 }

@@ -163,10 +163,7 @@ func startDaprd(ctx context.Context, bin, dir, sockets string, a *app, component
 		return nil, err
 	}
 	d := &daprd{Proc: p, http: "http://127.0.0.1:" + ports[0]}
-	err = p.WaitFor(60*time.Second, pollEvery, func() error {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
+	err = p.WaitFor(60*time.Second, pollEvery, unlessDone(ctx, func() error {
 		resp, err := http.Get(d.http + "/v1.0/healthz")
 		if err != nil {
 			return err
@@ -176,7 +173,7 @@ func startDaprd(ctx context.Context, bin, dir, sockets string, a *app, component
 			return fmt.Errorf("healthz: %s", resp.Status)
 		}
 		return nil
-	})
+	}))
 	if err != nil {
 		_ = p.Stop(5 * time.Second)
 		return nil, err

@@ -88,7 +88,7 @@ func startNATS(bin, dir string) (*natsServer, error) {
 		return nil, err
 	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	if err := p.WaitFor(20*time.Second, pollEvery, dialer(context.Background(), "tcp", addr)); err != nil {
+	if err := p.WaitFor(20*time.Second, pollEvery, natstest.Dials("tcp", addr)); err != nil {
 		_ = p.Stop(time.Second)
 		return nil, err
 	}
@@ -124,7 +124,7 @@ func (cc componentCmd) start(ctx context.Context, folder, label string) (*compon
 		return nil, err
 	}
 	sock := filepath.Join(folder, "nats-jetstream.sock")
-	if err := p.WaitFor(30*time.Second, pollEvery, dialer(ctx, "unix", sock)); err != nil {
+	if err := p.WaitFor(30*time.Second, pollEvery, unlessDone(ctx, natstest.Dials("unix", sock))); err != nil {
 		_ = p.Stop(time.Second)
 		return nil, err
 	}
@@ -145,17 +145,13 @@ func startChild(s natstest.Spec) (*natstest.Proc, error) {
 	return natstest.StartProc(s)
 }
 
-// dialer is a start-up condition: network at addr accepts a connection,
-// unless ctx ended.
-func dialer(ctx context.Context, network, addr string) func() error {
+// unlessDone is cond, failing at once when ctx ends (the bench was
+// interrupted).
+func unlessDone(ctx context.Context, cond func() error) func() error {
 	return func() error {
-		if ctx.Err() != nil {
-			return ctx.Err()
+		if err := ctx.Err(); err != nil {
+			return err
 		}
-		c, err := net.DialTimeout(network, addr, time.Second)
-		if err == nil {
-			_ = c.Close()
-		}
-		return err
+		return cond()
 	}
 }

@@ -9,7 +9,6 @@ package faults
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -176,18 +175,7 @@ func procNewComponent(t testing.TB, folder, sockName string, extra ...string) *p
 func (c *procComponent) startServing(t testing.TB, within time.Duration) {
 	t.Helper()
 	procStart(t, c.Proc)
-	if err := c.WaitFor(within, 50*time.Millisecond, procServes(c.socket)); err != nil {
+	if err := c.WaitFor(within, 50*time.Millisecond, natstest.Dials("unix", c.socket)); err != nil {
 		t.Fatalf("%s did not serve %s: %v", c.Name, c.socket, err)
-	}
-}
-
-// procServes is a condition: the unix socket accepts a connection.
-func procServes(socket string) func() error {
-	return func() error {
-		conn, err := net.DialTimeout("unix", socket, 200*time.Millisecond)
-		if err != nil {
-			return err
-		}
-		return conn.Close()
 	}
 }

@@ -327,7 +327,7 @@ func secStartBinary(t *testing.T, args ...string) *secProc {
 	})}
 	require.NoError(t, p.Start())
 	t.Cleanup(func() { p.stop(t) })
-	require.NoError(t, p.WaitFor(secWait, secTick, procServes(p.socket)), "the component binary did not serve its socket")
+	require.NoError(t, p.WaitFor(secWait, secTick, natstest.Dials("unix", p.socket)), "the component binary did not serve its socket")
 	return p
 }
 
