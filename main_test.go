@@ -5,9 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"sync"
+	"regexp"
 	"syscall"
 	"testing"
 	"time"
@@ -23,47 +22,15 @@ import (
 	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
 )
 
-var (
-	buildOnce sync.Once
-	built     string
-	buildErr  error
-)
-
-// buildBinary builds the component once for the tests of this package.
-func buildBinary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "dapr-nats-jetstream-bin")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		built = filepath.Join(dir, "dapr-nats-jetstream")
-		build := exec.Command("go", "build", "-o", built, ".")
-		build.Stderr = os.Stderr
-		buildErr = build.Run()
-	})
-	require.NoError(t, buildErr)
-	return built
-}
-
 // TestSIGTERMDrains runs the real binary: on SIGTERM it stops delivering,
 // lets daprd acknowledge what it holds within the drain bound, gives the
 // rest back to JetStream, removes its socket and exits 0.
 func TestSIGTERMDrains(t *testing.T) {
 	ns := natstest.Start(t)
-	bin := buildBinary(t)
-
+	_, js := natstest.Client(t, ns)
 	sockets := t.TempDir()
-	cmd := exec.Command(bin, "-drain-timeout", "3s", "-socket-name", "nats-js-test")
-	cmd.Env = append(os.Environ(), "DAPR_COMPONENTS_SOCKETS_FOLDER="+sockets)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	require.NoError(t, cmd.Start())
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() { _ = cmd.Process.Kill() })
 	socket := filepath.Join(sockets, "nats-js-test.sock")
-	require.Eventually(t, func() bool { _, err := os.Stat(socket); return err == nil }, 20*time.Second, 50*time.Millisecond)
+	p := startBinary(t, sockets, socket, "-drain-timeout", "3s", "-socket-name", "nats-js-test")
 
 	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(t, err)
@@ -77,7 +44,11 @@ func TestSIGTERMDrains(t *testing.T) {
 	stream, err := client.PullMessages(ctx)
 	require.NoError(t, err)
 	require.NoError(t, stream.Send(&proto.PullMessagesRequest{Topic: &proto.Topic{Name: "drain"}}))
-	time.Sleep(300 * time.Millisecond)
+	// The consumer starts at the subscription: publish once it exists.
+	natstest.AwaitT(t, 10*time.Second, "the subscription's consumer", func() error {
+		_, err := js.Consumer(context.Background(), "drain", "app-drain")
+		return err
+	})
 	for i := range 3 {
 		_, err := client.Publish(ctx, &proto.PublishRequest{Topic: "drain", Data: fmt.Appendf(nil, "d%d", i)})
 		require.NoError(t, err)
@@ -90,17 +61,15 @@ func TestSIGTERMDrains(t *testing.T) {
 	}
 
 	start := time.Now()
-	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	require.NoError(t, p.Signal(syscall.SIGTERM))
 	// daprd finishes one message during the drain window; its ack still lands.
-	time.Sleep(200 * time.Millisecond)
+	_, err = p.WaitForOutput(10*time.Second, regexp.MustCompile("shutting down: pausing delivery"))
+	require.NoError(t, err, "the drain did not begin")
 	require.NoError(t, stream.Send(&proto.PullMessagesRequest{AckMessageId: held[0].GetId()}))
 
-	select {
-	case err := <-exited:
-		require.NoError(t, err, "exit status 0")
-	case <-time.After(20 * time.Second):
-		t.Fatal("did not exit within 20s")
-	}
+	exited, err := p.Wait(20 * time.Second)
+	require.True(t, exited, "did not exit within 20s")
+	require.NoError(t, err, "exit status 0")
 	elapsed := time.Since(start)
 	assert.Less(t, elapsed, 10*time.Second, "bounded by the drain timeout")
 	_, err = os.Stat(socket)
@@ -108,7 +77,6 @@ func TestSIGTERMDrains(t *testing.T) {
 
 	// The two unacknowledged messages are back in JetStream at once; the
 	// acknowledged one is not.
-	_, js := natstest.Client(t, ns)
 	cons, err := js.Consumer(context.Background(), "drain", "app-drain")
 	require.NoError(t, err)
 	batch, err := cons.Fetch(3, jetstream.FetchMaxWait(3*time.Second))
@@ -119,4 +87,25 @@ func TestSIGTERMDrains(t *testing.T) {
 		require.NoError(t, m.Ack())
 	}
 	assert.ElementsMatch(t, []string{string(held[1].GetData()), string(held[2].GetData())}, got)
+}
+
+// startBinary starts the component binary with its sockets in folder and
+// waits until socket exists; the process is killed when the test ends.
+func startBinary(t *testing.T, folder, socket string, args ...string) *natstest.Proc {
+	t.Helper()
+	return startBinaryEnv(t, []string{"DAPR_COMPONENTS_SOCKETS_FOLDER=" + folder}, socket, args...)
+}
+
+// startBinaryEnv is startBinary with the whole added environment given.
+func startBinaryEnv(t *testing.T, env []string, socket string, args ...string) *natstest.Proc {
+	t.Helper()
+	p := natstest.NewProc(natstest.Spec{
+		Name: "component", Bin: natstest.MustBuild(t, natstest.ComponentPackage), Args: args, Env: env,
+	})
+	p.StartT(t)
+	require.NoError(t, p.WaitFor(20*time.Second, 50*time.Millisecond, func() error {
+		_, err := os.Stat(socket)
+		return err
+	}))
+	return p
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -9,11 +8,9 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -35,33 +32,12 @@ import (
 // JSON, with the component, topic and consumer as fields for a subscription.
 func TestMetricsEndpointAndJSONLogs(t *testing.T) {
 	ns := natstest.Start(t)
-	bin := buildBinary(t)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := l.Addr().String()
-	require.NoError(t, l.Close())
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(natstest.FreePortT(t)))
 
 	sockets := t.TempDir()
-	cmd := exec.Command(bin, "-socket-name", "nats-js-metrics")
-	cmd.Env = append(os.Environ(), "DAPR_COMPONENTS_SOCKETS_FOLDER="+sockets, "JETSTREAM_METRICS_ADDR="+addr, "JETSTREAM_LOG_AS_JSON=true")
-	out, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	cmd.Stderr = cmd.Stdout
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	var mu sync.Mutex
-	var lines []string
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			mu.Lock()
-			lines = append(lines, sc.Text())
-			mu.Unlock()
-		}
-	}()
-
 	socket := filepath.Join(sockets, "nats-js-metrics.sock")
-	require.Eventually(t, func() bool { _, err := os.Stat(socket); return err == nil }, 20*time.Second, 50*time.Millisecond)
+	env := []string{"DAPR_COMPONENTS_SOCKETS_FOLDER=" + sockets, "JETSTREAM_METRICS_ADDR=" + addr, "JETSTREAM_LOG_AS_JSON=true"}
+	p := startBinaryEnv(t, env, socket, "-socket-name", "nats-js-metrics")
 	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(t, err)
 	defer conn.Close()
@@ -115,8 +91,7 @@ func TestMetricsEndpointAndJSONLogs(t *testing.T) {
 		return acked == 1
 	}, 10*time.Second, 50*time.Millisecond, "no ack counted for instance pubsub of daprd %s", me)
 
-	mu.Lock()
-	defer mu.Unlock()
+	lines := completeLines(p.Output())
 	require.NotEmpty(t, lines)
 	var sawSubscription bool
 	for _, line := range lines {
@@ -131,4 +106,14 @@ func TestMetricsEndpointAndJSONLogs(t *testing.T) {
 		}
 	}
 	assert.True(t, sawSubscription, "no log line about the subscription:\n%s", strings.Join(lines, "\n"))
+}
+
+// completeLines splits out into lines, leaving out a last line the process
+// is still writing.
+func completeLines(out string) []string {
+	end := strings.LastIndexByte(out, '\n')
+	if end < 0 {
+		return nil
+	}
+	return strings.Split(out[:end], "\n")
 }

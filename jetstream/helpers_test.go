@@ -111,34 +111,22 @@ func subscribe(t *testing.T, ps *PubSub, topic string, md map[string]string, h p
 	require.NoError(t, ps.Subscribe(t.Context(), pubsub.SubscribeRequest{Topic: topic, Metadata: md}, h))
 }
 
-// recv returns the next value of ch, failing the test if none comes in time.
+// recv and nothing keep the short names these tests read well with; the
+// kit holds the one implementation.
 func recv[T any](t *testing.T, ch <-chan T, within time.Duration) T {
 	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(within):
-		t.Fatalf("nothing received within %s", within)
-		panic("unreachable")
-	}
+	return natstest.Recv(t, ch, within)
 }
 
-// nothing fails the test if ch yields a value within d.
 func nothing[T any](t *testing.T, ch <-chan T, d time.Duration) {
 	t.Helper()
-	select {
-	case v := <-ch:
-		t.Fatalf("unexpected value: %v", v)
-	case <-time.After(d):
-	}
+	natstest.Nothing(t, ch, d)
 }
 
 func closedWithin(t *testing.T, ch <-chan struct{}, within time.Duration, what string) {
 	t.Helper()
-	select {
-	case <-ch:
-	case <-time.After(within):
-		t.Fatalf("%s did not happen within %s", what, within)
+	if _, err := natstest.Within(ch, within); err != nil {
+		t.Fatalf("%s did not happen: %v", what, err)
 	}
 }
 

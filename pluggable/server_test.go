@@ -93,7 +93,7 @@ func TestTweetScenario(t *testing.T) {
 		}
 		return true
 	}, 10*time.Second, 50*time.Millisecond)
-	time.Sleep(300 * time.Millisecond)
+	time.Sleep(300 * time.Millisecond) // a window for a duplicate to show, not a wait
 	assert.Equal(t, 2, box.len(), "each event exactly once")
 }
 
@@ -142,7 +142,7 @@ func TestSameConsumerIDCompetes(t *testing.T) {
 		require.NoError(t, pub.Publish(ctx, &pubsub.PublishRequest{Topic: "orders", Data: fmt.Appendf(nil, "m%d", i)}))
 	}
 	require.Eventually(t, func() bool { return total.Load() >= n }, 20*time.Second, 20*time.Millisecond)
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(500 * time.Millisecond) // a window for a duplicate to show, not a wait
 	assert.EqualValues(t, n, total.Load())
 	assert.Zero(t, dup.Load())
 	assert.Positive(t, perReplica[0].Load(), "replica 0 got work")
@@ -300,7 +300,7 @@ func TestWildcardSubscription(t *testing.T) {
 		require.NoError(t, cl.Publish(ctx, &pubsub.PublishRequest{Topic: topic, Data: []byte(topic)}))
 	}
 	box.waitFor(t, 2, 10*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	time.Sleep(300 * time.Millisecond) // a window for the nested subject to show, not a wait
 	var subjects []string
 	for _, m := range box.all() {
 		subjects = append(subjects, m.Metadata["jetstream-subject"])
@@ -369,7 +369,8 @@ func TestDuplicateLateAndUnknownAcksAreIgnored(t *testing.T) {
 	cl := daprClient(t, c, "pubsub", props(ns.ClientURL(), "consumerID", "app"))
 	stream, cancel := rawPull(t, c, "pubsub", "acks", nil)
 	defer cancel()
-	time.Sleep(300 * time.Millisecond)
+	_, js := natstest.Client(t, ns)
+	natstest.WaitConsumer(t, js, "acks", "app-acks")
 	ctx := context.Background()
 	require.NoError(t, cl.Publish(ctx, &pubsub.PublishRequest{Topic: "acks", Data: []byte("one")}))
 	m, err := stream.Recv()
@@ -396,7 +397,8 @@ func TestStreamEndGivesUnackedMessagesBack(t *testing.T) {
 	c := startComponent(t, "nats-jetstream")
 	cl := daprClient(t, c, "pubsub", props(ns.ClientURL(), "consumerID", "app"))
 	stream, cancel := rawPull(t, c, "pubsub", "handover", nil)
-	time.Sleep(300 * time.Millisecond)
+	_, js := natstest.Client(t, ns)
+	natstest.WaitConsumer(t, js, "handover", "app-handover")
 	ctx := context.Background()
 	for i := range 3 {
 		require.NoError(t, cl.Publish(ctx, &pubsub.PublishRequest{Topic: "handover", Data: fmt.Appendf(nil, "h%d", i)}))
@@ -431,7 +433,7 @@ func TestPauseAndResume(t *testing.T) {
 	require.NoError(t, pausable.Pause(ctx))
 	require.NoError(t, pausable.Pause(ctx), "idempotent")
 	require.NoError(t, cl.Publish(ctx, &pubsub.PublishRequest{Topic: "pausing", Data: []byte("during")}))
-	time.Sleep(time.Second)
+	time.Sleep(time.Second) // a window for a delivery while paused to show, not a wait
 	assert.Equal(t, 1, box.len(), "nothing delivered while paused")
 
 	require.NoError(t, pausable.Resume(ctx))
@@ -552,7 +554,8 @@ func TestInFlightWindowFromSubscriptionMetadata(t *testing.T) {
 	cl := daprClient(t, c, "pubsub", props(ns.ClientURL(), "consumerID", "app", "maxInFlight", "50"))
 	stream, cancel := rawPull(t, c, "pubsub", "window", map[string]string{"maxInFlight": "3"})
 	defer cancel()
-	time.Sleep(300 * time.Millisecond)
+	_, js := natstest.Client(t, ns)
+	natstest.WaitConsumer(t, js, "window", "app-window")
 	ctx := context.Background()
 	for i := range 10 {
 		require.NoError(t, cl.Publish(ctx, &pubsub.PublishRequest{Topic: "window", Data: fmt.Appendf(nil, "w%d", i)}))
@@ -570,34 +573,17 @@ func TestInFlightWindowFromSubscriptionMetadata(t *testing.T) {
 	}()
 	var held []*proto.PullMessagesResponse
 	for range 3 {
-		select {
-		case m := <-recv:
-			held = append(held, m)
-		case <-time.After(10 * time.Second):
-			t.Fatal("expected 3 messages")
-		}
+		held = append(held, natstest.Recv(t, recv, 10*time.Second))
 	}
-	select {
-	case m := <-recv:
-		t.Fatalf("a 4th message %q arrived with 3 unacknowledged", m.GetData())
-	case <-time.After(700 * time.Millisecond):
-	}
+	natstest.Nothing(t, recv, 700*time.Millisecond) // a 4th message with 3 unacknowledged
 	// The window refills once half of it is free, one pull request for both.
 	require.NoError(t, stream.Send(&proto.PullMessagesRequest{AckMessageId: held[0].GetId()}))
 	require.NoError(t, stream.Send(&proto.PullMessagesRequest{AckMessageId: held[1].GetId()}))
 	for _, want := range []string{"w3", "w4"} {
-		select {
-		case m := <-recv:
-			assert.Equal(t, want, string(m.GetData()), "in order")
-		case <-time.After(10 * time.Second):
-			t.Fatal("acks did not free the window")
-		}
+		m := natstest.Recv(t, recv, 10*time.Second) // the acks freed the window
+		assert.Equal(t, want, string(m.GetData()), "in order")
 	}
-	select {
-	case m := <-recv:
-		t.Fatalf("message %q arrived beyond the window", m.GetData())
-	case <-time.After(500 * time.Millisecond):
-	}
+	natstest.Nothing(t, recv, 500*time.Millisecond) // a message beyond the window
 }
 
 // A NATS publisher may send a subject or header that is not UTF-8, which

@@ -1,7 +1,11 @@
-// Package natstest runs a real nats-server with JetStream inside a test.
+// Package natstest is the test kit: a real nats-server with JetStream inside
+// a test (Start, Client), child processes (Proc), binaries built once
+// (BuildBinary), and bounded waits (Recv, Nothing, Await). The bench
+// program, which is no test, uses it too.
 package natstest
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -65,4 +69,17 @@ func Client(t testing.TB, ns *server.Server) (*nats.Conn, jetstream.JetStream) {
 		t.Fatalf("jetstream: %v", err)
 	}
 	return nc, js
+}
+
+// WaitConsumer waits until the consumer name exists on stream: a consumer
+// starts at its subscription, so only what is published after this reaches
+// the subscriber for certain.
+func WaitConsumer(t testing.TB, js jetstream.JetStream, stream, name string) {
+	t.Helper()
+	AwaitT(t, 10*time.Second, "consumer "+name+" on stream "+stream, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_, err := js.Consumer(ctx, stream, name)
+		return err
+	})
 }

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
 )
 
 // daprdVersion is the daprd pair 6 runs through.
@@ -119,7 +121,7 @@ func (a *app) subscribe(subs ...appSub) {
 
 // daprd is one daprd process with its HTTP API address.
 type daprd struct {
-	*proc
+	*natstest.Proc
 	http string
 }
 
@@ -146,25 +148,22 @@ func startDaprd(ctx context.Context, bin, dir, sockets string, a *app, component
 	}
 	ports := make([]string, 5)
 	for i := range ports {
-		p, err := freePort()
+		p, err := natstest.FreePort()
 		if err != nil {
 			return nil, err
 		}
 		ports[i] = strconv.Itoa(p)
 	}
-	p, err := startProc("daprd", []string{"DAPR_COMPONENTS_SOCKETS_FOLDER=" + sockets}, bin,
+	p, err := startChild(natstest.Spec{Name: "daprd", Bin: bin, Env: []string{"DAPR_COMPONENTS_SOCKETS_FOLDER=" + sockets}, Args: []string{
 		"--app-id", "bench", "--app-port", a.port(), "--app-protocol", "http",
 		"--resources-path", res, "--dapr-http-port", ports[0], "--dapr-grpc-port", ports[1],
 		"--metrics-port", ports[2], "--dapr-internal-grpc-port", ports[3], "--profile-port", ports[4],
-		"--dapr-listen-addresses", "127.0.0.1", "--dapr-graceful-shutdown-seconds", "2", "--log-level", "warn")
+		"--dapr-listen-addresses", "127.0.0.1", "--dapr-graceful-shutdown-seconds", "2", "--log-level", "warn"}})
 	if err != nil {
 		return nil, err
 	}
-	d := &daprd{proc: p, http: "http://127.0.0.1:" + ports[0]}
-	err = waitFor(p, 60*time.Second, func() error {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
+	d := &daprd{Proc: p, http: "http://127.0.0.1:" + ports[0]}
+	err = p.WaitFor(60*time.Second, pollEvery, unlessDone(ctx, func() error {
 		resp, err := http.Get(d.http + "/v1.0/healthz")
 		if err != nil {
 			return err
@@ -174,9 +173,9 @@ func startDaprd(ctx context.Context, bin, dir, sockets string, a *app, component
 			return fmt.Errorf("healthz: %s", resp.Status)
 		}
 		return nil
-	})
+	}))
 	if err != nil {
-		p.stop(5 * time.Second)
+		_ = p.Stop(5 * time.Second)
 		return nil, err
 	}
 	return d, nil
@@ -247,7 +246,7 @@ func (b *bench) pair6(ctx context.Context) ([]*comparison, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer comp.stop(15 * time.Second)
+	defer comp.Stop(15 * time.Second)
 	a, err := startApp()
 	if err != nil {
 		return nil, err
@@ -295,13 +294,13 @@ func (b *bench) pair6(ctx context.Context) ([]*comparison, error) {
 	if err != nil {
 		return nil, fmt.Errorf("daprd: %w", err)
 	}
-	defer d.stop(10 * time.Second)
-	b.out("  pair 6: daprd pid %d, component pid %d", d.pid(), comp.pid())
+	defer d.Stop(10 * time.Second)
+	b.out("  pair 6: daprd pid %d, component pid %d", d.Pid(), comp.Pid())
 	meterFor := func(name string) func() meter {
 		if name == "ours" {
-			return func() meter { return b.meterPids(d.pid(), comp.pid()) }
+			return func() meter { return b.meterPids(d.Pid(), comp.Pid()) }
 		}
-		return func() meter { return b.meterPids(d.pid()) }
+		return func() meter { return b.meterPids(d.Pid()) }
 	}
 	both := func(r int, f func(name string, v *variant) error, c *comparison) error {
 		err := order(r, func() error { return f("ours", c.ours) }, func() error { return f("builtin", c.base[0]) })
@@ -354,7 +353,7 @@ func (b *bench) pair6(ctx context.Context) ([]*comparison, error) {
 		pacedC.ratios = append(pacedC.ratios, float64(percentile(sortedCopy(pacedC.ours.samples[last].lat), 50))/float64(2*time.Millisecond))
 		b.out("  pair 6 publish and paced round %d/%d done", r+1, rounds)
 	}
-	d.stop(10 * time.Second)
+	d.Stop(10 * time.Second)
 	pacedC.passExtra = keptUp
 
 	// Delivery of a backlog: a fresh daprd per measurement, subscribed to one
@@ -375,18 +374,18 @@ func (b *bench) pair6(ctx context.Context) ([]*comparison, error) {
 			if err != nil {
 				return fmt.Errorf("daprd: %w", err)
 			}
-			defer dd.stop(10 * time.Second)
+			defer dd.Stop(10 * time.Second)
 			ts := a.topic(topic)
 			select {
 			case <-ts.one:
 			case <-time.After(60 * time.Second):
-				return fmt.Errorf("%s: nothing delivered within 60s of daprd start\n%s", name, dd.out.tail(20))
+				return fmt.Errorf("%s: nothing delivered within 60s of daprd start\n%s", name, dd.Tail(20))
 			case <-ctx.Done():
 				return ctx.Err()
 			}
-			pids := []int{dd.pid()}
+			pids := []int{dd.Pid()}
 			if name == "ours" {
-				pids = append(pids, comp.pid())
+				pids = append(pids, comp.Pid())
 			}
 			m := b.meterPids(pids...)
 			got0 := ts.n.Load()

@@ -33,6 +33,8 @@ import (
 	"github.com/dapr/kit/logger"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
 )
 
 func main() {
@@ -74,7 +76,7 @@ func run(ctx context.Context, quick bool, runs int, outDir, profDir string, want
 	say := func(format string, args ...any) {
 		fmt.Printf("[%6.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
 	}
-	root, err := repoRoot()
+	root, err := natstest.ModuleRoot()
 	if err != nil {
 		return err
 	}
@@ -91,12 +93,13 @@ func run(ctx context.Context, quick bool, runs int, outDir, profDir string, want
 	defer os.RemoveAll(dir)
 
 	say("building nats-server and the component (go build)")
-	natsBin, compBin := filepath.Join(dir, "nats-server"), filepath.Join(dir, "c")
+	defer natstest.RemoveBuilds()
+	var natsBin, compBin string
 	var wg sync.WaitGroup
 	var natsErr, compErr error
 	wg.Add(2)
-	go func() { defer wg.Done(); natsErr = goBuild(root, natsBin, "github.com/nats-io/nats-server/v2") }()
-	go func() { defer wg.Done(); compErr = goBuild(root, compBin, ".") }()
+	go func() { defer wg.Done(); natsBin, natsErr = natstest.BuildBinary(natstest.NATSServerPackage) }()
+	go func() { defer wg.Done(); compBin, compErr = natstest.BuildBinary(natstest.ComponentPackage) }()
 	wg.Wait()
 	if natsErr != nil || compErr != nil {
 		return fmt.Errorf("build: %v %v", natsErr, compErr)
@@ -129,7 +132,7 @@ func run(ctx context.Context, quick bool, runs int, outDir, profDir string, want
 	if err != nil {
 		return err
 	}
-	defer ns.stop(10 * time.Second)
+	defer ns.Stop(10 * time.Second)
 	nc, err := nats.Connect(ns.url)
 	if err != nil {
 		return err
@@ -140,7 +143,7 @@ func run(ctx context.Context, quick bool, runs int, outDir, profDir string, want
 		return err
 	}
 	ver := nc.ConnectedServerVersion()
-	say("nats-server %s at %s (pid %d, store %s)", ver, ns.url, ns.pid(), ns.store)
+	say("nats-server %s at %s (pid %d, store %s)", ver, ns.url, ns.Pid(), ns.store)
 
 	log := logger.NewLogger("bench")
 	log.SetOutputLevel(logger.FatalLevel) // daprd's client logs every cancelled stream as an error
@@ -248,7 +251,7 @@ func (b *bench) runSuite(ctx context.Context, want map[string]bool) ([]*comparis
 			return nil, err
 		}
 		b.comp = comp
-		b.out("component pid %d, socket %s", comp.pid(), comp.socket)
+		b.out("component pid %d, socket %s", comp.Pid(), comp.socket)
 	}
 	runPair("1", b.pair1, "Publish, 1 caller")
 	runPair("2", b.pair2, "Publish, 64 callers")
@@ -256,7 +259,7 @@ func (b *bench) runSuite(ctx context.Context, want map[string]bool) ([]*comparis
 	runPair("4", b.pair4, "Delivery of a backlog")
 	runPair("5", b.pair5, "Latency at 1,000 msgs/s")
 	if b.comp != nil {
-		b.comp.stop(15 * time.Second)
+		b.comp.Stop(15 * time.Second)
 		b.comp = nil
 	}
 	runPair("7", b.pair7, "Component RSS after many messages")

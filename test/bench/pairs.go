@@ -21,6 +21,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	grpcmd "google.golang.org/grpc/metadata"
+
+	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
 )
 
 // sizes of the counts of each pair, full and -quick.
@@ -149,11 +151,11 @@ func (b *bench) meter(c *component) meter {
 	if c == nil {
 		return b.meterPids()
 	}
-	return b.meterPids(c.pid())
+	return b.meterPids(c.Pid())
 }
 
 func (b *bench) meterPids(pids ...int) meter {
-	m := meter{nats: b.nats.pid(), pids: pids}
+	m := meter{nats: b.nats.Pid(), pids: pids}
 	m.c0 = m.cpu()
 	for _, pid := range pids {
 		m.parts0 = append(m.parts0, cpuSeconds(pid))
@@ -552,10 +554,8 @@ func (b *bench) pair3(ctx context.Context) ([]*comparison, error) {
 					}
 					futs[i] = f
 				}
-				select {
-				case <-b.js.PublishAsyncComplete():
-				case <-time.After(30 * time.Second):
-					return errors.New("raw publish: PublishAsyncComplete did not complete within 30s")
+				if _, err := natstest.Within(b.js.PublishAsyncComplete(), 30*time.Second); err != nil {
+					return fmt.Errorf("raw publish: PublishAsyncComplete: %w", err)
 				}
 				for _, f := range futs {
 					if err := await(ctx, f); err != nil {
@@ -596,10 +596,8 @@ func (b *bench) prefill(ctx context.Context, topic string, n, size int) error {
 			}
 		}
 	}
-	select {
-	case <-b.js.PublishAsyncComplete():
-	case <-time.After(30 * time.Second):
-		return errors.New("prefill: not acknowledged within 30s")
+	if _, err := natstest.Within(b.js.PublishAsyncComplete(), 30*time.Second); err != nil {
+		return fmt.Errorf("prefill: not acknowledged: %w", err)
 	}
 	return nil
 }
@@ -657,7 +655,7 @@ func (b *bench) pair4(ctx context.Context) ([]*comparison, error) {
 	if err != nil {
 		return nil, fmt.Errorf("stream ceiling: %w", err)
 	}
-	defer ceil.stop(5 * time.Second)
+	defer ceil.Stop(5 * time.Second)
 	hopClient, err := b.client(ctx, ceil, "p4c")
 	if err != nil {
 		return nil, err
@@ -940,7 +938,7 @@ func pair5Detail(c *comparison) string {
 // profile and its memory statistics.
 func (b *bench) heapSnapshot(c *component) {
 	if b.cc.profile != "" {
-		_ = c.cmd.Process.Signal(syscall.SIGUSR1)
+		_ = c.Signal(syscall.SIGUSR1)
 	}
 }
 
@@ -962,7 +960,7 @@ func (b *bench) pair7(ctx context.Context) ([]*comparison, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer comp.stop(15 * time.Second)
+	defer comp.Stop(15 * time.Second)
 	cl, err := b.client(ctx, comp, "p7")
 	if err != nil {
 		return nil, err
@@ -1031,14 +1029,14 @@ func (b *bench) pair7(ctx context.Context) ([]*comparison, error) {
 		}
 		if time.Since(progress) > 15*time.Second {
 			progress = time.Now()
-			b.out("  pair 7: %s of %s delivered, RSS %s", count(int(g)), count(total), fmtMB(rssBytes(comp.pid())))
+			b.out("  pair 7: %s of %s delivered, RSS %s", count(int(g)), count(total), fmtMB(rssBytes(comp.Pid())))
 		}
 		if time.Since(m.t0) > 8*time.Minute {
 			return nil, fmt.Errorf("pair 7: only %d of %d delivered within 8 minutes", g, total)
 		}
 	}
 	s := m.stop(total, nil)
-	s.peakRSS = statusBytes(comp.pid(), "VmHWM")
+	s.peakRSS = statusBytes(comp.Pid(), "VmHWM")
 	b.heapSnapshot(comp)
 	base.add(s10k)
 	c.ours.add(s)

@@ -1,101 +1,22 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
+
+	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
 )
 
 // clockTicks is USER_HZ, the unit of utime and stime in /proc/<pid>/stat. It
 // is 100 on every Linux architecture Go supports.
 const clockTicks = 100
-
-// proc is a child process: nats-server, the component or daprd.
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	out  *tailBuffer
-	done chan struct{}
-	err  error
-}
-
-// tailBuffer keeps the last 64 KiB a child wrote.
-type tailBuffer struct {
-	mu  sync.Mutex
-	buf []byte
-}
-
-func (b *tailBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.buf = append(b.buf, p...)
-	if len(b.buf) > 64<<10 {
-		b.buf = append([]byte(nil), b.buf[len(b.buf)-32<<10:]...)
-	}
-	return len(p), nil
-}
-
-func (b *tailBuffer) tail(lines int) string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	ls := strings.Split(strings.TrimRight(string(b.buf), "\n"), "\n")
-	if len(ls) > lines {
-		ls = ls[len(ls)-lines:]
-	}
-	return strings.Join(ls, "\n")
-}
-
-func startProc(name string, env []string, bin string, args ...string) (*proc, error) {
-	p := &proc{name: name, out: &tailBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(bin, args...)
-	p.cmd.Env = append(os.Environ(), env...)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	// Nothing outlives a crashed bench.
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := p.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	go func() {
-		p.err = p.cmd.Wait()
-		close(p.done)
-	}()
-	return p, nil
-}
-
-func (p *proc) pid() int { return p.cmd.Process.Pid }
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// stop sends SIGTERM, waits up to grace, then kills.
-func (p *proc) stop(grace time.Duration) {
-	if p == nil || p.exited() {
-		return
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(grace):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
 
 // cpuSeconds is utime+stime of pid, from /proc/<pid>/stat.
 func cpuSeconds(pid int) float64 {
@@ -147,97 +68,36 @@ func selfCPU() float64 {
 
 func tv(t syscall.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// repoRoot is the directory of the module's go.mod.
-func repoRoot() (string, error) {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", fmt.Errorf("go env GOMOD: %w", err)
-	}
-	mod := strings.TrimSpace(string(out))
-	if mod == "" || mod == os.DevNull {
-		return "", errors.New("run the bench from inside the module (go env GOMOD is empty)")
-	}
-	return filepath.Dir(mod), nil
-}
-
-// goBuild runs go build in dir and reports how long it took.
-func goBuild(dir, out, pkg string) error {
-	cmd := exec.Command("go", "build", "-o", out, pkg)
-	cmd.Dir = dir
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("go build %s: %w\n%s", pkg, err, stderr.String())
-	}
-	return nil
-}
-
-// waitFor polls cond until it is nil, the process exits, or timeout passes.
-func waitFor(p *proc, timeout time.Duration, cond func() error) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return nil
-		}
-		if p != nil && p.exited() {
-			return fmt.Errorf("%s exited: %v\n%s", p.name, p.err, p.out.tail(30))
-		}
-		if time.Now().After(deadline) {
-			tail := ""
-			if p != nil {
-				tail = "\n" + p.out.tail(30)
-			}
-			return fmt.Errorf("%s not ready after %s: %v%s", p.name, timeout, err, tail)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // natsServer is nats-server as its own process.
 type natsServer struct {
-	*proc
+	*natstest.Proc
 	url   string
 	store string
 }
 
 func startNATS(bin, dir string) (*natsServer, error) {
-	port, err := freePort()
+	port, err := natstest.FreePort()
 	if err != nil {
 		return nil, err
 	}
 	store := filepath.Join(dir, "jetstream")
-	p, err := startProc("nats-server", nil, bin, "-js", "-a", "127.0.0.1", "-p", strconv.Itoa(port), "-sd", store)
+	p, err := startChild(natstest.Spec{
+		Name: "nats-server", Bin: bin, Args: []string{"-js", "-a", "127.0.0.1", "-p", strconv.Itoa(port), "-sd", store},
+	})
 	if err != nil {
 		return nil, err
 	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	err = waitFor(p, 20*time.Second, func() error {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			_ = c.Close()
-		}
-		return err
-	})
-	if err != nil {
-		p.stop(time.Second)
+	if err := p.WaitFor(20*time.Second, pollEvery, natstest.Dials("tcp", addr)); err != nil {
+		_ = p.Stop(time.Second)
 		return nil, err
 	}
-	return &natsServer{proc: p, url: "nats://" + addr, store: store}, nil
+	return &natsServer{Proc: p, url: "nats://" + addr, store: store}, nil
 }
 
 // component is the pluggable component as its own process.
 type component struct {
-	*proc
+	*natstest.Proc
 	socket string
 }
 
@@ -259,24 +119,39 @@ func (cc componentCmd) start(ctx context.Context, folder, label string) (*compon
 		args = append(args, "-component-cpuprofile", filepath.Join(cc.profile, "component-"+label+".pprof"))
 	}
 	env := []string{"DAPR_COMPONENTS_SOCKETS_FOLDER=" + folder, "JETSTREAM_LOG_LEVEL=warn"}
-	p, err := startProc("component("+label+")", env, cc.bin, args...)
+	p, err := startChild(natstest.Spec{Name: "component(" + label + ")", Bin: cc.bin, Args: args, Env: env})
 	if err != nil {
 		return nil, err
 	}
 	sock := filepath.Join(folder, "nats-jetstream.sock")
-	err = waitFor(p, 30*time.Second, func() error {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		c, err := net.DialTimeout("unix", sock, time.Second)
-		if err == nil {
-			_ = c.Close()
-		}
-		return err
-	})
-	if err != nil {
-		p.stop(time.Second)
+	if err := p.WaitFor(30*time.Second, pollEvery, unlessDone(ctx, natstest.Dials("unix", sock))); err != nil {
+		_ = p.Stop(time.Second)
 		return nil, err
 	}
-	return &component{proc: p, socket: sock}, nil
+	return &component{Proc: p, socket: sock}, nil
+}
+
+// pollEvery is how often a start-up condition is checked.
+const pollEvery = 20 * time.Millisecond
+
+// keepOutput bounds what the bench keeps of a child's output: runs are long,
+// and only the last lines matter, for an error.
+const keepOutput = 32 << 10
+
+// startChild starts a child process of the bench, keeping the last of its
+// output.
+func startChild(s natstest.Spec) (*natstest.Proc, error) {
+	s.Keep = keepOutput
+	return natstest.StartProc(s)
+}
+
+// unlessDone is cond, failing at once when ctx ends (the bench was
+// interrupted).
+func unlessDone(ctx context.Context, cond func() error) func() error {
+	return func() error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		return cond()
+	}
 }

@@ -6,9 +6,7 @@ package conformance
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"testing"
 	"time"
 
@@ -89,7 +87,7 @@ func TestInProcess(t *testing.T) {
 // bulk-subscribe (daprd wraps plain subscriptions for that), so only bulk
 // publish is on.
 func TestOverTheWire(t *testing.T) {
-	bin := buildBinary(t)
+	bin := natstest.MustBuild(t, natstest.ComponentPackage)
 	for _, tc := range []struct {
 		name          string
 		autoProvision bool
@@ -108,40 +106,32 @@ func TestOverTheWire(t *testing.T) {
 	}
 }
 
-func buildBinary(t *testing.T) string {
-	t.Helper()
-	_, file, _, _ := runtime.Caller(0)
-	root := filepath.Join(filepath.Dir(file), "..", "..")
-	bin := filepath.Join(t.TempDir(), "dapr-nats-jetstream")
-	cmd := exec.Command("go", "build", "-o", bin, ".")
-	cmd.Dir = root
-	cmd.Stderr = os.Stderr
-	require.NoError(t, cmd.Run())
-	return bin
-}
-
 func startBinary(t *testing.T, bin string) string {
 	t.Helper()
 	folder := t.TempDir()
-	cmd := exec.Command(bin, "-log-level", "warn")
-	cmd.Env = append(os.Environ(), "DAPR_COMPONENTS_SOCKETS_FOLDER="+folder)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	require.NoError(t, cmd.Start())
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(os.Interrupt)
-		select {
-		case err := <-exited:
-			if err != nil {
-				t.Errorf("component exited with %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			t.Error("component did not exit within 30s of SIGINT")
-		}
+	p := natstest.NewProc(natstest.Spec{
+		Name: "component", Bin: bin, Args: []string{"-log-level", "warn"}, Echo: os.Stderr,
+		Env: []string{"DAPR_COMPONENTS_SOCKETS_FOLDER=" + folder},
 	})
+	require.NoError(t, p.Start())
+	t.Cleanup(func() { stopBinary(t, p) })
 	socket := filepath.Join(folder, "nats-jetstream.sock")
-	require.Eventually(t, func() bool { _, err := os.Stat(socket); return err == nil }, 20*time.Second, 50*time.Millisecond)
+	require.NoError(t, p.WaitFor(20*time.Second, 50*time.Millisecond, func() error {
+		_, err := os.Stat(socket)
+		return err
+	}))
 	return socket
+}
+
+// stopBinary interrupts the component and expects a clean exit within 30s.
+func stopBinary(t *testing.T, p *natstest.Proc) {
+	_ = p.Signal(os.Interrupt)
+	exited, err := p.Wait(30 * time.Second)
+	switch {
+	case !exited:
+		p.Kill()
+		t.Error("component did not exit within 30s of SIGINT")
+	case err != nil:
+		t.Errorf("component exited with %v", err)
+	}
 }

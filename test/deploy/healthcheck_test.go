@@ -4,11 +4,12 @@ import (
 	"context"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
 )
 
 // TestHealthcheckSubcommand runs the probes of deploy/ for real: the binary's
@@ -20,12 +21,7 @@ func TestHealthcheckSubcommand(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	bin := filepath.Join(t.TempDir(), "dapr-nats-jetstream")
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin, ".")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := natstest.MustBuild(t, natstest.ComponentPackage)
 	// Unix socket paths are limited to about 100 bytes: keep it short.
 	folder, err := os.MkdirTemp("", "hc")
 	if err != nil {
@@ -49,6 +45,9 @@ func TestHealthcheckSubcommand(t *testing.T) {
 	// -wait, as in the postStart hook, waits for a server that starts later.
 	waited := make(chan error, 1)
 	go func() { waited <- check("-wait=20s") }()
+	// Not a wait for a condition: the window in which no server exists, so
+	// that the healthcheck fails at least once (it retries every 200ms) and
+	// succeeds only by waiting. Nothing outside the process shows a failed try.
 	time.Sleep(300 * time.Millisecond)
 
 	srv := exec.CommandContext(ctx, bin)

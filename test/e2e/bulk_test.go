@@ -115,7 +115,7 @@ func TestBulkPublishAndSubscribe(t *testing.T) {
 			return ""
 		}
 		waitUntil(t, 60*time.Second, check)
-		time.Sleep(2 * time.Second)
+		time.Sleep(2 * time.Second) // a window for duplicates to show, not a wait
 		check()
 		t.Logf("batch sizes: %v", batches)
 		seen := map[string]bool{}

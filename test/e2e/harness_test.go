@@ -14,9 +14,9 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -28,6 +28,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/dapr-nats/jetstream-pubsub/test/e2e/stack"
+
+	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
 )
 
 // Versions are the daprd versions every scenario runs on.
@@ -44,24 +46,15 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "e2e-bin-")
-	if err != nil {
+	defer natstest.RemoveBuilds()
+	var err error
+	if componentBin, err = natstest.BuildBinary(natstest.ComponentPackage); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	defer os.RemoveAll(dir)
-	componentBin = filepath.Join(dir, "dapr-nats-jetstream")
-	appBin = filepath.Join(dir, "tweetapp")
-	for bin, pkg := range map[string]string{
-		componentBin: "github.com/dapr-nats/jetstream-pubsub",
-		appBin:       "github.com/dapr-nats/jetstream-pubsub/test/e2e/tweetapp",
-	} {
-		cmd := exec.Command("go", "build", "-o", bin, pkg)
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			fmt.Fprintf(os.Stderr, "go build %s: %v\n", pkg, err)
-			return 1
-		}
+	if appBin, err = natstest.BuildBinary(natstest.ComponentPackage + "/test/e2e/tweetapp"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
 	}
 
 	cache := os.Getenv("DAPRD_CACHE")
@@ -221,16 +214,14 @@ func tag(t *testing.T) string {
 // test with cond's last message.
 func waitUntil(t *testing.T, timeout time.Duration, cond func() string) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		msg := cond()
-		if msg == "" {
-			return
+	err := natstest.Await(timeout, 100*time.Millisecond, nil, func() error {
+		if msg := cond(); msg != "" {
+			return errors.New(msg)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %s", timeout, msg)
-		}
-		time.Sleep(100 * time.Millisecond)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -66,12 +66,11 @@ func TestMessageTTL(t *testing.T) {
 		}
 
 		// Gone after its TTL; the control message stays.
-		time.Sleep(3 * time.Second)
-		waitUntil(t, 10*time.Second, func() string {
+		waitUntil(t, 13*time.Second, func() string {
 			for _, topic := range []string{ttlTopic, stack.TopicCreated} {
 				_, err := st.GetLastMsgForSubject(e.ctx, topic)
 				if !errors.Is(err, jetstream.ErrMsgNotFound) {
-					return fmt.Sprintf("the stream still holds the message on %s 3s after its 1s TTL (%v)", topic, err)
+					return fmt.Sprintf("the stream still holds the message on %s after its 1s TTL (%v)", topic, err)
 				}
 			}
 			return ""
@@ -129,7 +128,7 @@ func TestRawPayload(t *testing.T) {
 			}
 			return ""
 		})
-		time.Sleep(time.Second)
+		time.Sleep(time.Second) // a window for a third message to show, not a wait
 		got = filter(received(t, n).Events, stack.TopicRaw, func(stack.Record) bool { return true })
 		if len(got) != 2 {
 			t.Fatalf("the raw subscription got %d messages, want 2: %+v", len(got), got)

@@ -23,6 +23,8 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/dapr-nats/jetstream-pubsub/test/e2e/stack"
+
+	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
 )
 
 // The README sections whose ```sh blocks the scenario runs, in this order.
@@ -336,22 +338,16 @@ var servingRE = regexp.MustCompile(`serving component type (\S+) on (\S+?)"?\s`)
 func (r *readmeRun) startComponent(env, args []string) error {
 	n := r.node
 	env = append(env, "DAPR_COMPONENTS_SOCKETS_FOLDER="+r.sockets)
-	p, err := stack.StartProc(n.AppID+"/component", env, n.Echo, componentBin, args...)
+	p, err := natstest.StartProc(natstest.Spec{Name: n.AppID + "/component", Bin: componentBin, Args: args, Env: env, Echo: n.Echo})
 	if err != nil {
 		return err
 	}
 	n.Component = p
-	waitUntil(r.t, n.StartTimeout, func() string {
-		if p.Exited() {
-			r.t.Fatalf("the component exited: %v", p.Err())
-		}
-		m := servingRE.FindStringSubmatch(p.Output())
-		if m == nil {
-			return "the component has not logged `serving component type ...`"
-		}
-		r.servedType = m[1]
-		return ""
-	})
+	m, err := p.WaitForOutput(n.StartTimeout, servingRE)
+	if err != nil {
+		return fmt.Errorf("the component has not logged `serving component type ...`: %w", err)
+	}
+	r.servedType = m[1]
 	return nil
 }
 
@@ -476,7 +472,7 @@ func (r *readmeRun) startDaprRun(env []string) error {
 
 	n.SocketDir, n.ResourcesDir = r.sockets, resources
 	env = append(env, "DAPR_COMPONENTS_SOCKETS_FOLDER="+r.sockets)
-	daprd, err := stack.StartProc(n.AppID+"/daprd", env, n.Echo, n.DaprdBin, n.DaprdFlags()...)
+	daprd, err := natstest.StartProc(natstest.Spec{Name: n.AppID + "/daprd", Bin: n.DaprdBin, Args: n.DaprdFlags(), Env: env, Echo: n.Echo})
 	if err != nil {
 		return err
 	}
@@ -490,7 +486,7 @@ func (r *readmeRun) startDaprRun(env []string) error {
 		"DAPR_GRPC_PORT="+strconv.Itoa(n.GRPCPort),
 		"DAPR_METRICS_PORT="+strconv.Itoa(n.MetricsPort),
 	)
-	p, err := stack.StartProc(n.AppID+"/app", appEnv, n.Echo, app, cmd[1:]...)
+	p, err := natstest.StartProc(natstest.Spec{Name: n.AppID + "/app", Bin: app, Args: cmd[1:], Env: appEnv, Echo: n.Echo})
 	if err != nil {
 		return err
 	}

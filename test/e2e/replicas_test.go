@@ -59,7 +59,7 @@ func TestReplicasShareWork(t *testing.T) {
 			return ""
 		}
 		waitUntil(t, 30*time.Second, check)
-		time.Sleep(2 * time.Second)
+		time.Sleep(2 * time.Second) // a window for duplicates to show, not a wait
 		check()
 
 		t.Logf("feed instance A handled %d, instance B %d; search %d", len(gotA), len(gotB), len(gotOther))

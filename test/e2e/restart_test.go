@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -113,7 +114,7 @@ func checkResumed(t *testing.T, e *env, n *stack.Node, posted map[string]time.Ti
 		}
 		return ""
 	})
-	time.Sleep(2 * time.Second)
+	time.Sleep(2 * time.Second) // a window for redeliveries to show, not a wait
 	recs = filter(received(t, n).Events, stack.TopicCreated, func(r stack.Record) bool { _, ok := posted[r.Tweet().Text]; return ok })
 
 	first := map[string]time.Time{}
@@ -148,6 +149,24 @@ func checkResumed(t *testing.T, e *env, n *stack.Node, posted map[string]time.Ti
 	if after.NumAckPending != 0 || after.NumPending != 0 {
 		t.Errorf("consumer %s still has %d unacknowledged and %d undelivered messages", after.Name, after.NumAckPending, after.NumPending)
 	}
+}
+
+// waitSettled waits until the app's durable for topic has nothing
+// undelivered or unacknowledged.
+func waitSettled(t *testing.T, e *env, n *stack.Node, topic string) {
+	t.Helper()
+	waitUntil(t, 30*time.Second, func() string {
+		if ci := consumerInfo(t, e, n.AppID, topic); ci.NumAckPending != 0 || ci.NumPending != 0 {
+			return fmt.Sprintf("consumer %s: %d unacknowledged, %d undelivered", ci.Name, ci.NumAckPending, ci.NumPending)
+		}
+		return ""
+	})
+}
+
+// subscriptionEnded matches the component's log line for the end of daprd's
+// subscription to topic (in text logs the quotes come escaped).
+func subscriptionEnded(topic string) *regexp.Regexp {
+	return regexp.MustCompile(`subscription to topic \\?"` + regexp.QuoteMeta(topic) + `\\?" ended`)
 }
 
 func consumerInfo(t *testing.T, e *env, appID, topic string) *jetstream.ConsumerInfo {
@@ -269,6 +288,8 @@ func TestShutdownPausesDelivery(t *testing.T) {
 			return ""
 		})
 
+		ended := subscriptionEnded(stack.TopicCreated)
+		endedBefore := len(ended.FindAllStringIndex(n.Component.Output(), -1))
 		stoppedAt := time.Now()
 		if err := n.Daprd.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
@@ -281,8 +302,14 @@ func TestShutdownPausesDelivery(t *testing.T) {
 			return ""
 		})
 		// daprd's APIs still serve while it drains: this tweet goes to
-		// JetStream, but not to the paused daprd.
-		time.Sleep(300 * time.Millisecond)
+		// JetStream, but not to the paused daprd, once the pause has ended
+		// daprd's subscription at the component.
+		waitUntil(t, 10*time.Second, func() string {
+			if len(ended.FindAllStringIndex(n.Component.Output(), -1)) == endedBefore {
+				return "the component still serves daprd's subscription to " + stack.TopicCreated
+			}
+			return ""
+		})
 		second, err := n.Tweet(e.ctx, prefix+" published while draining", "", "")
 		if err != nil {
 			t.Fatalf("publish while daprd drains: %v", err)
@@ -317,7 +344,7 @@ func TestShutdownPausesDelivery(t *testing.T) {
 			}
 			return ""
 		})
-		time.Sleep(delay + time.Second) // its handling ends and is acked
+		waitSettled(t, e, n, stack.TopicCreated) // its handling ends and is acked
 		checkNoDeadLetters(t, e, n)
 		rec = received(t, n).Events
 		if got := filter(rec, stack.TopicCreated, byID(first)); len(got) != 1 {
@@ -357,7 +384,8 @@ func TestShutdownCutsHandler(t *testing.T) {
 		stoppedAt := time.Now()
 		err = n.StopDaprd(30 * time.Second)
 		t.Logf("daprd stopped %s after SIGTERM (%v)", time.Since(stoppedAt).Round(time.Millisecond), err)
-		// Let the app finish its orphaned handling, then restart.
+		// Let the app finish its orphaned handling, then restart: the
+		// scenario's timing, not a wait for a condition.
 		time.Sleep(time.Until(stoppedAt.Add(delay)))
 		if err := n.StartDaprd(); err != nil {
 			t.Fatal(err)
@@ -376,7 +404,7 @@ func TestShutdownCutsHandler(t *testing.T) {
 		if recs[1].Attempt != 2 || recs[1].Time.Before(stoppedAt) {
 			t.Errorf("second delivery %+v: want attempt 2 after the restart", recs[1])
 		}
-		time.Sleep(delay + time.Second) // the second handling ends and is acked
+		waitSettled(t, e, n, stack.TopicCreated) // the second handling ends and is acked
 		if got := filter(received(t, n).Events, stack.TopicCreated, mine); len(got) != 2 {
 			t.Errorf("the tweet was delivered %d times, want 2", len(got))
 		}

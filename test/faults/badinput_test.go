@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/dapr/components-contrib/pubsub"
 	proto "github.com/dapr/dapr/pkg/proto/components/v1"
@@ -196,18 +195,26 @@ func TestBadInputGRPC(t *testing.T) {
 
 	t.Run("calls before Init", func(t *testing.T) {
 		ctx := secInstance(t, "nobody")
-		_, err := g.client.Features(ctx, &proto.FeaturesRequest{})
-		assert.Equal(t, codes.FailedPrecondition, status.Code(err), "Features: %v", err)
-		_, err = g.client.Publish(ctx, &proto.PublishRequest{Topic: "t", Data: []byte("x")})
-		assert.Equal(t, codes.FailedPrecondition, status.Code(err), "Publish: %v", err)
-		_, err = g.client.BulkPublish(ctx, &proto.BulkPublishRequest{Topic: "t", Entries: []*proto.BulkMessageEntry{{EntryId: "1", Event: []byte("x")}}})
-		assert.Equal(t, codes.FailedPrecondition, status.Code(err), "BulkPublish: %v", err)
-		_, err = g.client.Pause(ctx, &proto.PauseRequest{})
-		assert.Equal(t, codes.FailedPrecondition, status.Code(err), "Pause: %v", err)
-		_, err = g.client.Resume(ctx, &proto.ResumeRequest{})
-		assert.Equal(t, codes.FailedPrecondition, status.Code(err), "Resume: %v", err)
-		_, err = g.client.Ping(ctx, &proto.PingRequest{})
-		assert.Equal(t, codes.FailedPrecondition, status.Code(err), "Ping: %v", err)
+		for _, call := range []struct {
+			name string
+			do   func() error
+		}{
+			{"Features", func() error { _, err := g.client.Features(ctx, &proto.FeaturesRequest{}); return err }},
+			{"Publish", func() error {
+				_, err := g.client.Publish(ctx, &proto.PublishRequest{Topic: "t", Data: []byte("x")})
+				return err
+			}},
+			{"BulkPublish", func() error {
+				_, err := g.client.BulkPublish(ctx, &proto.BulkPublishRequest{Topic: "t", Entries: []*proto.BulkMessageEntry{{EntryId: "1", Event: []byte("x")}}})
+				return err
+			}},
+			{"Pause", func() error { _, err := g.client.Pause(ctx, &proto.PauseRequest{}); return err }},
+			{"Resume", func() error { _, err := g.client.Resume(ctx, &proto.ResumeRequest{}); return err }},
+			{"Ping", func() error { _, err := g.client.Ping(ctx, &proto.PingRequest{}); return err }},
+		} {
+			err := call.do()
+			assert.Equal(t, codes.FailedPrecondition, status.Code(err), "%s: %v", call.name, err)
+		}
 		pull, err := g.client.PullMessages(ctx)
 		require.NoError(t, err)
 		// The server may end the stream before this frame is sent (Send
@@ -459,17 +466,13 @@ func badConsumer(t *testing.T, js natsjs.JetStream, stream, durable string) *nat
 // pending.
 func badAckedAll(t *testing.T, js natsjs.JetStream, stream, durable string, delivered uint64) {
 	t.Helper()
-	deadline := time.Now().Add(secWait)
-	for {
+	natstest.AwaitT(t, secWait, "consumer "+durable+" on "+stream, func() error {
 		info := badConsumer(t, js, stream, durable)
 		if info.NumAckPending == 0 && info.Delivered.Consumer == delivered {
-			return
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("consumer %s on %s: %d pending, %d delivered; want 0 pending, %d delivered", durable, stream, info.NumAckPending, info.Delivered.Consumer, delivered)
-		}
-		time.Sleep(secTick)
-	}
+		return fmt.Errorf("%d pending, %d delivered; want 0 pending, %d delivered", info.NumAckPending, info.Delivered.Consumer, delivered)
+	})
 }
 
 // badUserSeed is a fresh NKey user seed, registered as a secret.

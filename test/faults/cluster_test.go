@@ -12,6 +12,8 @@ import (
 
 	"github.com/dapr/components-contrib/pubsub"
 	natsjs "github.com/nats-io/nats.go/jetstream"
+
+	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
 )
 
 // procCluster is a JetStream cluster of nats-server processes.
@@ -28,7 +30,7 @@ func procStartCluster(t *testing.T, prefix string, n int) *procCluster {
 	clientPorts := make([]int, n)
 	routePorts := make([]int, n)
 	for i := range n {
-		clientPorts[i], routePorts[i] = procFreePort(t), procFreePort(t)
+		clientPorts[i], routePorts[i] = natstest.FreePortT(t), natstest.FreePortT(t)
 	}
 	routes := make([]string, n)
 	for i, p := range routePorts {
@@ -49,33 +51,30 @@ cluster {
 }
 `, name, clientPorts[i], filepath.Join(t.TempDir(), name), prefix, routePorts[i], strings.Join(routes, ", "))
 		node := procNewNATSConfig(t, name, clientPorts[i], config)
-		node.start()
+		procStart(t, node.Proc)
 		c.nodes = append(c.nodes, node)
 		c.names = append(c.names, name)
 	}
 	deadline := time.Now().Add(60 * time.Second)
 	for _, node := range c.nodes {
-		if err := procWaitJetStream(node.url(), time.Until(deadline), node.running); err != nil {
-			t.Fatalf("cluster %s: %s: %v", prefix, node.name, err)
+		if err := node.WaitFor(time.Until(deadline), 100*time.Millisecond, procJetStreamAnswers(node.url())); err != nil {
+			t.Fatalf("cluster %s: %v", prefix, err)
 		}
 	}
 	// A meta leader answers account info; placing an R<n> stream also needs
 	// every peer to have joined.
 	_, js := procClient(t, c.urls())
-	for {
+	placesStream := func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
 		_, err := js.CreateStream(ctx, natsjs.StreamConfig{Name: "PROBE", Subjects: []string{"probe." + prefix}, Replicas: n, Storage: natsjs.MemoryStorage})
 		if err == nil {
 			err = js.DeleteStream(ctx, "PROBE")
 		}
-		cancel()
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("cluster %s cannot place a stream with %d replicas within 60s: %v", prefix, n, err)
-		}
-		time.Sleep(250 * time.Millisecond)
+		return err
+	}
+	if err := natstest.Await(time.Until(deadline), 250*time.Millisecond, nil, placesStream); err != nil {
+		t.Fatalf("cluster %s cannot place a stream with %d replicas within 60s: %v", prefix, n, err)
 	}
 	return c
 }
@@ -151,7 +150,7 @@ func TestFaultClusterLeaderKilled(t *testing.T) {
 	if victim == nil {
 		t.Fatalf("stream leader %q is none of %v", oldLeader, cl.names)
 	}
-	victim.kill()
+	victim.Kill()
 	killedAt := time.Now()
 	t.Logf("killed -9 stream leader %s at %d published / %d handled", oldLeader, l.publishedCount(), l.handledCount())
 

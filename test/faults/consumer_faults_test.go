@@ -178,7 +178,7 @@ func TestFaultNATSKilledMaxDeliver(t *testing.T) {
 	if !l.waitPublished(ctx, total*3/10) {
 		t.Fatalf("only %d of %d messages published before the kill", l.publishedCount(), total)
 	}
-	ns.kill()
+	ns.Kill()
 	killedAt := time.Now()
 	handledAtKill := l.handledCount()
 	failedBefore := stats.count()
@@ -188,7 +188,7 @@ func TestFaultNATSKilledMaxDeliver(t *testing.T) {
 	if !hit {
 		t.Errorf("no publish failed within 30s of the kill: the kill did not hit the run")
 	}
-	ns.start()
+	procStart(t, ns.Proc)
 	ns.waitReady(t, 30*time.Second)
 	t.Logf("nats-server killed -9 at %d published / %d handled, back after %s", l.publishedCount(), handledAtKill, faultDur(time.Since(killedAt)))
 

@@ -28,6 +28,8 @@ import (
 
 	"github.com/dapr-nats/jetstream-pubsub/jetstream"
 	"github.com/dapr-nats/jetstream-pubsub/pluggable"
+
+	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
 )
 
 // faultLedger tracks every message of a scenario by its index: whether its
@@ -484,10 +486,10 @@ func TestFaultNATSKilledAndRestarted(t *testing.T) {
 		t.Fatalf("only %d of %d messages published before the kill", l.publishedCount(), total)
 	}
 	killedAt := time.Now()
-	ns.kill()
+	ns.Kill()
 	handledAtKill := l.handledCount()
-	time.Sleep(2 * time.Second)
-	ns.start()
+	time.Sleep(2 * time.Second) // the outage itself, not a wait for a condition
+	procStart(t, ns.Proc)
 	ns.waitReady(t, 30*time.Second)
 	t.Logf("nats-server killed -9 at %d published / %d handled, back after %s", l.publishedCount(), handledAtKill, faultDur(time.Since(killedAt)))
 
@@ -586,7 +588,7 @@ func TestFaultNATSDownAtStart(t *testing.T) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	port := procFreePort(t)
+	port := natstest.FreePortT(t)
 	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
 
 	ps := jetstream.New(procLogger(t, "fault-late"))
@@ -635,12 +637,12 @@ func TestFaultNATSDownAtStart(t *testing.T) {
 		}()
 	}
 
-	time.Sleep(time.Until(start.Add(downTime)))
+	time.Sleep(time.Until(start.Add(downTime))) // the outage itself, not a wait for a condition
 	if n := l.publishedCount(); n > 0 {
 		t.Errorf("%d publishes returned nil while NATS was down", n)
 	}
 	ns := procNewNATS(t, "nats-late", port, "-sd", t.TempDir())
-	ns.start()
+	procStart(t, ns.Proc)
 	upAt := time.Now()
 	ns.waitReady(t, 30*time.Second)
 
@@ -702,7 +704,7 @@ func TestFaultLongOutageMemoryStorage(t *testing.T) {
 		t.Fatalf("handled %d of %d before the outage", l.handledCount(), before)
 	}
 
-	ns.kill()
+	ns.Kill()
 	downAt := time.Now()
 	// Count the component's reconnect attempts: something accepts on the
 	// port and hangs up at once, as good as nobody listening to a client.
@@ -723,7 +725,7 @@ func TestFaultLongOutageMemoryStorage(t *testing.T) {
 	}
 	// Two connections (publisher and subscriber) were reconnecting.
 	attempts := dials() / 2
-	ns.start()
+	procStart(t, ns.Proc)
 	upAt := time.Now()
 	ns.waitReady(t, 30*time.Second)
 	t.Logf("outage of %s, %d reconnect attempts per connection at reconnectWait 100ms", faultDur(upAt.Sub(downAt)), attempts)
@@ -842,13 +844,11 @@ func TestFaultSlowHandler(t *testing.T) {
 func faultCountDials(t *testing.T, port int) func() int {
 	t.Helper()
 	var ln net.Listener
-	var err error
-	for range 50 { // the killed server's socket may linger a moment
-		if ln, err = net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	// The killed server's socket may linger a moment.
+	err := natstest.Await(time.Second, 20*time.Millisecond, nil, func() (err error) {
+		ln, err = net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		return err
+	})
 	if err != nil {
 		t.Fatalf("listen on %d during the outage: %v", port, err)
 	}
@@ -1054,7 +1054,7 @@ func TestFaultSIGTERMComponent(t *testing.T) {
 	l := newFaultLedger("sigterm", total)
 	subMD := map[string]string{"maxInFlight": "50"}
 	p1 := faultStartPull(t, ctx, c, instance, topic, subMD, l, faultAckFirst(acked))
-	time.Sleep(300 * time.Millisecond) // the consumer starts at the subscription
+	faultWaitConsumer(t, ns.url(), "sigterm", topic)
 
 	stats := &faultStats{}
 	published := make(chan error, 1)
@@ -1069,19 +1069,16 @@ func TestFaultSIGTERMComponent(t *testing.T) {
 		published <- nil
 	}()
 
-	deadline := time.Now().Add(30 * time.Second)
-	for p1.heldCount() < holdMin && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
+	_ = natstest.Await(30*time.Second, 20*time.Millisecond, nil, natstest.Check(func() bool { return p1.heldCount() >= holdMin }))
 	held := p1.heldCount()
 	if held < holdMin {
 		t.Fatalf("daprd holds only %d unacknowledged messages", held)
 	}
 	sigAt := time.Now()
-	if err := comp.signal(syscall.SIGTERM); err != nil {
+	if err := comp.Signal(syscall.SIGTERM); err != nil {
 		t.Fatalf("SIGTERM: %v", err)
 	}
-	err, exited := comp.wait(drain + 8*time.Second)
+	exited, err := comp.Wait(drain + 8*time.Second)
 	exitTook := time.Since(sigAt)
 	if !exited {
 		t.Fatalf("the component did not exit within %s of SIGTERM", drain+8*time.Second)
@@ -1124,7 +1121,7 @@ func TestFaultSIGTERMComponent(t *testing.T) {
 		t.Errorf("handled %d of %d", l.handledCount(), total)
 	}
 	took := time.Since(start)
-	time.Sleep(time.Second)
+	time.Sleep(time.Second) // a window for a late duplicate to show in the report, not a wait
 	faultReport(t, "component-sigterm", l, took, fmt.Sprintf("exit 0 after %s with %d held; held ones back within %s of restart; %s",
 		faultDur(exitTook), held, faultDur(redelivered), stats))
 	if stats.count() == 0 {
@@ -1183,7 +1180,7 @@ func TestFaultPullStreamCut(t *testing.T) {
 	l := newFaultLedger("cut", total)
 	subMD := map[string]string{"maxInFlight": "50"}
 	a := faultStartPull(t, ctx, c, "daprd-a", topic, subMD, l, faultAckFirst(acked))
-	time.Sleep(300 * time.Millisecond)
+	faultWaitConsumer(t, ns.url(), "cut", topic)
 
 	stats := &faultStats{}
 	var wg sync.WaitGroup
@@ -1200,10 +1197,7 @@ func TestFaultPullStreamCut(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	deadline := time.Now().Add(20 * time.Second)
-	for a.heldCount() < holdMin && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
+	_ = natstest.Await(20*time.Second, 20*time.Millisecond, nil, natstest.Check(func() bool { return a.heldCount() >= holdMin }))
 	held := a.heldCount()
 	if held < holdMin {
 		t.Fatalf("daprd-a holds only %d messages", held)
@@ -1223,6 +1217,6 @@ func TestFaultPullStreamCut(t *testing.T) {
 		t.Errorf("handled %d of %d", l.handledCount(), total)
 	}
 	took := time.Since(start)
-	time.Sleep(time.Second)
+	time.Sleep(time.Second) // a window for a late duplicate to show in the report, not a wait
 	faultReport(t, "pull-stream-cut", l, took, fmt.Sprintf("%d held messages at another subscriber %s after the cut (ackWait %s)", held, faultDur(back), ackWait))
 }

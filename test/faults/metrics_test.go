@@ -4,6 +4,7 @@ package faults
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -13,6 +14,8 @@ import (
 
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
 )
 
 // TestFaultNATSRestartSeenByMetrics kills nats-server and starts it again
@@ -59,24 +62,22 @@ func TestFaultNATSRestartSeenByMetrics(t *testing.T) {
 	}
 	waitReady := func(what string, want int) string {
 		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			code, body := get("/readyz")
-			if code == want {
-				return body
+		var body string
+		natstest.AwaitT(t, 30*time.Second, what, func() error {
+			var code int
+			if code, body = get("/readyz"); code != want {
+				return fmt.Errorf("/readyz answered %d (%s), want %d", code, strings.TrimSpace(body), want)
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: /readyz answered %d (%s), want %d", what, code, strings.TrimSpace(body), want)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+			return nil
+		})
+		return body
 	}
 	waitReady("connected", http.StatusOK)
 	if got := reconnects(); got != 0 {
 		t.Fatalf("reconnects_total %v before the restart, want 0", got)
 	}
 
-	ns.kill()
+	ns.Kill()
 	down := time.Now()
 	body := waitReady("NATS killed", http.StatusServiceUnavailable)
 	if !strings.Contains(body, `instance "pubsub"`) || !strings.Contains(body, "NATS is") {
@@ -84,7 +85,7 @@ func TestFaultNATSRestartSeenByMetrics(t *testing.T) {
 	}
 	t.Logf("not ready %s after the kill: %s", time.Since(down).Round(10*time.Millisecond), strings.TrimSpace(body))
 
-	ns.start()
+	procStart(t, ns.Proc)
 	ns.waitReady(t, 30*time.Second)
 	up := time.Now()
 	waitReady("NATS back", http.StatusOK)

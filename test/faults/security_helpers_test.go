@@ -13,16 +13,15 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -38,6 +37,8 @@ import (
 
 	"github.com/dapr-nats/jetstream-pubsub/jetstream"
 	"github.com/dapr-nats/jetstream-pubsub/pluggable"
+
+	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
 )
 
 // Bounds of the waits in the security and bad-input tests.
@@ -304,93 +305,39 @@ func secDial(t *testing.T, socket string) *grpc.ClientConn {
 	return conn
 }
 
-// secBinary builds the component binary into a folder of the test.
-func secBinary(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "dapr-nats-jetstream")
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/dapr-nats/jetstream-pubsub").CombinedOutput()
-	require.NoError(t, err, "go build: %s", out)
-	return bin
-}
-
-// secProc is the component binary running as a child process, its stderr
-// going to logSink and to a local buffer.
+// secProc is the component binary running as a child process, its output
+// going to logSink and kept.
 type secProc struct {
+	*natstest.Proc
 	once   sync.Once
-	cmd    *exec.Cmd
 	socket string
-	logs   *secBuffer
-	exited chan error
-}
-
-type secBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (b *secBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *secBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 func secStartBinary(t *testing.T, args ...string) *secProc {
 	t.Helper()
-	bin := secBinary(t)
 	folder, err := os.MkdirTemp("", "faults-sock")
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = os.RemoveAll(folder) })
-	p := &secProc{socket: filepath.Join(folder, "nats-jetstream.sock"), logs: &secBuffer{}, exited: make(chan error, 1)}
-	p.cmd = exec.Command(bin, append([]string{"-socket-folder", folder, "-drain-timeout", "1s", "-log-level", "debug"}, args...)...)
-	p.cmd.Env = append(os.Environ(), "JETSTREAM_SOCKET_MODE=", "JETSTREAM_SOCKET_NAME=")
-	// dapr's logger writes to stdout; panics and flag errors go to stderr.
-	p.cmd.Stdout = &secTee{w: logSink, also: p.logs}
-	p.cmd.Stderr = &secTee{w: logSink, also: p.logs}
-	require.NoError(t, p.cmd.Start())
-	go func() { p.exited <- p.cmd.Wait() }()
+	// dapr's logger writes to stdout; panics and flag errors go to stderr:
+	// the Proc keeps both.
+	p := &secProc{socket: filepath.Join(folder, "nats-jetstream.sock"), Proc: natstest.NewProc(natstest.Spec{
+		Name: "component", Bin: natstest.MustBuild(t, natstest.ComponentPackage), Echo: logSink,
+		Args: append([]string{"-socket-folder", folder, "-drain-timeout", "1s", "-log-level", "debug"}, args...),
+		Env:  []string{"JETSTREAM_SOCKET_MODE=", "JETSTREAM_SOCKET_NAME="},
+	})}
+	require.NoError(t, p.Start())
 	t.Cleanup(func() { p.stop(t) })
-	require.Eventually(t, func() bool {
-		c, err := net.DialTimeout("unix", p.socket, 200*time.Millisecond)
-		if err == nil {
-			_ = c.Close()
-		}
-		return err == nil
-	}, secWait, secTick, "the component binary did not serve its socket")
+	require.NoError(t, p.WaitFor(secWait, secTick, natstest.Dials("unix", p.socket)), "the component binary did not serve its socket")
 	return p
 }
 
 // stop sends SIGTERM and waits for the process, killing it if it hangs.
 func (p *secProc) stop(t *testing.T) {
 	p.once.Do(func() {
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.exited:
-		case <-time.After(secWait):
-			t.Errorf("component process %d did not exit on SIGTERM; killing it", p.cmd.Process.Pid)
-			_ = p.cmd.Process.Kill()
-			<-p.exited
+		if err := p.Stop(secWait); errors.Is(err, natstest.ErrKilled) {
+			t.Errorf("component process %d: %v", p.Pid(), err)
 		}
 	})
-}
-
-// secTee copies a child's output to w, and to also if set.
-type secTee struct {
-	w, also interface{ Write([]byte) (int, error) }
-}
-
-func (s *secTee) Write(b []byte) (int, error) {
-	if s.also != nil {
-		_, _ = s.also.Write(b)
-	}
-	return s.w.Write(b)
 }
 
 // secTCPSockets returns the TCP sockets owned by pid, by state ("0A" is

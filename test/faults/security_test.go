@@ -314,7 +314,7 @@ func TestSecurityBinary(t *testing.T) {
 	wrong := secret("tok-" + uuid.NewString())
 	ns := natstest.Start(t, func(o *server.Options) { o.Authorization = token })
 	p := secStartBinary(t)
-	pid := p.cmd.Process.Pid
+	pid := p.Pid()
 
 	fi, err := os.Lstat(p.socket)
 	require.NoError(t, err)
@@ -362,7 +362,7 @@ func TestSecurityBinary(t *testing.T) {
 	require.NoError(t, pull.CloseSend())
 	_ = conn.Close()
 	p.stop(t)
-	logs := p.logs.String()
+	logs := p.Output()
 	assert.Regexp(t, `component .*accepted.* initialized`, logs, "the output was captured")
 	assert.NotContains(t, logs, token)
 	assert.NotContains(t, logs, wrong)

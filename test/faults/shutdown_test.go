@@ -5,6 +5,7 @@ package faults
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"syscall"
@@ -15,6 +16,8 @@ import (
 	natsjs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/dapr-nats/jetstream-pubsub/metadata"
+
+	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
 )
 
 // TestFaultSIGTERMDaprdNotReading sends SIGTERM to the component while a
@@ -58,17 +61,12 @@ func TestFaultSIGTERMDaprdNotReading(t *testing.T) {
 	durable := metadata.SanitizeName(consumer, topic)
 	waitFor := func(what string, within time.Duration, cond func() (bool, string)) {
 		t.Helper()
-		deadline := time.Now().Add(within)
-		for {
-			ok, state := cond()
-			if ok {
-				return
+		natstest.AwaitT(t, within, what, func() error {
+			if ok, state := cond(); !ok {
+				return errors.New(state)
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: not within %s (%s)", what, within, state)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+			return nil
+		})
 	}
 	consumerState := func() (pending, ackPending int, err error) {
 		name, err := js.StreamNameBySubject(ctx, topic)
@@ -109,11 +107,11 @@ func TestFaultSIGTERMDaprdNotReading(t *testing.T) {
 	})
 
 	sigAt := time.Now()
-	if err := comp.signal(syscall.SIGTERM); err != nil {
+	if err := comp.Signal(syscall.SIGTERM); err != nil {
 		t.Fatalf("SIGTERM: %v", err)
 	}
 	bound := drain + grace + 2*time.Second
-	err, exited := comp.wait(bound + 10*time.Second)
+	exited, err := comp.Wait(bound + 10*time.Second)
 	took := time.Since(sigAt)
 	if !exited {
 		t.Fatalf("the component still runs %s after SIGTERM while daprd does not read", bound+10*time.Second)

@@ -1,3 +1,6 @@
+// Package stack starts and stops the processes of an end-to-end run: an
+// in-process nats-server, the component binary, a real daprd and the tweet
+// app. It is shared by the e2e tests and `make demo`.
 package stack
 
 import (
@@ -19,6 +22,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/dapr-nats/jetstream-pubsub/metadata"
+
+	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
 )
 
 // The demo's stream and the topics the tweet app subscribes to.
@@ -86,9 +91,9 @@ type Node struct {
 	SocketDir, ResourcesDir                                    string
 	AppPort, HTTPPort, GRPCPort, InternalGRPCPort, MetricsPort int
 
-	Component, Daprd, App *Proc
+	Component, Daprd, App *natstest.Proc
 	// old holds processes that were stopped, for the logs.
-	old []*Proc
+	old []*natstest.Proc
 }
 
 // NewNode prepares a node: ports, folders and the Component YAML.
@@ -106,7 +111,7 @@ func NewNode(cfg Config) (*Node, error) {
 		}
 	}
 	for _, p := range []*int{&n.AppPort, &n.HTTPPort, &n.GRPCPort, &n.InternalGRPCPort, &n.MetricsPort} {
-		port, err := FreePort()
+		port, err := natstest.FreePort()
 		if err != nil {
 			return nil, err
 		}
@@ -161,14 +166,15 @@ func (n *Node) Start(ctx context.Context) error {
 // StartComponent starts the component binary and waits for its socket.
 func (n *Node) StartComponent() error {
 	socket := filepath.Join(n.SocketDir, SocketName+".sock")
-	p, err := StartProc(n.AppID+"/component", []string{
-		"DAPR_COMPONENTS_SOCKETS_FOLDER=" + n.SocketDir, "JETSTREAM_SOCKET_NAME=" + SocketName,
-	}, n.Echo, n.ComponentBin, "-drain-timeout", "5s")
+	p, err := natstest.StartProc(natstest.Spec{
+		Name: n.AppID + "/component", Bin: n.ComponentBin, Args: []string{"-drain-timeout", "5s"}, Echo: n.Echo,
+		Env: []string{"DAPR_COMPONENTS_SOCKETS_FOLDER=" + n.SocketDir, "JETSTREAM_SOCKET_NAME=" + SocketName},
+	})
 	if err != nil {
 		return err
 	}
 	n.Component = p
-	return waitFor(n.StartTimeout, 20*time.Millisecond, p.Done(), func() error {
+	return natstest.Await(n.StartTimeout, 20*time.Millisecond, p.Done(), func() error {
 		fi, err := os.Stat(socket)
 		if err != nil {
 			return err
@@ -208,7 +214,10 @@ func (n *Node) StartDaprd() error {
 	if n.Daprd != nil {
 		n.old = append(n.old, n.Daprd)
 	}
-	p, err := StartProc(n.AppID+"/daprd", []string{"DAPR_COMPONENTS_SOCKETS_FOLDER=" + n.SocketDir}, n.Echo, n.DaprdBin, n.DaprdFlags()...)
+	p, err := natstest.StartProc(natstest.Spec{
+		Name: n.AppID + "/daprd", Bin: n.DaprdBin, Args: n.DaprdFlags(), Echo: n.Echo,
+		Env: []string{"DAPR_COMPONENTS_SOCKETS_FOLDER=" + n.SocketDir},
+	})
 	if err != nil {
 		return err
 	}
@@ -226,12 +235,12 @@ func (n *Node) StartApp() error {
 	if n.AppDelay > 0 {
 		env = append(env, "APP_DELAY="+n.AppDelay.String())
 	}
-	p, err := StartProc(n.AppID+"/app", env, n.Echo, n.AppBin)
+	p, err := natstest.StartProc(natstest.Spec{Name: n.AppID + "/app", Bin: n.AppBin, Env: env, Echo: n.Echo})
 	if err != nil {
 		return err
 	}
 	n.App = p
-	return waitFor(n.StartTimeout, 20*time.Millisecond, p.Done(), func() error {
+	return natstest.Await(n.StartTimeout, 20*time.Millisecond, p.Done(), func() error {
 		return expectStatus(context.Background(), http.MethodGet, n.AppURL("/healthz"), nil, http.StatusNoContent)
 	})
 }
@@ -239,7 +248,7 @@ func (n *Node) StartApp() error {
 // WaitDaprdHealthy waits for GET /v1.0/healthz to answer 204: daprd has
 // loaded its components, reached the app and subscribed.
 func (n *Node) WaitDaprdHealthy(ctx context.Context) error {
-	if err := waitFor(n.StartTimeout, 100*time.Millisecond, n.Daprd.Done(), func() error {
+	if err := natstest.Await(n.StartTimeout, 100*time.Millisecond, n.Daprd.Done(), func() error {
 		return expectStatus(ctx, http.MethodGet, n.DaprdURL("/v1.0/healthz"), nil, http.StatusNoContent)
 	}); err != nil {
 		return fmt.Errorf("daprd %s: %w", n.AppID, err)
@@ -256,7 +265,7 @@ func (n *Node) WaitSubscribed(ctx context.Context, js jetstream.JetStream, topic
 	if len(topics) == 0 {
 		topics = AppTopics
 	}
-	err := waitFor(n.StartTimeout, 100*time.Millisecond, n.Daprd.Done(), func() error {
+	err := natstest.Await(n.StartTimeout, 100*time.Millisecond, n.Daprd.Done(), func() error {
 		var md struct {
 			Subscriptions []struct {
 				Topic string `json:"topic"`
@@ -289,7 +298,7 @@ func ConsumerName(appID, topic string) string { return metadata.SanitizeName(app
 
 // WaitConsumers waits until the durable of appID exists for every topic.
 func WaitConsumers(ctx context.Context, js jetstream.JetStream, timeout time.Duration, appID string, topics ...string) error {
-	return waitFor(timeout, 100*time.Millisecond, nil, func() error {
+	return natstest.Await(timeout, 100*time.Millisecond, nil, func() error {
 		for _, t := range topics {
 			c, err := js.Consumer(ctx, Stream, ConsumerName(appID, t))
 			if err != nil {
@@ -314,7 +323,7 @@ func (n *Node) StopComponent(grace time.Duration) error {
 
 // Close stops everything: app, daprd, then the component.
 func (n *Node) Close() {
-	for _, p := range []*Proc{n.App, n.Daprd, n.Component} {
+	for _, p := range []*natstest.Proc{n.App, n.Daprd, n.Component} {
 		if p != nil {
 			_ = p.Stop(10 * time.Second)
 		}
@@ -325,7 +334,7 @@ func (n *Node) Close() {
 // lines lines.
 func (n *Node) Logs(lines int) string {
 	var b strings.Builder
-	for _, p := range append(append([]*Proc{}, n.old...), n.Component, n.Daprd, n.App) {
+	for _, p := range append(append([]*natstest.Proc{}, n.old...), n.Component, n.Daprd, n.App) {
 		if p == nil {
 			continue
 		}
@@ -337,7 +346,7 @@ func (n *Node) Logs(lines int) string {
 // FullLogs returns every process's whole output, by process.
 func (n *Node) FullLogs() map[string]string {
 	out := map[string]string{}
-	for i, p := range append(append([]*Proc{}, n.old...), n.Component, n.Daprd, n.App) {
+	for i, p := range append(append([]*natstest.Proc{}, n.old...), n.Component, n.Daprd, n.App) {
 		if p != nil {
 			out[fmt.Sprintf("%02d-%s", i, strings.ReplaceAll(p.Name, "/", "-"))] = p.Output()
 		}
