@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/dapr-nats/jetstream-pubsub/metadata"
 )
@@ -171,12 +171,12 @@ func (s *subscription) publishDeadLetter(msg *nats.Msg) error {
 // keptByInterest refuses to publish to subject in a stream with interest
 // retention that no consumer takes it from: JetStream would acknowledge the
 // dead letter and drop it at once.
-func keptByInterest(ctx context.Context, js jetstream.JetStream, stream, subject string) error {
+func keptByInterest(ctx context.Context, js natsjs.JetStream, stream, subject string) error {
 	st, err := js.Stream(ctx, stream)
 	if err != nil {
 		return err
 	}
-	if st.CachedInfo().Config.Retention != jetstream.InterestPolicy {
+	if st.CachedInfo().Config.Retention != natsjs.InterestPolicy {
 		return nil
 	}
 	list := st.ListConsumers(ctx)
@@ -212,7 +212,7 @@ func deadLetterMsg(subject string, d *Delivery, cause error) *nats.Msg {
 	msg.Header[HeaderDeadLetterConsumer] = []string{d.Metadata[MetadataConsumer]}
 	msg.Header[HeaderDeadLetterDeliveries] = []string{strconv.FormatUint(d.Deliveries, 10)}
 	msg.Header[HeaderDeadLetterError] = []string{headerText(cause)}
-	msg.Header[jetstream.MsgIDHeader] = []string{scopedMsgID(subject, stream+":"+strconv.FormatUint(d.Sequence, 10))}
+	msg.Header[natsjs.MsgIDHeader] = []string{scopedMsgID(subject, stream+":"+strconv.FormatUint(d.Sequence, 10))}
 	return msg
 }
 

@@ -6,7 +6,7 @@ import (
 	"fmt"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/dapr-nats/jetstream-pubsub/metadata"
 )
@@ -105,10 +105,10 @@ func classifyKind(err error) Kind {
 	if errors.As(err, &e) {
 		return e.Kind
 	}
-	var apiErr *jetstream.APIError
+	var apiErr *natsjs.APIError
 	switch {
 	case errors.Is(err, nats.ErrMaxPayload), errors.Is(err, nats.ErrBadSubject),
-		errors.Is(err, jetstream.ErrStreamMessageExceedsMaximum), errors.Is(err, metadata.ErrInvalid),
+		errors.Is(err, natsjs.ErrStreamMessageExceedsMaximum), errors.Is(err, metadata.ErrInvalid),
 		errors.Is(err, ErrInvalidRequest):
 		return KindInvalid
 	case errors.Is(err, ErrNoStream), errors.Is(err, ErrTTLNotAllowed), errors.Is(err, ErrSchedulesNotAllowed),

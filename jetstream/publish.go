@@ -11,7 +11,7 @@ import (
 	contribmd "github.com/dapr/components-contrib/metadata"
 	"github.com/dapr/components-contrib/pubsub"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/dapr-nats/jetstream-pubsub/metadata"
 )
@@ -37,7 +37,7 @@ func (p *PubSub) Publish(ctx context.Context, req *pubsub.PublishRequest) (err e
 	if err != nil {
 		return err
 	}
-	var ack *jetstream.PubAck
+	var ack *natsjs.PubAck
 	var sent time.Time
 	defer func() { p.countPublish(req.Topic, sent, ack, err) }()
 	contentType := ""
@@ -180,7 +180,7 @@ func (p *PubSub) BulkPublish(ctx context.Context, req *pubsub.BulkPublishRequest
 		}
 	}
 
-	acks := make([]*jetstream.PubAck, len(req.Entries))
+	acks := make([]*natsjs.PubAck, len(req.Entries))
 	var sent time.Time
 	defer func() {
 		for i := range req.Entries {
@@ -191,7 +191,7 @@ func (p *PubSub) BulkPublish(ctx context.Context, req *pubsub.BulkPublishRequest
 		}
 	}()
 	send := func(idx []int) []int {
-		futures := make([]jetstream.PubAckFuture, len(req.Entries))
+		futures := make([]natsjs.PubAckFuture, len(req.Entries))
 		sent = time.Now()
 		for _, i := range idx {
 			if isSchedule(msgs[i]) {
@@ -290,7 +290,7 @@ func prepare(ctx context.Context, s *streams, topic string, need needs) (string,
 	return name, nil
 }
 
-func await(ctx context.Context, f jetstream.PubAckFuture) (*jetstream.PubAck, error) {
+func await(ctx context.Context, f natsjs.PubAckFuture) (*natsjs.PubAck, error) {
 	select {
 	case ack := <-f.Ok():
 		return ack, nil
@@ -302,7 +302,7 @@ func await(ctx context.Context, f jetstream.PubAckFuture) (*jetstream.PubAck, er
 }
 
 func isNoStream(err error) bool {
-	return errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders)
+	return errors.Is(err, natsjs.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders)
 }
 
 // newMsg builds the NATS message for one Dapr publish: headers from the
@@ -343,7 +343,7 @@ func (p *PubSub) newMsg(topic string, data []byte, md map[string]string, content
 		// original in the same stream: daprd publishes a failed message to
 		// its dead-letter topic with the delivery's data and metadata, so
 		// with the original's id.
-		msg.Header.Set(jetstream.MsgIDHeader, scopedMsgID(topic, id))
+		msg.Header.Set(natsjs.MsgIDHeader, scopedMsgID(topic, id))
 	}
 	var need needs
 	ttl, ok, err := contribmd.TryGetTTL(md)
@@ -354,7 +354,7 @@ func (p *PubSub) newMsg(topic string, data []byte, md map[string]string, content
 		if ttl < time.Second {
 			return nil, needs{}, fmt.Errorf("%w: ttlInSeconds must be 1 or more, got %s", ErrInvalidRequest, ttl)
 		}
-		msg.Header.Set(jetstream.MsgTTLHeader, strconv.FormatInt(int64(ttl/time.Second), 10)+"s")
+		msg.Header.Set(natsjs.MsgTTLHeader, strconv.FormatInt(int64(ttl/time.Second), 10)+"s")
 		need.ttl = true
 	}
 	at, err := scheduledFor(md, time.Now())

@@ -21,7 +21,7 @@ import (
 	"github.com/dapr/components-contrib/pubsub"
 	"github.com/dapr/kit/logger"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/dapr-nats/jetstream-pubsub/metadata"
 )
@@ -40,7 +40,7 @@ type PubSub struct {
 	mu      sync.Mutex
 	cfg     *metadata.Config
 	nc      *nats.Conn
-	js      jetstream.JetStream
+	js      natsjs.JetStream
 	streams *streams
 	// apiPrefix is where JetStream API requests go ("$JS.API." by default).
 	apiPrefix string
@@ -172,18 +172,18 @@ func (p *PubSub) Init(ctx context.Context, md pubsub.Metadata) error {
 	}
 	conns.watch(nc, p.closing, &p.wg)
 	p.conns = conns
-	jsOpts := []jetstream.JetStreamOpt{
-		jetstream.WithPublishAsyncMaxPending(4096),
-		jetstream.WithPublishAsyncTimeout(30 * time.Second),
+	jsOpts := []natsjs.JetStreamOpt{
+		natsjs.WithPublishAsyncMaxPending(4096),
+		natsjs.WithPublishAsyncTimeout(30 * time.Second),
 	}
-	var js jetstream.JetStream
+	var js natsjs.JetStream
 	switch {
 	case cfg.Connection.Domain != "":
-		js, err = jetstream.NewWithDomain(nc, cfg.Connection.Domain, jsOpts...)
+		js, err = natsjs.NewWithDomain(nc, cfg.Connection.Domain, jsOpts...)
 	case cfg.Connection.APIPrefix != "":
-		js, err = jetstream.NewWithAPIPrefix(nc, cfg.Connection.APIPrefix, jsOpts...)
+		js, err = natsjs.NewWithAPIPrefix(nc, cfg.Connection.APIPrefix, jsOpts...)
 	default:
-		js, err = jetstream.New(nc, jsOpts...)
+		js, err = natsjs.New(nc, jsOpts...)
 	}
 	if err != nil {
 		nc.Close()
@@ -206,7 +206,7 @@ func apiPrefix(c metadata.Connection) string {
 	case c.APIPrefix != "":
 		return strings.TrimSuffix(c.APIPrefix, ".") + "."
 	}
-	return jetstream.DefaultAPIPrefix
+	return natsjs.DefaultAPIPrefix
 }
 
 // reconnected tells every subscription that NATS came back: the pull
@@ -483,7 +483,7 @@ func (p *PubSub) GetComponentMetadata() (md contribmd.MetadataMap) {
 }
 
 // state returns what calls need, or why they cannot proceed.
-func (p *PubSub) state() (*metadata.Config, jetstream.JetStream, *streams, error) {
+func (p *PubSub) state() (*metadata.Config, natsjs.JetStream, *streams, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	switch {

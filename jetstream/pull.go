@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 )
 
 const (
@@ -183,14 +183,14 @@ type pullPriority struct {
 // the consumer as the server has it. s.mu is held.
 func (s *subscription) priorityLocked() pullPriority {
 	cs := s.consumer
-	if cs == nil || cs.priority == jetstream.PriorityPolicyNone || cs.group == "" {
+	if cs == nil || cs.priority == natsjs.PriorityPolicyNone || cs.group == "" {
 		return pullPriority{}
 	}
 	p := pullPriority{group: cs.group}
 	switch cs.priority {
-	case jetstream.PriorityPolicyPinned:
+	case natsjs.PriorityPolicyPinned:
 		p.pinID = s.pinID
-	case jetstream.PriorityPolicyOverflow:
+	case natsjs.PriorityPolicyOverflow:
 		p.minPending = s.cons.MinPending
 	}
 	return p

@@ -9,7 +9,7 @@ import (
 
 	"github.com/dapr/components-contrib/pubsub"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/time/rate"
 
 	"github.com/dapr-nats/jetstream-pubsub/metadata"
@@ -399,7 +399,7 @@ func (s *subscription) keepAliveLoop() {
 func (s *subscription) keepAlive(now time.Time) time.Duration {
 	s.mu.Lock()
 	cs := s.consumer
-	if cs == nil || cs.ackPolicy == jetstream.AckNonePolicy {
+	if cs == nil || cs.ackPolicy == natsjs.AckNonePolicy {
 		s.mu.Unlock()
 		return tickEvery
 	}
@@ -445,9 +445,9 @@ func (s *subscription) ackNone() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.consumer != nil {
-		return s.consumer.ackPolicy == jetstream.AckNonePolicy
+		return s.consumer.ackPolicy == natsjs.AckNonePolicy
 	}
-	return s.cons.AckPolicy == jetstream.AckNonePolicy
+	return s.cons.AckPolicy == natsjs.AckNonePolicy
 }
 
 // nakDelay is the redelivery delay after a failed delivery: the backOff step
@@ -543,13 +543,13 @@ func (s *subscription) pass(cs *consumerState, taken []*Delivery) {
 	sortBySequence(taken)
 	if cs == nil || cs.name == "" || cs.ephemeral {
 		for _, d := range taken {
-			if cs != nil && cs.ackPolicy != jetstream.AckNonePolicy {
+			if cs != nil && cs.ackPolicy != natsjs.AckNonePolicy {
 				_ = s.p.reply(d.reply, nakBody)
 			}
 		}
 		return
 	}
-	desk.leave(s.handoverKey(cs), taken, cs.shortestAckWait(), cs.ackPolicy == jetstream.AckNonePolicy, s.p)
+	desk.leave(s.handoverKey(cs), taken, cs.shortestAckWait(), cs.ackPolicy == natsjs.AckNonePolicy, s.p)
 }
 
 // waitUpTo waits for ch to close, at most d; false when it did not.
