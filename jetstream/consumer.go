@@ -87,16 +87,16 @@ func (cs *consumerState) shortestAckWait() time.Duration {
 }
 
 func (s *subscription) durableName() string {
-	if s.cons.DurableBase == "" {
+	if s.consumerCfg.DurableBase == "" {
 		return ""
 	}
-	return metadata.SanitizeName(s.cons.DurableBase, s.topic)
+	return metadata.SanitizeName(s.consumerCfg.DurableBase, s.topic)
 }
 
 // consumerConfig is the JetStream consumer for this subscription. A consumer
 // made again after it was lost starts where the last one left off.
 func (s *subscription) consumerConfig(stream string, created time.Time) natsjs.ConsumerConfig {
-	c := s.cons
+	c := s.consumerCfg
 	cfg := natsjs.ConsumerConfig{
 		Durable:       s.durableName(),
 		Description:   "Dapr subscription to " + truncate(s.topic, 200),

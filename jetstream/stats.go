@@ -260,7 +260,7 @@ func (s *subscription) addLive(byKey map[subKey]*SubscriptionStats, now time.Tim
 	defer s.mu.Unlock()
 	v.Live++
 	v.Held += len(s.held)
-	v.MaxInFlight += s.cons.MaxInFlight
+	v.MaxInFlight += s.consumerCfg.MaxInFlight
 	for d := range s.held {
 		if age := now.Sub(d.received); age > v.OldestHeld {
 			v.OldestHeld = age

@@ -21,7 +21,7 @@ func (s *subscription) forWorkQueue(want *natsjs.ConsumerConfig, stream string) 
 		return &Error{Op: "subscribe to", Topic: s.topic, Kind: KindRejected, Err: fmt.Errorf(
 			"stream %q has workqueue retention, which removes a message once it is acknowledged, so its consumers must acknowledge each one: use ackPolicy explicit", stream)}
 	}
-	if !s.cons.StartAtSubscribe && s.cons.DeliverPolicy != natsjs.DeliverAllPolicy {
+	if !s.consumerCfg.StartAtSubscribe && s.consumerCfg.DeliverPolicy != natsjs.DeliverAllPolicy {
 		return &Error{Op: "subscribe to", Topic: s.topic, Kind: KindRejected, Err: fmt.Errorf(
 			"stream %q has workqueue retention, which holds only messages no consumer has taken yet, so its consumers start at the first one: remove deliverPolicy, startSequence and startTime from the subscription, or use deliverPolicy all", stream)}
 	}

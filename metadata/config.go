@@ -210,11 +210,11 @@ func (c *Config) ForSubscription(sub map[string]string) (Consumer, error) {
 	if err != nil {
 		return Consumer{}, fmt.Errorf("subscription metadata: %w", err)
 	}
-	cons, err := parseConsumer(&p)
+	consumer, err := parseConsumer(&p)
 	if err != nil {
 		return Consumer{}, fmt.Errorf("subscription metadata: %w", err)
 	}
-	return cons, nil
+	return consumer, nil
 }
 
 // sameKeyTwice reports each of keys that props spells more than once (say
