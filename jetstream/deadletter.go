@@ -67,8 +67,8 @@ func exampleSubject(topic string) string {
 // delivery fails: it has had every delivery the consumer's maxDeliver
 // allows, as the server has the consumer.
 func (s *subscription) lastDelivery(d *Delivery) bool {
-	max := s.maxDeliver()
-	return max > 0 && d.Deliveries >= uint64(max)
+	limit := s.maxDeliver()
+	return limit > 0 && d.Deliveries >= uint64(limit)
 }
 
 func (s *subscription) maxDeliver() int {

@@ -312,8 +312,8 @@ func (p *PubSub) newMsg(topic string, data []byte, md map[string]string, content
 	if err := metadata.ValidSubject(topic, false); err != nil {
 		return nil, needs{}, fmt.Errorf("%w: topic %s; use a NATS subject such as orders or orders.created", ErrInvalidRequest, err)
 	}
-	if max := p.maxPayload(); max > 0 && int64(len(data)) > max {
-		return nil, needs{}, fmt.Errorf("%w: message of %d bytes exceeds the server's max_payload of %d bytes", nats.ErrMaxPayload, len(data), max)
+	if limit := p.maxPayload(); limit > 0 && int64(len(data)) > limit {
+		return nil, needs{}, fmt.Errorf("%w: message of %d bytes exceeds the server's max_payload of %d bytes", nats.ErrMaxPayload, len(data), limit)
 	}
 	msg := &nats.Msg{Subject: topic, Data: data, Header: make(nats.Header, len(md)+2)}
 	for k, v := range md {
@@ -371,10 +371,10 @@ func (p *PubSub) newMsg(topic string, data []byte, md map[string]string, content
 	}
 	// The headers count against max_payload too; nats.go would only say
 	// "maximum payload exceeded".
-	if max := p.maxPayload(); max > 0 {
-		if size := int64(msg.Size() - len(msg.Subject)); size > max {
+	if limit := p.maxPayload(); limit > 0 {
+		if size := int64(msg.Size() - len(msg.Subject)); size > limit {
 			return nil, needs{}, fmt.Errorf("%w: message of %d bytes (%d of data, %d of headers) exceeds the server's max_payload of %d bytes",
-				nats.ErrMaxPayload, size, len(data), size-int64(len(data)), max)
+				nats.ErrMaxPayload, size, len(data), size-int64(len(data)), limit)
 		}
 	}
 	return msg, need, nil
