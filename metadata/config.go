@@ -416,9 +416,7 @@ func parseConnection(p *Properties) (Connection, error) {
 
 func parsePublish(p *Properties) Publish {
 	var pub Publish
-	if p.BulkPublishAtomic != nil {
-		pub.BulkAtomic = bool(*p.BulkPublishAtomic)
-	}
+	givenBool(&pub.BulkAtomic, p.BulkPublishAtomic)
 	return pub
 }
 
@@ -433,9 +431,7 @@ func parseStream(p *Properties) (Stream, error) {
 	if s.Name != "" && !ValidName(s.Name) {
 		add(fieldErr("streamName", s.Name, "is not a valid stream name", "letters, digits, - and _, without spaces, dots, *, >, / or \\, at most 255 characters"))
 	}
-	if p.AutoProvision != nil {
-		s.AutoProvision = bool(*p.AutoProvision)
-	}
+	givenBool(&s.AutoProvision, p.AutoProvision)
 	for _, subj := range p.StreamSubjects {
 		subj = strings.TrimSpace(subj)
 		if err := ValidSubject(subj, true); err != nil {
@@ -454,11 +450,8 @@ func parseStream(p *Properties) (Stream, error) {
 	default:
 		add(fieldErr("streamStorage", p.StreamStorage, "is not a storage type", "file or memory"))
 	}
-	if p.StreamReplicas != nil {
-		s.Replicas = *p.StreamReplicas
-		if s.Replicas < 1 || s.Replicas > 5 {
-			add(fieldErr("streamReplicas", fmt.Sprint(s.Replicas), "is out of range", "1 to 5"))
-		}
+	if given(&s.Replicas, p.StreamReplicas) && (s.Replicas < 1 || s.Replicas > 5) {
+		add(fieldErr("streamReplicas", fmt.Sprint(s.Replicas), "is out of range", "1 to 5"))
 	}
 	if s.MaxAge < 0 {
 		add(fieldErr("streamMaxAge", s.MaxAge.String(), "must not be negative", "a duration such as 24h, or 0 for no limit"))
@@ -595,23 +588,64 @@ func givenStreamKeys(p *Properties) []string {
 
 func parseConsumer(p *Properties) (Consumer, error) {
 	c := Consumer{
-		AckPolicy: jetstream.AckExplicitPolicy, AckWait: DefaultAckWait, MaxDeliver: -1,
+		DurableBase: durableBase(p),
+		AckPolicy:   jetstream.AckExplicitPolicy, AckWait: DefaultAckWait, MaxDeliver: -1,
 		MaxAckPending: DefaultMaxAckPending, BackOff: p.BackOff,
 	}
 	var errs []error
 	add := func(err error) { errs = append(errs, err) }
 
+	add(parseDeliver(p, &c))
+	add(parseAck(p, &c))
+	add(parseInFlight(p, &c))
+	if given(&c.Replicas, p.Replicas) && (c.Replicas < 0 || c.Replicas > 5) {
+		add(fieldErr("replicas", fmt.Sprint(c.Replicas), "is out of range", "0 (as the stream) to 5"))
+	}
+	givenBool(&c.MemoryStorage, p.MemoryStorage)
+	given(&c.RateLimit, p.RateLimit)
+	if given(&c.Heartbeat, p.Heartbeat) && c.Heartbeat != 0 && (c.Heartbeat < 500*time.Millisecond || c.Heartbeat > 30*time.Second) {
+		add(fieldErr("heartbeat", c.Heartbeat.String(), "is out of range", "500ms to 30s, or 0 for the default"))
+	}
+	givenBool(&c.FlowControl, p.FlowControl)
+	add(parseConcurrency(p, &c))
+	add(parsePriority(p, &c))
+	add(parseDeadLetter(p, &c))
+	return c, errors.Join(errs...)
+}
+
+// given copies a value the metadata set into dst, and reports whether there
+// was one: an absent key leaves the default in dst.
+func given[T any](dst *T, v *T) bool {
+	if v == nil {
+		return false
+	}
+	*dst = *v
+	return true
+}
+
+// givenBool is given for the metadata's strict booleans.
+func givenBool(dst *bool, v *Bool) {
+	if v != nil {
+		*dst = bool(*v)
+	}
+}
+
+// durableBase is durableName, else queueGroupName, else consumerID.
+func durableBase(p *Properties) string {
 	switch {
 	case p.DurableName != "":
-		c.DurableBase = p.DurableName
+		return p.DurableName
 	case p.QueueGroupName != "":
-		c.DurableBase = p.QueueGroupName
-	default:
-		c.DurableBase = p.ConsumerID
+		return p.QueueGroupName
 	}
+	return p.ConsumerID
+}
 
-	add(parseDeliver(p, &c))
-
+// parseAck reads how deliveries are acknowledged and redelivered: ackPolicy,
+// ackWait, maxDeliver, backOff and nakDelay.
+func parseAck(p *Properties, c *Consumer) error {
+	var errs []error
+	add := func(err error) { errs = append(errs, err) }
 	switch strings.ToLower(p.AckPolicy) {
 	case "", "explicit":
 	case "all":
@@ -621,14 +655,10 @@ func parseConsumer(p *Properties) (Consumer, error) {
 	default:
 		add(fieldErr("ackPolicy", p.AckPolicy, "is not an ack policy", "explicit, all or none"))
 	}
-	if p.AckWait != nil {
-		c.AckWait = *p.AckWait
-		if c.AckWait <= 0 {
-			add(fieldErr("ackWait", c.AckWait.String(), "must be positive", "a duration such as 30s"))
-		}
+	if given(&c.AckWait, p.AckWait) && c.AckWait <= 0 {
+		add(fieldErr("ackWait", c.AckWait.String(), "must be positive", "a duration such as 30s"))
 	}
-	if p.MaxDeliver != nil {
-		c.MaxDeliver = *p.MaxDeliver
+	if given(&c.MaxDeliver, p.MaxDeliver) {
 		if c.MaxDeliver == 0 {
 			c.MaxDeliver = -1
 		}
@@ -646,30 +676,23 @@ func parseConsumer(p *Properties) (Consumer, error) {
 		add(conflict(fmt.Sprintf("maxDeliver (%d) cannot be less than the number of backOff steps (%d)", c.MaxDeliver, len(c.BackOff)),
 			"raise maxDeliver or shorten backOff", "maxDeliver", "backOff"))
 	}
-	if p.NakDelay != nil {
-		c.NakDelay = *p.NakDelay
-		if c.NakDelay < 0 {
-			add(fieldErr("nakDelay", c.NakDelay.String(), "must not be negative", "a duration such as 1s, or 0 to redeliver at once"))
-		}
+	if given(&c.NakDelay, p.NakDelay) && c.NakDelay < 0 {
+		add(fieldErr("nakDelay", c.NakDelay.String(), "must not be negative", "a duration such as 1s, or 0 to redeliver at once"))
 	}
-	if p.MaxAckPending != nil {
-		c.MaxAckPending = *p.MaxAckPending
-		if c.MaxAckPending == 0 || c.MaxAckPending < -1 {
-			add(fieldErr("maxAckPending", fmt.Sprint(c.MaxAckPending), "is out of range", "1 or more, or -1 for no limit"))
-		}
+	return errors.Join(errs...)
+}
+
+// parseInFlight reads how many messages may be out at once: maxAckPending on
+// the server, maxInFlight in this component. Without maxInFlight, it follows
+// the ack policy and maxAckPending. The ack policy must be read first.
+func parseInFlight(p *Properties, c *Consumer) error {
+	var errs []error
+	if given(&c.MaxAckPending, p.MaxAckPending) && (c.MaxAckPending == 0 || c.MaxAckPending < -1) {
+		errs = append(errs, fieldErr("maxAckPending", fmt.Sprint(c.MaxAckPending), "is out of range", "1 or more, or -1 for no limit"))
 	}
 	switch {
-	case p.MaxInFlight != nil:
-		c.MaxInFlight = *p.MaxInFlight
-		if c.MaxInFlight < 1 {
-			add(fieldErr("maxInFlight", fmt.Sprint(c.MaxInFlight), "is out of range", "1 or more"))
-		} else if c.MaxAckPending > 0 && c.MaxInFlight > c.MaxAckPending {
-			add(conflict(fmt.Sprintf("maxInFlight (%d) cannot exceed maxAckPending (%d): the server would never hand out that many", c.MaxInFlight, c.MaxAckPending),
-				"lower maxInFlight or raise maxAckPending", "maxInFlight", "maxAckPending"))
-		} else if c.AckPolicy == jetstream.AckAllPolicy && c.MaxInFlight > 1 {
-			add(conflict("ackPolicy all acknowledges every earlier message too, so only one message may be in flight",
-				"set maxInFlight to 1 or use ackPolicy explicit", "ackPolicy", "maxInFlight"))
-		}
+	case given(&c.MaxInFlight, p.MaxInFlight):
+		errs = append(errs, checkMaxInFlight(*c))
 	case c.AckPolicy == jetstream.AckAllPolicy:
 		c.MaxInFlight = 1
 	case c.MaxAckPending > 0:
@@ -677,46 +700,52 @@ func parseConsumer(p *Properties) (Consumer, error) {
 	default:
 		c.MaxInFlight = DefaultMaxInFlight
 	}
-	if p.Replicas != nil {
-		c.Replicas = *p.Replicas
-		if c.Replicas < 0 || c.Replicas > 5 {
-			add(fieldErr("replicas", fmt.Sprint(c.Replicas), "is out of range", "0 (as the stream) to 5"))
-		}
+	return errors.Join(errs...)
+}
+
+// checkMaxInFlight checks a maxInFlight the metadata gave against
+// maxAckPending and the ack policy.
+func checkMaxInFlight(c Consumer) error {
+	switch {
+	case c.MaxInFlight < 1:
+		return fieldErr("maxInFlight", fmt.Sprint(c.MaxInFlight), "is out of range", "1 or more")
+	case c.MaxAckPending > 0 && c.MaxInFlight > c.MaxAckPending:
+		return conflict(fmt.Sprintf("maxInFlight (%d) cannot exceed maxAckPending (%d): the server would never hand out that many", c.MaxInFlight, c.MaxAckPending),
+			"lower maxInFlight or raise maxAckPending", "maxInFlight", "maxAckPending")
+	case c.AckPolicy == jetstream.AckAllPolicy && c.MaxInFlight > 1:
+		return conflict("ackPolicy all acknowledges every earlier message too, so only one message may be in flight",
+			"set maxInFlight to 1 or use ackPolicy explicit", "ackPolicy", "maxInFlight")
 	}
-	if p.MemoryStorage != nil {
-		c.MemoryStorage = bool(*p.MemoryStorage)
-	}
-	if p.RateLimit != nil {
-		c.RateLimit = *p.RateLimit
-	}
-	if p.Heartbeat != nil {
-		c.Heartbeat = *p.Heartbeat
-		if c.Heartbeat != 0 && (c.Heartbeat < 500*time.Millisecond || c.Heartbeat > 30*time.Second) {
-			add(fieldErr("heartbeat", c.Heartbeat.String(), "is out of range", "500ms to 30s, or 0 for the default"))
-		}
-	}
-	if p.FlowControl != nil {
-		c.FlowControl = bool(*p.FlowControl)
-	}
+	return nil
+}
+
+// parseConcurrency reads whether handlers run one at a time or in parallel.
+func parseConcurrency(p *Properties, c *Consumer) error {
 	switch strings.ToLower(p.Concurrency) {
 	case "", "single":
 	case "parallel":
 		c.Parallel = true
 		if c.AckPolicy == jetstream.AckAllPolicy {
-			add(conflict("parallel handlers would acknowledge messages still being processed by others",
-				"use ackPolicy explicit with concurrency parallel", "concurrency", "ackPolicy"))
+			return conflict("parallel handlers would acknowledge messages still being processed by others",
+				"use ackPolicy explicit with concurrency parallel", "concurrency", "ackPolicy")
 		}
 	default:
-		add(fieldErr("concurrency", p.Concurrency, "is not a concurrency mode", "single or parallel"))
+		return fieldErr("concurrency", p.Concurrency, "is not a concurrency mode", "single or parallel")
 	}
-	add(parsePriority(p, &c))
-	if dl := strings.TrimSpace(p.DeadLetterSubject); dl != "" {
-		c.DeadLetterSubject = dl
-		if err := validDeadLetterSubject(dl); err != nil {
-			add(fieldErr("deadLetterSubject", dl, err.Error(), "a NATS subject without wildcards, such as dead.{topic}, where {topic} stands for the subject of the failed message"))
-		}
+	return nil
+}
+
+// parseDeadLetter reads deadLetterSubject.
+func parseDeadLetter(p *Properties, c *Consumer) error {
+	dl := strings.TrimSpace(p.DeadLetterSubject)
+	if dl == "" {
+		return nil
 	}
-	return c, errors.Join(errs...)
+	c.DeadLetterSubject = dl
+	if err := validDeadLetterSubject(dl); err != nil {
+		return fieldErr("deadLetterSubject", dl, err.Error(), "a NATS subject without wildcards, such as dead.{topic}, where {topic} stands for the subject of the failed message")
+	}
+	return nil
 }
 
 // parsePriority reads priorityPolicy and the settings that go with it.
