@@ -331,10 +331,40 @@ func parseConnection(p *Properties) (Connection, error) {
 	var errs []error
 	add := func(err error) { errs = append(errs, err) }
 
-	if strings.TrimFunc(c.URL, func(r rune) bool { return r == ',' || unicode.IsSpace(r) }) == "" {
-		add(fieldErr("natsURL", "", "is required", "a NATS URL such as nats://localhost:4222, or a comma-separated list of them"))
+	var err error
+	c.URL, err = parseServerURLs(c.URL)
+	add(err)
+	if c.Name == "" {
+		c.Name = DefaultName
 	}
-	servers := splitServerURLs(c.URL)
+	if c.ReconnectWait < 0 {
+		add(fieldErr("reconnectWait", c.ReconnectWait.String(), "must not be negative", "a duration such as 2s"))
+	}
+	if c.ReconnectWait == 0 {
+		c.ReconnectWait = DefaultReconnectWait
+	}
+	if c.ConnectTimeout < 0 {
+		add(fieldErr("connectTimeout", c.ConnectTimeout.String(), "must not be negative", "a duration such as 5s"))
+	}
+	if c.ConnectTimeout == 0 {
+		c.ConnectTimeout = DefaultConnectTimeout
+	}
+	add(checkAuth(c))
+	if c.Domain != "" && c.APIPrefix != "" {
+		add(conflict("both choose the JetStream API subject prefix", "set domain for a JetStream domain, or apiPrefix for an imported API, not both", "domain", "apiPrefix"))
+	}
+	return c, errors.Join(errs...)
+}
+
+// parseServerURLs checks each URL of a natsURL list and returns the list with
+// the commas in user information percent-encoded. Errors never show what may
+// be a user or password.
+func parseServerURLs(list string) (string, error) {
+	var errs []error
+	if strings.TrimFunc(list, func(r rune) bool { return r == ',' || unicode.IsSpace(r) }) == "" {
+		errs = append(errs, fieldErr("natsURL", "", "is required", "a NATS URL such as nats://localhost:4222, or a comma-separated list of them"))
+	}
+	servers := splitServerURLs(list)
 	shown := redactServerURLs(servers)
 	for i, raw := range servers {
 		u := strings.TrimSpace(raw)
@@ -352,35 +382,41 @@ func parseConnection(p *Properties) (Connection, error) {
 				problem += " (what may be a user or password is hidden)"
 				accepted += "; percent-encode , @ / ? # % or a space in a user or password: %2C %40 %2F %3F %23 %25 %20"
 			}
-			add(fieldErr("natsURL", value, problem, accepted))
+			errs = append(errs, fieldErr("natsURL", value, problem, accepted))
 			continue
 		}
 		servers[i] = escapeUserInfoCommas(raw)
 	}
-	c.URL = strings.Join(servers, ",")
-	if c.Name == "" {
-		c.Name = DefaultName
-	}
-	if c.ReconnectWait < 0 {
-		add(fieldErr("reconnectWait", c.ReconnectWait.String(), "must not be negative", "a duration such as 2s"))
-	}
-	if c.ReconnectWait == 0 {
-		c.ReconnectWait = DefaultReconnectWait
-	}
-	if c.ConnectTimeout < 0 {
-		add(fieldErr("connectTimeout", c.ConnectTimeout.String(), "must not be negative", "a duration such as 5s"))
-	}
-	if c.ConnectTimeout == 0 {
-		c.ConnectTimeout = DefaultConnectTimeout
-	}
+	return strings.Join(servers, ","), errors.Join(errs...)
+}
 
-	// Authentication: at most one identity, optionally with TLS.
+// checkAuth checks the authentication fields: at most one identity, each
+// complete, optionally with a TLS client certificate.
+func checkAuth(c Connection) error {
+	var errs []error
+	add := func(err error) { errs = append(errs, err) }
 	if (c.JWT == "") != (c.SeedKey == "") {
 		add(conflict("must be set together: the user JWT and the seed that signs it", "set both, or use credsFile", "jwt", "seedKey"))
 	}
 	if (c.User == "") != (c.Password == "") {
 		add(conflict("must be set together", "set both, or neither", "user", "password"))
 	}
+	if identities := identityFields(c); len(identities) > 1 {
+		add(conflict("each give NATS a user identity and only one can be used", "keep one of them (TLS client certificates combine with any)", identities...))
+	}
+	for _, seed := range []struct{ field, value string }{{"seedKey", c.SeedKey}, {"nkeySeed", c.NKeySeed}} {
+		if seed.value != "" && !strings.HasPrefix(strings.TrimSpace(seed.value), "SU") {
+			add(fieldErr(seed.field, seed.value, "is not an NKey user seed", "a user seed, which starts with SU"))
+		}
+	}
+	if (c.TLSClientCert == "") != (c.TLSClientKey == "") {
+		add(conflict("must be set together", "set both paths, or neither", "tls_client_cert", "tls_client_key"))
+	}
+	return errors.Join(errs...)
+}
+
+// identityFields names the user identities the fields give NATS.
+func identityFields(c Connection) []string {
 	identities := []string{}
 	if c.Token != "" {
 		identities = append(identities, "token")
@@ -397,21 +433,7 @@ func parseConnection(p *Properties) (Connection, error) {
 	if c.CredsFile != "" {
 		identities = append(identities, "credsFile")
 	}
-	if len(identities) > 1 {
-		add(conflict("each give NATS a user identity and only one can be used", "keep one of them (TLS client certificates combine with any)", identities...))
-	}
-	for _, seed := range []struct{ field, value string }{{"seedKey", c.SeedKey}, {"nkeySeed", c.NKeySeed}} {
-		if seed.value != "" && !strings.HasPrefix(strings.TrimSpace(seed.value), "SU") {
-			add(fieldErr(seed.field, seed.value, "is not an NKey user seed", "a user seed, which starts with SU"))
-		}
-	}
-	if (c.TLSClientCert == "") != (c.TLSClientKey == "") {
-		add(conflict("must be set together", "set both paths, or neither", "tls_client_cert", "tls_client_key"))
-	}
-	if c.Domain != "" && c.APIPrefix != "" {
-		add(conflict("both choose the JetStream API subject prefix", "set domain for a JetStream domain, or apiPrefix for an imported API, not both", "domain", "apiPrefix"))
-	}
-	return c, errors.Join(errs...)
+	return identities
 }
 
 func parsePublish(p *Properties) Publish {
@@ -831,69 +853,16 @@ func startTimeUnit(v int64) (string, int64) {
 // parseDeliver infers the deliver policy from deliverPolicy, deliverAll,
 // startSequence and startTime, and rejects combinations that contradict.
 func parseDeliver(p *Properties, c *Consumer) error {
-	var errs []error
-	add := func(err error) { errs = append(errs, err) }
-	deliverAll := p.DeliverAll != nil && bool(*p.DeliverAll)
-
-	if p.StartSequence != nil && *p.StartSequence == 0 {
-		add(fieldErr("startSequence", "0", "is out of range", "a stream sequence number, 1 or more"))
+	if err := checkStart(p); err != nil {
+		return err
 	}
-	if p.StartTime != nil {
-		switch v := *p.StartTime; {
-		case v <= 0:
-			add(fieldErr("startTime", fmt.Sprint(v), "is out of range", "a Unix time in seconds, such as 1700000000"))
-		case v > maxStartTime:
-			unit, secs := startTimeUnit(v)
-			when := "the year 5138 or later"
-			if v > lastSendableStartTime {
-				when = "after the year 9999"
-			}
-			add(fieldErr("startTime", fmt.Sprint(v), fmt.Sprintf("looks like %s, not seconds (as seconds it is %s)", unit, when),
-				fmt.Sprintf("a Unix time in seconds, such as %d (%s)", secs, time.Unix(secs, 0).UTC().Format(time.RFC3339))))
-		}
+	policy, err := deliverPolicyName(p.DeliverPolicy)
+	if err != nil {
+		return err
 	}
-	if len(errs) > 0 {
-		return errors.Join(errs...)
-	}
-	if p.StartSequence != nil && p.StartTime != nil {
-		return conflict("each choose where a new consumer starts", "keep one of them", "startSequence", "startTime")
-	}
-	if deliverAll && p.StartSequence != nil {
-		return conflict("deliverAll starts at the first message, startSequence elsewhere", "keep one of them", "deliverAll", "startSequence")
-	}
-	if deliverAll && p.StartTime != nil {
-		return conflict("deliverAll starts at the first message, startTime elsewhere", "keep one of them", "deliverAll", "startTime")
-	}
-
-	policy := strings.ToLower(p.DeliverPolicy)
-	switch policy {
-	case "":
-	case "all", "last", "new":
-	case "sequence", "by_start_sequence", "bystartsequence":
-		policy = "sequence"
-	case "time", "by_start_time", "bystarttime":
-		policy = "time"
-	case "last_per_subject", "lastpersubject":
-		policy = "last_per_subject"
-	default:
-		return fieldErr("deliverPolicy", p.DeliverPolicy, "is not a deliver policy", "all, last, new, sequence, time or last_per_subject")
-	}
-
 	switch {
 	case p.StartSequence != nil:
-		c.StartSequence = *p.StartSequence
-		c.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
-		switch {
-		case policy == "" || policy == "sequence":
-		case policy == "all" && c.StartSequence == 1:
-			// "all" and "from sequence 1" are the same thing. The server
-			// rejects a start sequence next to DeliverAllPolicy.
-			c.DeliverPolicy = jetstream.DeliverAllPolicy
-			c.StartSequence = 0
-		default:
-			return conflict(fmt.Sprintf("deliverPolicy %q contradicts startSequence %d", p.DeliverPolicy, c.StartSequence),
-				"remove deliverPolicy (startSequence alone means sequence) or set it to sequence", "deliverPolicy", "startSequence")
-		}
+		return deliverFromSequence(p, c, policy)
 	case p.StartTime != nil:
 		c.StartTime = time.Unix(*p.StartTime, 0).UTC()
 		c.DeliverPolicy = jetstream.DeliverByStartTimePolicy
@@ -901,29 +870,114 @@ func parseDeliver(p *Properties, c *Consumer) error {
 			return conflict(fmt.Sprintf("deliverPolicy %q contradicts startTime", p.DeliverPolicy),
 				"remove deliverPolicy (startTime alone means time) or set it to time", "deliverPolicy", "startTime")
 		}
-	case deliverAll:
+	case p.DeliverAll != nil && bool(*p.DeliverAll):
 		c.DeliverPolicy = jetstream.DeliverAllPolicy
 		if policy != "" && policy != "all" {
 			return conflict(fmt.Sprintf("deliverAll contradicts deliverPolicy %q", p.DeliverPolicy), "keep one of them", "deliverAll", "deliverPolicy")
 		}
 	default:
-		switch policy {
-		case "":
-			c.StartAtSubscribe = true
-			c.DeliverPolicy = jetstream.DeliverByStartTimePolicy
-		case "all":
-			c.DeliverPolicy = jetstream.DeliverAllPolicy
-		case "last":
-			c.DeliverPolicy = jetstream.DeliverLastPolicy
-		case "new":
-			c.DeliverPolicy = jetstream.DeliverNewPolicy
-		case "last_per_subject":
-			c.DeliverPolicy = jetstream.DeliverLastPerSubjectPolicy
-		case "sequence":
-			return fieldErr("deliverPolicy", p.DeliverPolicy, "needs a start sequence", "set startSequence too, or drop deliverPolicy and set only startSequence")
-		case "time":
-			return fieldErr("deliverPolicy", p.DeliverPolicy, "needs a start time", "set startTime too, or drop deliverPolicy and set only startTime")
+		return deliverByPolicy(p, c, policy)
+	}
+	return nil
+}
+
+// checkStart checks startSequence and startTime, and that at most one of
+// them and deliverAll chooses where a new consumer starts.
+func checkStart(p *Properties) error {
+	var errs []error
+	if p.StartSequence != nil && *p.StartSequence == 0 {
+		errs = append(errs, fieldErr("startSequence", "0", "is out of range", "a stream sequence number, 1 or more"))
+	}
+	if p.StartTime != nil {
+		errs = append(errs, checkStartTime(*p.StartTime))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	deliverAll := p.DeliverAll != nil && bool(*p.DeliverAll)
+	switch {
+	case p.StartSequence != nil && p.StartTime != nil:
+		return conflict("each choose where a new consumer starts", "keep one of them", "startSequence", "startTime")
+	case deliverAll && p.StartSequence != nil:
+		return conflict("deliverAll starts at the first message, startSequence elsewhere", "keep one of them", "deliverAll", "startSequence")
+	case deliverAll && p.StartTime != nil:
+		return conflict("deliverAll starts at the first message, startTime elsewhere", "keep one of them", "deliverAll", "startTime")
+	}
+	return nil
+}
+
+// checkStartTime rejects a startTime that is not positive, or that was most
+// likely given in a unit smaller than seconds.
+func checkStartTime(v int64) error {
+	switch {
+	case v <= 0:
+		return fieldErr("startTime", fmt.Sprint(v), "is out of range", "a Unix time in seconds, such as 1700000000")
+	case v > maxStartTime:
+		unit, secs := startTimeUnit(v)
+		when := "the year 5138 or later"
+		if v > lastSendableStartTime {
+			when = "after the year 9999"
 		}
+		return fieldErr("startTime", fmt.Sprint(v), fmt.Sprintf("looks like %s, not seconds (as seconds it is %s)", unit, when),
+			fmt.Sprintf("a Unix time in seconds, such as %d (%s)", secs, time.Unix(secs, 0).UTC().Format(time.RFC3339)))
+	}
+	return nil
+}
+
+// deliverPolicyName is the canonical name of a deliverPolicy value, of the
+// several spellings each policy accepts; "" when none was given.
+func deliverPolicyName(v string) (string, error) {
+	switch policy := strings.ToLower(v); policy {
+	case "", "all", "last", "new":
+		return policy, nil
+	case "sequence", "by_start_sequence", "bystartsequence":
+		return "sequence", nil
+	case "time", "by_start_time", "bystarttime":
+		return "time", nil
+	case "last_per_subject", "lastpersubject":
+		return "last_per_subject", nil
+	}
+	return "", fieldErr("deliverPolicy", v, "is not a deliver policy", "all, last, new, sequence, time or last_per_subject")
+}
+
+// deliverFromSequence starts at startSequence, which policy, if given, must
+// agree with.
+func deliverFromSequence(p *Properties, c *Consumer, policy string) error {
+	c.StartSequence = *p.StartSequence
+	c.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
+	switch {
+	case policy == "" || policy == "sequence":
+	case policy == "all" && c.StartSequence == 1:
+		// "all" and "from sequence 1" are the same thing. The server
+		// rejects a start sequence next to DeliverAllPolicy.
+		c.DeliverPolicy = jetstream.DeliverAllPolicy
+		c.StartSequence = 0
+	default:
+		return conflict(fmt.Sprintf("deliverPolicy %q contradicts startSequence %d", p.DeliverPolicy, c.StartSequence),
+			"remove deliverPolicy (startSequence alone means sequence) or set it to sequence", "deliverPolicy", "startSequence")
+	}
+	return nil
+}
+
+// deliverByPolicy applies a deliver policy given without a start: none
+// means from the moment of subscribing.
+func deliverByPolicy(p *Properties, c *Consumer, policy string) error {
+	switch policy {
+	case "":
+		c.StartAtSubscribe = true
+		c.DeliverPolicy = jetstream.DeliverByStartTimePolicy
+	case "all":
+		c.DeliverPolicy = jetstream.DeliverAllPolicy
+	case "last":
+		c.DeliverPolicy = jetstream.DeliverLastPolicy
+	case "new":
+		c.DeliverPolicy = jetstream.DeliverNewPolicy
+	case "last_per_subject":
+		c.DeliverPolicy = jetstream.DeliverLastPerSubjectPolicy
+	case "sequence":
+		return fieldErr("deliverPolicy", p.DeliverPolicy, "needs a start sequence", "set startSequence too, or drop deliverPolicy and set only startSequence")
+	case "time":
+		return fieldErr("deliverPolicy", p.DeliverPolicy, "needs a start time", "set startTime too, or drop deliverPolicy and set only startTime")
 	}
 	return nil
 }
