@@ -7,6 +7,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/dapr-nats/jetstream-pubsub/metadata"
 )
@@ -70,6 +72,31 @@ func (e *Error) Error() string {
 }
 
 func (e *Error) Unwrap() error { return e.Err }
+
+// GRPCStatus gives e the gRPC status that daprd gets for it over the socket,
+// so that status.FromError and status.Code read the same code from an error
+// of an in-process PubSub, and Dapr's retry matching treats both alike. A
+// deadline or a cancellation keeps its own code whatever the Kind: it tells
+// about the call, not the request.
+func (e *Error) GRPCStatus() *status.Status {
+	return status.New(e.code(), e.Error())
+}
+
+func (e *Error) code() codes.Code {
+	switch {
+	case errors.Is(e.Err, context.DeadlineExceeded):
+		return codes.DeadlineExceeded
+	case errors.Is(e.Err, context.Canceled):
+		return codes.Canceled
+	}
+	switch e.Kind {
+	case KindInvalid:
+		return codes.InvalidArgument
+	case KindRejected:
+		return codes.FailedPrecondition
+	}
+	return codes.Unavailable
+}
 
 // KindOf returns the Kind of err. Errors this package did not classify count
 // as KindUnavailable, the kind that is safe to retry.

@@ -478,6 +478,8 @@ func (s *Server) pendingAcks() int {
 	return n
 }
 
+// toStatus is the gRPC status daprd gets for err. A *jetstream.Error carries
+// its own (see its GRPCStatus); any other error gets the one of its Kind.
 func toStatus(err error) error {
 	if err == nil {
 		return nil
@@ -485,20 +487,7 @@ func toStatus(err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
-	switch {
-	case errors.Is(err, context.DeadlineExceeded):
-		return status.Error(codes.DeadlineExceeded, err.Error())
-	case errors.Is(err, context.Canceled):
-		return status.Error(codes.Canceled, err.Error())
-	}
-	switch jetstream.KindOf(err) {
-	case jetstream.KindInvalid:
-		return status.Error(codes.InvalidArgument, err.Error())
-	case jetstream.KindRejected:
-		return status.Error(codes.FailedPrecondition, err.Error())
-	default:
-		return status.Error(codes.Unavailable, err.Error())
-	}
+	return status.Error(status.Code(&jetstream.Error{Kind: jetstream.KindOf(err), Err: err}), err.Error())
 }
 
 func deref(s *string) string {
