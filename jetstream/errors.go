@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 
 	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
@@ -28,6 +29,19 @@ const (
 	// covers the topic, TTL not allowed, ...). It needs a configuration change.
 	KindRejected
 )
+
+// String names the Kind as its constant does, without the prefix.
+func (k Kind) String() string {
+	switch k {
+	case KindUnavailable:
+		return "unavailable"
+	case KindInvalid:
+		return "invalid"
+	case KindRejected:
+		return "rejected"
+	}
+	return "Kind(" + strconv.Itoa(int(k)) + ")"
+}
 
 var (
 	// ErrNotInitialized is returned by calls made before Init succeeded.

@@ -58,3 +58,11 @@ func TestInProcessErrorsCarryGRPCCode(t *testing.T) {
 	require.Error(t, err)
 	assert.Equal(t, codes.InvalidArgument, status.Code(err), "bulk publish with a bad entry: %v", err)
 }
+
+func TestKindString(t *testing.T) {
+	assert.Equal(t, "unavailable", KindUnavailable.String())
+	assert.Equal(t, "invalid", KindInvalid.String())
+	assert.Equal(t, "rejected", KindRejected.String())
+	assert.Equal(t, "Kind(7)", Kind(7).String())
+	assert.Equal(t, "kind rejected", fmt.Sprintf("kind %v", KindRejected), "fmt prints a Kind by its name")
+}
