@@ -351,9 +351,16 @@ func (p *PubSub) endClose(nc *nats.Conn) error {
 	}
 	desk.unregister(p)
 	if !nc.IsConnected() {
+		// Nothing buffered can reach a server that is not there.
 		nc.Close()
 		return nil
 	}
+	return drain(nc, drainTimeout)
+}
+
+// drain has nc deliver what its subscriptions hold and flush what it
+// buffers, then closes it; after timeout, it closes nc as it is.
+func drain(nc *nats.Conn, timeout time.Duration) error {
 	done := make(chan struct{})
 	nc.SetClosedHandler(func(*nats.Conn) { close(done) })
 	if err := nc.Drain(); err != nil {
@@ -362,7 +369,7 @@ func (p *PubSub) endClose(nc *nats.Conn) error {
 	}
 	select {
 	case <-done:
-	case <-time.After(drainTimeout):
+	case <-time.After(timeout):
 		nc.Close()
 	}
 	return nil
