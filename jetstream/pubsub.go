@@ -288,6 +288,8 @@ func (p *PubSub) subscriptionsLocked() []*subscription {
 
 // Close stops every subscription (messages not yet acknowledged go back to
 // JetStream), drains the connection and returns when everything has stopped.
+// The error says why the connection could not be drained; it is closed
+// anyway. A second Close returns nil.
 func (p *PubSub) Close() error {
 	nc, ok := p.beginClose()
 	if !ok {
@@ -359,20 +361,22 @@ func (p *PubSub) endClose(nc *nats.Conn) error {
 }
 
 // drain has nc deliver what its subscriptions hold and flush what it
-// buffers, then closes it; after timeout, it closes nc as it is.
+// buffers, then closes it; after timeout, it closes nc as it is. Either way
+// nc ends closed, and an error says that what nc held may be lost.
 func drain(nc *nats.Conn, timeout time.Duration) error {
 	done := make(chan struct{})
 	nc.SetClosedHandler(func(*nats.Conn) { close(done) })
 	if err := nc.Drain(); err != nil {
 		nc.Close()
-		return nil
+		return fmt.Errorf("jetstream pubsub: close: drain the NATS connection: %w; closed it without draining", err)
 	}
 	select {
 	case <-done:
+		return nil
 	case <-time.After(timeout):
 		nc.Close()
+		return fmt.Errorf("jetstream pubsub: close: draining the NATS connection did not finish within %s; closed it without finishing", timeout)
 	}
-	return nil
 }
 
 // Closing is closed when Close starts. A DeliverFunc blocked on a slow
