@@ -174,24 +174,13 @@ func (p *PubSub) newMsg(topic string, data []byte, md map[string]string, content
 	if err := metadata.ValidSubject(topic, false); err != nil {
 		return nil, needs{}, fmt.Errorf("%w: topic %s; use a NATS subject such as orders or orders.created", ErrInvalidRequest, err)
 	}
-	if limit := p.maxPayload(); limit > 0 && int64(len(data)) > limit {
+	limit := p.maxPayload()
+	if limit > 0 && int64(len(data)) > limit {
 		return nil, needs{}, fmt.Errorf("%w: message of %d bytes exceeds the server's max_payload of %d bytes", nats.ErrMaxPayload, len(data), limit)
 	}
 	msg := &nats.Msg{Subject: topic, Data: data, Header: make(nats.Header, len(md)+2)}
-	for k, v := range md {
-		if key := expectationKey(k); key != "" {
-			if err := setExpectation(msg, topic, key, v); err != nil {
-				return nil, needs{}, err
-			}
-			continue
-		}
-		if reservedKey(k) {
-			continue
-		}
-		if err := validHeader(k, v); err != nil {
-			return nil, needs{}, err
-		}
-		msg.Header.Set(k, v)
+	if err := setHeaders(msg, md); err != nil {
+		return nil, needs{}, err
 	}
 	if contentType != "" {
 		msg.Header.Set(HeaderContentType, contentType)
@@ -208,38 +197,85 @@ func (p *PubSub) newMsg(topic string, data []byte, md map[string]string, content
 		msg.Header.Set(natsjs.MsgIDHeader, scopedMsgID(topic, id))
 	}
 	var need needs
-	ttl, ok, err := contribmd.TryGetTTL(md)
-	if err != nil {
-		return nil, needs{}, fmt.Errorf("%w: %v", ErrInvalidRequest, err)
-	}
-	if ok {
-		if ttl < time.Second {
-			return nil, needs{}, fmt.Errorf("%w: ttlInSeconds must be 1 or more, got %s", ErrInvalidRequest, ttl)
-		}
-		msg.Header.Set(natsjs.MsgTTLHeader, strconv.FormatInt(int64(ttl/time.Second), 10)+"s")
-		need.ttl = true
-	}
-	at, err := scheduledFor(md, time.Now())
-	if err != nil {
+	var err error
+	if need.ttl, err = setTTL(msg, md); err != nil {
 		return nil, needs{}, err
 	}
-	if !at.IsZero() {
-		if e := expectations(md); len(e) > 0 {
-			return nil, needs{}, fmt.Errorf("%w: metadata %s cannot be combined with %s: JetStream checks an expectation when it stores the schedule, not when the message reaches the topic, so the check cannot guard that append; publish without a delay to append on a condition",
-				ErrInvalidRequest, scheduleKey(md), e[0].key)
-		}
-		setSchedule(msg, at)
-		need.schedule = true
+	if need.schedule, err = setScheduleFromMetadata(msg, md); err != nil {
+		return nil, needs{}, err
 	}
-	// The headers count against max_payload too; nats.go would only say
-	// "maximum payload exceeded".
-	if limit := p.maxPayload(); limit > 0 {
-		if size := int64(msg.Size() - len(msg.Subject)); size > limit {
-			return nil, needs{}, fmt.Errorf("%w: message of %d bytes (%d of data, %d of headers) exceeds the server's max_payload of %d bytes",
-				nats.ErrMaxPayload, size, len(data), size-int64(len(data)), limit)
-		}
+	if err := fitsMaxPayload(msg, limit); err != nil {
+		return nil, needs{}, err
 	}
 	return msg, need, nil
+}
+
+// setHeaders copies the publish metadata into the headers of msg, except
+// the keys meant for Dapr or this component; expectations become the
+// headers JetStream checks them by.
+func setHeaders(msg *nats.Msg, md map[string]string) error {
+	for k, v := range md {
+		if key := expectationKey(k); key != "" {
+			if err := setExpectation(msg, msg.Subject, key, v); err != nil {
+				return err
+			}
+			continue
+		}
+		if reservedKey(k) {
+			continue
+		}
+		if err := validHeader(k, v); err != nil {
+			return err
+		}
+		msg.Header.Set(k, v)
+	}
+	return nil
+}
+
+// setTTL sets the per-message TTL that ttlInSeconds asks for, and reports
+// whether there is one.
+func setTTL(msg *nats.Msg, md map[string]string) (bool, error) {
+	ttl, ok, err := contribmd.TryGetTTL(md)
+	if err != nil {
+		return false, fmt.Errorf("%w: %v", ErrInvalidRequest, err)
+	}
+	if !ok {
+		return false, nil
+	}
+	if ttl < time.Second {
+		return false, fmt.Errorf("%w: ttlInSeconds must be 1 or more, got %s", ErrInvalidRequest, ttl)
+	}
+	msg.Header.Set(natsjs.MsgTTLHeader, strconv.FormatInt(int64(ttl/time.Second), 10)+"s")
+	return true, nil
+}
+
+// setScheduleFromMetadata delays msg as the metadata asks, and reports
+// whether it does.
+func setScheduleFromMetadata(msg *nats.Msg, md map[string]string) (bool, error) {
+	at, err := scheduledFor(md, time.Now())
+	if err != nil || at.IsZero() {
+		return false, err
+	}
+	if e := expectations(md); len(e) > 0 {
+		return false, fmt.Errorf("%w: metadata %s cannot be combined with %s: JetStream checks an expectation when it stores the schedule, not when the message reaches the topic, so the check cannot guard that append; publish without a delay to append on a condition",
+			ErrInvalidRequest, scheduleKey(md), e[0].key)
+	}
+	setSchedule(msg, at)
+	return true, nil
+}
+
+// fitsMaxPayload checks msg, headers included, against the server's
+// max_payload (none when limit is 0); nats.go would only say "maximum
+// payload exceeded".
+func fitsMaxPayload(msg *nats.Msg, limit int64) error {
+	if limit <= 0 {
+		return nil
+	}
+	if size := int64(msg.Size() - len(msg.Subject)); size > limit {
+		return fmt.Errorf("%w: message of %d bytes (%d of data, %d of headers) exceeds the server's max_payload of %d bytes",
+			nats.ErrMaxPayload, size, len(msg.Data), size-int64(len(msg.Data)), limit)
+	}
+	return nil
 }
 
 func (p *PubSub) maxPayload() int64 {
