@@ -475,6 +475,17 @@ func parseStream(p *Properties) (Stream, error) {
 	if given(&s.Replicas, p.StreamReplicas) && (s.Replicas < 1 || s.Replicas > 5) {
 		add(fieldErr("streamReplicas", fmt.Sprint(s.Replicas), "is out of range", "1 to 5"))
 	}
+	add(parseStreamLimits(p, &s))
+	add(parseStreamPolicies(p, &s))
+	s.Given = givenStreamKeys(p)
+	return s, errors.Join(errs...)
+}
+
+// parseStreamLimits reads the age, message and byte limits, and the
+// duplicate window, which the age limit bounds.
+func parseStreamLimits(p *Properties, s *Stream) error {
+	var errs []error
+	add := func(err error) { errs = append(errs, err) }
 	if s.MaxAge < 0 {
 		add(fieldErr("streamMaxAge", s.MaxAge.String(), "must not be negative", "a duration such as 24h, or 0 for no limit"))
 	}
@@ -501,9 +512,7 @@ func parseStream(p *Properties) (Stream, error) {
 	if s.MaxAge > 0 && s.DuplicateWindow > s.MaxAge {
 		add(conflict("the duplicate window cannot be longer than the age limit", "shorten streamDuplicateWindow or lengthen streamMaxAge", "streamDuplicateWindow", "streamMaxAge"))
 	}
-	add(parseStreamPolicies(p, &s))
-	s.Given = givenStreamKeys(p)
-	return s, errors.Join(errs...)
+	return errors.Join(errs...)
 }
 
 // workQueueConsumer checks the component's consumer settings against
