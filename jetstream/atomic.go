@@ -10,7 +10,7 @@ import (
 
 	"github.com/dapr/components-contrib/pubsub"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/synadia-io/orbit.go/jetstreamext"
 
 	"github.com/dapr-nats/jetstream-pubsub/metadata"
@@ -38,7 +38,7 @@ func bulkAtomic(cfg *metadata.Config, md map[string]string) (bool, error) {
 // bulkPublishAtomic publishes the entries of req as one atomic batch
 // (nats-server 2.12+): JetStream stores every entry or none. Whatever fails,
 // every entry is reported failed, with the reason.
-func (p *PubSub) bulkPublishAtomic(ctx context.Context, js jetstream.JetStream, streams *streams, req *pubsub.BulkPublishRequest) (pubsub.BulkPublishResponse, error) {
+func (p *PubSub) bulkPublishAtomic(ctx context.Context, js natsjs.JetStream, streams *streams, req *pubsub.BulkPublishRequest) (pubsub.BulkPublishResponse, error) {
 	fail := func(err error) (pubsub.BulkPublishResponse, error) {
 		err = classify("bulk publish to", req.Topic, err)
 		return pubsub.NewBulkPublishResponse(req.Entries, err), err
@@ -90,7 +90,7 @@ func (p *PubSub) countBatch(topic string, sent time.Time, n int, err error) {
 
 // publishBatch makes sure the stream of topic takes msgs, and publishes them
 // as one atomic batch.
-func publishBatch(ctx context.Context, js jetstream.JetStream, streams *streams, topic string, need needs, msgs []*nats.Msg) error {
+func publishBatch(ctx context.Context, js natsjs.JetStream, streams *streams, topic string, need needs, msgs []*nats.Msg) error {
 	stream, err := prepare(ctx, streams, topic, need)
 	if err == nil {
 		err = streams.ensureAtomic(ctx, stream)
@@ -139,7 +139,7 @@ func failedByEntry(req *pubsub.BulkPublishRequest, bad int, err error) (pubsub.B
 // stored: nothing, except after a timeout, when the outcome is unknown.
 func explainBatch(err error, req *pubsub.BulkPublishRequest, stored func() string) error {
 	n := len(req.Entries)
-	var apiErr *jetstream.APIError
+	var apiErr *natsjs.APIError
 	switch {
 	case errors.As(err, &apiErr) && apiErr.ErrorCode == jetstreamext.JSErrCodeBatchPublishExceedsLimit:
 		_, limit, _ := strings.Cut(apiErr.Description, ": ")
@@ -177,7 +177,7 @@ func explainBatchExpectation(err error, req *pubsub.BulkPublishRequest, stored f
 	return fmt.Errorf("atomic bulk of %d entries: %w; nothing was stored", len(req.Entries), err)
 }
 
-func isAPIError(err error, code jetstream.ErrorCode) bool {
-	var apiErr *jetstream.APIError
+func isAPIError(err error, code natsjs.ErrorCode) bool {
+	var apiErr *natsjs.APIError
 	return errors.As(err, &apiErr) && apiErr.ErrorCode == code
 }

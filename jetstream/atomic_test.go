@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/dapr/components-contrib/pubsub"
-	"github.com/nats-io/nats.go/jetstream"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -190,7 +190,7 @@ func TestBulkPublishAtomicLimits(t *testing.T) {
 func TestBulkPublishAtomicNotAllowed(t *testing.T) {
 	t.Parallel()
 	ns, js := startNATS(t)
-	_, err := js.CreateStream(ctx(t), jetstream.StreamConfig{Name: "PLAIN", Subjects: []string{"plain"}})
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "PLAIN", Subjects: []string{"plain"}})
 	require.NoError(t, err)
 	ps, _ := open(t, ns.ClientURL(), map[string]string{"autoProvision": "false"})
 	resp, err := ps.BulkPublish(ctx(t), &pubsub.BulkPublishRequest{Topic: "plain", Entries: textEntries("k", 2), Metadata: atomicBulk})

@@ -1,6 +1,7 @@
 package jetstream
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 
 	"github.com/dapr-nats/jetstream-pubsub/metadata"
@@ -33,63 +35,12 @@ func connectOptions(c metadata.Connection) ([]nats.Option, error) {
 		nats.PingInterval(pingInterval(c.ReconnectWait)),
 		nats.MaxPingsOutstanding(2),
 	}
-	var errs []error
-	readable := func(field, path string) bool {
-		f, err := os.Open(path)
-		if err != nil {
-			errs = append(errs, &metadata.FieldError{Field: field, Value: path, Problem: "cannot be read: " + errWithoutPath(err, path), Accepted: "the path of a readable file"})
-			return false
-		}
-		_ = f.Close()
-		return true
-	}
-
-	switch {
-	case c.Token != "":
-		opts = append(opts, nats.Token(c.Token))
-	case c.User != "":
-		opts = append(opts, nats.UserInfo(c.User, c.Password))
-	case c.JWT != "":
-		opts = append(opts, nats.UserJWTAndSeed(strings.TrimSpace(c.JWT), strings.TrimSpace(c.SeedKey)))
-	case c.NKeySeed != "":
-		kp, err := nkeys.FromSeed([]byte(strings.TrimSpace(c.NKeySeed)))
-		if err != nil {
-			errs = append(errs, &metadata.FieldError{Field: "nkeySeed", Problem: "is not a valid NKey seed", Accepted: "a user seed, which starts with SU"})
-			break
-		}
-		pub, err := kp.PublicKey()
-		if err != nil {
-			errs = append(errs, &metadata.FieldError{Field: "nkeySeed", Problem: "has no public key", Accepted: "a user seed, which starts with SU"})
-			break
-		}
-		opts = append(opts, nats.Nkey(pub, kp.Sign))
-	case c.CredsFile != "":
-		if readable("credsFile", c.CredsFile) {
-			if err := checkCreds(c.CredsFile); err != nil {
-				errs = append(errs, err)
-			} else {
-				opts = append(opts, nats.UserCredentials(c.CredsFile))
-			}
-		}
-	}
-
-	if c.TLSClientCert != "" && readable("tls_client_cert", c.TLSClientCert) && readable("tls_client_key", c.TLSClientKey) {
-		if err := checkKeyPair(c.TLSClientCert, c.TLSClientKey); err != nil {
-			errs = append(errs, err)
-		} else {
-			opts = append(opts, nats.ClientCert(c.TLSClientCert, c.TLSClientKey))
-		}
-	}
-	if c.TLSCAFile != "" && readable("tls_ca_file", c.TLSCAFile) {
-		if b, err := os.ReadFile(c.TLSCAFile); err != nil || !x509.NewCertPool().AppendCertsFromPEM(b) {
-			errs = append(errs, &metadata.FieldError{Field: "tls_ca_file", Value: c.TLSCAFile, Problem: "holds no PEM certificate", Accepted: "a PEM bundle of CA certificates"})
-		} else {
-			opts = append(opts, nats.RootCAs(c.TLSCAFile))
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
+	auth, authErr := authOptions(c)
+	tlsOpts, tlsErr := tlsOptions(c)
+	if err := errors.Join(authErr, tlsErr); err != nil {
 		return nil, err
 	}
+	opts = append(append(opts, auth...), tlsOpts...)
 	// Apply the TLS options once now: nats.go loads the files inside the
 	// option, so a certificate that does not parse is reported here.
 	probe := nats.GetDefaultOptions()
@@ -99,6 +50,198 @@ func connectOptions(c metadata.Connection) ([]nats.Option, error) {
 		}
 	}
 	return opts, nil
+}
+
+// authOptions gives NATS the one user identity the settings hold, if any.
+func authOptions(c metadata.Connection) ([]nats.Option, error) {
+	switch {
+	case c.Token != "":
+		return []nats.Option{nats.Token(c.Token)}, nil
+	case c.User != "":
+		return []nats.Option{nats.UserInfo(c.User, c.Password)}, nil
+	case c.JWT != "":
+		return []nats.Option{nats.UserJWTAndSeed(strings.TrimSpace(c.JWT), strings.TrimSpace(c.SeedKey))}, nil
+	case c.NKeySeed != "":
+		return nkeyOptions(c.NKeySeed)
+	case c.CredsFile != "":
+		if err := readable("credsFile", c.CredsFile); err != nil {
+			return nil, err
+		}
+		if err := checkCreds(c.CredsFile); err != nil {
+			return nil, err
+		}
+		return []nats.Option{nats.UserCredentials(c.CredsFile)}, nil
+	}
+	return nil, nil
+}
+
+// nkeyOptions signs in with an NKey user seed. The errors never quote the
+// seed.
+func nkeyOptions(seed string) ([]nats.Option, error) {
+	kp, err := nkeys.FromSeed([]byte(strings.TrimSpace(seed)))
+	if err != nil {
+		return nil, &metadata.FieldError{Field: "nkeySeed", Problem: "is not a valid NKey seed", Accepted: "a user seed, which starts with SU"}
+	}
+	pub, err := kp.PublicKey()
+	if err != nil {
+		return nil, &metadata.FieldError{Field: "nkeySeed", Problem: "has no public key", Accepted: "a user seed, which starts with SU"}
+	}
+	return []nats.Option{nats.Nkey(pub, kp.Sign)}, nil
+}
+
+// tlsOptions adds the client certificate and the trusted CAs, once their
+// files are readable and hold what they should.
+func tlsOptions(c metadata.Connection) ([]nats.Option, error) {
+	var opts []nats.Option
+	var errs []error
+	if c.TLSClientCert != "" {
+		err := readable("tls_client_cert", c.TLSClientCert)
+		if err == nil {
+			err = readable("tls_client_key", c.TLSClientKey)
+		}
+		if err == nil {
+			err = checkKeyPair(c.TLSClientCert, c.TLSClientKey)
+		}
+		if err != nil {
+			errs = append(errs, err)
+		} else {
+			opts = append(opts, nats.ClientCert(c.TLSClientCert, c.TLSClientKey))
+		}
+	}
+	if c.TLSCAFile != "" {
+		if err := readable("tls_ca_file", c.TLSCAFile); err != nil {
+			errs = append(errs, err)
+		} else if b, err := os.ReadFile(c.TLSCAFile); err != nil || !x509.NewCertPool().AppendCertsFromPEM(b) {
+			errs = append(errs, &metadata.FieldError{Field: "tls_ca_file", Value: c.TLSCAFile, Problem: "holds no PEM certificate", Accepted: "a PEM bundle of CA certificates"})
+		} else {
+			opts = append(opts, nats.RootCAs(c.TLSCAFile))
+		}
+	}
+	return opts, errors.Join(errs...)
+}
+
+// readable reports, naming the field, a file that cannot be opened.
+func readable(field, path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return &metadata.FieldError{Field: field, Value: path, Problem: "cannot be read: " + errWithoutPath(err, path), Accepted: "the path of a readable file"}
+	}
+	_ = f.Close()
+	return nil
+}
+
+// connEvents are the nats.go handlers that follow the connection: they keep
+// conns and the stats up to date, log what changed, and pass on why the
+// first connection attempt failed.
+func (p *PubSub) connEvents(conns *connWatch, firstErr chan<- error) []nats.Option {
+	return []nats.Option{
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			// Without an error, the connection was closed on purpose.
+			if err != nil {
+				conns.lost(err)
+				p.stats.disconnected(disconnectKind(err))
+				p.log.Warnf("disconnected from NATS at %s: %v; reconnecting every %s", conns.url, err, conns.retry)
+			}
+		}),
+		nats.ConnectHandler(func(nc *nats.Conn) {
+			// Said once when it came after failures, which were warned about.
+			if down, n := conns.up(); n > 0 {
+				p.log.Infof("connected to NATS at %s after %s (%s failed)", metadata.RedactURL(nc.ConnectedUrl()), roughly(down), attempts(n))
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			down, n := conns.up()
+			p.log.Infof("reconnected to NATS at %s after %s down (%s failed)", metadata.RedactURL(nc.ConnectedUrl()), roughly(down), attempts(n))
+			p.reconnected()
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			p.log.Warnf("NATS: %v", err)
+		}),
+		// nats.go reports why the first connection attempt failed only here:
+		// the reconnect loop it starts clears LastError, racing with Init.
+		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
+			conns.failed(err)
+			select {
+			case firstErr <- err:
+			default:
+			}
+		}),
+	}
+}
+
+// connect connects to NATS, or leaves nats.go connecting in the background
+// when NATS is not reachable yet. A first attempt that failed in a way
+// retrying cannot fix (rejected credentials, TLS) is an error instead.
+func (p *PubSub) connect(ctx context.Context, c metadata.Connection, conns *connWatch, opts []nats.Option, firstErr <-chan error) (*nats.Conn, error) {
+	nc, err := nats.Connect(c.URL, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS at %s: %w", metadata.RedactURL(c.URL), err)
+	}
+	if nc.IsConnected() {
+		return nc, nil
+	}
+	cause := firstFailure(ctx, nc, firstErr)
+	if err := unretriable(cause, c.URL); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	// It may have connected while waiting for the cause.
+	if !nc.IsConnected() {
+		reason := ""
+		if cause != nil {
+			reason = " (" + cause.Error() + ")"
+		}
+		p.log.Warnf("NATS at %s is not reachable yet%s; connecting in the background every %s, and publishing fails until then. To fix: %s",
+			conns.url, reason, conns.retry, connHint(cause))
+	}
+	return nc, nil
+}
+
+// firstFailure waits up to a second for why the first connection attempt
+// failed.
+func firstFailure(ctx context.Context, nc *nats.Conn, firstErr <-chan error) error {
+	cause := nc.LastError()
+	select {
+	case cause = <-firstErr:
+	case <-time.After(time.Second):
+	case <-ctx.Done():
+	}
+	return cause
+}
+
+// unretriable is the Init error for a failed connection attempt that
+// retrying cannot fix, or nil.
+func unretriable(cause error, url string) error {
+	switch {
+	case isAuthError(cause):
+		return fmt.Errorf("NATS at %s rejected the credentials: %v; check the authentication fields", metadata.RedactURL(url), cause)
+	case isTLSConfigError(cause):
+		return fmt.Errorf("%w: TLS with NATS at %s failed: %v; check tls_ca_file, tls_client_cert and tls_client_key", metadata.ErrInvalid, metadata.RedactURL(url), cause)
+	}
+	return nil
+}
+
+// newJetStream is the JetStream context for the domain or API prefix the
+// settings name.
+func newJetStream(nc *nats.Conn, c metadata.Connection) (natsjs.JetStream, error) {
+	opts := []natsjs.JetStreamOpt{
+		natsjs.WithPublishAsyncMaxPending(4096),
+		natsjs.WithPublishAsyncTimeout(30 * time.Second),
+	}
+	var js natsjs.JetStream
+	var err error
+	switch {
+	case c.Domain != "":
+		js, err = natsjs.NewWithDomain(nc, c.Domain, opts...)
+	case c.APIPrefix != "":
+		js, err = natsjs.NewWithAPIPrefix(nc, c.APIPrefix, opts...)
+	default:
+		js, err = natsjs.New(nc, opts...)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: JetStream context: %v", metadata.ErrInvalid, err)
+	}
+	return js, nil
 }
 
 // checkCreds reports a creds file without a user JWT or a user seed; nats.go
@@ -155,6 +298,38 @@ func checkKeyPair(certFile, keyFile string) error {
 		return &metadata.FieldError{Field: "tls_client_key", Value: keyFile, Problem: "is not a usable private key for tls_client_cert: " + err.Error(), Accepted: "the PEM private key of the client certificate"}
 	}
 	return nil
+}
+
+func isAuthError(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) || errors.Is(err, nats.ErrAuthRevoked) {
+		return true
+	}
+	s := strings.ToLower(err.Error())
+	return strings.Contains(s, "authorization violation") || strings.Contains(s, "authentication")
+}
+
+// isTLSConfigError reports TLS failures that retrying cannot fix: the server's
+// certificate does not verify against the trusted CAs, or the server refused
+// the client certificate.
+func isTLSConfigError(err error) bool {
+	if err == nil {
+		return false
+	}
+	var (
+		unknownCA   x509.UnknownAuthorityError
+		hostname    x509.HostnameError
+		invalidCert x509.CertificateInvalidError
+		verify      *tls.CertificateVerificationError
+	)
+	if errors.As(err, &unknownCA) || errors.As(err, &hostname) || errors.As(err, &invalidCert) || errors.As(err, &verify) {
+		return true
+	}
+	// The server's alert, such as "remote error: tls: bad certificate".
+	s := err.Error()
+	return strings.Contains(s, "remote error: tls: ") && strings.Contains(s, "certificate")
 }
 
 // pingInterval detects a dead server within seconds instead of nats.go's

@@ -7,7 +7,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/dapr-nats/jetstream-pubsub/metadata"
 )
@@ -26,18 +26,18 @@ const (
 // metadata's, rule acks and keep-alives: another replica may have changed
 // them, and some cannot be changed at all.
 type consumerState struct {
-	handle        jetstream.Consumer
+	handle        natsjs.Consumer
 	stream, name  string
 	streamCreated time.Time
 	ephemeral     bool
 	next          string // the subject pull requests go to
-	ackPolicy     jetstream.AckPolicy
+	ackPolicy     natsjs.AckPolicy
 	ackWait       time.Duration
 	backOff       []time.Duration
 	maxDeliver    int
 	// priority is the consumer's priority policy, and group its priority
 	// group, which pull requests must name.
-	priority jetstream.PriorityPolicy
+	priority natsjs.PriorityPolicy
 	group    string
 	// numPending and numAckPending are from the last consumer info.
 	numPending    uint64
@@ -49,7 +49,7 @@ type consumerState struct {
 	drained bool
 }
 
-func (p *PubSub) newConsumerState(c jetstream.Consumer, created time.Time, ephemeral bool) *consumerState {
+func (p *PubSub) newConsumerState(c natsjs.Consumer, created time.Time, ephemeral bool) *consumerState {
 	info := c.CachedInfo()
 	cs := &consumerState{
 		handle: c, stream: info.Stream, name: info.Name, streamCreated: created, ephemeral: ephemeral,
@@ -59,7 +59,7 @@ func (p *PubSub) newConsumerState(c jetstream.Consumer, created time.Time, ephem
 	return cs
 }
 
-func (cs *consumerState) update(info *jetstream.ConsumerInfo) {
+func (cs *consumerState) update(info *natsjs.ConsumerInfo) {
 	cs.ackPolicy = info.Config.AckPolicy
 	cs.ackWait = info.Config.AckWait
 	cs.backOff = info.Config.BackOff
@@ -87,17 +87,17 @@ func (cs *consumerState) shortestAckWait() time.Duration {
 }
 
 func (s *subscription) durableName() string {
-	if s.cons.DurableBase == "" {
+	if s.consumerCfg.DurableBase == "" {
 		return ""
 	}
-	return metadata.SanitizeName(s.cons.DurableBase, s.topic)
+	return metadata.SanitizeName(s.consumerCfg.DurableBase, s.topic)
 }
 
 // consumerConfig is the JetStream consumer for this subscription. A consumer
 // made again after it was lost starts where the last one left off.
-func (s *subscription) consumerConfig(stream string, created time.Time) jetstream.ConsumerConfig {
-	c := s.cons
-	cfg := jetstream.ConsumerConfig{
+func (s *subscription) consumerConfig(stream string, created time.Time) natsjs.ConsumerConfig {
+	c := s.consumerCfg
+	cfg := natsjs.ConsumerConfig{
 		Durable:       s.durableName(),
 		Description:   "Dapr subscription to " + truncate(s.topic, 200),
 		FilterSubject: s.topic,
@@ -107,9 +107,9 @@ func (s *subscription) consumerConfig(stream string, created time.Time) jetstrea
 		MemoryStorage: c.MemoryStorage,
 	}
 	switch c.DeliverPolicy {
-	case jetstream.DeliverByStartSequencePolicy:
+	case natsjs.DeliverByStartSequencePolicy:
 		cfg.OptStartSeq = c.StartSequence
-	case jetstream.DeliverByStartTimePolicy:
+	case natsjs.DeliverByStartTimePolicy:
 		t := c.StartTime
 		if c.StartAtSubscribe {
 			t = s.requested
@@ -120,15 +120,15 @@ func (s *subscription) consumerConfig(stream string, created time.Time) jetstrea
 	seq, ok := s.floor.next(stream, created)
 	s.mu.Unlock()
 	if ok {
-		cfg.DeliverPolicy, cfg.OptStartSeq, cfg.OptStartTime = jetstream.DeliverByStartSequencePolicy, seq, nil
+		cfg.DeliverPolicy, cfg.OptStartSeq, cfg.OptStartTime = natsjs.DeliverByStartSequencePolicy, seq, nil
 	}
-	if c.AckPolicy != jetstream.AckNonePolicy {
+	if c.AckPolicy != natsjs.AckNonePolicy {
 		cfg.AckWait, cfg.MaxDeliver, cfg.BackOff, cfg.MaxAckPending = c.AckWait, c.MaxDeliver, c.BackOff, c.MaxAckPending
 	}
 	if cfg.Durable == "" {
 		cfg.InactiveThreshold = 5 * time.Minute
 	}
-	if c.PriorityPolicy != jetstream.PriorityPolicyNone {
+	if c.PriorityPolicy != natsjs.PriorityPolicyNone {
 		cfg.PriorityPolicy, cfg.PriorityGroups, cfg.PinnedTTL = c.PriorityPolicy, []string{metadata.PriorityGroup}, c.PinnedTTL
 	}
 	return cfg
@@ -150,14 +150,14 @@ func (s *subscription) ensureConsumer(ctx context.Context) (*consumerState, erro
 	}
 	st, err := js.Stream(ctx, stream)
 	if err != nil {
-		if errors.Is(err, jetstream.ErrStreamNotFound) {
+		if errors.Is(err, natsjs.ErrStreamNotFound) {
 			streams.forget(s.topic)
 		}
 		return nil, err
 	}
 	created := st.CachedInfo().Created
 	want := s.consumerConfig(stream, created)
-	if st.CachedInfo().Config.Retention == jetstream.WorkQueuePolicy {
+	if st.CachedInfo().Config.Retention == natsjs.WorkQueuePolicy {
 		if err := s.forWorkQueue(&want, stream); err != nil {
 			return nil, err
 		}
@@ -180,20 +180,20 @@ func (s *subscription) ensureConsumer(ctx context.Context) (*consumerState, erro
 	return s.p.newConsumerState(c, created, false), nil
 }
 
-func (s *subscription) findOrCreate(ctx context.Context, js jetstream.JetStream, stream string, want jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+func (s *subscription) findOrCreate(ctx context.Context, js natsjs.JetStream, stream string, want natsjs.ConsumerConfig) (natsjs.Consumer, error) {
 	for attempt := 0; ; attempt++ {
 		c, err := js.Consumer(ctx, stream, want.Durable)
 		if err == nil {
 			return c, nil
 		}
-		if errors.Is(err, jetstream.ErrStreamNotFound) {
+		if errors.Is(err, natsjs.ErrStreamNotFound) {
 			_, _, streams, _ := s.p.state()
 			if streams != nil {
 				streams.forget(s.topic)
 			}
 			return nil, err
 		}
-		if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		if !errors.Is(err, natsjs.ErrConsumerNotFound) {
 			return nil, err
 		}
 		c, err = js.CreateConsumer(ctx, stream, want)
@@ -208,7 +208,7 @@ func (s *subscription) findOrCreate(ctx context.Context, js jetstream.JetStream,
 // server keeps its own, those rule from then on; an ack policy that differs
 // is an error, since acking as the server does not expect loses or repeats
 // messages.
-func (s *subscription) reconcile(ctx context.Context, js jetstream.JetStream, stream string, c jetstream.Consumer, want jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+func (s *subscription) reconcile(ctx context.Context, js natsjs.JetStream, stream string, c natsjs.Consumer, want natsjs.ConsumerConfig) (natsjs.Consumer, error) {
 	have := c.CachedInfo().Config
 	want.DeliverPolicy, want.OptStartSeq, want.OptStartTime = have.DeliverPolicy, have.OptStartSeq, have.OptStartTime
 	want.MemoryStorage = have.MemoryStorage
@@ -242,24 +242,24 @@ func (s *subscription) reconcile(ctx context.Context, js jetstream.JetStream, st
 }
 
 // priorityName is the metadata value for p.
-func priorityName(p jetstream.PriorityPolicy) string {
+func priorityName(p natsjs.PriorityPolicy) string {
 	switch p {
-	case jetstream.PriorityPolicyPinned:
+	case natsjs.PriorityPolicyPinned:
 		return "pinned"
-	case jetstream.PriorityPolicyOverflow:
+	case natsjs.PriorityPolicyOverflow:
 		return "overflow"
-	case jetstream.PriorityPolicyNone:
+	case natsjs.PriorityPolicyNone:
 		return "none"
 	}
 	return fmt.Sprint(int(p))
 }
 
 // ackPolicyName is the metadata value for p.
-func ackPolicyName(p jetstream.AckPolicy) string {
+func ackPolicyName(p natsjs.AckPolicy) string {
 	switch p {
-	case jetstream.AckNonePolicy:
+	case natsjs.AckNonePolicy:
 		return "none"
-	case jetstream.AckAllPolicy:
+	case natsjs.AckAllPolicy:
 		return "all"
 	}
 	return "explicit"
@@ -295,7 +295,7 @@ func (s *subscription) verify(cs *consumerState) {
 		cs.refreshed, cs.drained = time.Now(), false
 		s.floor.serverFloor(cs.stream, cs.streamCreated, info.AckFloor.Stream)
 		s.mu.Unlock()
-	case errors.Is(err, jetstream.ErrConsumerNotFound), errors.Is(err, jetstream.ErrStreamNotFound):
+	case errors.Is(err, natsjs.ErrConsumerNotFound), errors.Is(err, natsjs.ErrStreamNotFound):
 		s.gone(err)
 	default:
 		s.mu.Lock()

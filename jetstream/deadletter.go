@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/dapr-nats/jetstream-pubsub/metadata"
 )
@@ -40,14 +40,14 @@ const (
 // deadLetterLoop refuses a dead-letter subject that the subscription's own
 // topic covers: a failed message would be delivered to it again, and fail
 // again, for ever.
-func deadLetterLoop(topic string, cons metadata.Consumer) error {
-	if cons.DeadLetterSubject == "" {
+func deadLetterLoop(topic string, consumerCfg metadata.Consumer) error {
+	if consumerCfg.DeadLetterSubject == "" {
 		return nil
 	}
-	dl := cons.DeadLetterFor(exampleSubject(topic))
+	dl := consumerCfg.DeadLetterFor(exampleSubject(topic))
 	if metadata.SubjectCovers(topic, dl) {
 		return fmt.Errorf("%w: deadLetterSubject %q: topic %q covers %q, so failed messages would come back to this subscription; choose a subject outside the topic, such as dead.{topic}",
-			ErrInvalidRequest, cons.DeadLetterSubject, topic, dl)
+			ErrInvalidRequest, consumerCfg.DeadLetterSubject, topic, dl)
 	}
 	return nil
 }
@@ -67,8 +67,8 @@ func exampleSubject(topic string) string {
 // delivery fails: it has had every delivery the consumer's maxDeliver
 // allows, as the server has the consumer.
 func (s *subscription) lastDelivery(d *Delivery) bool {
-	max := s.maxDeliver()
-	return max > 0 && d.Deliveries >= uint64(max)
+	limit := s.maxDeliver()
+	return limit > 0 && d.Deliveries >= uint64(limit)
 }
 
 func (s *subscription) maxDeliver() int {
@@ -77,14 +77,14 @@ func (s *subscription) maxDeliver() int {
 	if s.consumer != nil {
 		return s.consumer.maxDeliver
 	}
-	return s.cons.MaxDeliver
+	return s.consumerCfg.MaxDeliver
 }
 
 // lastFailed handles the failure of d's last allowed delivery: with a
 // dead-letter subject, the message goes there before the original is
 // terminated; without one, the log says what JetStream is abandoning.
 func (s *subscription) lastFailed(d *Delivery, cause error) error {
-	if s.cons.DeadLetterSubject == "" {
+	if s.consumerCfg.DeadLetterSubject == "" {
 		s.log.Warnf("topic %q: the last delivery that maxDeliver allows (%d of maxDeliver %d) failed for the message at sequence %d of stream %q (subject %q): %v; JetStream will not deliver it again. Set deadLetterSubject to keep such messages",
 			s.topic, d.Deliveries, s.maxDeliver(), d.Sequence, d.Metadata[MetadataStream], d.Metadata[MetadataSubject], cause)
 		return d.Nak()
@@ -102,7 +102,7 @@ func (s *subscription) lastFailed(d *Delivery, cause error) error {
 // subject has no stream yet. It gives up only when d is settled otherwise:
 // handed to another subscription, or given back at the end.
 func (s *subscription) deadLetter(d *Delivery, cause error) {
-	subject := s.cons.DeadLetterFor(d.Metadata[MetadataSubject])
+	subject := s.consumerCfg.DeadLetterFor(d.Metadata[MetadataSubject])
 	msg := deadLetterMsg(subject, d, cause)
 	wait := 100 * time.Millisecond
 	var logged time.Time
@@ -171,12 +171,12 @@ func (s *subscription) publishDeadLetter(msg *nats.Msg) error {
 // keptByInterest refuses to publish to subject in a stream with interest
 // retention that no consumer takes it from: JetStream would acknowledge the
 // dead letter and drop it at once.
-func keptByInterest(ctx context.Context, js jetstream.JetStream, stream, subject string) error {
+func keptByInterest(ctx context.Context, js natsjs.JetStream, stream, subject string) error {
 	st, err := js.Stream(ctx, stream)
 	if err != nil {
 		return err
 	}
-	if st.CachedInfo().Config.Retention != jetstream.InterestPolicy {
+	if st.CachedInfo().Config.Retention != natsjs.InterestPolicy {
 		return nil
 	}
 	list := st.ListConsumers(ctx)
@@ -212,7 +212,7 @@ func deadLetterMsg(subject string, d *Delivery, cause error) *nats.Msg {
 	msg.Header[HeaderDeadLetterConsumer] = []string{d.Metadata[MetadataConsumer]}
 	msg.Header[HeaderDeadLetterDeliveries] = []string{strconv.FormatUint(d.Deliveries, 10)}
 	msg.Header[HeaderDeadLetterError] = []string{headerText(cause)}
-	msg.Header[jetstream.MsgIDHeader] = []string{scopedMsgID(subject, stream+":"+strconv.FormatUint(d.Sequence, 10))}
+	msg.Header[natsjs.MsgIDHeader] = []string{scopedMsgID(subject, stream+":"+strconv.FormatUint(d.Sequence, 10))}
 	return msg
 }
 

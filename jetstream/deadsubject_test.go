@@ -11,7 +11,7 @@ import (
 
 	"github.com/dapr/components-contrib/pubsub"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -142,7 +142,7 @@ func TestLastDeliveryLoggedWithoutDeadLetterSubject(t *testing.T) {
 func TestDeadLetterWaitsForItsStream(t *testing.T) {
 	t.Parallel()
 	ns, js := startNATS(t)
-	_, err := js.CreateStream(ctx(t), jetstream.StreamConfig{Name: "WORK", Subjects: []string{"work"}})
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "WORK", Subjects: []string{"work"}})
 	require.NoError(t, err)
 	ps, log := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "maxDeliver": "1", "autoProvision": "false", "deadLetterSubject": "dead.{topic}", "ackWait": "1s"})
 	var calls atomic.Int32
@@ -155,7 +155,7 @@ func TestDeadLetterWaitsForItsStream(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 1, info.NumAckPending, "the message is held while its dead letter waits")
 
-	_, err = js.CreateStream(ctx(t), jetstream.StreamConfig{Name: "DEAD", Subjects: []string{"dead.>"}})
+	_, err = js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "DEAD", Subjects: []string{"dead.>"}})
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return count(js, "DEAD") == 1 }, waitFor, tick, "the dead letter was not published")
 	info = settledConsumer(t, js, "WORK", "app-work")

@@ -8,7 +8,7 @@ import (
 
 	"github.com/dapr/components-contrib/pubsub"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 )
 
 // Metadata keys added to every delivered message, besides its NATS headers.
@@ -75,7 +75,7 @@ func newDelivery(s *subscription, msg *nats.Msg) *Delivery {
 	}
 	md[MetadataTopic] = msg.Subject
 	md[MetadataSubject] = msg.Subject
-	if id := hdr.Get(jetstream.MsgIDHeader); id != "" {
+	if id := hdr.Get(natsjs.MsgIDHeader); id != "" {
 		md[MetadataMsgID] = unscopedMsgID(msg.Subject, id)
 	}
 	if meta, err := msg.Metadata(); err == nil {

@@ -12,7 +12,7 @@ import (
 
 	"github.com/dapr/components-contrib/pubsub"
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go/jetstream"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -280,7 +280,7 @@ func TestEphemeralRecoversFromReplacedStream(t *testing.T) {
 			t.Parallel()
 			ns, js := startNATS(t)
 			keepAccountStore(t, js)
-			_, err := js.CreateStream(ctx(t), jetstream.StreamConfig{Name: "OLD", Subjects: []string{"replaced.>"}})
+			_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "OLD", Subjects: []string{"replaced.>"}})
 			require.NoError(t, err)
 			props := map[string]string{"autoProvision": "false"}
 			if durable {
@@ -293,7 +293,7 @@ func TestEphemeralRecoversFromReplacedStream(t *testing.T) {
 			assert.Equal(t, "before", string(recv(t, got, waitFor).Data))
 
 			require.NoError(t, js.DeleteStream(ctx(t), "OLD"))
-			_, err = js.CreateStream(ctx(t), jetstream.StreamConfig{Name: "NEW", Subjects: []string{"replaced.>"}})
+			_, err = js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "NEW", Subjects: []string{"replaced.>"}})
 			require.NoError(t, err)
 			require.Eventually(t, func() bool { return len(consumerInfos(t, js, "NEW")) == 1 }, waitFor, tick, "no consumer on the new stream")
 			_, err = js.Publish(ctx(t), "replaced.a", []byte("after"))

@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
+	natsjs "github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/dapr-nats/jetstream-pubsub/metadata"
 )
@@ -26,6 +29,19 @@ const (
 	// covers the topic, TTL not allowed, ...). It needs a configuration change.
 	KindRejected
 )
+
+// String names the Kind as its constant does, without the prefix.
+func (k Kind) String() string {
+	switch k {
+	case KindUnavailable:
+		return "unavailable"
+	case KindInvalid:
+		return "invalid"
+	case KindRejected:
+		return "rejected"
+	}
+	return "Kind(" + strconv.Itoa(int(k)) + ")"
+}
 
 var (
 	// ErrNotInitialized is returned by calls made before Init succeeded.
@@ -71,6 +87,31 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
+// GRPCStatus gives e the gRPC status that daprd gets for it over the socket,
+// so that status.FromError and status.Code read the same code from an error
+// of an in-process PubSub, and Dapr's retry matching treats both alike. A
+// deadline or a cancellation keeps its own code whatever the Kind: it tells
+// about the call, not the request.
+func (e *Error) GRPCStatus() *status.Status {
+	return status.New(e.code(), e.Error())
+}
+
+func (e *Error) code() codes.Code {
+	switch {
+	case errors.Is(e.Err, context.DeadlineExceeded):
+		return codes.DeadlineExceeded
+	case errors.Is(e.Err, context.Canceled):
+		return codes.Canceled
+	}
+	switch e.Kind {
+	case KindInvalid:
+		return codes.InvalidArgument
+	case KindRejected:
+		return codes.FailedPrecondition
+	}
+	return codes.Unavailable
+}
+
 // KindOf returns the Kind of err. Errors this package did not classify count
 // as KindUnavailable, the kind that is safe to retry.
 func KindOf(err error) Kind {
@@ -105,10 +146,10 @@ func classifyKind(err error) Kind {
 	if errors.As(err, &e) {
 		return e.Kind
 	}
-	var apiErr *jetstream.APIError
+	var apiErr *natsjs.APIError
 	switch {
 	case errors.Is(err, nats.ErrMaxPayload), errors.Is(err, nats.ErrBadSubject),
-		errors.Is(err, jetstream.ErrStreamMessageExceedsMaximum), errors.Is(err, metadata.ErrInvalid),
+		errors.Is(err, natsjs.ErrStreamMessageExceedsMaximum), errors.Is(err, metadata.ErrInvalid),
 		errors.Is(err, ErrInvalidRequest):
 		return KindInvalid
 	case errors.Is(err, ErrNoStream), errors.Is(err, ErrTTLNotAllowed), errors.Is(err, ErrSchedulesNotAllowed),

@@ -7,7 +7,7 @@ import (
 	"strings"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/dapr-nats/jetstream-pubsub/metadata"
 )
@@ -55,21 +55,21 @@ func setExpectation(msg *nats.Msg, topic, key, value string) error {
 		if _, err := strconv.ParseUint(value, 10, 64); err != nil {
 			return bad("use a stream sequence, a whole number of 0 or more (0: nothing stored yet)")
 		}
-		header := jetstream.ExpectedLastSeqHeader
+		header := natsjs.ExpectedLastSeqHeader
 		if key == MetadataExpectedLastSubjectSequence {
-			header = jetstream.ExpectedLastSubjSeqHeader
+			header = natsjs.ExpectedLastSubjSeqHeader
 		}
 		msg.Header[header] = []string{value}
 	case MetadataExpectedLastMsgID:
 		if value == "" {
 			return bad("use the msgId the last message was published with")
 		}
-		msg.Header[jetstream.ExpectedLastMsgIDHeader] = []string{scopedMsgID(topic, value)}
+		msg.Header[natsjs.ExpectedLastMsgIDHeader] = []string{scopedMsgID(topic, value)}
 	case MetadataExpectedStream:
 		if !metadata.ValidName(value) {
 			return bad("use a stream name, without spaces, dots or wildcards")
 		}
-		msg.Header[jetstream.ExpectedStreamHeader] = []string{value}
+		msg.Header[natsjs.ExpectedStreamHeader] = []string{value}
 	}
 	return nil
 }
@@ -90,7 +90,7 @@ func expectations(md map[string]string) []expectation {
 // stream holds. Other errors are returned as they are.
 // stored names the stream that stores topic, for the expectedStream case.
 func explainExpectation(err error, topic string, md map[string]string, stored func() string) error {
-	var apiErr *jetstream.APIError
+	var apiErr *natsjs.APIError
 	if err == nil || !errors.As(err, &apiErr) {
 		return err
 	}
@@ -107,7 +107,7 @@ func explainExpectation(err error, topic string, md map[string]string, stored fu
 	_, holds, _ := strings.Cut(apiErr.Description, ": ")
 	var what string
 	switch apiErr.ErrorCode {
-	case jetstream.JSErrCodeStreamWrongLastSequence, jetstream.JSErrCodeStreamWrongLastSequenceConstant:
+	case natsjs.JSErrCodeStreamWrongLastSequence, natsjs.JSErrCodeStreamWrongLastSequenceConstant:
 		key := MetadataExpectedLastSequence
 		if v := find(MetadataExpectedLastSubjectSequence); v != "" {
 			key = MetadataExpectedLastSubjectSequence
@@ -133,9 +133,9 @@ func explainExpectation(err error, topic string, md map[string]string, stored fu
 
 // isExpectationCode reports JetStream's refusals of a publish whose
 // Nats-Expected-* check did not hold.
-func isExpectationCode(c jetstream.ErrorCode) bool {
+func isExpectationCode(c natsjs.ErrorCode) bool {
 	switch c {
-	case jetstream.JSErrCodeStreamWrongLastSequence, jetstream.JSErrCodeStreamWrongLastSequenceConstant, 10070, 10060:
+	case natsjs.JSErrCodeStreamWrongLastSequence, natsjs.JSErrCodeStreamWrongLastSequenceConstant, 10070, 10060:
 		return true
 	}
 	return false

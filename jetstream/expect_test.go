@@ -4,7 +4,7 @@ import (
 	"testing"
 
 	"github.com/dapr/components-contrib/pubsub"
-	"github.com/nats-io/nats.go/jetstream"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -65,7 +65,7 @@ func TestPublishExpectations(t *testing.T) {
 	}
 	last, err := st.GetMsg(ctx(t), 6)
 	require.NoError(t, err)
-	assert.Equal(t, "ledger.acct1:fee-2", last.Header.Get(jetstream.MsgIDHeader))
+	assert.Equal(t, "ledger.acct1:fee-2", last.Header.Get(natsjs.MsgIDHeader))
 }
 
 func TestPublishExpectationBadValues(t *testing.T) {

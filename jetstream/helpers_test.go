@@ -14,7 +14,7 @@ import (
 	"github.com/dapr/components-contrib/pubsub"
 	"github.com/dapr/kit/logger"
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go/jetstream"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
@@ -30,7 +30,7 @@ const (
 
 // startNATS runs a real nats-server with JetStream for one test and returns
 // a raw JetStream client for checking what the component did.
-func startNATS(t *testing.T) (*server.Server, jetstream.JetStream) {
+func startNATS(t *testing.T) (*server.Server, natsjs.JetStream) {
 	t.Helper()
 	ns := natstest.Start(t)
 	_, js := natstest.Client(t, ns)
@@ -130,7 +130,7 @@ func closedWithin(t *testing.T, ch <-chan struct{}, within time.Duration, what s
 	}
 }
 
-func streamInfo(t *testing.T, js jetstream.JetStream, name string) *jetstream.StreamInfo {
+func streamInfo(t *testing.T, js natsjs.JetStream, name string) *natsjs.StreamInfo {
 	t.Helper()
 	st, err := js.Stream(ctx(t), name)
 	require.NoError(t, err, "stream %q", name)
@@ -139,12 +139,12 @@ func streamInfo(t *testing.T, js jetstream.JetStream, name string) *jetstream.St
 	return info
 }
 
-func msgCount(t *testing.T, js jetstream.JetStream, name string) uint64 {
+func msgCount(t *testing.T, js natsjs.JetStream, name string) uint64 {
 	t.Helper()
 	return streamInfo(t, js, name).State.Msgs
 }
 
-func streamNames(t *testing.T, js jetstream.JetStream) []string {
+func streamNames(t *testing.T, js natsjs.JetStream) []string {
 	t.Helper()
 	l := js.StreamNames(ctx(t))
 	var names []string
@@ -155,12 +155,12 @@ func streamNames(t *testing.T, js jetstream.JetStream) []string {
 	return names
 }
 
-func consumerInfos(t *testing.T, js jetstream.JetStream, stream string) []*jetstream.ConsumerInfo {
+func consumerInfos(t *testing.T, js natsjs.JetStream, stream string) []*natsjs.ConsumerInfo {
 	t.Helper()
 	st, err := js.Stream(ctx(t), stream)
 	require.NoError(t, err)
 	l := st.ListConsumers(ctx(t))
-	var out []*jetstream.ConsumerInfo
+	var out []*natsjs.ConsumerInfo
 	for ci := range l.Info() {
 		out = append(out, ci)
 	}
@@ -170,12 +170,12 @@ func consumerInfos(t *testing.T, js jetstream.JetStream, stream string) []*jetst
 
 // consumerInfo returns the info of a consumer, or nil if it does not exist.
 // It does not fail the test, so it can be polled from require.Eventually.
-func consumerInfo(js jetstream.JetStream, stream, name string) (*jetstream.ConsumerInfo, error) {
+func consumerInfo(js natsjs.JetStream, stream, name string) (*natsjs.ConsumerInfo, error) {
 	c, cancel := context.WithTimeout(context.Background(), waitShort)
 	defer cancel()
 	cons, err := js.Consumer(c, stream, name)
 	if err != nil {
-		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		if errors.Is(err, natsjs.ErrConsumerNotFound) {
 			return nil, nil
 		}
 		return nil, err
@@ -185,9 +185,9 @@ func consumerInfo(js jetstream.JetStream, stream, name string) (*jetstream.Consu
 
 // settledConsumer waits until a consumer has nothing pending or
 // unacknowledged and returns its info.
-func settledConsumer(t *testing.T, js jetstream.JetStream, stream, name string) *jetstream.ConsumerInfo {
+func settledConsumer(t *testing.T, js natsjs.JetStream, stream, name string) *natsjs.ConsumerInfo {
 	t.Helper()
-	var info *jetstream.ConsumerInfo
+	var info *natsjs.ConsumerInfo
 	require.Eventually(t, func() bool {
 		i, err := consumerInfo(js, stream, name)
 		if err != nil || i == nil {
@@ -201,7 +201,7 @@ func settledConsumer(t *testing.T, js jetstream.JetStream, stream, name string) 
 
 // count reads the number of messages a stream holds without failing the
 // test, for polling.
-func count(js jetstream.JetStream, name string) uint64 {
+func count(js natsjs.JetStream, name string) uint64 {
 	c, cancel := context.WithTimeout(context.Background(), waitShort)
 	defer cancel()
 	st, err := js.Stream(c, name)
@@ -219,8 +219,8 @@ func count(js jetstream.JetStream, name string) uint64 {
 // stream and create one again: nats-server removes an account's store
 // directory in the background when its last stream is deleted, and a stream
 // created meanwhile fails with "error creating store for stream".
-func keepAccountStore(t *testing.T, js jetstream.JetStream) {
+func keepAccountStore(t *testing.T, js natsjs.JetStream) {
 	t.Helper()
-	_, err := js.CreateStream(ctx(t), jetstream.StreamConfig{Name: "BYSTANDER", Subjects: []string{"bystander"}})
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "BYSTANDER", Subjects: []string{"bystander"}})
 	require.NoError(t, err)
 }

@@ -12,7 +12,7 @@ import (
 	contribmd "github.com/dapr/components-contrib/metadata"
 	"github.com/dapr/components-contrib/pubsub"
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go/jetstream"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -149,7 +149,7 @@ func TestClose(t *testing.T) {
 	assert.Equal(t, uint64(1), busy.AckFloor.Stream)
 	cons, err := js.Consumer(ctx(t), "held", "app-held")
 	require.NoError(t, err)
-	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(waitShort))
+	batch, err := cons.Fetch(1, natsjs.FetchMaxWait(waitShort))
 	require.NoError(t, err)
 	msg := recv(t, batch.Messages(), waitShort)
 	require.NotNil(t, msg)

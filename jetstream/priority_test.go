@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/dapr/components-contrib/pubsub"
-	"github.com/nats-io/nats.go/jetstream"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -49,7 +49,7 @@ func TestPinnedReplicas(t *testing.T) {
 	}
 	info, err := consumerInfo(js, "seq", "app-seq")
 	require.NoError(t, err)
-	assert.Equal(t, jetstream.PriorityPolicyPinned, info.Config.PriorityPolicy)
+	assert.Equal(t, natsjs.PriorityPolicyPinned, info.Config.PriorityPolicy)
 	require.Len(t, info.PriorityGroups, 1)
 	assert.NotEmpty(t, info.PriorityGroups[0].PinnedClientID)
 
@@ -111,7 +111,7 @@ func TestPinnedAddedToExistingDurable(t *testing.T) {
 	subscribe(t, updated, "roll", nil, tagged("new", got))
 	require.Eventually(t, func() bool {
 		info, err := consumerInfo(js, "roll", "app-roll")
-		return err == nil && info.Config.PriorityPolicy == jetstream.PriorityPolicyPinned
+		return err == nil && info.Config.PriorityPolicy == natsjs.PriorityPolicyPinned
 	}, waitFor, tick, "the durable did not get the priority policy")
 
 	// Every message still arrives once, at one replica at a time.

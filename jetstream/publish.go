@@ -11,7 +11,7 @@ import (
 	contribmd "github.com/dapr/components-contrib/metadata"
 	"github.com/dapr/components-contrib/pubsub"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/dapr-nats/jetstream-pubsub/metadata"
 )
@@ -37,7 +37,7 @@ func (p *PubSub) Publish(ctx context.Context, req *pubsub.PublishRequest) (err e
 	if err != nil {
 		return err
 	}
-	var ack *jetstream.PubAck
+	var ack *natsjs.PubAck
 	var sent time.Time
 	defer func() { p.countPublish(req.Topic, sent, ack, err) }()
 	contentType := ""
@@ -121,144 +121,6 @@ func withDown(err, down error) error {
 	return fmt.Errorf("%w; %w", err, down)
 }
 
-// BulkPublish publishes all entries through the asynchronous pipeline and
-// waits for every acknowledgement. Entries that failed are reported one by one;
-// the error is non-nil whenever any entry failed.
-func (p *PubSub) BulkPublish(ctx context.Context, req *pubsub.BulkPublishRequest) (pubsub.BulkPublishResponse, error) {
-	cfg, js, streams, err := p.state()
-	if err != nil {
-		return pubsub.NewBulkPublishResponse(req.Entries, err), err
-	}
-	if len(req.Entries) == 0 {
-		return pubsub.BulkPublishResponse{}, nil
-	}
-	atomic, err := bulkAtomic(cfg, req.Metadata)
-	if err != nil {
-		err = invalid("bulk publish to", req.Topic, err)
-		return pubsub.NewBulkPublishResponse(req.Entries, err), err
-	}
-	if atomic {
-		return p.bulkPublishAtomic(ctx, js, streams, req)
-	}
-	msgs := make([]*nats.Msg, len(req.Entries))
-	failed := make([]error, len(req.Entries))
-	var need needs
-	for i, e := range req.Entries {
-		md := entryMetadata(req, i)
-		msg, n, err := p.newMsg(req.Topic, e.Event, md, e.ContentType)
-		if err != nil {
-			failed[i] = invalid("publish to", req.Topic, fmt.Errorf("entry %q: %w", e.EntryId, err))
-			continue
-		}
-		msgs[i] = msg
-		need = need.and(n)
-	}
-	pending := make([]int, 0, len(msgs))
-	for i, m := range msgs {
-		if m != nil {
-			pending = append(pending, i)
-		}
-	}
-	if len(pending) > 0 {
-		if err := p.notConnected(); err != nil {
-			// Each entry fails with the reason, so that none is taken for
-			// stored; invalid entries keep their own error.
-			err = classify("publish to", req.Topic, err)
-			for _, i := range pending {
-				failed[i] = err
-			}
-			pending = nil
-		}
-	}
-	// With no valid entry (an invalid topic, say) there is no stream to look
-	// up, and each entry keeps its own error.
-	var stream string
-	if len(pending) > 0 {
-		if stream, err = prepare(ctx, streams, req.Topic, need); err != nil {
-			err = classify("bulk publish to", req.Topic, p.whileDown(err))
-			return pubsub.NewBulkPublishResponse(req.Entries, err), err
-		}
-	}
-
-	acks := make([]*jetstream.PubAck, len(req.Entries))
-	var sent time.Time
-	defer func() {
-		for i := range req.Entries {
-			p.countPublish(req.Topic, sent, acks[i], failed[i])
-			if failed[i] != nil {
-				p.stats.publishes(req.Topic).bulkFailed.Add(1)
-			}
-		}
-	}()
-	send := func(idx []int) []int {
-		futures := make([]jetstream.PubAckFuture, len(req.Entries))
-		sent = time.Now()
-		for _, i := range idx {
-			if isSchedule(msgs[i]) {
-				routeSchedule(msgs[i], stream)
-			}
-			futures[i], failed[i] = js.PublishMsgAsync(msgs[i])
-		}
-		var again []int
-		for _, i := range idx {
-			if failed[i] == nil {
-				acks[i], failed[i] = await(ctx, futures[i])
-			}
-			if isNoStream(failed[i]) {
-				again = append(again, i)
-			}
-		}
-		return again
-	}
-	if again := send(pending); len(again) > 0 {
-		// The stream went away under us: find or create it again, once.
-		streams.forget(req.Topic)
-		if stream, err = prepare(ctx, streams, req.Topic, need); err == nil {
-			send(again)
-		}
-	}
-
-	var resp pubsub.BulkPublishResponse
-	// Why NATS is down, looked up once for the first entry it may explain.
-	var down error
-	looked := false
-	for i, err := range failed {
-		if err != nil {
-			if mayBeDown(err) {
-				if !looked {
-					down, looked = p.notConnected(), true
-				}
-				err = withDown(err, down)
-			}
-			err = explainExpectation(err, req.Topic, entryMetadata(req, i), storedIn(ctx, streams, req.Topic))
-			resp.FailedEntries = append(resp.FailedEntries, pubsub.BulkPublishResponseFailedEntry{
-				EntryId: req.Entries[i].EntryId,
-				Error:   classify("publish to", req.Topic, err),
-			})
-		}
-	}
-	if n := len(resp.FailedEntries); n > 0 {
-		return resp, fmt.Errorf("bulk publish to topic %q: %d of %d entries failed; first: %w", req.Topic, n, len(req.Entries), resp.FailedEntries[0].Error)
-	}
-	return resp, nil
-}
-
-// entryMetadata is the request's metadata with entry i's own on top.
-func entryMetadata(req *pubsub.BulkPublishRequest, i int) map[string]string {
-	e := req.Entries[i]
-	if len(e.Metadata) == 0 {
-		return req.Metadata
-	}
-	md := make(map[string]string, len(req.Metadata)+len(e.Metadata))
-	for k, v := range req.Metadata {
-		md[k] = v
-	}
-	for k, v := range e.Metadata {
-		md[k] = v
-	}
-	return md
-}
-
 // needs is what a publish asks of its stream besides storing the topic.
 type needs struct {
 	ttl      bool // a per-message TTL
@@ -290,7 +152,7 @@ func prepare(ctx context.Context, s *streams, topic string, need needs) (string,
 	return name, nil
 }
 
-func await(ctx context.Context, f jetstream.PubAckFuture) (*jetstream.PubAck, error) {
+func await(ctx context.Context, f natsjs.PubAckFuture) (*natsjs.PubAck, error) {
 	select {
 	case ack := <-f.Ok():
 		return ack, nil
@@ -302,7 +164,7 @@ func await(ctx context.Context, f jetstream.PubAckFuture) (*jetstream.PubAck, er
 }
 
 func isNoStream(err error) bool {
-	return errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders)
+	return errors.Is(err, natsjs.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders)
 }
 
 // newMsg builds the NATS message for one Dapr publish: headers from the
@@ -312,24 +174,13 @@ func (p *PubSub) newMsg(topic string, data []byte, md map[string]string, content
 	if err := metadata.ValidSubject(topic, false); err != nil {
 		return nil, needs{}, fmt.Errorf("%w: topic %s; use a NATS subject such as orders or orders.created", ErrInvalidRequest, err)
 	}
-	if max := p.maxPayload(); max > 0 && int64(len(data)) > max {
-		return nil, needs{}, fmt.Errorf("%w: message of %d bytes exceeds the server's max_payload of %d bytes", nats.ErrMaxPayload, len(data), max)
+	limit := p.maxPayload()
+	if limit > 0 && int64(len(data)) > limit {
+		return nil, needs{}, fmt.Errorf("%w: message of %d bytes exceeds the server's max_payload of %d bytes", nats.ErrMaxPayload, len(data), limit)
 	}
 	msg := &nats.Msg{Subject: topic, Data: data, Header: make(nats.Header, len(md)+2)}
-	for k, v := range md {
-		if key := expectationKey(k); key != "" {
-			if err := setExpectation(msg, topic, key, v); err != nil {
-				return nil, needs{}, err
-			}
-			continue
-		}
-		if reservedKey(k) {
-			continue
-		}
-		if err := validHeader(k, v); err != nil {
-			return nil, needs{}, err
-		}
-		msg.Header.Set(k, v)
+	if err := setHeaders(msg, md); err != nil {
+		return nil, needs{}, err
 	}
 	if contentType != "" {
 		msg.Header.Set(HeaderContentType, contentType)
@@ -343,41 +194,88 @@ func (p *PubSub) newMsg(topic string, data []byte, md map[string]string, content
 		// original in the same stream: daprd publishes a failed message to
 		// its dead-letter topic with the delivery's data and metadata, so
 		// with the original's id.
-		msg.Header.Set(jetstream.MsgIDHeader, scopedMsgID(topic, id))
+		msg.Header.Set(natsjs.MsgIDHeader, scopedMsgID(topic, id))
 	}
 	var need needs
-	ttl, ok, err := contribmd.TryGetTTL(md)
-	if err != nil {
-		return nil, needs{}, fmt.Errorf("%w: %v", ErrInvalidRequest, err)
-	}
-	if ok {
-		if ttl < time.Second {
-			return nil, needs{}, fmt.Errorf("%w: ttlInSeconds must be 1 or more, got %s", ErrInvalidRequest, ttl)
-		}
-		msg.Header.Set(jetstream.MsgTTLHeader, strconv.FormatInt(int64(ttl/time.Second), 10)+"s")
-		need.ttl = true
-	}
-	at, err := scheduledFor(md, time.Now())
-	if err != nil {
+	var err error
+	if need.ttl, err = setTTL(msg, md); err != nil {
 		return nil, needs{}, err
 	}
-	if !at.IsZero() {
-		if e := expectations(md); len(e) > 0 {
-			return nil, needs{}, fmt.Errorf("%w: metadata %s cannot be combined with %s: JetStream checks an expectation when it stores the schedule, not when the message reaches the topic, so the check cannot guard that append; publish without a delay to append on a condition",
-				ErrInvalidRequest, scheduleKey(md), e[0].key)
-		}
-		setSchedule(msg, at)
-		need.schedule = true
+	if need.schedule, err = setScheduleFromMetadata(msg, md); err != nil {
+		return nil, needs{}, err
 	}
-	// The headers count against max_payload too; nats.go would only say
-	// "maximum payload exceeded".
-	if max := p.maxPayload(); max > 0 {
-		if size := int64(msg.Size() - len(msg.Subject)); size > max {
-			return nil, needs{}, fmt.Errorf("%w: message of %d bytes (%d of data, %d of headers) exceeds the server's max_payload of %d bytes",
-				nats.ErrMaxPayload, size, len(data), size-int64(len(data)), max)
-		}
+	if err := fitsMaxPayload(msg, limit); err != nil {
+		return nil, needs{}, err
 	}
 	return msg, need, nil
+}
+
+// setHeaders copies the publish metadata into the headers of msg, except
+// the keys meant for Dapr or this component; expectations become the
+// headers JetStream checks them by.
+func setHeaders(msg *nats.Msg, md map[string]string) error {
+	for k, v := range md {
+		if key := expectationKey(k); key != "" {
+			if err := setExpectation(msg, msg.Subject, key, v); err != nil {
+				return err
+			}
+			continue
+		}
+		if reservedKey(k) {
+			continue
+		}
+		if err := validHeader(k, v); err != nil {
+			return err
+		}
+		msg.Header.Set(k, v)
+	}
+	return nil
+}
+
+// setTTL sets the per-message TTL that ttlInSeconds asks for, and reports
+// whether there is one.
+func setTTL(msg *nats.Msg, md map[string]string) (bool, error) {
+	ttl, ok, err := contribmd.TryGetTTL(md)
+	if err != nil {
+		return false, fmt.Errorf("%w: %v", ErrInvalidRequest, err)
+	}
+	if !ok {
+		return false, nil
+	}
+	if ttl < time.Second {
+		return false, fmt.Errorf("%w: ttlInSeconds must be 1 or more, got %s", ErrInvalidRequest, ttl)
+	}
+	msg.Header.Set(natsjs.MsgTTLHeader, strconv.FormatInt(int64(ttl/time.Second), 10)+"s")
+	return true, nil
+}
+
+// setScheduleFromMetadata delays msg as the metadata asks, and reports
+// whether it does.
+func setScheduleFromMetadata(msg *nats.Msg, md map[string]string) (bool, error) {
+	at, err := scheduledFor(md, time.Now())
+	if err != nil || at.IsZero() {
+		return false, err
+	}
+	if e := expectations(md); len(e) > 0 {
+		return false, fmt.Errorf("%w: metadata %s cannot be combined with %s: JetStream checks an expectation when it stores the schedule, not when the message reaches the topic, so the check cannot guard that append; publish without a delay to append on a condition",
+			ErrInvalidRequest, scheduleKey(md), e[0].key)
+	}
+	setSchedule(msg, at)
+	return true, nil
+}
+
+// fitsMaxPayload checks msg, headers included, against the server's
+// max_payload (none when limit is 0); nats.go would only say "maximum
+// payload exceeded".
+func fitsMaxPayload(msg *nats.Msg, limit int64) error {
+	if limit <= 0 {
+		return nil
+	}
+	if size := int64(msg.Size() - len(msg.Subject)); size > limit {
+		return fmt.Errorf("%w: message of %d bytes (%d of data, %d of headers) exceeds the server's max_payload of %d bytes",
+			nats.ErrMaxPayload, size, len(msg.Data), size-int64(len(msg.Data)), limit)
+	}
+	return nil
 }
 
 func (p *PubSub) maxPayload() int64 {

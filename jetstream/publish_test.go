@@ -11,7 +11,7 @@ import (
 
 	"github.com/dapr/components-contrib/pubsub"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -73,8 +73,8 @@ func TestPublishSubscribeRoundTrip(t *testing.T) {
 	assert.Equal(t, "abc", raw.Header.Get("x-trace"))
 	assert.Equal(t, "t1", raw.Header.Get("Tenant"))
 	assert.Equal(t, ct, raw.Header.Get("Content-Type"))
-	assert.Equal(t, "orders:m-1", raw.Header.Get(jetstream.MsgIDHeader), "the de-duplication id is scoped to the topic")
-	assert.NotEmpty(t, raw.Header.Get(jetstream.MsgTTLHeader), "ttlInSeconds becomes the per-message TTL")
+	assert.Equal(t, "orders:m-1", raw.Header.Get(natsjs.MsgIDHeader), "the de-duplication id is scoped to the topic")
+	assert.NotEmpty(t, raw.Header.Get(natsjs.MsgTTLHeader), "ttlInSeconds becomes the per-message TTL")
 
 	// Headers set by a plain NATS publisher arrive as metadata.
 	_, err = js.PublishMsg(ctx(t), &nats.Msg{
@@ -152,7 +152,7 @@ func TestPublishDedupPerTopic(t *testing.T) {
 	raw, err := st.GetMsg(ctx(t), 2)
 	require.NoError(t, err)
 	assert.Equal(t, "orders.audit", raw.Subject)
-	assert.Equal(t, "orders.audit:evt-1", raw.Header.Get(jetstream.MsgIDHeader), "Nats-Msg-Id is <topic>:<id>")
+	assert.Equal(t, "orders.audit:evt-1", raw.Header.Get(natsjs.MsgIDHeader), "Nats-Msg-Id is <topic>:<id>")
 
 	md := map[string]string{"msgId": "m-1"}
 	publish(t, ps, "orders.new", "a", md)
@@ -192,7 +192,7 @@ func TestDeliveredMsgIDUnscoped(t *testing.T) {
 	publish(t, ps, "orders.new", ce, nil)
 	publish(t, ps, "orders.audit", ce, nil)
 	publish(t, ps, "orders.new", "x", map[string]string{"msgId": "orders.new:m-1"})
-	_, err := js.PublishMsg(ctx(t), &nats.Msg{Subject: "orders.raw", Data: []byte("raw"), Header: nats.Header{jetstream.MsgIDHeader: {"raw-1"}}})
+	_, err := js.PublishMsg(ctx(t), &nats.Msg{Subject: "orders.raw", Data: []byte("raw"), Header: nats.Header{natsjs.MsgIDHeader: {"raw-1"}}})
 	require.NoError(t, err)
 
 	want := map[string]string{"orders.new": "evt-1", "orders.audit": "evt-1"}
@@ -241,7 +241,7 @@ func TestPublishTTL(t *testing.T) {
 	st, err := js.Stream(ctx(t), "ttl")
 	require.NoError(t, err)
 	_, err = st.GetMsg(ctx(t), 1)
-	require.ErrorIs(t, err, jetstream.ErrMsgNotFound)
+	require.ErrorIs(t, err, natsjs.ErrMsgNotFound)
 	kept, err := st.GetMsg(ctx(t), 2)
 	require.NoError(t, err)
 	assert.Equal(t, "keep", string(kept.Data))
@@ -250,7 +250,7 @@ func TestPublishTTL(t *testing.T) {
 func TestPublishTTLRejectedByStreamWithoutMsgTTL(t *testing.T) {
 	t.Parallel()
 	ns, js := startNATS(t)
-	_, err := js.CreateStream(ctx(t), jetstream.StreamConfig{Name: "NOTTL", Subjects: []string{"nottl.>"}, Storage: jetstream.MemoryStorage})
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "NOTTL", Subjects: []string{"nottl.>"}, Storage: natsjs.MemoryStorage})
 	require.NoError(t, err)
 	ps, _ := open(t, ns.ClientURL(), map[string]string{"autoProvision": "false"})
 
@@ -307,7 +307,7 @@ func TestStreamNameAndSubjects(t *testing.T) {
 func TestExistingStreamIsExtended(t *testing.T) {
 	t.Parallel()
 	ns, js := startNATS(t)
-	_, err := js.CreateStream(ctx(t), jetstream.StreamConfig{Name: "EXT", Subjects: []string{"ext.a"}, Storage: jetstream.MemoryStorage})
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "EXT", Subjects: []string{"ext.a"}, Storage: natsjs.MemoryStorage})
 	require.NoError(t, err)
 	ps, _ := open(t, ns.ClientURL(), map[string]string{"streamName": "EXT"})
 
@@ -315,7 +315,7 @@ func TestExistingStreamIsExtended(t *testing.T) {
 	info := streamInfo(t, js, "EXT")
 	assert.ElementsMatch(t, []string{"ext.a", "ext.b"}, info.Config.Subjects)
 	assert.Equal(t, uint64(1), info.State.Msgs)
-	assert.Equal(t, jetstream.MemoryStorage, info.Config.Storage, "extending keeps the rest of the stream's configuration")
+	assert.Equal(t, natsjs.MemoryStorage, info.Config.Storage, "extending keeps the rest of the stream's configuration")
 	assert.Equal(t, []string{"EXT"}, streamNames(t, js))
 }
 
@@ -383,7 +383,7 @@ func TestAutoProvisionOff(t *testing.T) {
 		"the subscription did not report the missing stream")
 	assert.Empty(t, streamNames(t, js))
 
-	_, err = js.CreateStream(ctx(t), jetstream.StreamConfig{Name: "LATE", Subjects: []string{"late"}, Storage: jetstream.MemoryStorage})
+	_, err = js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "LATE", Subjects: []string{"late"}, Storage: natsjs.MemoryStorage})
 	require.NoError(t, err)
 	publish(t, ps, "late", "finally", nil)
 	m := recv(t, got, waitFor)

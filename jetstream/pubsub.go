@@ -6,8 +6,6 @@ package jetstream
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"reflect"
@@ -21,7 +19,7 @@ import (
 	"github.com/dapr/components-contrib/pubsub"
 	"github.com/dapr/kit/logger"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/dapr-nats/jetstream-pubsub/metadata"
 )
@@ -40,7 +38,7 @@ type PubSub struct {
 	mu      sync.Mutex
 	cfg     *metadata.Config
 	nc      *nats.Conn
-	js      jetstream.JetStream
+	js      natsjs.JetStream
 	streams *streams
 	// apiPrefix is where JetStream API requests go ("$JS.API." by default).
 	apiPrefix string
@@ -94,44 +92,12 @@ func (p *PubSub) Init(ctx context.Context, md pubsub.Metadata) error {
 	if err != nil {
 		return err
 	}
-	firstErr := make(chan error, 1)
 	if cfg.Consumer.FlowControl {
 		p.log.Info("flowControl has no effect: pull consumers are flow-controlled by the number of messages they request")
 	}
 	conns := newConnWatch(p.log, cfg.Connection.URL, cfg.Connection.ReconnectWait)
-	opts = append(opts,
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			// Without an error, the connection was closed on purpose.
-			if err != nil {
-				conns.lost(err)
-				p.stats.disconnected(disconnectKind(err))
-				p.log.Warnf("disconnected from NATS at %s: %v; reconnecting every %s", conns.url, err, conns.retry)
-			}
-		}),
-		nats.ConnectHandler(func(nc *nats.Conn) {
-			// Said once when it came after failures, which were warned about.
-			if down, n := conns.up(); n > 0 {
-				p.log.Infof("connected to NATS at %s after %s (%s failed)", metadata.RedactURL(nc.ConnectedUrl()), roughly(down), attempts(n))
-			}
-		}),
-		nats.ReconnectHandler(func(nc *nats.Conn) {
-			down, n := conns.up()
-			p.log.Infof("reconnected to NATS at %s after %s down (%s failed)", metadata.RedactURL(nc.ConnectedUrl()), roughly(down), attempts(n))
-			p.reconnected()
-		}),
-		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
-			p.log.Warnf("NATS: %v", err)
-		}),
-		// nats.go reports why the first connection attempt failed only here:
-		// the reconnect loop it starts clears LastError, racing with Init.
-		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
-			conns.failed(err)
-			select {
-			case firstErr <- err:
-			default:
-			}
-		}),
-	)
+	firstErr := make(chan error, 1)
+	opts = append(opts, p.connEvents(conns, firstErr)...)
 
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -141,53 +107,16 @@ func (p *PubSub) Init(ctx context.Context, md pubsub.Metadata) error {
 	if p.nc != nil {
 		return errors.New("jetstream pubsub: Init called twice")
 	}
-	nc, err := nats.Connect(cfg.Connection.URL, opts...)
+	nc, err := p.connect(ctx, cfg.Connection, conns, opts, firstErr)
 	if err != nil {
-		return fmt.Errorf("connect to NATS at %s: %w", metadata.RedactURL(cfg.Connection.URL), err)
-	}
-	if !nc.IsConnected() {
-		cause := nc.LastError()
-		select {
-		case cause = <-firstErr:
-		case <-time.After(time.Second):
-		case <-ctx.Done():
-		}
-		switch {
-		case isAuthError(cause):
-			nc.Close()
-			return fmt.Errorf("NATS at %s rejected the credentials: %v; check the authentication fields", metadata.RedactURL(cfg.Connection.URL), cause)
-		case isTLSConfigError(cause):
-			nc.Close()
-			return fmt.Errorf("%w: TLS with NATS at %s failed: %v; check tls_ca_file, tls_client_cert and tls_client_key", metadata.ErrInvalid, metadata.RedactURL(cfg.Connection.URL), cause)
-		}
-		// It may have connected while Init waited for the cause.
-		if !nc.IsConnected() {
-			reason := ""
-			if cause != nil {
-				reason = " (" + cause.Error() + ")"
-			}
-			p.log.Warnf("NATS at %s is not reachable yet%s; connecting in the background every %s, and publishing fails until then. To fix: %s",
-				conns.url, reason, conns.retry, connHint(cause))
-		}
+		return err
 	}
 	conns.watch(nc, p.closing, &p.wg)
 	p.conns = conns
-	jsOpts := []jetstream.JetStreamOpt{
-		jetstream.WithPublishAsyncMaxPending(4096),
-		jetstream.WithPublishAsyncTimeout(30 * time.Second),
-	}
-	var js jetstream.JetStream
-	switch {
-	case cfg.Connection.Domain != "":
-		js, err = jetstream.NewWithDomain(nc, cfg.Connection.Domain, jsOpts...)
-	case cfg.Connection.APIPrefix != "":
-		js, err = jetstream.NewWithAPIPrefix(nc, cfg.Connection.APIPrefix, jsOpts...)
-	default:
-		js, err = jetstream.New(nc, jsOpts...)
-	}
+	js, err := newJetStream(nc, cfg.Connection)
 	if err != nil {
 		nc.Close()
-		return fmt.Errorf("%w: JetStream context: %v", metadata.ErrInvalid, err)
+		return err
 	}
 	p.cfg, p.nc, p.js = cfg, nc, js
 	p.streams = newStreams(js, cfg.Stream, p.log.Warnf)
@@ -206,7 +135,7 @@ func apiPrefix(c metadata.Connection) string {
 	case c.APIPrefix != "":
 		return strings.TrimSuffix(c.APIPrefix, ".") + "."
 	}
-	return jetstream.DefaultAPIPrefix
+	return natsjs.DefaultAPIPrefix
 }
 
 // reconnected tells every subscription that NATS came back: the pull
@@ -243,38 +172,6 @@ func (p *PubSub) request(subject, inbox string, body []byte) error {
 		return ErrClosed
 	}
 	return nc.PublishRequest(subject, inbox, body)
-}
-
-func isAuthError(err error) bool {
-	if err == nil {
-		return false
-	}
-	if errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) || errors.Is(err, nats.ErrAuthRevoked) {
-		return true
-	}
-	s := strings.ToLower(err.Error())
-	return strings.Contains(s, "authorization violation") || strings.Contains(s, "authentication")
-}
-
-// isTLSConfigError reports TLS failures that retrying cannot fix: the server's
-// certificate does not verify against the trusted CAs, or the server refused
-// the client certificate.
-func isTLSConfigError(err error) bool {
-	if err == nil {
-		return false
-	}
-	var (
-		unknownCA   x509.UnknownAuthorityError
-		hostname    x509.HostnameError
-		invalidCert x509.CertificateInvalidError
-		verify      *tls.CertificateVerificationError
-	)
-	if errors.As(err, &unknownCA) || errors.As(err, &hostname) || errors.As(err, &invalidCert) || errors.As(err, &verify) {
-		return true
-	}
-	// The server's alert, such as "remote error: tls: bad certificate".
-	s := err.Error()
-	return strings.Contains(s, "remote error: tls: ") && strings.Contains(s, "certificate")
 }
 
 // Features advertises what truly works: per-message TTL (nats-server 2.11+),
@@ -391,6 +288,8 @@ func (p *PubSub) subscriptionsLocked() []*subscription {
 
 // Close stops every subscription (messages not yet acknowledged go back to
 // JetStream), drains the connection and returns when everything has stopped.
+// The error says why the connection could not be drained; it is closed
+// anyway. A second Close returns nil.
 func (p *PubSub) Close() error {
 	nc, ok := p.beginClose()
 	if !ok {
@@ -454,21 +353,30 @@ func (p *PubSub) endClose(nc *nats.Conn) error {
 	}
 	desk.unregister(p)
 	if !nc.IsConnected() {
+		// Nothing buffered can reach a server that is not there.
 		nc.Close()
 		return nil
 	}
+	return drain(nc, drainTimeout)
+}
+
+// drain has nc deliver what its subscriptions hold and flush what it
+// buffers, then closes it; after timeout, it closes nc as it is. Either way
+// nc ends closed, and an error says that what nc held may be lost.
+func drain(nc *nats.Conn, timeout time.Duration) error {
 	done := make(chan struct{})
 	nc.SetClosedHandler(func(*nats.Conn) { close(done) })
 	if err := nc.Drain(); err != nil {
 		nc.Close()
-		return nil
+		return fmt.Errorf("jetstream pubsub: close: drain the NATS connection: %w; closed it without draining", err)
 	}
 	select {
 	case <-done:
-	case <-time.After(drainTimeout):
+		return nil
+	case <-time.After(timeout):
 		nc.Close()
+		return fmt.Errorf("jetstream pubsub: close: draining the NATS connection did not finish within %s; closed it without finishing", timeout)
 	}
-	return nil
 }
 
 // Closing is closed when Close starts. A DeliverFunc blocked on a slow
@@ -483,7 +391,7 @@ func (p *PubSub) GetComponentMetadata() (md contribmd.MetadataMap) {
 }
 
 // state returns what calls need, or why they cannot proceed.
-func (p *PubSub) state() (*metadata.Config, jetstream.JetStream, *streams, error) {
+func (p *PubSub) state() (*metadata.Config, natsjs.JetStream, *streams, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	switch {

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 )
 
 const (
@@ -150,7 +150,7 @@ func (s *subscription) roomLocked(small bool) (int, string, string) {
 			return 0, "", ""
 		}
 	}
-	limit := s.cons.MaxInFlight
+	limit := s.consumerCfg.MaxInFlight
 	busy := len(s.held) + s.outstanding
 	free := limit - busy
 	batch := busy > 0 && !(small && s.outstanding == 0)
@@ -165,7 +165,7 @@ func (s *subscription) roomLocked(small bool) (int, string, string) {
 // Consume does, so that requests are few and the pipeline stays full.
 func refillAt(limit int) int { return max(1, (limit+1)/2) }
 
-func (s *subscription) heartbeat() time.Duration { return s.cons.Heartbeat }
+func (s *subscription) heartbeat() time.Duration { return s.consumerCfg.Heartbeat }
 
 // expiry is how long a pull request with heartbeat hb stays open.
 func expiry(hb time.Duration) time.Duration { return max(pullExpiry, 2*hb) }
@@ -183,15 +183,15 @@ type pullPriority struct {
 // the consumer as the server has it. s.mu is held.
 func (s *subscription) priorityLocked() pullPriority {
 	cs := s.consumer
-	if cs == nil || cs.priority == jetstream.PriorityPolicyNone || cs.group == "" {
+	if cs == nil || cs.priority == natsjs.PriorityPolicyNone || cs.group == "" {
 		return pullPriority{}
 	}
 	p := pullPriority{group: cs.group}
 	switch cs.priority {
-	case jetstream.PriorityPolicyPinned:
+	case natsjs.PriorityPolicyPinned:
 		p.pinID = s.pinID
-	case jetstream.PriorityPolicyOverflow:
-		p.minPending = s.cons.MinPending
+	case natsjs.PriorityPolicyOverflow:
+		p.minPending = s.consumerCfg.MinPending
 	}
 	return p
 }

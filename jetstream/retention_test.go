@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/dapr/components-contrib/pubsub"
-	"github.com/nats-io/nats.go/jetstream"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -23,11 +23,11 @@ func TestProvisionedStreamSettings(t *testing.T) {
 	subscribe(t, ps, "settings", nil, func(context.Context, *pubsub.NewMessage) error { return nil })
 	require.Eventually(t, func() bool { _, err := js.Stream(ctx(t), "settings"); return err == nil }, waitFor, tick)
 	cfg := streamInfo(t, js, "settings").Config
-	assert.Equal(t, jetstream.InterestPolicy, cfg.Retention)
-	assert.Equal(t, jetstream.DiscardNew, cfg.Discard)
+	assert.Equal(t, natsjs.InterestPolicy, cfg.Retention)
+	assert.Equal(t, natsjs.DiscardNew, cfg.Discard)
 	assert.Equal(t, int32(4096), cfg.MaxMsgSize)
 	assert.Equal(t, int64(5), cfg.MaxMsgsPerSubject)
-	assert.Equal(t, jetstream.S2Compression, cfg.Compression)
+	assert.Equal(t, natsjs.S2Compression, cfg.Compression)
 
 	err := ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "settings", Data: make([]byte, 5000)})
 	require.Error(t, err, "larger than streamMaxMsgSize")
@@ -41,7 +41,7 @@ func TestProvisionedStreamPlacement(t *testing.T) {
 	ns, js := startNATS(t)
 	ps, _ := open(t, ns.ClientURL(), map[string]string{"streamPlacementTags": "ssd,az:1"})
 	publish(t, ps, "placed", "x", nil)
-	assert.Equal(t, &jetstream.Placement{Tags: []string{"ssd", "az:1"}}, streamInfo(t, js, "placed").Config.Placement)
+	assert.Equal(t, &natsjs.Placement{Tags: []string{"ssd", "az:1"}}, streamInfo(t, js, "placed").Config.Placement)
 }
 
 // On a workqueue stream, a subscription starts at the first message the
@@ -82,7 +82,7 @@ func TestWorkQueueStream(t *testing.T) {
 func TestExistingStreamDifferencesLogged(t *testing.T) {
 	t.Parallel()
 	ns, js := startNATS(t)
-	_, err := js.CreateStream(ctx(t), jetstream.StreamConfig{Name: "ORDERS", Subjects: []string{"orders.>"}})
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "ORDERS", Subjects: []string{"orders.>"}})
 	require.NoError(t, err)
 	ps, log := open(t, ns.ClientURL(), map[string]string{"streamRetention": "workqueue", "streamMaxMsgsPerSubject": "-1", "streamCompression": "s2"})
 	publish(t, ps, "orders.new", "1", nil)
@@ -93,7 +93,7 @@ func TestExistingStreamDifferencesLogged(t *testing.T) {
 		assert.Contains(t, text, s)
 	}
 	assert.NotContains(t, text, "streamMaxMsgsPerSubject", "a setting that matches is not named")
-	assert.Equal(t, jetstream.LimitsPolicy, streamInfo(t, js, "ORDERS").Config.Retention, "the stream is left as it is")
+	assert.Equal(t, natsjs.LimitsPolicy, streamInfo(t, js, "ORDERS").Config.Retention, "the stream is left as it is")
 }
 
 // A dead letter bound for an interest stream that no consumer takes it from
@@ -101,7 +101,7 @@ func TestExistingStreamDifferencesLogged(t *testing.T) {
 func TestDeadLetterIntoInterestStream(t *testing.T) {
 	t.Parallel()
 	ns, js := startNATS(t)
-	_, err := js.CreateStream(ctx(t), jetstream.StreamConfig{Name: "DEAD", Subjects: []string{"dead.>"}, Retention: jetstream.InterestPolicy})
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "DEAD", Subjects: []string{"dead.>"}, Retention: natsjs.InterestPolicy})
 	require.NoError(t, err)
 	ps, log := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "maxDeliver": "1", "deadLetterSubject": "dead.{topic}"})
 	var calls atomic.Int32

@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 )
 
@@ -95,8 +95,8 @@ func lookupFold(md map[string]string, key string) (string, bool) {
 func setSchedule(msg *nats.Msg, at time.Time) {
 	msg.Header[headerSchedule] = []string{"@at " + at.UTC().Format(time.RFC3339Nano)}
 	msg.Header[headerScheduleTarget] = []string{msg.Subject}
-	if ttl, ok := msg.Header[jetstream.MsgTTLHeader]; ok {
-		delete(msg.Header, jetstream.MsgTTLHeader)
+	if ttl, ok := msg.Header[natsjs.MsgTTLHeader]; ok {
+		delete(msg.Header, natsjs.MsgTTLHeader)
 		msg.Header[headerScheduleTTL] = ttl
 	}
 }

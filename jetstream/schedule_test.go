@@ -9,7 +9,7 @@ import (
 
 	"github.com/dapr/components-contrib/pubsub"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -75,7 +75,7 @@ func TestDelayedDelivery(t *testing.T) {
 		if err != nil {
 			return false
 		}
-		info, err := st.Info(ctx(t), jetstream.WithSubjectFilter("_schedule.>"))
+		info, err := st.Info(ctx(t), natsjs.WithSubjectFilter("_schedule.>"))
 		return err == nil && len(info.State.Subjects) == 0
 	}, waitFor, tick, "the fired schedules were not removed")
 	nothing(t, got, 200*time.Millisecond)
@@ -113,9 +113,9 @@ func TestDelayedDeliveryTTLAndDedup(t *testing.T) {
 	}
 	waiting, err := lastMsg(t, js, "later", "_schedule.later.*")
 	require.NoError(t, err)
-	assert.Equal(t, "later:evt-7", waiting.Header.Get(jetstream.MsgIDHeader), "the schedule keeps the CloudEvent id for de-duplication")
+	assert.Equal(t, "later:evt-7", waiting.Header.Get(natsjs.MsgIDHeader), "the schedule keeps the CloudEvent id for de-duplication")
 	assert.Equal(t, "60s", waiting.Header.Get("Nats-Schedule-TTL"))
-	assert.Empty(t, waiting.Header.Get(jetstream.MsgTTLHeader), "the schedule itself must not expire before its time")
+	assert.Empty(t, waiting.Header.Get(natsjs.MsgTTLHeader), "the schedule itself must not expire before its time")
 
 	a := recv(t, got, waitFor)
 	assert.JSONEq(t, event, a.data, "the event is delivered as it was published")
@@ -123,7 +123,7 @@ func TestDelayedDeliveryTTLAndDedup(t *testing.T) {
 
 	delivered, err := lastMsg(t, js, "later", "later")
 	require.NoError(t, err)
-	assert.Equal(t, "60s", delivered.Header.Get(jetstream.MsgTTLHeader), "ttlInSeconds applies to the delivered message")
+	assert.Equal(t, "60s", delivered.Header.Get(natsjs.MsgTTLHeader), "ttlInSeconds applies to the delivered message")
 }
 
 // Bad values name the key, the value and what is accepted, and nothing is
@@ -169,7 +169,7 @@ func TestDelayedDeliveryBadValues(t *testing.T) {
 	assert.Contains(t, resp.FailedEntries[0].Error.Error(), "deliverAfter")
 	st, err := js.Stream(ctx(t), "BAD")
 	require.NoError(t, err)
-	info, err := st.Info(ctx(t), jetstream.WithSubjectFilter(">"))
+	info, err := st.Info(ctx(t), natsjs.WithSubjectFilter(">"))
 	require.NoError(t, err)
 	assert.Equal(t, uint64(1), info.State.Subjects["bad.x"], "the entry without a schedule is stored at once")
 	assert.Len(t, info.State.Subjects, 2, "and the scheduled one waits on a schedule subject: %v", info.State.Subjects)
@@ -182,11 +182,11 @@ func TestDelayedDeliveryBadValues(t *testing.T) {
 func TestDelayedDeliveryStreamRefusals(t *testing.T) {
 	t.Parallel()
 	ns, js := startNATS(t)
-	_, err := js.CreateStream(ctx(t), jetstream.StreamConfig{Name: "PLAIN", Subjects: []string{"plain.>"}})
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "PLAIN", Subjects: []string{"plain.>"}})
 	require.NoError(t, err)
-	_, err = js.CreateStream(ctx(t), jetstream.StreamConfig{Name: "INTEREST", Subjects: []string{"interest.>"}, Retention: jetstream.InterestPolicy})
+	_, err = js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "INTEREST", Subjects: []string{"interest.>"}, Retention: natsjs.InterestPolicy})
 	require.NoError(t, err)
-	_, err = js.CreateStream(ctx(t), jetstream.StreamConfig{Name: "READY", Subjects: []string{"ready.>", "_schedule.READY.*"}, AllowMsgSchedules: true})
+	_, err = js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "READY", Subjects: []string{"ready.>", "_schedule.READY.*"}, AllowMsgSchedules: true})
 	require.NoError(t, err)
 
 	manual, _ := open(t, ns.ClientURL(), map[string]string{"autoProvision": "false"})
@@ -227,11 +227,11 @@ func TestDelayedDeliveryStreamRefusals(t *testing.T) {
 func TestSchedulerDropsSchedulesOnInterestStreams(t *testing.T) {
 	t.Parallel()
 	_, js := startNATS(t)
-	_, err := js.CreateStream(ctx(t), jetstream.StreamConfig{
-		Name: "DROPS", Subjects: []string{"drops", "_schedule.DROPS.*"}, Retention: jetstream.InterestPolicy, AllowMsgSchedules: true,
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{
+		Name: "DROPS", Subjects: []string{"drops", "_schedule.DROPS.*"}, Retention: natsjs.InterestPolicy, AllowMsgSchedules: true,
 	})
 	require.NoError(t, err)
-	_, err = js.CreateOrUpdateConsumer(ctx(t), "DROPS", jetstream.ConsumerConfig{Durable: "app", FilterSubject: "drops", AckPolicy: jetstream.AckExplicitPolicy})
+	_, err = js.CreateOrUpdateConsumer(ctx(t), "DROPS", natsjs.ConsumerConfig{Durable: "app", FilterSubject: "drops", AckPolicy: natsjs.AckExplicitPolicy})
 	require.NoError(t, err)
 	msg := nats.NewMsg("_schedule.DROPS.one")
 	msg.Header.Set("Nats-Schedule", "@at "+time.Now().Add(time.Second).UTC().Format(time.RFC3339Nano))
@@ -247,7 +247,7 @@ func TestSchedulerDropsSchedulesOnInterestStreams(t *testing.T) {
 func TestDelayedDeliveryWorkQueue(t *testing.T) {
 	t.Parallel()
 	ns, js := startNATS(t)
-	_, err := js.CreateStream(ctx(t), jetstream.StreamConfig{Name: "JOBS", Subjects: []string{"jobs"}, Retention: jetstream.WorkQueuePolicy})
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "JOBS", Subjects: []string{"jobs"}, Retention: natsjs.WorkQueuePolicy})
 	require.NoError(t, err)
 	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app"})
 	h, got := collectArrivals()
@@ -268,7 +268,7 @@ func TestScheduleSubject(t *testing.T) {
 }
 
 // lastMsg returns the last message on subject in stream.
-func lastMsg(t *testing.T, js jetstream.JetStream, stream, subject string) (*jetstream.RawStreamMsg, error) {
+func lastMsg(t *testing.T, js natsjs.JetStream, stream, subject string) (*natsjs.RawStreamMsg, error) {
 	t.Helper()
 	st, err := js.Stream(ctx(t), stream)
 	if err != nil {
@@ -281,7 +281,7 @@ func lastMsg(t *testing.T, js jetstream.JetStream, stream, subject string) (*jet
 // then change the stream (a delayed publish allows schedules) do so after
 // it: nats-server 2.15.2 reads a stream's configuration without a lock while
 // it creates a consumer, and the race detector flags a concurrent update.
-func waitConsumer(t *testing.T, js jetstream.JetStream, stream, name string) {
+func waitConsumer(t *testing.T, js natsjs.JetStream, stream, name string) {
 	t.Helper()
 	require.Eventually(t, func() bool {
 		info, err := consumerInfo(js, stream, name)

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 )
 
 // Stats is a snapshot of what an instance does behind the socket, for
@@ -260,7 +260,7 @@ func (s *subscription) addLive(byKey map[subKey]*SubscriptionStats, now time.Tim
 	defer s.mu.Unlock()
 	v.Live++
 	v.Held += len(s.held)
-	v.MaxInFlight += s.cons.MaxInFlight
+	v.MaxInFlight += s.consumerCfg.MaxInFlight
 	for d := range s.held {
 		if age := now.Sub(d.received); age > v.OldestHeld {
 			v.OldestHeld = age
@@ -276,7 +276,7 @@ func (s *subscription) addLive(byKey map[subKey]*SubscriptionStats, now time.Tim
 
 // countPublish counts one publish by its outcome, and tells the observer
 // how long it waited for its PubAck when it was sent (sent not zero).
-func (p *PubSub) countPublish(topic string, sent time.Time, ack *jetstream.PubAck, err error) {
+func (p *PubSub) countPublish(topic string, sent time.Time, ack *natsjs.PubAck, err error) {
 	outcome := publishOutcome(ack, err)
 	p.stats.published(topic, outcome)
 	if o := p.observer.Load(); o != nil && *o != nil && !sent.IsZero() {
@@ -285,8 +285,8 @@ func (p *PubSub) countPublish(topic string, sent time.Time, ack *jetstream.PubAc
 }
 
 // publishOutcome names the outcome of a publish.
-func publishOutcome(ack *jetstream.PubAck, err error) string {
-	var apiErr *jetstream.APIError
+func publishOutcome(ack *natsjs.PubAck, err error) string {
+	var apiErr *natsjs.APIError
 	switch {
 	case err == nil && ack != nil && ack.Duplicate:
 		return OutcomeDuplicate

@@ -5,14 +5,14 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/nats-io/nats.go/jetstream"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 )
 
 // noteDifferences logs, once per stream, where an existing stream differs
 // from the stream* settings the metadata gave. The component leaves existing
 // streams as they are: they may be an operator's, and JetStream cannot
 // change some settings (retention, storage) of a stream that exists.
-func (s *streams) noteDifferences(have jetstream.StreamConfig) {
+func (s *streams) noteDifferences(have natsjs.StreamConfig) {
 	s.mu.Lock()
 	noted := s.noted[have.Name]
 	s.noted[have.Name] = true
@@ -28,8 +28,8 @@ func (s *streams) noteDifferences(have jetstream.StreamConfig) {
 
 // wanted is the configuration a stream created now would get, apart from
 // its name and subjects.
-func (s *streams) wanted() jetstream.StreamConfig {
-	return jetstream.StreamConfig{
+func (s *streams) wanted() natsjs.StreamConfig {
+	return natsjs.StreamConfig{
 		Storage: s.cfg.Storage, Replicas: s.cfg.Replicas, MaxAge: s.cfg.MaxAge, MaxMsgs: s.cfg.MaxMsgs,
 		MaxBytes: s.cfg.MaxBytes, Duplicates: s.cfg.DuplicateWindow, Retention: s.cfg.Retention,
 		Discard: s.cfg.Discard, MaxMsgSize: s.cfg.MaxMsgSize, MaxMsgsPerSubject: s.cfg.MaxMsgsPerSubject,
@@ -40,7 +40,7 @@ func (s *streams) wanted() jetstream.StreamConfig {
 // streamDifferences describes each setting of have that differs from want,
 // among the keys given: "retention limits where streamRetention asks for
 // workqueue".
-func streamDifferences(have, want jetstream.StreamConfig, given []string) []string {
+func streamDifferences(have, want natsjs.StreamConfig, given []string) []string {
 	var diffs []string
 	differ := func(key, what string, haveV, wantV any) {
 		h, w := settingText(haveV), settingText(wantV)
@@ -70,14 +70,14 @@ func settingText(v any) string {
 	return strings.TrimPrefix(t, "discard")
 }
 
-func placementCluster(p *jetstream.Placement) string {
+func placementCluster(p *natsjs.Placement) string {
 	if p == nil {
 		return ""
 	}
 	return p.Cluster
 }
 
-func placementTags(p *jetstream.Placement) []string {
+func placementTags(p *natsjs.Placement) []string {
 	if p == nil {
 		return nil
 	}

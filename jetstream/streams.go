@@ -7,7 +7,7 @@ import (
 	"slices"
 	"sync"
 
-	"github.com/nats-io/nats.go/jetstream"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/dapr-nats/jetstream-pubsub/metadata"
 )
@@ -16,7 +16,7 @@ import (
 // that stores a topic. Answers are cached per topic, so the publish path
 // touches the JetStream API only the first time it sees a topic.
 type streams struct {
-	js   jetstream.JetStream
+	js   natsjs.JetStream
 	cfg  metadata.Stream
 	warn func(format string, args ...any)
 
@@ -28,7 +28,7 @@ type streams struct {
 	noted map[string]bool   // stream -> its differences were logged
 }
 
-func newStreams(js jetstream.JetStream, cfg metadata.Stream, warn func(string, ...any)) *streams {
+func newStreams(js natsjs.JetStream, cfg metadata.Stream, warn func(string, ...any)) *streams {
 	return &streams{
 		js: js, cfg: cfg, warn: warn,
 		known: map[string]string{}, ttl: map[string]bool{}, sched: map[string]bool{}, batch: map[string]bool{}, noted: map[string]bool{},
@@ -85,14 +85,14 @@ func (s *streams) ensure(ctx context.Context, topic string) (string, error) {
 
 // lookup finds the stream for topic. A nil info with a name means the stream
 // does not exist yet and may be created under that name.
-func (s *streams) lookup(ctx context.Context, topic string) (string, *jetstream.StreamInfo, error) {
+func (s *streams) lookup(ctx context.Context, topic string) (string, *natsjs.StreamInfo, error) {
 	name := s.cfg.Name
 	if name == "" {
 		found, err := s.js.StreamNameBySubject(ctx, topic)
 		switch {
 		case err == nil:
 			name = found
-		case errors.Is(err, jetstream.ErrStreamNotFound):
+		case errors.Is(err, natsjs.ErrStreamNotFound):
 			if !s.cfg.AutoProvision {
 				return "", nil, fmt.Errorf("%w: create a stream whose subjects include %q, set streamName, or set autoProvision to true", ErrNoStream, topic)
 			}
@@ -105,7 +105,7 @@ func (s *streams) lookup(ctx context.Context, topic string) (string, *jetstream.
 	switch {
 	case err == nil:
 		return name, st.CachedInfo(), nil
-	case errors.Is(err, jetstream.ErrStreamNotFound):
+	case errors.Is(err, natsjs.ErrStreamNotFound):
 		if !s.cfg.AutoProvision {
 			return "", nil, fmt.Errorf("%w: stream %q does not exist; create it with subjects including %q, or set autoProvision to true", ErrNoStream, name, topic)
 		}
@@ -115,12 +115,12 @@ func (s *streams) lookup(ctx context.Context, topic string) (string, *jetstream.
 	}
 }
 
-func (s *streams) create(ctx context.Context, name, topic string) (*jetstream.StreamInfo, error) {
+func (s *streams) create(ctx context.Context, name, topic string) (*natsjs.StreamInfo, error) {
 	subjects := slices.Clone(s.cfg.Subjects)
 	if !covers(subjects, topic) {
 		subjects = append(subjects, topic)
 	}
-	cfg := jetstream.StreamConfig{
+	cfg := natsjs.StreamConfig{
 		Name:        name,
 		Description: "created by the Dapr NATS JetStream pub/sub component",
 		Subjects:    subjects,
@@ -167,7 +167,7 @@ func (s *streams) create(ctx context.Context, name, topic string) (*jetstream.St
 	return nil, fmt.Errorf("create stream %q for subjects %v: %w; if the subjects overlap another stream, set streamName to that stream", name, subjects, err)
 }
 
-func (s *streams) extend(ctx context.Context, info *jetstream.StreamInfo, topic string) (*jetstream.StreamInfo, error) {
+func (s *streams) extend(ctx context.Context, info *natsjs.StreamInfo, topic string) (*natsjs.StreamInfo, error) {
 	if !s.cfg.AutoProvision {
 		return nil, fmt.Errorf("%w: stream %q has subjects %v, none of which includes %q; add it to the stream, or set autoProvision to true",
 			ErrNoStream, info.Config.Name, info.Config.Subjects, topic)
@@ -187,8 +187,8 @@ func (s *streams) extend(ctx context.Context, info *jetstream.StreamInfo, topic 
 
 // coveredBy returns the one stream with subjects that topic covers, if there
 // is exactly one.
-func (s *streams) coveredBy(ctx context.Context, topic string) *jetstream.StreamInfo {
-	var found *jetstream.StreamInfo
+func (s *streams) coveredBy(ctx context.Context, topic string) *natsjs.StreamInfo {
+	var found *natsjs.StreamInfo
 	list := s.js.ListStreams(ctx)
 	for info := range list.Info() {
 		if slices.ContainsFunc(info.Config.Subjects, func(subj string) bool { return metadata.SubjectCovers(topic, subj) }) {
@@ -210,7 +210,7 @@ func (s *streams) coveredBy(ctx context.Context, topic string) *jetstream.Stream
 // made only when auto-provisioning is on; refused says what to do when it
 // is off. what names the change, for its error.
 func (s *streams) ensureConfig(ctx context.Context, name string, known map[string]bool, what string,
-	adjust func(cfg *jetstream.StreamConfig) (bool, error), refused func() error) error {
+	adjust func(cfg *natsjs.StreamConfig) (bool, error), refused func() error) error {
 	s.mu.Lock()
 	ok := known[name]
 	s.mu.Unlock()
@@ -243,7 +243,7 @@ func (s *streams) ensureConfig(ctx context.Context, name string, known map[strin
 // ensureTTL makes sure the stream accepts per-message TTLs.
 func (s *streams) ensureTTL(ctx context.Context, name string) error {
 	return s.ensureConfig(ctx, name, s.ttl, "allow per-message TTL",
-		func(cfg *jetstream.StreamConfig) (bool, error) {
+		func(cfg *natsjs.StreamConfig) (bool, error) {
 			changed := !cfg.AllowMsgTTL
 			cfg.AllowMsgTTL = true
 			return changed, nil
@@ -261,8 +261,8 @@ func (s *streams) ensureTTL(ctx context.Context, name string) error {
 func (s *streams) ensureSchedules(ctx context.Context, name string) error {
 	subjects := scheduleSubjects(name)
 	return s.ensureConfig(ctx, name, s.sched, fmt.Sprintf("allow message schedules, with the subject %q,", subjects),
-		func(cfg *jetstream.StreamConfig) (bool, error) {
-			if cfg.Retention == jetstream.InterestPolicy {
+		func(cfg *natsjs.StreamConfig) (bool, error) {
+			if cfg.Retention == natsjs.InterestPolicy {
 				return false, fmt.Errorf("%w: stream %q has interest retention, on which JetStream drops a delayed message while it waits, since no consumer is interested in its schedule subject; publish delayed messages (scheduledSendTime, deliverAfter) to a stream with limits or workqueue retention",
 					ErrSchedulesNotAllowed, name)
 			}
@@ -283,7 +283,7 @@ func (s *streams) ensureSchedules(ctx context.Context, name string) error {
 // ensureAtomic makes sure the stream allows atomic batch publish.
 func (s *streams) ensureAtomic(ctx context.Context, name string) error {
 	return s.ensureConfig(ctx, name, s.batch, "allow atomic publish",
-		func(cfg *jetstream.StreamConfig) (bool, error) {
+		func(cfg *natsjs.StreamConfig) (bool, error) {
 			changed := !cfg.AllowAtomicPublish
 			cfg.AllowAtomicPublish = true
 			return changed, nil

@@ -9,7 +9,7 @@ import (
 
 	"github.com/dapr/components-contrib/pubsub"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/time/rate"
 
 	"github.com/dapr-nats/jetstream-pubsub/metadata"
@@ -58,12 +58,12 @@ type DeliverFunc func(*Delivery) error
 // consumer, watches the pull and retries. NATS trouble never ends a
 // subscription.
 type subscription struct {
-	p         *PubSub
-	topic     string
-	cons      metadata.Consumer
-	requested time.Time
-	fn        DeliverFunc
-	limiter   *rate.Limiter
+	p           *PubSub
+	topic       string
+	consumerCfg metadata.Consumer
+	requested   time.Time
+	fn          DeliverFunc
+	limiter     *rate.Limiter
 
 	ctx    context.Context // cancelled by stop
 	cancel context.CancelFunc
@@ -120,22 +120,22 @@ func (p *PubSub) subscribe(ctx context.Context, req pubsub.SubscribeRequest, fn 
 	if err := metadata.ValidSubject(req.Topic, true); err != nil {
 		return nil, invalid("subscribe to", req.Topic, fmt.Errorf("%w: topic %s; use a NATS subject such as orders, orders.* or orders.>", ErrInvalidRequest, err))
 	}
-	cons, err := cfg.ForSubscription(req.Metadata)
+	consumerCfg, err := cfg.ForSubscription(req.Metadata)
 	if err == nil {
-		err = deadLetterLoop(req.Topic, cons)
+		err = deadLetterLoop(req.Topic, consumerCfg)
 	}
 	if err != nil {
 		return nil, invalid("subscribe to", req.Topic, err)
 	}
 	s := &subscription{
-		p: p, topic: req.Topic, cons: cons, requested: time.Now().Add(-startSkew), fn: fn,
+		p: p, topic: req.Topic, consumerCfg: consumerCfg, requested: time.Now().Add(-startSkew), fn: fn,
 		done: make(chan struct{}), wake: make(chan struct{}, 1), ended: make(chan struct{}), ready: make(chan struct{}, 1),
 		held: map[*Delivery]struct{}{}, retryWait: retryMin, floor: newResumePoint(),
 	}
 	s.counters = p.stats.subscription(s.topic, s.statsConsumer())
 	s.log = p.log.WithFields(map[string]any{"topic": s.topic, "consumer": s.statsConsumer()})
-	if cons.RateLimit > 0 {
-		s.limiter = rate.NewLimiter(rate.Limit(cons.RateLimit), int(max(cons.RateLimit, 8<<20)))
+	if consumerCfg.RateLimit > 0 {
+		s.limiter = rate.NewLimiter(rate.Limit(consumerCfg.RateLimit), int(max(consumerCfg.RateLimit, 8<<20)))
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 
@@ -172,7 +172,7 @@ func (p *PubSub) subscribe(ctx context.Context, req pubsub.SubscribeRequest, fn 
 // message is acknowledged only after its handler returned nil.
 func (p *PubSub) Subscribe(ctx context.Context, req pubsub.SubscribeRequest, handler pubsub.Handler) error {
 	_, err := p.SubscribeDeliveries(ctx, req, func(d *Delivery) error {
-		if !d.sub.cons.Parallel {
+		if !d.sub.consumerCfg.Parallel {
 			_ = d.Settle(handler(d.sub.ctx, d.Message()))
 			return nil
 		}
@@ -399,7 +399,7 @@ func (s *subscription) keepAliveLoop() {
 func (s *subscription) keepAlive(now time.Time) time.Duration {
 	s.mu.Lock()
 	cs := s.consumer
-	if cs == nil || cs.ackPolicy == jetstream.AckNonePolicy {
+	if cs == nil || cs.ackPolicy == natsjs.AckNonePolicy {
 		s.mu.Unlock()
 		return tickEvery
 	}
@@ -445,16 +445,16 @@ func (s *subscription) ackNone() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.consumer != nil {
-		return s.consumer.ackPolicy == jetstream.AckNonePolicy
+		return s.consumer.ackPolicy == natsjs.AckNonePolicy
 	}
-	return s.cons.AckPolicy == jetstream.AckNonePolicy
+	return s.consumerCfg.AckPolicy == natsjs.AckNonePolicy
 }
 
 // nakDelay is the redelivery delay after a failed delivery: the backOff step
 // for the delivery count, else nakDelay.
 func (s *subscription) nakDelay(deliveries uint64) time.Duration {
 	s.mu.Lock()
-	b := s.cons.BackOff
+	b := s.consumerCfg.BackOff
 	if s.consumer != nil {
 		b = s.consumer.backOff
 	}
@@ -463,7 +463,7 @@ func (s *subscription) nakDelay(deliveries uint64) time.Duration {
 		i := int(min(max(deliveries, 1)-1, uint64(len(b)-1)))
 		return b[i]
 	}
-	return s.cons.NakDelay
+	return s.consumerCfg.NakDelay
 }
 
 // pause stops delivery and new pull requests. The returned channel closes
@@ -543,13 +543,13 @@ func (s *subscription) pass(cs *consumerState, taken []*Delivery) {
 	sortBySequence(taken)
 	if cs == nil || cs.name == "" || cs.ephemeral {
 		for _, d := range taken {
-			if cs != nil && cs.ackPolicy != jetstream.AckNonePolicy {
+			if cs != nil && cs.ackPolicy != natsjs.AckNonePolicy {
 				_ = s.p.reply(d.reply, nakBody)
 			}
 		}
 		return
 	}
-	desk.leave(s.handoverKey(cs), taken, cs.shortestAckWait(), cs.ackPolicy == jetstream.AckNonePolicy, s.p)
+	desk.leave(s.handoverKey(cs), taken, cs.shortestAckWait(), cs.ackPolicy == natsjs.AckNonePolicy, s.p)
 }
 
 // waitUpTo waits for ch to close, at most d; false when it did not.

@@ -4,37 +4,37 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/nats-io/nats.go/jetstream"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 )
 
 // JetStream's refusals of a consumer on a workqueue stream.
 const (
-	errCodeWQMultipleUnfiltered jetstream.ErrorCode = 10099
-	errCodeWQNotUnique          jetstream.ErrorCode = 10100
+	errCodeWQMultipleUnfiltered natsjs.ErrorCode = 10099
+	errCodeWQNotUnique          natsjs.ErrorCode = 10100
 )
 
 // forWorkQueue adapts a new consumer to a workqueue stream, which takes
 // only consumers that ack explicitly and start at the first message it
 // holds. A subscription that asked for another start is refused.
-func (s *subscription) forWorkQueue(want *jetstream.ConsumerConfig, stream string) error {
-	if want.AckPolicy != jetstream.AckExplicitPolicy {
+func (s *subscription) forWorkQueue(want *natsjs.ConsumerConfig, stream string) error {
+	if want.AckPolicy != natsjs.AckExplicitPolicy {
 		return &Error{Op: "subscribe to", Topic: s.topic, Kind: KindRejected, Err: fmt.Errorf(
 			"stream %q has workqueue retention, which removes a message once it is acknowledged, so its consumers must acknowledge each one: use ackPolicy explicit", stream)}
 	}
-	if !s.cons.StartAtSubscribe && s.cons.DeliverPolicy != jetstream.DeliverAllPolicy {
+	if !s.consumerCfg.StartAtSubscribe && s.consumerCfg.DeliverPolicy != natsjs.DeliverAllPolicy {
 		return &Error{Op: "subscribe to", Topic: s.topic, Kind: KindRejected, Err: fmt.Errorf(
 			"stream %q has workqueue retention, which holds only messages no consumer has taken yet, so its consumers start at the first one: remove deliverPolicy, startSequence and startTime from the subscription, or use deliverPolicy all", stream)}
 	}
 	// What the stream holds is what nobody has acknowledged, so the first
 	// message is also where a consumer made again resumes.
-	want.DeliverPolicy, want.OptStartSeq, want.OptStartTime = jetstream.DeliverAllPolicy, 0, nil
+	want.DeliverPolicy, want.OptStartSeq, want.OptStartTime = natsjs.DeliverAllPolicy, 0, nil
 	return nil
 }
 
 // explainWorkQueue says why a workqueue stream refused a consumer: another
 // one already takes the topic's subjects.
 func explainWorkQueue(err error, stream, topic string) error {
-	var apiErr *jetstream.APIError
+	var apiErr *natsjs.APIError
 	if !errors.As(err, &apiErr) || (apiErr.ErrorCode != errCodeWQMultipleUnfiltered && apiErr.ErrorCode != errCodeWQNotUnique) {
 		return err
 	}

@@ -210,11 +210,11 @@ func (c *Config) ForSubscription(sub map[string]string) (Consumer, error) {
 	if err != nil {
 		return Consumer{}, fmt.Errorf("subscription metadata: %w", err)
 	}
-	cons, err := parseConsumer(&p)
+	consumer, err := parseConsumer(&p)
 	if err != nil {
 		return Consumer{}, fmt.Errorf("subscription metadata: %w", err)
 	}
-	return cons, nil
+	return consumer, nil
 }
 
 // sameKeyTwice reports each of keys that props spells more than once (say
@@ -331,10 +331,40 @@ func parseConnection(p *Properties) (Connection, error) {
 	var errs []error
 	add := func(err error) { errs = append(errs, err) }
 
-	if strings.TrimFunc(c.URL, func(r rune) bool { return r == ',' || unicode.IsSpace(r) }) == "" {
-		add(fieldErr("natsURL", "", "is required", "a NATS URL such as nats://localhost:4222, or a comma-separated list of them"))
+	var err error
+	c.URL, err = parseServerURLs(c.URL)
+	add(err)
+	if c.Name == "" {
+		c.Name = DefaultName
 	}
-	servers := splitServerURLs(c.URL)
+	if c.ReconnectWait < 0 {
+		add(fieldErr("reconnectWait", c.ReconnectWait.String(), "must not be negative", "a duration such as 2s"))
+	}
+	if c.ReconnectWait == 0 {
+		c.ReconnectWait = DefaultReconnectWait
+	}
+	if c.ConnectTimeout < 0 {
+		add(fieldErr("connectTimeout", c.ConnectTimeout.String(), "must not be negative", "a duration such as 5s"))
+	}
+	if c.ConnectTimeout == 0 {
+		c.ConnectTimeout = DefaultConnectTimeout
+	}
+	add(checkAuth(c))
+	if c.Domain != "" && c.APIPrefix != "" {
+		add(conflict("both choose the JetStream API subject prefix", "set domain for a JetStream domain, or apiPrefix for an imported API, not both", "domain", "apiPrefix"))
+	}
+	return c, errors.Join(errs...)
+}
+
+// parseServerURLs checks each URL of a natsURL list and returns the list with
+// the commas in user information percent-encoded. Errors never show what may
+// be a user or password.
+func parseServerURLs(list string) (string, error) {
+	var errs []error
+	if strings.TrimFunc(list, func(r rune) bool { return r == ',' || unicode.IsSpace(r) }) == "" {
+		errs = append(errs, fieldErr("natsURL", "", "is required", "a NATS URL such as nats://localhost:4222, or a comma-separated list of them"))
+	}
+	servers := splitServerURLs(list)
 	shown := redactServerURLs(servers)
 	for i, raw := range servers {
 		u := strings.TrimSpace(raw)
@@ -352,35 +382,41 @@ func parseConnection(p *Properties) (Connection, error) {
 				problem += " (what may be a user or password is hidden)"
 				accepted += "; percent-encode , @ / ? # % or a space in a user or password: %2C %40 %2F %3F %23 %25 %20"
 			}
-			add(fieldErr("natsURL", value, problem, accepted))
+			errs = append(errs, fieldErr("natsURL", value, problem, accepted))
 			continue
 		}
 		servers[i] = escapeUserInfoCommas(raw)
 	}
-	c.URL = strings.Join(servers, ",")
-	if c.Name == "" {
-		c.Name = DefaultName
-	}
-	if c.ReconnectWait < 0 {
-		add(fieldErr("reconnectWait", c.ReconnectWait.String(), "must not be negative", "a duration such as 2s"))
-	}
-	if c.ReconnectWait == 0 {
-		c.ReconnectWait = DefaultReconnectWait
-	}
-	if c.ConnectTimeout < 0 {
-		add(fieldErr("connectTimeout", c.ConnectTimeout.String(), "must not be negative", "a duration such as 5s"))
-	}
-	if c.ConnectTimeout == 0 {
-		c.ConnectTimeout = DefaultConnectTimeout
-	}
+	return strings.Join(servers, ","), errors.Join(errs...)
+}
 
-	// Authentication: at most one identity, optionally with TLS.
+// checkAuth checks the authentication fields: at most one identity, each
+// complete, optionally with a TLS client certificate.
+func checkAuth(c Connection) error {
+	var errs []error
+	add := func(err error) { errs = append(errs, err) }
 	if (c.JWT == "") != (c.SeedKey == "") {
 		add(conflict("must be set together: the user JWT and the seed that signs it", "set both, or use credsFile", "jwt", "seedKey"))
 	}
 	if (c.User == "") != (c.Password == "") {
 		add(conflict("must be set together", "set both, or neither", "user", "password"))
 	}
+	if identities := identityFields(c); len(identities) > 1 {
+		add(conflict("each give NATS a user identity and only one can be used", "keep one of them (TLS client certificates combine with any)", identities...))
+	}
+	for _, seed := range []struct{ field, value string }{{"seedKey", c.SeedKey}, {"nkeySeed", c.NKeySeed}} {
+		if seed.value != "" && !strings.HasPrefix(strings.TrimSpace(seed.value), "SU") {
+			add(fieldErr(seed.field, seed.value, "is not an NKey user seed", "a user seed, which starts with SU"))
+		}
+	}
+	if (c.TLSClientCert == "") != (c.TLSClientKey == "") {
+		add(conflict("must be set together", "set both paths, or neither", "tls_client_cert", "tls_client_key"))
+	}
+	return errors.Join(errs...)
+}
+
+// identityFields names the user identities the fields give NATS.
+func identityFields(c Connection) []string {
 	identities := []string{}
 	if c.Token != "" {
 		identities = append(identities, "token")
@@ -397,28 +433,12 @@ func parseConnection(p *Properties) (Connection, error) {
 	if c.CredsFile != "" {
 		identities = append(identities, "credsFile")
 	}
-	if len(identities) > 1 {
-		add(conflict("each give NATS a user identity and only one can be used", "keep one of them (TLS client certificates combine with any)", identities...))
-	}
-	for _, seed := range []struct{ field, value string }{{"seedKey", c.SeedKey}, {"nkeySeed", c.NKeySeed}} {
-		if seed.value != "" && !strings.HasPrefix(strings.TrimSpace(seed.value), "SU") {
-			add(fieldErr(seed.field, seed.value, "is not an NKey user seed", "a user seed, which starts with SU"))
-		}
-	}
-	if (c.TLSClientCert == "") != (c.TLSClientKey == "") {
-		add(conflict("must be set together", "set both paths, or neither", "tls_client_cert", "tls_client_key"))
-	}
-	if c.Domain != "" && c.APIPrefix != "" {
-		add(conflict("both choose the JetStream API subject prefix", "set domain for a JetStream domain, or apiPrefix for an imported API, not both", "domain", "apiPrefix"))
-	}
-	return c, errors.Join(errs...)
+	return identities
 }
 
 func parsePublish(p *Properties) Publish {
 	var pub Publish
-	if p.BulkPublishAtomic != nil {
-		pub.BulkAtomic = bool(*p.BulkPublishAtomic)
-	}
+	givenBool(&pub.BulkAtomic, p.BulkPublishAtomic)
 	return pub
 }
 
@@ -433,9 +453,7 @@ func parseStream(p *Properties) (Stream, error) {
 	if s.Name != "" && !ValidName(s.Name) {
 		add(fieldErr("streamName", s.Name, "is not a valid stream name", "letters, digits, - and _, without spaces, dots, *, >, / or \\, at most 255 characters"))
 	}
-	if p.AutoProvision != nil {
-		s.AutoProvision = bool(*p.AutoProvision)
-	}
+	givenBool(&s.AutoProvision, p.AutoProvision)
 	for _, subj := range p.StreamSubjects {
 		subj = strings.TrimSpace(subj)
 		if err := ValidSubject(subj, true); err != nil {
@@ -454,12 +472,20 @@ func parseStream(p *Properties) (Stream, error) {
 	default:
 		add(fieldErr("streamStorage", p.StreamStorage, "is not a storage type", "file or memory"))
 	}
-	if p.StreamReplicas != nil {
-		s.Replicas = *p.StreamReplicas
-		if s.Replicas < 1 || s.Replicas > 5 {
-			add(fieldErr("streamReplicas", fmt.Sprint(s.Replicas), "is out of range", "1 to 5"))
-		}
+	if given(&s.Replicas, p.StreamReplicas) && (s.Replicas < 1 || s.Replicas > 5) {
+		add(fieldErr("streamReplicas", fmt.Sprint(s.Replicas), "is out of range", "1 to 5"))
 	}
+	add(parseStreamLimits(p, &s))
+	add(parseStreamPolicies(p, &s))
+	s.Given = givenStreamKeys(p)
+	return s, errors.Join(errs...)
+}
+
+// parseStreamLimits reads the age, message and byte limits, and the
+// duplicate window, which the age limit bounds.
+func parseStreamLimits(p *Properties, s *Stream) error {
+	var errs []error
+	add := func(err error) { errs = append(errs, err) }
 	if s.MaxAge < 0 {
 		add(fieldErr("streamMaxAge", s.MaxAge.String(), "must not be negative", "a duration such as 24h, or 0 for no limit"))
 	}
@@ -486,9 +512,7 @@ func parseStream(p *Properties) (Stream, error) {
 	if s.MaxAge > 0 && s.DuplicateWindow > s.MaxAge {
 		add(conflict("the duplicate window cannot be longer than the age limit", "shorten streamDuplicateWindow or lengthen streamMaxAge", "streamDuplicateWindow", "streamMaxAge"))
 	}
-	add(parseStreamPolicies(p, &s))
-	s.Given = givenStreamKeys(p)
-	return s, errors.Join(errs...)
+	return errors.Join(errs...)
 }
 
 // workQueueConsumer checks the component's consumer settings against
@@ -595,23 +619,64 @@ func givenStreamKeys(p *Properties) []string {
 
 func parseConsumer(p *Properties) (Consumer, error) {
 	c := Consumer{
-		AckPolicy: jetstream.AckExplicitPolicy, AckWait: DefaultAckWait, MaxDeliver: -1,
+		DurableBase: durableBase(p),
+		AckPolicy:   jetstream.AckExplicitPolicy, AckWait: DefaultAckWait, MaxDeliver: -1,
 		MaxAckPending: DefaultMaxAckPending, BackOff: p.BackOff,
 	}
 	var errs []error
 	add := func(err error) { errs = append(errs, err) }
 
+	add(parseDeliver(p, &c))
+	add(parseAck(p, &c))
+	add(parseInFlight(p, &c))
+	if given(&c.Replicas, p.Replicas) && (c.Replicas < 0 || c.Replicas > 5) {
+		add(fieldErr("replicas", fmt.Sprint(c.Replicas), "is out of range", "0 (as the stream) to 5"))
+	}
+	givenBool(&c.MemoryStorage, p.MemoryStorage)
+	given(&c.RateLimit, p.RateLimit)
+	if given(&c.Heartbeat, p.Heartbeat) && c.Heartbeat != 0 && (c.Heartbeat < 500*time.Millisecond || c.Heartbeat > 30*time.Second) {
+		add(fieldErr("heartbeat", c.Heartbeat.String(), "is out of range", "500ms to 30s, or 0 for the default"))
+	}
+	givenBool(&c.FlowControl, p.FlowControl)
+	add(parseConcurrency(p, &c))
+	add(parsePriority(p, &c))
+	add(parseDeadLetter(p, &c))
+	return c, errors.Join(errs...)
+}
+
+// given copies a value the metadata set into dst, and reports whether there
+// was one: an absent key leaves the default in dst.
+func given[T any](dst *T, v *T) bool {
+	if v == nil {
+		return false
+	}
+	*dst = *v
+	return true
+}
+
+// givenBool is given for the metadata's strict booleans.
+func givenBool(dst *bool, v *Bool) {
+	if v != nil {
+		*dst = bool(*v)
+	}
+}
+
+// durableBase is durableName, else queueGroupName, else consumerID.
+func durableBase(p *Properties) string {
 	switch {
 	case p.DurableName != "":
-		c.DurableBase = p.DurableName
+		return p.DurableName
 	case p.QueueGroupName != "":
-		c.DurableBase = p.QueueGroupName
-	default:
-		c.DurableBase = p.ConsumerID
+		return p.QueueGroupName
 	}
+	return p.ConsumerID
+}
 
-	add(parseDeliver(p, &c))
-
+// parseAck reads how deliveries are acknowledged and redelivered: ackPolicy,
+// ackWait, maxDeliver, backOff and nakDelay.
+func parseAck(p *Properties, c *Consumer) error {
+	var errs []error
+	add := func(err error) { errs = append(errs, err) }
 	switch strings.ToLower(p.AckPolicy) {
 	case "", "explicit":
 	case "all":
@@ -621,14 +686,10 @@ func parseConsumer(p *Properties) (Consumer, error) {
 	default:
 		add(fieldErr("ackPolicy", p.AckPolicy, "is not an ack policy", "explicit, all or none"))
 	}
-	if p.AckWait != nil {
-		c.AckWait = *p.AckWait
-		if c.AckWait <= 0 {
-			add(fieldErr("ackWait", c.AckWait.String(), "must be positive", "a duration such as 30s"))
-		}
+	if given(&c.AckWait, p.AckWait) && c.AckWait <= 0 {
+		add(fieldErr("ackWait", c.AckWait.String(), "must be positive", "a duration such as 30s"))
 	}
-	if p.MaxDeliver != nil {
-		c.MaxDeliver = *p.MaxDeliver
+	if given(&c.MaxDeliver, p.MaxDeliver) {
 		if c.MaxDeliver == 0 {
 			c.MaxDeliver = -1
 		}
@@ -646,30 +707,23 @@ func parseConsumer(p *Properties) (Consumer, error) {
 		add(conflict(fmt.Sprintf("maxDeliver (%d) cannot be less than the number of backOff steps (%d)", c.MaxDeliver, len(c.BackOff)),
 			"raise maxDeliver or shorten backOff", "maxDeliver", "backOff"))
 	}
-	if p.NakDelay != nil {
-		c.NakDelay = *p.NakDelay
-		if c.NakDelay < 0 {
-			add(fieldErr("nakDelay", c.NakDelay.String(), "must not be negative", "a duration such as 1s, or 0 to redeliver at once"))
-		}
+	if given(&c.NakDelay, p.NakDelay) && c.NakDelay < 0 {
+		add(fieldErr("nakDelay", c.NakDelay.String(), "must not be negative", "a duration such as 1s, or 0 to redeliver at once"))
 	}
-	if p.MaxAckPending != nil {
-		c.MaxAckPending = *p.MaxAckPending
-		if c.MaxAckPending == 0 || c.MaxAckPending < -1 {
-			add(fieldErr("maxAckPending", fmt.Sprint(c.MaxAckPending), "is out of range", "1 or more, or -1 for no limit"))
-		}
+	return errors.Join(errs...)
+}
+
+// parseInFlight reads how many messages may be out at once: maxAckPending on
+// the server, maxInFlight in this component. Without maxInFlight, it follows
+// the ack policy and maxAckPending. The ack policy must be read first.
+func parseInFlight(p *Properties, c *Consumer) error {
+	var errs []error
+	if given(&c.MaxAckPending, p.MaxAckPending) && (c.MaxAckPending == 0 || c.MaxAckPending < -1) {
+		errs = append(errs, fieldErr("maxAckPending", fmt.Sprint(c.MaxAckPending), "is out of range", "1 or more, or -1 for no limit"))
 	}
 	switch {
-	case p.MaxInFlight != nil:
-		c.MaxInFlight = *p.MaxInFlight
-		if c.MaxInFlight < 1 {
-			add(fieldErr("maxInFlight", fmt.Sprint(c.MaxInFlight), "is out of range", "1 or more"))
-		} else if c.MaxAckPending > 0 && c.MaxInFlight > c.MaxAckPending {
-			add(conflict(fmt.Sprintf("maxInFlight (%d) cannot exceed maxAckPending (%d): the server would never hand out that many", c.MaxInFlight, c.MaxAckPending),
-				"lower maxInFlight or raise maxAckPending", "maxInFlight", "maxAckPending"))
-		} else if c.AckPolicy == jetstream.AckAllPolicy && c.MaxInFlight > 1 {
-			add(conflict("ackPolicy all acknowledges every earlier message too, so only one message may be in flight",
-				"set maxInFlight to 1 or use ackPolicy explicit", "ackPolicy", "maxInFlight"))
-		}
+	case given(&c.MaxInFlight, p.MaxInFlight):
+		errs = append(errs, checkMaxInFlight(*c))
 	case c.AckPolicy == jetstream.AckAllPolicy:
 		c.MaxInFlight = 1
 	case c.MaxAckPending > 0:
@@ -677,46 +731,52 @@ func parseConsumer(p *Properties) (Consumer, error) {
 	default:
 		c.MaxInFlight = DefaultMaxInFlight
 	}
-	if p.Replicas != nil {
-		c.Replicas = *p.Replicas
-		if c.Replicas < 0 || c.Replicas > 5 {
-			add(fieldErr("replicas", fmt.Sprint(c.Replicas), "is out of range", "0 (as the stream) to 5"))
-		}
+	return errors.Join(errs...)
+}
+
+// checkMaxInFlight checks a maxInFlight the metadata gave against
+// maxAckPending and the ack policy.
+func checkMaxInFlight(c Consumer) error {
+	switch {
+	case c.MaxInFlight < 1:
+		return fieldErr("maxInFlight", fmt.Sprint(c.MaxInFlight), "is out of range", "1 or more")
+	case c.MaxAckPending > 0 && c.MaxInFlight > c.MaxAckPending:
+		return conflict(fmt.Sprintf("maxInFlight (%d) cannot exceed maxAckPending (%d): the server would never hand out that many", c.MaxInFlight, c.MaxAckPending),
+			"lower maxInFlight or raise maxAckPending", "maxInFlight", "maxAckPending")
+	case c.AckPolicy == jetstream.AckAllPolicy && c.MaxInFlight > 1:
+		return conflict("ackPolicy all acknowledges every earlier message too, so only one message may be in flight",
+			"set maxInFlight to 1 or use ackPolicy explicit", "ackPolicy", "maxInFlight")
 	}
-	if p.MemoryStorage != nil {
-		c.MemoryStorage = bool(*p.MemoryStorage)
-	}
-	if p.RateLimit != nil {
-		c.RateLimit = *p.RateLimit
-	}
-	if p.Heartbeat != nil {
-		c.Heartbeat = *p.Heartbeat
-		if c.Heartbeat != 0 && (c.Heartbeat < 500*time.Millisecond || c.Heartbeat > 30*time.Second) {
-			add(fieldErr("heartbeat", c.Heartbeat.String(), "is out of range", "500ms to 30s, or 0 for the default"))
-		}
-	}
-	if p.FlowControl != nil {
-		c.FlowControl = bool(*p.FlowControl)
-	}
+	return nil
+}
+
+// parseConcurrency reads whether handlers run one at a time or in parallel.
+func parseConcurrency(p *Properties, c *Consumer) error {
 	switch strings.ToLower(p.Concurrency) {
 	case "", "single":
 	case "parallel":
 		c.Parallel = true
 		if c.AckPolicy == jetstream.AckAllPolicy {
-			add(conflict("parallel handlers would acknowledge messages still being processed by others",
-				"use ackPolicy explicit with concurrency parallel", "concurrency", "ackPolicy"))
+			return conflict("parallel handlers would acknowledge messages still being processed by others",
+				"use ackPolicy explicit with concurrency parallel", "concurrency", "ackPolicy")
 		}
 	default:
-		add(fieldErr("concurrency", p.Concurrency, "is not a concurrency mode", "single or parallel"))
+		return fieldErr("concurrency", p.Concurrency, "is not a concurrency mode", "single or parallel")
 	}
-	add(parsePriority(p, &c))
-	if dl := strings.TrimSpace(p.DeadLetterSubject); dl != "" {
-		c.DeadLetterSubject = dl
-		if err := validDeadLetterSubject(dl); err != nil {
-			add(fieldErr("deadLetterSubject", dl, err.Error(), "a NATS subject without wildcards, such as dead.{topic}, where {topic} stands for the subject of the failed message"))
-		}
+	return nil
+}
+
+// parseDeadLetter reads deadLetterSubject.
+func parseDeadLetter(p *Properties, c *Consumer) error {
+	dl := strings.TrimSpace(p.DeadLetterSubject)
+	if dl == "" {
+		return nil
 	}
-	return c, errors.Join(errs...)
+	c.DeadLetterSubject = dl
+	if err := validDeadLetterSubject(dl); err != nil {
+		return fieldErr("deadLetterSubject", dl, err.Error(), "a NATS subject without wildcards, such as dead.{topic}, where {topic} stands for the subject of the failed message")
+	}
+	return nil
 }
 
 // parsePriority reads priorityPolicy and the settings that go with it.
@@ -802,69 +862,16 @@ func startTimeUnit(v int64) (string, int64) {
 // parseDeliver infers the deliver policy from deliverPolicy, deliverAll,
 // startSequence and startTime, and rejects combinations that contradict.
 func parseDeliver(p *Properties, c *Consumer) error {
-	var errs []error
-	add := func(err error) { errs = append(errs, err) }
-	deliverAll := p.DeliverAll != nil && bool(*p.DeliverAll)
-
-	if p.StartSequence != nil && *p.StartSequence == 0 {
-		add(fieldErr("startSequence", "0", "is out of range", "a stream sequence number, 1 or more"))
+	if err := checkStart(p); err != nil {
+		return err
 	}
-	if p.StartTime != nil {
-		switch v := *p.StartTime; {
-		case v <= 0:
-			add(fieldErr("startTime", fmt.Sprint(v), "is out of range", "a Unix time in seconds, such as 1700000000"))
-		case v > maxStartTime:
-			unit, secs := startTimeUnit(v)
-			when := "the year 5138 or later"
-			if v > lastSendableStartTime {
-				when = "after the year 9999"
-			}
-			add(fieldErr("startTime", fmt.Sprint(v), fmt.Sprintf("looks like %s, not seconds (as seconds it is %s)", unit, when),
-				fmt.Sprintf("a Unix time in seconds, such as %d (%s)", secs, time.Unix(secs, 0).UTC().Format(time.RFC3339))))
-		}
+	policy, err := deliverPolicyName(p.DeliverPolicy)
+	if err != nil {
+		return err
 	}
-	if len(errs) > 0 {
-		return errors.Join(errs...)
-	}
-	if p.StartSequence != nil && p.StartTime != nil {
-		return conflict("each choose where a new consumer starts", "keep one of them", "startSequence", "startTime")
-	}
-	if deliverAll && p.StartSequence != nil {
-		return conflict("deliverAll starts at the first message, startSequence elsewhere", "keep one of them", "deliverAll", "startSequence")
-	}
-	if deliverAll && p.StartTime != nil {
-		return conflict("deliverAll starts at the first message, startTime elsewhere", "keep one of them", "deliverAll", "startTime")
-	}
-
-	policy := strings.ToLower(p.DeliverPolicy)
-	switch policy {
-	case "":
-	case "all", "last", "new":
-	case "sequence", "by_start_sequence", "bystartsequence":
-		policy = "sequence"
-	case "time", "by_start_time", "bystarttime":
-		policy = "time"
-	case "last_per_subject", "lastpersubject":
-		policy = "last_per_subject"
-	default:
-		return fieldErr("deliverPolicy", p.DeliverPolicy, "is not a deliver policy", "all, last, new, sequence, time or last_per_subject")
-	}
-
 	switch {
 	case p.StartSequence != nil:
-		c.StartSequence = *p.StartSequence
-		c.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
-		switch {
-		case policy == "" || policy == "sequence":
-		case policy == "all" && c.StartSequence == 1:
-			// "all" and "from sequence 1" are the same thing. The server
-			// rejects a start sequence next to DeliverAllPolicy.
-			c.DeliverPolicy = jetstream.DeliverAllPolicy
-			c.StartSequence = 0
-		default:
-			return conflict(fmt.Sprintf("deliverPolicy %q contradicts startSequence %d", p.DeliverPolicy, c.StartSequence),
-				"remove deliverPolicy (startSequence alone means sequence) or set it to sequence", "deliverPolicy", "startSequence")
-		}
+		return deliverFromSequence(p, c, policy)
 	case p.StartTime != nil:
 		c.StartTime = time.Unix(*p.StartTime, 0).UTC()
 		c.DeliverPolicy = jetstream.DeliverByStartTimePolicy
@@ -872,29 +879,114 @@ func parseDeliver(p *Properties, c *Consumer) error {
 			return conflict(fmt.Sprintf("deliverPolicy %q contradicts startTime", p.DeliverPolicy),
 				"remove deliverPolicy (startTime alone means time) or set it to time", "deliverPolicy", "startTime")
 		}
-	case deliverAll:
+	case p.DeliverAll != nil && bool(*p.DeliverAll):
 		c.DeliverPolicy = jetstream.DeliverAllPolicy
 		if policy != "" && policy != "all" {
 			return conflict(fmt.Sprintf("deliverAll contradicts deliverPolicy %q", p.DeliverPolicy), "keep one of them", "deliverAll", "deliverPolicy")
 		}
 	default:
-		switch policy {
-		case "":
-			c.StartAtSubscribe = true
-			c.DeliverPolicy = jetstream.DeliverByStartTimePolicy
-		case "all":
-			c.DeliverPolicy = jetstream.DeliverAllPolicy
-		case "last":
-			c.DeliverPolicy = jetstream.DeliverLastPolicy
-		case "new":
-			c.DeliverPolicy = jetstream.DeliverNewPolicy
-		case "last_per_subject":
-			c.DeliverPolicy = jetstream.DeliverLastPerSubjectPolicy
-		case "sequence":
-			return fieldErr("deliverPolicy", p.DeliverPolicy, "needs a start sequence", "set startSequence too, or drop deliverPolicy and set only startSequence")
-		case "time":
-			return fieldErr("deliverPolicy", p.DeliverPolicy, "needs a start time", "set startTime too, or drop deliverPolicy and set only startTime")
+		return deliverByPolicy(p, c, policy)
+	}
+	return nil
+}
+
+// checkStart checks startSequence and startTime, and that at most one of
+// them and deliverAll chooses where a new consumer starts.
+func checkStart(p *Properties) error {
+	var errs []error
+	if p.StartSequence != nil && *p.StartSequence == 0 {
+		errs = append(errs, fieldErr("startSequence", "0", "is out of range", "a stream sequence number, 1 or more"))
+	}
+	if p.StartTime != nil {
+		errs = append(errs, checkStartTime(*p.StartTime))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	deliverAll := p.DeliverAll != nil && bool(*p.DeliverAll)
+	switch {
+	case p.StartSequence != nil && p.StartTime != nil:
+		return conflict("each choose where a new consumer starts", "keep one of them", "startSequence", "startTime")
+	case deliverAll && p.StartSequence != nil:
+		return conflict("deliverAll starts at the first message, startSequence elsewhere", "keep one of them", "deliverAll", "startSequence")
+	case deliverAll && p.StartTime != nil:
+		return conflict("deliverAll starts at the first message, startTime elsewhere", "keep one of them", "deliverAll", "startTime")
+	}
+	return nil
+}
+
+// checkStartTime rejects a startTime that is not positive, or that was most
+// likely given in a unit smaller than seconds.
+func checkStartTime(v int64) error {
+	switch {
+	case v <= 0:
+		return fieldErr("startTime", fmt.Sprint(v), "is out of range", "a Unix time in seconds, such as 1700000000")
+	case v > maxStartTime:
+		unit, secs := startTimeUnit(v)
+		when := "the year 5138 or later"
+		if v > lastSendableStartTime {
+			when = "after the year 9999"
 		}
+		return fieldErr("startTime", fmt.Sprint(v), fmt.Sprintf("looks like %s, not seconds (as seconds it is %s)", unit, when),
+			fmt.Sprintf("a Unix time in seconds, such as %d (%s)", secs, time.Unix(secs, 0).UTC().Format(time.RFC3339)))
+	}
+	return nil
+}
+
+// deliverPolicyName is the canonical name of a deliverPolicy value, of the
+// several spellings each policy accepts; "" when none was given.
+func deliverPolicyName(v string) (string, error) {
+	switch policy := strings.ToLower(v); policy {
+	case "", "all", "last", "new":
+		return policy, nil
+	case "sequence", "by_start_sequence", "bystartsequence":
+		return "sequence", nil
+	case "time", "by_start_time", "bystarttime":
+		return "time", nil
+	case "last_per_subject", "lastpersubject":
+		return "last_per_subject", nil
+	}
+	return "", fieldErr("deliverPolicy", v, "is not a deliver policy", "all, last, new, sequence, time or last_per_subject")
+}
+
+// deliverFromSequence starts at startSequence, which policy, if given, must
+// agree with.
+func deliverFromSequence(p *Properties, c *Consumer, policy string) error {
+	c.StartSequence = *p.StartSequence
+	c.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
+	switch {
+	case policy == "" || policy == "sequence":
+	case policy == "all" && c.StartSequence == 1:
+		// "all" and "from sequence 1" are the same thing. The server
+		// rejects a start sequence next to DeliverAllPolicy.
+		c.DeliverPolicy = jetstream.DeliverAllPolicy
+		c.StartSequence = 0
+	default:
+		return conflict(fmt.Sprintf("deliverPolicy %q contradicts startSequence %d", p.DeliverPolicy, c.StartSequence),
+			"remove deliverPolicy (startSequence alone means sequence) or set it to sequence", "deliverPolicy", "startSequence")
+	}
+	return nil
+}
+
+// deliverByPolicy applies a deliver policy given without a start: none
+// means from the moment of subscribing.
+func deliverByPolicy(p *Properties, c *Consumer, policy string) error {
+	switch policy {
+	case "":
+		c.StartAtSubscribe = true
+		c.DeliverPolicy = jetstream.DeliverByStartTimePolicy
+	case "all":
+		c.DeliverPolicy = jetstream.DeliverAllPolicy
+	case "last":
+		c.DeliverPolicy = jetstream.DeliverLastPolicy
+	case "new":
+		c.DeliverPolicy = jetstream.DeliverNewPolicy
+	case "last_per_subject":
+		c.DeliverPolicy = jetstream.DeliverLastPerSubjectPolicy
+	case "sequence":
+		return fieldErr("deliverPolicy", p.DeliverPolicy, "needs a start sequence", "set startSequence too, or drop deliverPolicy and set only startSequence")
+	case "time":
+		return fieldErr("deliverPolicy", p.DeliverPolicy, "needs a start time", "set startTime too, or drop deliverPolicy and set only startTime")
 	}
 	return nil
 }

@@ -305,58 +305,25 @@ func (s *Server) PullMessages(stream proto.PubSub_PullMessagesServer) error {
 	if err != nil {
 		return err
 	}
-	first, err := stream.Recv()
+	topic, err := firstTopic(stream)
 	if err != nil {
 		return err
 	}
-	topic := first.GetTopic()
-	if topic.GetName() == "" {
-		return status.Error(codes.InvalidArgument, "the first PullMessages request must name the topic")
-	}
 	p := &pull{pending: map[string]*jetstream.Delivery{}, log: s.log.WithFields(map[string]any{"component": key.name, "daprd": key.pid, "topic": topic.GetName()})}
-	s.mu.Lock()
-	if s.draining {
-		s.mu.Unlock()
-		return status.Error(codes.Unavailable, "the component is shutting down")
+	if err := s.register(p); err != nil {
+		return err
 	}
-	s.pulls[p] = struct{}{}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.pulls, p)
-		s.mu.Unlock()
-	}()
+	defer s.unregister(p)
 
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
-	done, err := ps.SubscribeDeliveries(ctx, pubsub.SubscribeRequest{Topic: topic.GetName(), Metadata: topic.GetMetadata()}, func(d *jetstream.Delivery) error {
-		id := strconv.FormatUint(s.nextID.Add(1), 36)
-		p.add(id, d)
-		err := stream.Send(&proto.PullMessagesResponse{
-			Data: d.Data, TopicName: d.Topic, Metadata: d.Metadata, ContentType: deref(d.ContentType), Id: id,
-		})
-		if err != nil {
-			p.take(id)
-			cancel()
-		}
-		return err
-	})
+	done, err := ps.SubscribeDeliveries(ctx, pubsub.SubscribeRequest{Topic: topic.GetName(), Metadata: topic.GetMetadata()}, s.sendTo(stream, p, cancel))
 	if err != nil {
 		return toStatus(err)
 	}
 	p.log.Infof("component %s: daprd subscribed to topic %q", key, topic.GetName())
 
-	received := make(chan struct{})
-	go func() {
-		defer close(received)
-		for {
-			req, err := stream.Recv()
-			if err != nil {
-				return
-			}
-			s.settle(p, topic.GetName(), req)
-		}
-	}()
+	received := s.settleAcks(stream, p, topic.GetName())
 	select {
 	case <-received:
 		cancel()
@@ -369,6 +336,72 @@ func (s *Server) PullMessages(stream proto.PubSub_PullMessagesServer) error {
 	}
 	p.log.Infof("component %s: subscription to topic %q ended", key, topic.GetName())
 	return nil
+}
+
+// firstTopic reads the first request of a PullMessages stream, which names
+// the topic.
+func firstTopic(stream proto.PubSub_PullMessagesServer) (*proto.Topic, error) {
+	first, err := stream.Recv()
+	if err != nil {
+		return nil, err
+	}
+	topic := first.GetTopic()
+	if topic.GetName() == "" {
+		return nil, status.Error(codes.InvalidArgument, "the first PullMessages request must name the topic")
+	}
+	return topic, nil
+}
+
+// register counts p among the streams whose acknowledgements Shutdown waits
+// for; none is taken once Shutdown began.
+func (s *Server) register(p *pull) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining {
+		return status.Error(codes.Unavailable, "the component is shutting down")
+	}
+	s.pulls[p] = struct{}{}
+	return nil
+}
+
+func (s *Server) unregister(p *pull) {
+	s.mu.Lock()
+	delete(s.pulls, p)
+	s.mu.Unlock()
+}
+
+// sendTo sends each delivery to daprd under a new id, and ends the
+// subscription (cancel) when daprd can no longer be sent to.
+func (s *Server) sendTo(stream proto.PubSub_PullMessagesServer, p *pull, cancel context.CancelFunc) jetstream.DeliverFunc {
+	return func(d *jetstream.Delivery) error {
+		id := strconv.FormatUint(s.nextID.Add(1), 36)
+		p.add(id, d)
+		err := stream.Send(&proto.PullMessagesResponse{
+			Data: d.Data, TopicName: d.Topic, Metadata: d.Metadata, ContentType: deref(d.ContentType), Id: id,
+		})
+		if err != nil {
+			p.take(id)
+			cancel()
+		}
+		return err
+	}
+}
+
+// settleAcks settles the messages daprd acknowledges on stream, until daprd
+// ends the stream; then the returned channel is closed.
+func (s *Server) settleAcks(stream proto.PubSub_PullMessagesServer, p *pull, topic string) <-chan struct{} {
+	received := make(chan struct{})
+	go func() {
+		defer close(received)
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				return
+			}
+			s.settle(p, topic, req)
+		}
+	}()
+	return received
 }
 
 func (s *Server) settle(p *pull, topic string, req *proto.PullMessagesRequest) {
@@ -445,6 +478,8 @@ func (s *Server) pendingAcks() int {
 	return n
 }
 
+// toStatus is the gRPC status daprd gets for err. A *jetstream.Error carries
+// its own (see its GRPCStatus); any other error gets the one of its Kind.
 func toStatus(err error) error {
 	if err == nil {
 		return nil
@@ -452,20 +487,7 @@ func toStatus(err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
-	switch {
-	case errors.Is(err, context.DeadlineExceeded):
-		return status.Error(codes.DeadlineExceeded, err.Error())
-	case errors.Is(err, context.Canceled):
-		return status.Error(codes.Canceled, err.Error())
-	}
-	switch jetstream.KindOf(err) {
-	case jetstream.KindInvalid:
-		return status.Error(codes.InvalidArgument, err.Error())
-	case jetstream.KindRejected:
-		return status.Error(codes.FailedPrecondition, err.Error())
-	default:
-		return status.Error(codes.Unavailable, err.Error())
-	}
+	return status.Error(status.Code(&jetstream.Error{Kind: jetstream.KindOf(err), Err: err}), err.Error())
 }
 
 func deref(s *string) string {

@@ -97,22 +97,22 @@ func TestBadInputTopics(t *testing.T) {
 }
 
 func TestBadInputMaxPayload(t *testing.T) {
-	const max = 1024
-	ns := natstest.Start(t, func(o *server.Options) { o.MaxPayload = max })
+	const maxPayload = 1024
+	ns := natstest.Start(t, func(o *server.Options) { o.MaxPayload = maxPayload })
 	ps, err := secInit(t, secProps(ns.ClientURL()))
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), secWait)
 	defer cancel()
 
-	big := make([]byte, 4*max)
+	big := make([]byte, 4*maxPayload)
 	err = ps.Publish(ctx, &pubsub.PublishRequest{PubsubName: "pubsub", Topic: "big", Data: big})
-	badInvalid(t, err, "max_payload", fmt.Sprint(len(big)), fmt.Sprint(max))
+	badInvalid(t, err, "max_payload", fmt.Sprint(len(big)), fmt.Sprint(maxPayload))
 	badPublishOK(t, ps, "big")
 
 	// Exactly max_payload of data, but the headers make it larger.
-	err = ps.Publish(ctx, &pubsub.PublishRequest{PubsubName: "pubsub", Topic: "big", Data: make([]byte, max),
+	err = ps.Publish(ctx, &pubsub.PublishRequest{PubsubName: "pubsub", Topic: "big", Data: make([]byte, maxPayload),
 		Metadata: map[string]string{"msgId": "edge", "trace": "abc"}})
-	badInvalid(t, err, "max_payload", "headers", fmt.Sprint(max))
+	badInvalid(t, err, "max_payload", "headers", fmt.Sprint(maxPayload))
 	badPublishOK(t, ps, "big")
 
 	resp, err := ps.BulkPublish(ctx, &pubsub.BulkPublishRequest{PubsubName: "pubsub", Topic: "big", Entries: []pubsub.BulkMessageEntry{
@@ -121,7 +121,7 @@ func TestBadInputMaxPayload(t *testing.T) {
 	badInvalid(t, err, "max_payload")
 	require.Len(t, resp.FailedEntries, 1)
 	assert.Equal(t, "big", resp.FailedEntries[0].EntryId)
-	badInvalid(t, resp.FailedEntries[0].Error, "max_payload", fmt.Sprint(len(big)), fmt.Sprint(max))
+	badInvalid(t, resp.FailedEntries[0].Error, "max_payload", fmt.Sprint(len(big)), fmt.Sprint(maxPayload))
 
 	_, js := natstest.Client(t, ns)
 	st, err := js.Stream(ctx, "big")

@@ -1,0 +1,188 @@
+package jetstream
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/dapr/components-contrib/pubsub"
+	"github.com/nats-io/nats.go"
+	natsjs "github.com/nats-io/nats.go/jetstream"
+)
+
+// BulkPublish publishes all entries through the asynchronous pipeline and
+// waits for every acknowledgement. Entries that failed are reported one by one;
+// the error is non-nil whenever any entry failed.
+func (p *PubSub) BulkPublish(ctx context.Context, req *pubsub.BulkPublishRequest) (pubsub.BulkPublishResponse, error) {
+	cfg, js, streams, err := p.state()
+	if err != nil {
+		return pubsub.NewBulkPublishResponse(req.Entries, err), err
+	}
+	if len(req.Entries) == 0 {
+		return pubsub.BulkPublishResponse{}, nil
+	}
+	atomic, err := bulkAtomic(cfg, req.Metadata)
+	if err != nil {
+		err = invalid("bulk publish to", req.Topic, err)
+		return pubsub.NewBulkPublishResponse(req.Entries, err), err
+	}
+	if atomic {
+		return p.bulkPublishAtomic(ctx, js, streams, req)
+	}
+	b, need := p.newBulkEntries(req)
+	pending := b.pending()
+	if len(pending) > 0 {
+		if err := p.notConnected(); err != nil {
+			// Each entry fails with the reason, so that none is taken for
+			// stored; invalid entries keep their own error.
+			b.fail(pending, classify("publish to", req.Topic, err))
+			pending = nil
+		}
+	}
+	// With no valid entry (an invalid topic, say) there is no stream to look
+	// up, and each entry keeps its own error.
+	var stream string
+	if len(pending) > 0 {
+		if stream, err = prepare(ctx, streams, req.Topic, need); err != nil {
+			err = classify("bulk publish to", req.Topic, p.whileDown(err))
+			return pubsub.NewBulkPublishResponse(req.Entries, err), err
+		}
+	}
+	defer p.countBulk(b)
+	if again := b.send(ctx, js, stream, pending); len(again) > 0 {
+		// The stream went away under us: find or create it again, once.
+		streams.forget(req.Topic)
+		if stream, err = prepare(ctx, streams, req.Topic, need); err == nil {
+			b.send(ctx, js, stream, again)
+		}
+	}
+	return p.bulkResponse(ctx, streams, b)
+}
+
+// bulkEntries is a BulkPublish that is not atomic, entry by entry: the
+// message, and the acknowledgement or why the entry failed.
+type bulkEntries struct {
+	req    *pubsub.BulkPublishRequest
+	msgs   []*nats.Msg // nil for an entry that is not valid
+	acks   []*natsjs.PubAck
+	failed []error
+	sent   time.Time // when entries were last sent
+}
+
+// newBulkEntries builds the message of each entry of req; an entry that is
+// not valid fails at once. It reports what the entries need of their stream.
+func (p *PubSub) newBulkEntries(req *pubsub.BulkPublishRequest) (*bulkEntries, needs) {
+	b := &bulkEntries{
+		req:    req,
+		msgs:   make([]*nats.Msg, len(req.Entries)),
+		acks:   make([]*natsjs.PubAck, len(req.Entries)),
+		failed: make([]error, len(req.Entries)),
+	}
+	var need needs
+	for i, e := range req.Entries {
+		msg, n, err := p.newMsg(req.Topic, e.Event, entryMetadata(req, i), e.ContentType)
+		if err != nil {
+			b.failed[i] = invalid("publish to", req.Topic, fmt.Errorf("entry %q: %w", e.EntryId, err))
+			continue
+		}
+		b.msgs[i] = msg
+		need = need.and(n)
+	}
+	return b, need
+}
+
+// pending lists the entries that have a message to send.
+func (b *bulkEntries) pending() []int {
+	idx := make([]int, 0, len(b.msgs))
+	for i, m := range b.msgs {
+		if m != nil {
+			idx = append(idx, i)
+		}
+	}
+	return idx
+}
+
+// fail fails the entries idx with err.
+func (b *bulkEntries) fail(idx []int, err error) {
+	for _, i := range idx {
+		b.failed[i] = err
+	}
+}
+
+// send publishes the entries idx to stream and waits for their
+// acknowledgements. It returns the entries that found no stream.
+func (b *bulkEntries) send(ctx context.Context, js natsjs.JetStream, stream string, idx []int) []int {
+	futures := make([]natsjs.PubAckFuture, len(b.msgs))
+	b.sent = time.Now()
+	for _, i := range idx {
+		if isSchedule(b.msgs[i]) {
+			routeSchedule(b.msgs[i], stream)
+		}
+		futures[i], b.failed[i] = js.PublishMsgAsync(b.msgs[i])
+	}
+	var again []int
+	for _, i := range idx {
+		if b.failed[i] == nil {
+			b.acks[i], b.failed[i] = await(ctx, futures[i])
+		}
+		if isNoStream(b.failed[i]) {
+			again = append(again, i)
+		}
+	}
+	return again
+}
+
+// countBulk counts each entry's publish, and the entries that failed.
+func (p *PubSub) countBulk(b *bulkEntries) {
+	for i := range b.req.Entries {
+		p.countPublish(b.req.Topic, b.sent, b.acks[i], b.failed[i])
+		if b.failed[i] != nil {
+			p.stats.publishes(b.req.Topic).bulkFailed.Add(1)
+		}
+	}
+}
+
+// bulkResponse reports each entry that failed, with why, explained.
+func (p *PubSub) bulkResponse(ctx context.Context, streams *streams, b *bulkEntries) (pubsub.BulkPublishResponse, error) {
+	req := b.req
+	var resp pubsub.BulkPublishResponse
+	// Why NATS is down, looked up once for the first entry it may explain.
+	var down error
+	looked := false
+	for i, err := range b.failed {
+		if err == nil {
+			continue
+		}
+		if mayBeDown(err) {
+			if !looked {
+				down, looked = p.notConnected(), true
+			}
+			err = withDown(err, down)
+		}
+		err = explainExpectation(err, req.Topic, entryMetadata(req, i), storedIn(ctx, streams, req.Topic))
+		resp.FailedEntries = append(resp.FailedEntries, pubsub.BulkPublishResponseFailedEntry{
+			EntryId: req.Entries[i].EntryId,
+			Error:   classify("publish to", req.Topic, err),
+		})
+	}
+	if n := len(resp.FailedEntries); n > 0 {
+		return resp, fmt.Errorf("bulk publish to topic %q: %d of %d entries failed; first: %w", req.Topic, n, len(req.Entries), resp.FailedEntries[0].Error)
+	}
+	return resp, nil
+}
+
+// entryMetadata is the request's metadata with entry i's own on top.
+func entryMetadata(req *pubsub.BulkPublishRequest, i int) map[string]string {
+	e := req.Entries[i]
+	if len(e.Metadata) == 0 {
+		return req.Metadata
+	}
+	md := make(map[string]string, len(req.Metadata)+len(e.Metadata))
+	for k, v := range req.Metadata {
+		md[k] = v
+	}
+	for k, v := range e.Metadata {
+		md[k] = v
+	}
+	return md
+}
