@@ -160,6 +160,7 @@ func (p *PubSub) bulkResponse(ctx context.Context, streams *streams, b *bulkEntr
 			err = withDown(err, down)
 		}
 		err = explainExpectation(err, req.Topic, entryMetadata(req, i), storedIn(ctx, streams, req.Topic))
+		err = explainTooLarge(ctx, err, streams, req.Topic)
 		resp.FailedEntries = append(resp.FailedEntries, pubsub.BulkPublishResponseFailedEntry{
 			EntryId: req.Entries[i].EntryId,
 			Error:   classify("publish to", req.Topic, err),

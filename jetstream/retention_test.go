@@ -33,6 +33,19 @@ func TestProvisionedStreamSettings(t *testing.T) {
 	require.Error(t, err, "larger than streamMaxMsgSize")
 	t.Log(err)
 	assert.Equal(t, KindInvalid, KindOf(err))
+	// The error names the stream, its limit and the setting, not only the
+	// server's "message size exceeds maximum allowed".
+	assert.ErrorContains(t, err, `stream "settings" takes messages of at most 4096 bytes`)
+	assert.ErrorContains(t, err, "streamMaxMsgSize")
+
+	resp, err := ps.BulkPublish(ctx(t), &pubsub.BulkPublishRequest{Topic: "settings", Entries: []pubsub.BulkMessageEntry{
+		{EntryId: "small", Event: []byte("x"), ContentType: "text/plain"},
+		{EntryId: "big", Event: make([]byte, 5000), ContentType: "text/plain"},
+	}})
+	require.Error(t, err)
+	require.Len(t, resp.FailedEntries, 1)
+	assert.Equal(t, "big", resp.FailedEntries[0].EntryId)
+	assert.ErrorContains(t, resp.FailedEntries[0].Error, `stream "settings" takes messages of at most 4096 bytes`)
 }
 
 // The placement reaches the stream (a single server takes any placement).

@@ -83,6 +83,20 @@ func (s *streams) ensure(ctx context.Context, topic string) (string, error) {
 	return name, nil
 }
 
+// maxMsgSize returns the stream that stores topic and its max_msg_size, or
+// "" when it cannot be read.
+func (s *streams) maxMsgSize(ctx context.Context, topic string) (string, int32) {
+	name, err := s.ensure(ctx, topic)
+	if err != nil {
+		return "", 0
+	}
+	stream, err := s.js.Stream(ctx, name)
+	if err != nil {
+		return "", 0
+	}
+	return name, stream.CachedInfo().Config.MaxMsgSize
+}
+
 // lookup finds the stream for topic. A nil info with a name means the stream
 // does not exist yet and may be created under that name.
 func (s *streams) lookup(ctx context.Context, topic string) (string, *natsjs.StreamInfo, error) {
