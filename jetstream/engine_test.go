@@ -542,7 +542,10 @@ func TestHandedOverMessagesKeptAlive(t *testing.T) {
 	}, waitFor, tick, "the backlog was not fetched ahead")
 	cancel()
 	closedWithin(t, done, waitFor, "the first subscription ending")
+	before := inProgressSent(ps, "waits")
 	time.Sleep(2 * time.Second) // past half the ack wait, while the messages wait
+	// The desk's keep-alives count as InProgress sent, as the subscription's do.
+	assert.GreaterOrEqual(t, inProgressSent(ps, "waits")-before, uint64(5), "keep-alives of waiting messages counted")
 
 	got := make(chan string, 10)
 	_, err = ps.SubscribeDeliveries(t.Context(), pubsub.SubscribeRequest{Topic: "waits"}, func(d *Delivery) error {
@@ -555,4 +558,15 @@ func TestHandedOverMessagesKeptAlive(t *testing.T) {
 	}
 	info := settledConsumer(t, js, "waits", "app-waits")
 	assert.Equal(t, uint64(5), info.Delivered.Consumer, "nothing was redelivered")
+}
+
+// inProgressSent is the InProgress counter of topic's subscriptions.
+func inProgressSent(ps *PubSub, topic string) uint64 {
+	var n uint64
+	for _, s := range ps.Stats().Subscriptions {
+		if s.Topic == topic {
+			n += s.InProgress
+		}
+	}
+	return n
 }

@@ -32,6 +32,9 @@ type waiting struct {
 	since   time.Time
 	ackWait time.Duration
 	ackNone bool
+	// statsConsumer is the consumer label of the subscription that left d:
+	// its keep-alives count there, in the stats of the instance sending them.
+	statsConsumer string
 }
 
 // handoverDesk keeps the messages that ended subscriptions held and had not
@@ -115,12 +118,12 @@ func (h *handoverDesk) waitsOnlyOn(p *PubSub) bool {
 }
 
 // leave hands ds, taken from an ended subscription, to the desk.
-func (h *handoverDesk) leave(k handoverKey, ds []*Delivery, ackWait time.Duration, ackNone bool, p *PubSub) {
+func (h *handoverDesk) leave(k handoverKey, ds []*Delivery, ackWait time.Duration, ackNone bool, statsConsumer string, p *PubSub) {
 	now := time.Now()
 	var back []waiting
 	h.mu.Lock()
 	for _, d := range ds {
-		w := waiting{d: d.handedTo(nil), since: now, ackWait: ackWait, ackNone: ackNone}
+		w := waiting{d: d.handedTo(nil), since: now, ackWait: ackWait, ackNone: ackNone, statsConsumer: statsConsumer}
 		w.d.handovers++
 		if w.d.handovers > maxHandovers {
 			back = append(back, w)
@@ -222,6 +225,7 @@ func (h *handoverDesk) sweep(now time.Time) bool {
 			j.w.giveBack(j.keeper, GivenBackStreamEnd)
 		} else {
 			j.w.d.keepAlive(j.keeper, now)
+			j.keeper.stats.subscription(j.w.d.Topic, j.w.statsConsumer).inProgress.Add(1)
 		}
 	}
 	return more
