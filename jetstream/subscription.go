@@ -134,6 +134,9 @@ func (p *PubSub) subscribe(ctx context.Context, req pubsub.SubscribeRequest, fn 
 	}
 	s.counters = p.stats.subscription(s.topic, s.statsConsumer())
 	s.log = p.log.WithFields(map[string]any{"topic": s.topic, "consumer": s.statsConsumer()})
+	if w := metadata.UnknownSubscriptionKeysWarning(metadata.UnknownSubscriptionKeys(req.Metadata)); w != "" {
+		s.log.Warn(w)
+	}
 	if consumerCfg.RateLimit > 0 {
 		s.limiter = rate.NewLimiter(rate.Limit(consumerCfg.RateLimit), int(max(consumerCfg.RateLimit, 8<<20)))
 	}

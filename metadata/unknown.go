@@ -15,6 +15,10 @@ type UnknownKey struct {
 	// Suggestion is the known key nearest to Key, or "" when none is near
 	// enough to be what was meant.
 	Suggestion string
+	// ComponentOnly, for subscription metadata, says that Key (or its
+	// Suggestion) is a setting of the Component, which a subscription cannot
+	// change.
+	ComponentOnly bool
 }
 
 // daprKeys reach a component's metadata without being fields of it: daprd
@@ -43,7 +47,7 @@ var knownKeys = func() []string {
 func UnknownKeys(props map[string]string) []UnknownKey {
 	var out []UnknownKey
 	for k := range props {
-		if slices.ContainsFunc(knownKeys, func(known string) bool { return strings.EqualFold(k, known) }) {
+		if containsFold(knownKeys, k) {
 			continue
 		}
 		out = append(out, UnknownKey{Key: k, Suggestion: nearestKey(k)})
@@ -80,8 +84,13 @@ func UnknownKeysWarning(keys []UnknownKey) string {
 // differs by more than a short key can differ and still be recognisable: one
 // edit for keys of up to 5 letters, two up to 10, three beyond.
 func nearestKey(key string) string {
+	return nearest(key, knownKeys)
+}
+
+// nearest is nearestKey among the given keys.
+func nearest(key string, among []string) string {
 	best, bestDist := "", -1
-	for _, known := range knownKeys {
+	for _, known := range among {
 		d := editDistance(strings.ToLower(key), strings.ToLower(known))
 		limit := 3
 		switch n := len(known); {
@@ -124,4 +133,72 @@ func editDistance(a, b string) int {
 		}
 	}
 	return d[len(x)][len(y)]
+}
+
+// subscriptionKeys are the keys a subscription's metadata may set: the
+// consumer settings, and rawPayload, which daprd reads.
+var subscriptionKeys = append(slices.Clone(consumerFields), "rawPayload")
+
+// UnknownSubscriptionKeys returns the keys of a subscription's metadata that
+// neither ForSubscription nor daprd reads, sorted. A Component setting there
+// (streamName, say) is ignored too, and marked ComponentOnly.
+func UnknownSubscriptionKeys(props map[string]string) []UnknownKey {
+	var out []UnknownKey
+	for k := range props {
+		if containsFold(subscriptionKeys, k) {
+			continue
+		}
+		u := UnknownKey{Key: k, ComponentOnly: containsFold(knownKeys, k)}
+		if !u.ComponentOnly {
+			u.Suggestion = nearest(k, subscriptionKeys)
+			if u.Suggestion == "" {
+				u.Suggestion = nearestKey(k)
+				u.ComponentOnly = u.Suggestion != ""
+			}
+		}
+		out = append(out, u)
+	}
+	slices.SortFunc(out, func(a, b UnknownKey) int { return strings.Compare(a.Key, b.Key) })
+	return out
+}
+
+// UnknownSubscriptionKeysWarning words keys as one log line, or "" when there
+// are none.
+func UnknownSubscriptionKeysWarning(keys []UnknownKey) string {
+	const note = " (keys are case-insensitive; see metadata.yaml)"
+	const componentOnly = "a Component setting: set it in the Component"
+	switch len(keys) {
+	case 0:
+		return ""
+	case 1:
+		k := keys[0]
+		msg := fmt.Sprintf("subscription metadata key %q is not read by this component and is ignored", k.Key)
+		switch {
+		case k.Suggestion != "" && k.ComponentOnly:
+			msg += fmt.Sprintf("; did you mean %q? That is %s", k.Suggestion, componentOnly)
+		case k.Suggestion != "":
+			msg += fmt.Sprintf("; did you mean %q?", k.Suggestion)
+		case k.ComponentOnly:
+			msg += "; it is " + componentOnly
+		}
+		return msg + note
+	}
+	named := make([]string, len(keys))
+	for i, k := range keys {
+		named[i] = strconv.Quote(k.Key)
+		switch {
+		case k.Suggestion != "" && k.ComponentOnly:
+			named[i] += fmt.Sprintf(" (did you mean %q? %s)", k.Suggestion, componentOnly)
+		case k.Suggestion != "":
+			named[i] += fmt.Sprintf(" (did you mean %q?)", k.Suggestion)
+		case k.ComponentOnly:
+			named[i] += " (" + componentOnly + ")"
+		}
+	}
+	last := len(named) - 1
+	return "subscription metadata keys " + strings.Join(named[:last], ", ") + " and " + named[last] + " are not read by this component and are ignored" + note
+}
+
+func containsFold(keys []string, key string) bool {
+	return slices.ContainsFunc(keys, func(k string) bool { return strings.EqualFold(k, key) })
 }

@@ -125,3 +125,43 @@ func TestUnknownKeysKnowsDaprKeys(t *testing.T) {
 	}
 	assert.Empty(t, UnknownKeys(props))
 }
+
+func TestUnknownSubscriptionKeys(t *testing.T) {
+	cases := []struct {
+		name     string
+		key      string
+		reported bool
+		want     UnknownKey
+	}{
+		{"subscription setting", "maxInFlight", false, UnknownKey{}},
+		{"subscription setting, another case", "PRIORITYPOLICY", false, UnknownKey{}},
+		{"read by daprd", "rawPayload", false, UnknownKey{}},
+		{"misspelt", "priorityPolicyy", true, UnknownKey{Key: "priorityPolicyy", Suggestion: "priorityPolicy"}},
+		{"misspelt, near a component key only", "streamNam", true, UnknownKey{Key: "streamNam", Suggestion: "streamName", ComponentOnly: true}},
+		{"component setting", "streamName", true, UnknownKey{Key: "streamName", ComponentOnly: true}},
+		{"component setting, another case", "NATSURL", true, UnknownKey{Key: "NATSURL", ComponentOnly: true}},
+		{"nothing near", "partitionKey", true, UnknownKey{Key: "partitionKey"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got := UnknownSubscriptionKeys(map[string]string{tc.key: "v"})
+			if !tc.reported {
+				assert.Empty(t, got)
+				return
+			}
+			require.Len(t, got, 1)
+			assert.Equal(t, tc.want, got[0])
+		})
+	}
+	assert.Empty(t, UnknownSubscriptionKeys(nil))
+}
+
+func TestUnknownSubscriptionKeysWarning(t *testing.T) {
+	assert.Equal(t, "", UnknownSubscriptionKeysWarning(nil))
+	assert.Equal(t, `subscription metadata key "priorityPolicyy" is not read by this component and is ignored; did you mean "priorityPolicy"? (keys are case-insensitive; see metadata.yaml)`,
+		UnknownSubscriptionKeysWarning(UnknownSubscriptionKeys(map[string]string{"priorityPolicyy": "pinned"})))
+	assert.Equal(t, `subscription metadata keys "partitionKey" and "streamName" (a Component setting: set it in the Component) are not read by this component and are ignored (keys are case-insensitive; see metadata.yaml)`,
+		UnknownSubscriptionKeysWarning(UnknownSubscriptionKeys(map[string]string{"streamName": "S", "partitionKey": "k"})))
+	assert.Equal(t, `subscription metadata key "streamName" is not read by this component and is ignored; it is a Component setting: set it in the Component (keys are case-insensitive; see metadata.yaml)`,
+		UnknownSubscriptionKeysWarning(UnknownSubscriptionKeys(map[string]string{"streamName": "S"})))
+}
