@@ -570,3 +570,62 @@ func inProgressSent(ps *PubSub, topic string) uint64 {
 	}
 	return n
 }
+
+// Messages on their last allowed delivery that wait for the next subscriber
+// are not given back when the handover bound passes: JetStream would not
+// deliver them again, so giving them back would lose them. Not parallel: it
+// sweeps the process's desk with a clock past the bound.
+func TestHandedOverLastDeliveriesWaitPastTheBound(t *testing.T) {
+	for _, tc := range []struct {
+		maxDeliver string
+		kept       bool
+	}{{"1", true}, {"3", false}} {
+		t.Run("maxDeliver "+tc.maxDeliver, func(t *testing.T) {
+			ns, js := startNATS(t)
+			ps, logs := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "maxInFlight": "10", "maxDeliver": tc.maxDeliver, "ackWait": "30s"})
+			sctx, cancel := context.WithCancel(t.Context())
+			first := make(chan *Delivery, 10)
+			done, err := ps.SubscribeDeliveries(sctx, pubsub.SubscribeRequest{Topic: "late"}, func(d *Delivery) error {
+				if len(first) > 0 {
+					return errStopped
+				}
+				first <- d
+				return nil
+			})
+			require.NoError(t, err)
+			for i := range 5 {
+				publish(t, ps, "late", fmt.Sprint(i), nil)
+			}
+			recv(t, first, waitFor)
+			require.Eventually(t, func() bool {
+				info, err := consumerInfo(js, "late", "app-late")
+				return err == nil && info != nil && info.NumPending == 0
+			}, waitFor, tick, "the backlog was not fetched ahead")
+			cancel()
+			closedWithin(t, done, waitFor, "the subscription ending")
+
+			desk.sweep(time.Now().Add(handoverTimeout + time.Second))
+
+			got := make(chan string, 10)
+			_, err = ps.SubscribeDeliveries(t.Context(), pubsub.SubscribeRequest{Topic: "late"}, func(d *Delivery) error {
+				got <- string(d.Data)
+				return d.Ack()
+			})
+			require.NoError(t, err)
+			if !tc.kept {
+				// Given back: JetStream delivers them again, as it may.
+				for range 5 {
+					recv(t, got, waitFor)
+				}
+				return
+			}
+			for range 5 {
+				recv(t, got, waitFor)
+			}
+			info := settledConsumer(t, js, "late", "app-late")
+			assert.Equal(t, uint64(5), info.Delivered.Consumer, "handed over, not given back")
+			assert.Contains(t, logs.String(), `5 messages of consumer \"app-late\" on stream \"late\"`)
+			assert.Contains(t, logs.String(), "keep waiting here for the next one, since JetStream would not deliver them again (delivery 1 of maxDeliver 1)")
+		})
+	}
+}

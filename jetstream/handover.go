@@ -3,6 +3,7 @@ package jetstream
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"sync"
 	"time"
 
@@ -26,15 +27,32 @@ const (
 // handoverKey names a JetStream consumer as seen through one NATS account.
 type handoverKey struct{ conn, stream, consumer string }
 
+// handoverTerms are what the desk needs to know of the consumer whose
+// messages wait.
+type handoverTerms struct {
+	ackWait    time.Duration
+	ackNone    bool
+	maxDeliver int // the consumer's; 0 or less: no limit
+	// statsConsumer is the consumer label of the subscription that left the
+	// messages: their keep-alives count there, in the stats of the instance
+	// sending them.
+	statsConsumer string
+}
+
 // waiting is a message handed over by an ended subscription.
 type waiting struct {
-	d       *Delivery // taken from its old owner; sub is nil
-	since   time.Time
-	ackWait time.Duration
-	ackNone bool
-	// statsConsumer is the consumer label of the subscription that left d:
-	// its keep-alives count there, in the stats of the instance sending them.
-	statsConsumer string
+	d     *Delivery // taken from its old owner; sub is nil
+	since time.Time
+	handoverTerms
+	// warned is set once the log said why d waits past handoverTimeout.
+	warned bool
+}
+
+// outlasts reports whether w waits past handoverTimeout: giving it back
+// would lose it. JetStream delivers a message on its last allowed delivery
+// no more, and a message without acks is not delivered again at all.
+func (w waiting) outlasts() bool {
+	return w.ackNone || (w.maxDeliver > 0 && w.d.Deliveries >= uint64(w.maxDeliver))
 }
 
 // handoverDesk keeps the messages that ended subscriptions held and had not
@@ -118,12 +136,12 @@ func (h *handoverDesk) waitsOnlyOn(p *PubSub) bool {
 }
 
 // leave hands ds, taken from an ended subscription, to the desk.
-func (h *handoverDesk) leave(k handoverKey, ds []*Delivery, ackWait time.Duration, ackNone bool, statsConsumer string, p *PubSub) {
+func (h *handoverDesk) leave(k handoverKey, ds []*Delivery, terms handoverTerms, p *PubSub) {
 	now := time.Now()
 	var back []waiting
 	h.mu.Lock()
 	for _, d := range ds {
-		w := waiting{d: d.handedTo(nil), since: now, ackWait: ackWait, ackNone: ackNone, statsConsumer: statsConsumer}
+		w := waiting{d: d.handedTo(nil), since: now, handoverTerms: terms}
 		w.d.handovers++
 		if w.d.handovers > maxHandovers {
 			back = append(back, w)
@@ -192,20 +210,25 @@ func (h *handoverDesk) sweep(now time.Time) bool {
 		expire bool
 	}
 	var jobs []job
+	stayed := map[handoverKey]*outlasting{}
 	h.mu.Lock()
 	for k, ws := range h.waiting {
 		keeper := h.anyKeeper(k.conn)
 		kept := ws[:0]
 		for _, w := range ws {
+			late := now.Sub(w.since) >= handoverTimeout
 			switch {
-			case now.Sub(w.since) >= handoverTimeout:
-				jobs = append(jobs, job{w, keeper, true})
-			case !w.ackNone && w.d.due(now, w.ackWait):
-				jobs = append(jobs, job{w, keeper, false})
-				kept = append(kept, w)
-			default:
-				kept = append(kept, w)
+			case late && !w.outlasts():
+				jobs = append(jobs, job{w: w, keeper: keeper, expire: true})
+				continue
+			case late && !w.warned:
+				w.warned = true
+				stayed[k] = stayed[k].add(w, keeper)
 			}
+			if !w.ackNone && w.d.due(now, w.ackWait) {
+				jobs = append(jobs, job{w: w, keeper: keeper})
+			}
+			kept = append(kept, w)
 		}
 		if len(kept) == 0 {
 			delete(h.waiting, k)
@@ -216,14 +239,16 @@ func (h *handoverDesk) sweep(now time.Time) bool {
 	more := len(h.waiting) > 0
 	h.stopIfIdleLocked()
 	h.mu.Unlock()
+	for k, o := range stayed {
+		o.log(k)
+	}
 	for _, j := range jobs {
-		if j.keeper == nil {
-			continue
-		}
-		if j.expire {
+		switch {
+		case j.keeper == nil:
+		case j.expire:
 			j.keeper.log.Warnf("message %d of stream %q waited %s for a subscriber after its subscription ended; giving it back to JetStream", j.w.d.Sequence, j.w.d.Metadata[MetadataStream], handoverTimeout)
 			j.w.giveBack(j.keeper, GivenBackStreamEnd)
-		} else {
+		default:
 			j.w.d.keepAlive(j.keeper, now)
 			j.keeper.stats.subscription(j.w.d.Topic, j.w.statsConsumer).inProgress.Add(1)
 		}
@@ -231,11 +256,43 @@ func (h *handoverDesk) sweep(now time.Time) bool {
 	return more
 }
 
+// outlasting counts the messages of one consumer that passed handoverTimeout
+// and keep waiting (see waiting.outlasts), for one log line.
+type outlasting struct {
+	n      int
+	first  waiting
+	keeper *PubSub
+}
+
+func (o *outlasting) add(w waiting, keeper *PubSub) *outlasting {
+	if o == nil {
+		o = &outlasting{first: w, keeper: keeper}
+	}
+	o.n++
+	return o
+}
+
+func (o *outlasting) log(k handoverKey) {
+	if o.keeper == nil {
+		return
+	}
+	o.keeper.log.Warnf("%d messages of consumer %q on stream %q (from sequence %d) have waited %s for a subscriber after their subscription ended; they keep waiting here for the next one, since JetStream would not deliver them again (%s)",
+		o.n, k.consumer, k.stream, o.first.d.Sequence, handoverTimeout, o.first.why())
+}
+
 func (h *handoverDesk) anyKeeper(conn string) *PubSub {
 	for p := range h.keepers[conn] {
 		return p
 	}
 	return nil
+}
+
+// why says why w outlasts handoverTimeout.
+func (w waiting) why() string {
+	if w.ackNone {
+		return "ackPolicy none"
+	}
+	return fmt.Sprintf("delivery %d of maxDeliver %d", w.d.Deliveries, w.maxDeliver)
 }
 
 func (w waiting) giveBack(p *PubSub, reason string) {

@@ -552,7 +552,9 @@ func (s *subscription) pass(cs *consumerState, taken []*Delivery) {
 		}
 		return
 	}
-	desk.leave(s.handoverKey(cs), taken, cs.shortestAckWait(), cs.ackPolicy == natsjs.AckNonePolicy, s.statsConsumer(), s.p)
+	desk.leave(s.handoverKey(cs), taken, handoverTerms{
+		ackWait: cs.shortestAckWait(), ackNone: cs.ackPolicy == natsjs.AckNonePolicy, maxDeliver: cs.maxDeliver, statsConsumer: s.statsConsumer(),
+	}, s.p)
 }
 
 // waitUpTo waits for ch to close, at most d; false when it did not.
