@@ -522,33 +522,14 @@ func TestHandedOverMessagesKeptAlive(t *testing.T) {
 	t.Parallel()
 	ns, js := startNATS(t)
 	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "maxInFlight": "10", "ackWait": "3s"})
-	sctx, cancel := context.WithCancel(t.Context())
-	first := make(chan *Delivery, 10)
-	done, err := ps.SubscribeDeliveries(sctx, pubsub.SubscribeRequest{Topic: "waits"}, func(d *Delivery) error {
-		if len(first) > 0 {
-			return errStopped
-		}
-		first <- d
-		return nil
-	})
-	require.NoError(t, err)
-	for i := range 5 {
-		publish(t, ps, "waits", fmt.Sprint(i), nil)
-	}
-	recv(t, first, waitFor)
-	require.Eventually(t, func() bool {
-		info, err := consumerInfo(js, "waits", "app-waits")
-		return err == nil && info != nil && info.NumPending == 0
-	}, waitFor, tick, "the backlog was not fetched ahead")
-	cancel()
-	closedWithin(t, done, waitFor, "the first subscription ending")
+	leaveFiveOnDesk(t, ps, js, "waits")
 	before := inProgressSent(ps, "waits")
 	time.Sleep(2 * time.Second) // past half the ack wait, while the messages wait
 	// The desk's keep-alives count as InProgress sent, as the subscription's do.
 	assert.GreaterOrEqual(t, inProgressSent(ps, "waits")-before, uint64(5), "keep-alives of waiting messages counted")
 
 	got := make(chan string, 10)
-	_, err = ps.SubscribeDeliveries(t.Context(), pubsub.SubscribeRequest{Topic: "waits"}, func(d *Delivery) error {
+	_, err := ps.SubscribeDeliveries(t.Context(), pubsub.SubscribeRequest{Topic: "waits"}, func(d *Delivery) error {
 		got <- string(d.Data)
 		return d.Ack()
 	})
@@ -583,31 +564,12 @@ func TestHandedOverLastDeliveriesWaitPastTheBound(t *testing.T) {
 		t.Run("maxDeliver "+tc.maxDeliver, func(t *testing.T) {
 			ns, js := startNATS(t)
 			ps, logs := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "maxInFlight": "10", "maxDeliver": tc.maxDeliver, "ackWait": "30s"})
-			sctx, cancel := context.WithCancel(t.Context())
-			first := make(chan *Delivery, 10)
-			done, err := ps.SubscribeDeliveries(sctx, pubsub.SubscribeRequest{Topic: "late"}, func(d *Delivery) error {
-				if len(first) > 0 {
-					return errStopped
-				}
-				first <- d
-				return nil
-			})
-			require.NoError(t, err)
-			for i := range 5 {
-				publish(t, ps, "late", fmt.Sprint(i), nil)
-			}
-			recv(t, first, waitFor)
-			require.Eventually(t, func() bool {
-				info, err := consumerInfo(js, "late", "app-late")
-				return err == nil && info != nil && info.NumPending == 0
-			}, waitFor, tick, "the backlog was not fetched ahead")
-			cancel()
-			closedWithin(t, done, waitFor, "the subscription ending")
+			leaveFiveOnDesk(t, ps, js, "late")
 
 			desk.sweep(time.Now().Add(handoverTimeout + time.Second))
 
 			got := make(chan string, 10)
-			_, err = ps.SubscribeDeliveries(t.Context(), pubsub.SubscribeRequest{Topic: "late"}, func(d *Delivery) error {
+			_, err := ps.SubscribeDeliveries(t.Context(), pubsub.SubscribeRequest{Topic: "late"}, func(d *Delivery) error {
 				got <- string(d.Data)
 				return d.Ack()
 			})
@@ -628,4 +590,31 @@ func TestHandedOverLastDeliveriesWaitPastTheBound(t *testing.T) {
 			assert.Contains(t, logs.String(), "keep waiting here for the next one, since JetStream would not deliver them again (delivery 1 of maxDeliver 1)")
 		})
 	}
+}
+
+// leaveFiveOnDesk publishes five messages to topic and subscribes app to it
+// with a handler that takes the first and stops; once the other four are
+// fetched ahead, it ends the subscription, so that the five wait on the desk.
+func leaveFiveOnDesk(t *testing.T, ps *PubSub, js natsjs.JetStream, topic string) {
+	t.Helper()
+	sctx, cancel := context.WithCancel(t.Context())
+	first := make(chan *Delivery, 10)
+	done, err := ps.SubscribeDeliveries(sctx, pubsub.SubscribeRequest{Topic: topic}, func(d *Delivery) error {
+		if len(first) > 0 {
+			return errStopped
+		}
+		first <- d
+		return nil
+	})
+	require.NoError(t, err)
+	for i := range 5 {
+		publish(t, ps, topic, fmt.Sprint(i), nil)
+	}
+	recv(t, first, waitFor)
+	require.Eventually(t, func() bool {
+		info, err := consumerInfo(js, topic, "app-"+topic)
+		return err == nil && info != nil && info.NumPending == 0
+	}, waitFor, tick, "the backlog was not fetched ahead")
+	cancel()
+	closedWithin(t, done, waitFor, "the first subscription ending")
 }
