@@ -618,3 +618,14 @@ func leaveFiveOnDesk(t *testing.T, ps *PubSub, js natsjs.JetStream, topic string
 	cancel()
 	closedWithin(t, done, waitFor, "the first subscription ending")
 }
+
+// Closing the last instance gives back what waits on the desk; what
+// JetStream will not deliver again is named in the log, not lost unseen.
+func TestClosingGivesBackLastDeliveriesLoudly(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, logs := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "maxInFlight": "10", "maxDeliver": "1", "ackWait": "30s"})
+	leaveFiveOnDesk(t, ps, js, "closing")
+	require.NoError(t, ps.Close())
+	assert.Contains(t, logs.String(), "5 messages that waited for a subscriber were given back as the last instance on their connection closed, although JetStream will not deliver them again")
+}

@@ -114,8 +114,15 @@ func (h *handoverDesk) unregister(p *PubSub) {
 	}
 	h.stopIfIdleLocked()
 	h.mu.Unlock()
+	lost := 0
 	for _, w := range orphans {
+		if w.outlasts() {
+			lost++
+		}
 		w.giveBack(p, GivenBackShutdown)
+	}
+	if lost > 0 {
+		p.log.Warnf("%d messages that waited for a subscriber were given back as the last instance on their connection closed, although JetStream will not deliver them again (on their last allowed delivery, or with ackPolicy none)", lost)
 	}
 }
 
