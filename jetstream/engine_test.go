@@ -257,11 +257,13 @@ func TestKeepAliveFollowsServerAckWait(t *testing.T) {
 	info, err := consumerInfo(js, "ackwait", "app-ackwait")
 	require.NoError(t, err)
 	cfg := info.Config
-	cfg.AckWait = 2 * time.Second
+	// The subscription reads the consumer back every refreshBusy, so the
+	// new wait must leave room for that, a tick and a loaded machine.
+	cfg.AckWait = 4 * time.Second
 	_, err = js.UpdateConsumer(ctx(t), "ackwait", cfg)
 	require.NoError(t, err)
 	start := time.Now()
-	for time.Since(start) < 3*cfg.AckWait {
+	for time.Since(start) < 2*cfg.AckWait {
 		info, err := consumerInfo(js, "ackwait", "app-ackwait")
 		require.NoError(t, err)
 		require.Zero(t, info.NumRedelivered, "the held message was redelivered after %s", time.Since(start).Round(time.Millisecond))
