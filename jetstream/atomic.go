@@ -74,6 +74,9 @@ func (p *PubSub) bulkPublishAtomic(ctx context.Context, js natsjs.JetStream, str
 			continue
 		}
 		p.countBatch(req.Topic, sent, len(msgs), err)
+		if i, tooLarge := tooLargeEntry(ctx, err, streams, req.Topic, msgs); tooLarge != nil {
+			return failedByEntry(req, i, tooLarge)
+		}
 		return fail(explainBatch(p.whileDown(err), req, storedIn(ctx, streams, req.Topic)))
 	}
 }
@@ -133,6 +136,54 @@ func failedByEntry(req *pubsub.BulkPublishRequest, bad int, err error) (pubsub.B
 		}
 	}
 	return resp, fmt.Errorf("atomic bulk publish to topic %q: nothing was stored: %w", req.Topic, own)
+}
+
+// batchHeaderRoom is what the headers of an atomic batch add to each entry:
+// its id (a 22-character nuid), its sequence (at most 4 digits) and, on the
+// last entry, the commit ("1" or "eob").
+const batchHeaderRoom = len(jetstreamext.BatchIDHeader) + 4 + 22 +
+	len(jetstreamext.BatchSeqHeader) + 4 + 4 +
+	len(jetstreamext.BatchCommitHeader) + 4 + 3
+
+// tooLargeEntry finds the entry that made JetStream end an atomic batch as
+// incomplete because, with the batch's headers, it exceeds the stream's
+// max_msg_size. JetStream's answer names neither the entry nor the limit,
+// and says that the batch is incomplete, which publishing it again does not
+// fix.
+func tooLargeEntry(ctx context.Context, err error, s *streams, topic string, msgs []*nats.Msg) (int, error) {
+	if !isAPIError(err, jetstreamext.JSErrCodeBatchPublishIncomplete) && !errors.Is(err, natsjs.ErrStreamMessageExceedsMaximum) {
+		return 0, nil
+	}
+	name, limit := s.maxMsgSize(ctx, topic)
+	if name == "" || limit <= 0 {
+		return 0, nil
+	}
+	for i, m := range msgs {
+		if size := entrySize(m); size+batchHeaderRoom > int(limit) {
+			return i, fmt.Errorf("%w: the entry is %d bytes, headers included, and the atomic batch adds up to %d bytes of headers to each entry; stream %q takes messages of at most %d bytes (its max_msg_size, which streamMaxMsgSize sets when the component creates the stream); send a smaller entry, or raise the stream's limit",
+				natsjs.ErrStreamMessageExceedsMaximum, size, batchHeaderRoom, name, limit)
+		}
+	}
+	return 0, nil
+}
+
+// entrySize is the size JetStream counts against max_msg_size for m, its
+// data and headers, leaving out the headers of an atomic batch.
+func entrySize(m *nats.Msg) int {
+	size := len(m.Data)
+	if len(m.Header) == 0 {
+		return size
+	}
+	size += len("NATS/1.0\r\n\r\n")
+	for k, vs := range m.Header {
+		if strings.HasPrefix(k, "Nats-Batch-") {
+			continue
+		}
+		for _, v := range vs {
+			size += len(k) + len(": \r\n") + len(v)
+		}
+	}
+	return size
 }
 
 // explainBatch says why JetStream refused an atomic batch, and what was

@@ -231,3 +231,29 @@ func TestBulkPublishAtomicAfterStreamChanged(t *testing.T) {
 	require.NoError(t, bulk(), "after the stream was deleted")
 	assert.Equal(t, uint64(3), msgCount(t, js, "changed"))
 }
+
+// An entry above the stream's max_msg_size fails an atomic bulk with the
+// stream, its limit and the entry named, and nothing is stored; so does one
+// that only the batch's own headers take over the limit.
+func TestBulkPublishAtomicTooLarge(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"streamMaxMsgSize": "4096"})
+	publish(t, ps, "sized", "first", nil)
+	for _, size := range []int{5000, 4096 - 50} {
+		entries := textEntries("k", 3)
+		entries[1].Event = make([]byte, size)
+		resp, err := ps.BulkPublish(ctx(t), &pubsub.BulkPublishRequest{Topic: "sized", Entries: entries, Metadata: atomicBulk})
+		require.Error(t, err, "%d bytes", size)
+		t.Log(err)
+		assert.Equal(t, KindInvalid, KindOf(err))
+		require.Len(t, resp.FailedEntries, 3)
+		for _, s := range []string{`stream "sized" takes messages of at most 4096 bytes`, "streamMaxMsgSize", `"k1"`, "nothing was stored"} {
+			assert.Contains(t, err.Error(), s)
+		}
+		for _, f := range resp.FailedEntries {
+			assert.ErrorContains(t, f.Error, `"k1"`, "entry %q", f.EntryId)
+		}
+		assert.Equal(t, uint64(1), msgCount(t, js, "sized"))
+	}
+}
