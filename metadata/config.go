@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 	"unicode"
@@ -255,10 +256,20 @@ func pick(props map[string]string, keys []string) map[string]string {
 // its own so the error can name every bad field and what it accepts.
 func decode(props map[string]string) (Properties, error) {
 	var p Properties
-	err := kitmd.DecodeMetadata(props, &p)
-	if err == nil {
-		return p, nil
+	outOfRange := secondsOutOfRange(props)
+	var err error
+	if len(outOfRange) == 0 {
+		if err = kitmd.DecodeMetadata(props, &p); err == nil {
+			return p, nil
+		}
 	}
+	return p, fieldDecodeErrors(props, outOfRange, err)
+}
+
+// fieldDecodeErrors decodes each key of props on its own, to name every
+// field that cannot be read; outOfRange holds the errors found before
+// decoding, and whole the decoder's error for all of props.
+func fieldDecodeErrors(props map[string]string, outOfRange map[string]error, whole error) error {
 	keys := make([]string, 0, len(props))
 	for k := range props {
 		keys = append(keys, k)
@@ -272,6 +283,10 @@ func decode(props map[string]string) (Properties, error) {
 			continue
 		}
 		seen[strings.ToLower(k)] = k
+		if err, ok := outOfRange[k]; ok {
+			errs = append(errs, err)
+			continue
+		}
 		var one Properties
 		if kitmd.DecodeMetadata(map[string]string{k: props[k]}, &one) != nil {
 			name, accepted := describeField(k)
@@ -279,9 +294,39 @@ func decode(props map[string]string) (Properties, error) {
 		}
 	}
 	if len(errs) == 0 {
-		errs = append(errs, fmt.Errorf("%w: %v", ErrInvalid, err))
+		errs = append(errs, fmt.Errorf("%w: %v", ErrInvalid, whole))
 	}
-	return p, errors.Join(errs...)
+	return errors.Join(errs...)
+}
+
+// maxSeconds is the largest whole number of seconds a duration holds.
+const maxSeconds = math.MaxInt64 / int64(time.Second)
+
+// secondsOutOfRange finds the duration fields of props given as a whole
+// number of seconds too large for a duration. Dapr's decoder would multiply
+// them into nanoseconds and wrap around, to a negative or a shorter
+// duration, silently.
+func secondsOutOfRange(props map[string]string) map[string]error {
+	var out map[string]error
+	for k, v := range props {
+		name, t := fieldType(k)
+		if t != typeDuration && t != typeDurations {
+			continue
+		}
+		for _, part := range strings.Split(v, ",") {
+			n, err := strconv.ParseInt(strings.TrimSpace(part), 10, 64)
+			if err != nil || (n <= maxSeconds && n >= -maxSeconds) {
+				continue
+			}
+			if out == nil {
+				out = map[string]error{}
+			}
+			out[k] = fieldErr(name, v, "is out of range",
+				fmt.Sprintf("a duration such as 30s or 24h, or a whole number of seconds, at most %d seconds (292 years)", maxSeconds))
+			break
+		}
+	}
+	return out
 }
 
 var (
@@ -289,11 +334,10 @@ var (
 	typeDurations = reflect.TypeFor[[]time.Duration]()
 )
 
-// describeField finds the canonical name of a metadata key and words what
-// its type accepts.
-func describeField(key string) (string, string) {
-	t := reflect.TypeFor[Properties]()
-	for f := range t.Fields() {
+// fieldType finds the canonical name of a metadata key and the type it
+// decodes into, without the pointer; nil for an unknown key.
+func fieldType(key string) (string, reflect.Type) {
+	for f := range reflect.TypeFor[Properties]().Fields() {
 		name := f.Tag.Get("mapstructure")
 		if !strings.EqualFold(name, key) {
 			continue
@@ -302,22 +346,31 @@ func describeField(key string) (string, string) {
 		if ft.Kind() == reflect.Pointer {
 			ft = ft.Elem()
 		}
-		switch {
-		case ft == typeDuration:
-			return name, "a duration such as 500ms, 30s or 5m, or a whole number of seconds"
-		case ft == typeDurations:
-			return name, "a comma-separated list of durations such as 1s,5s,30s"
-		case ft.Kind() == reflect.Bool:
-			return name, "true or false"
-		case ft.Kind() == reflect.Uint64:
-			return name, "a whole number, 0 or more"
-		case ft.Kind() >= reflect.Int && ft.Kind() <= reflect.Int64:
-			return name, "a whole number"
-		default:
-			return name, "text"
-		}
+		return name, ft
 	}
-	return key, ""
+	return key, nil
+}
+
+// describeField finds the canonical name of a metadata key and words what
+// its type accepts.
+func describeField(key string) (string, string) {
+	name, ft := fieldType(key)
+	switch {
+	case ft == nil:
+		return name, ""
+	case ft == typeDuration:
+		return name, "a duration such as 500ms, 30s or 5m, or a whole number of seconds"
+	case ft == typeDurations:
+		return name, "a comma-separated list of durations such as 1s,5s,30s"
+	case ft.Kind() == reflect.Bool:
+		return name, "true or false"
+	case ft.Kind() == reflect.Uint64:
+		return name, "a whole number, 0 or more"
+	case ft.Kind() >= reflect.Int && ft.Kind() <= reflect.Int64:
+		return name, "a whole number"
+	default:
+		return name, "text"
+	}
 }
 
 func parseConnection(p *Properties) (Connection, error) {

@@ -1571,3 +1571,35 @@ func TestErrorsWrapErrInvalid(t *testing.T) {
 	assert.Equal(t, `metadata fields "a" and "b": p`, conflict("p", "", "a", "b").Error())
 	assert.Equal(t, `metadata field "x": z`, fieldErr("x", "", "z", "").Error())
 }
+
+// A whole number of seconds too large for a duration is refused with the
+// value as written: Dapr's decoder multiplies it into nanoseconds and wraps,
+// so 20000000000 would become about 49 years, and 2^63-1 would become -1s.
+func TestParseDurationSecondsOutOfRange(t *testing.T) {
+	for tag, typ := range propertyTags() {
+		if typ.Kind() == reflect.Pointer || typ.Kind() == reflect.Slice {
+			typ = typ.Elem()
+		}
+		if typ != reflect.TypeFor[time.Duration]() {
+			continue
+		}
+		list := propertyTags()[tag].Kind() == reflect.Slice
+		for _, v := range []string{"20000000000", "9223372036854775807", "-20000000000"} {
+			if list {
+				v = "1s, " + v
+			}
+			t.Run(tag+"="+v, func(t *testing.T) {
+				_, err := Parse(with(map[string]string{tag: v}))
+				fe := requireFieldErr(t, err, tag, "is out of range", "at most 9223372036 seconds")
+				assert.Equal(t, v, fe.Value)
+				assert.Len(t, leaves(err), 1, "only the bad field is reported: %v", err)
+				_, err = mustParse(t, with(nil)).ForSubscription(map[string]string{tag: v})
+				if slices.Contains(consumerFields, tag) {
+					requireFieldErr(t, err, tag, "is out of range", "at most 9223372036 seconds")
+				}
+			})
+		}
+	}
+	cfg := mustParse(t, map[string]string{"natsURL": testURL, "ackWait": "9223372036"})
+	assert.Equal(t, 9223372036*time.Second, cfg.Consumer.AckWait)
+}
