@@ -77,7 +77,7 @@ func (p *PubSub) bulkPublishAtomic(ctx context.Context, js natsjs.JetStream, str
 		if i, tooLarge := tooLargeEntry(ctx, err, streams, req.Topic, msgs); tooLarge != nil {
 			return failedByEntry(req, i, tooLarge)
 		}
-		return fail(explainBatch(p.whileDown(err), req, storedIn(ctx, streams, req.Topic)))
+		return fail(explainBatch(explainFullForBatch(ctx, p.whileDown(err), streams, req), req, storedIn(ctx, streams, req.Topic)))
 	}
 }
 
@@ -138,6 +138,15 @@ func failedByEntry(req *pubsub.BulkPublishRequest, bad int, err error) (pubsub.B
 	return resp, fmt.Errorf("atomic bulk publish to topic %q: nothing was stored: %w", req.Topic, own)
 }
 
+// explainFullForBatch explains a batch refused by a full stream: it needs
+// room for all of its entries at once.
+func explainFullForBatch(ctx context.Context, err error, s *streams, req *pubsub.BulkPublishRequest) error {
+	if fullLimit(err) == "" {
+		return err
+	}
+	return fmt.Errorf("%w; an atomic bulk needs room for all %d of its entries at once", newRefusals(ctx, s, req.Topic).explain(err), len(req.Entries))
+}
+
 // batchHeaderRoom is what the headers of an atomic batch add to each entry:
 // its id (a 22-character nuid), its sequence (at most 4 digits) and, on the
 // last entry, the commit ("1" or "eob").
@@ -154,10 +163,11 @@ func tooLargeEntry(ctx context.Context, err error, s *streams, topic string, msg
 	if !isAPIError(err, jetstreamext.JSErrCodeBatchPublishIncomplete) && !errors.Is(err, natsjs.ErrStreamMessageExceedsMaximum) {
 		return 0, nil
 	}
-	name, limit := s.maxMsgSize(ctx, topic)
-	if name == "" || limit <= 0 {
+	info := s.info(ctx, topic)
+	if info == nil || info.Config.MaxMsgSize <= 0 {
 		return 0, nil
 	}
+	name, limit := info.Config.Name, info.Config.MaxMsgSize
 	for i, m := range msgs {
 		if size := entrySize(m); size+batchHeaderRoom > int(limit) {
 			return i, fmt.Errorf("%w: the entry is %d bytes, headers included, and the atomic batch adds up to %d bytes of headers to each entry; stream %q takes messages of at most %d bytes (its max_msg_size, which streamMaxMsgSize sets when the component creates the stream); send a smaller entry, or raise the stream's limit",

@@ -149,6 +149,7 @@ func (p *PubSub) bulkResponse(ctx context.Context, streams *streams, b *bulkEntr
 	// Why NATS is down, looked up once for the first entry it may explain.
 	var down error
 	looked := false
+	refused := newRefusals(ctx, streams, req.Topic)
 	for i, err := range b.failed {
 		if err == nil {
 			continue
@@ -160,7 +161,7 @@ func (p *PubSub) bulkResponse(ctx context.Context, streams *streams, b *bulkEntr
 			err = withDown(err, down)
 		}
 		err = explainExpectation(err, req.Topic, entryMetadata(req, i), storedIn(ctx, streams, req.Topic))
-		err = explainTooLarge(ctx, err, streams, req.Topic)
+		err = refused.explain(err)
 		resp.FailedEntries = append(resp.FailedEntries, pubsub.BulkPublishResponseFailedEntry{
 			EntryId: req.Entries[i].EntryId,
 			Error:   classify("publish to", req.Topic, err),

@@ -165,13 +165,13 @@ func (s *subscription) ensureConsumer(ctx context.Context) (*consumerState, erro
 	if want.Durable == "" {
 		c, err := js.CreateConsumer(ctx, stream, want)
 		if err != nil {
-			return nil, explainWorkQueue(err, stream, s.topic)
+			return nil, explainConsumerRefusal(err, stream, s.topic)
 		}
 		return s.p.newConsumerState(c, created, true), nil
 	}
 	c, err := s.findOrCreate(ctx, js, stream, want)
 	if err != nil {
-		return nil, explainWorkQueue(err, stream, s.topic)
+		return nil, explainConsumerRefusal(err, stream, s.topic)
 	}
 	c, err = s.reconcile(ctx, js, stream, c, want)
 	if err != nil {

@@ -69,7 +69,7 @@ func (p *PubSub) Publish(ctx context.Context, req *pubsub.PublishRequest) (err e
 			continue
 		}
 		err = explainExpectation(err, req.Topic, req.Metadata, storedIn(ctx, streams, req.Topic))
-		err = explainTooLarge(ctx, err, streams, req.Topic)
+		err = newRefusals(ctx, streams, req.Topic).explain(err)
 		return classify("publish to", req.Topic, p.whileDown(err))
 	}
 }
@@ -277,21 +277,6 @@ func fitsMaxPayload(msg *nats.Msg, limit int64) error {
 			nats.ErrMaxPayload, size, len(msg.Data), size-int64(len(msg.Data)), limit)
 	}
 	return nil
-}
-
-// explainTooLarge rewrites JetStream's refusal of a message above the
-// stream's max_msg_size ("message size exceeds maximum allowed"), which names
-// neither the stream nor its limit.
-func explainTooLarge(ctx context.Context, err error, s *streams, topic string) error {
-	if !errors.Is(err, natsjs.ErrStreamMessageExceedsMaximum) {
-		return err
-	}
-	name, limit := s.maxMsgSize(ctx, topic)
-	if name == "" {
-		return err
-	}
-	return fmt.Errorf("%w: stream %q takes messages of at most %d bytes, headers included (its max_msg_size, which streamMaxMsgSize sets when the component creates the stream); send a smaller message, or raise the stream's limit",
-		err, name, limit)
 }
 
 func (p *PubSub) maxPayload() int64 {

@@ -42,10 +42,13 @@ const (
 	OutcomeTimeout   = "timeout"
 	OutcomeMismatch  = "expected_mismatch"
 	OutcomeInvalid   = "invalid"
-	OutcomeError     = "error"
+	// OutcomeFull is a refusal by a stream that discards new messages and
+	// reached a limit.
+	OutcomeFull  = "stream_full"
+	OutcomeError = "error"
 )
 
-var outcomes = []string{OutcomeOK, OutcomeDuplicate, OutcomeNoStream, OutcomeTimeout, OutcomeMismatch, OutcomeInvalid, OutcomeError}
+var outcomes = []string{OutcomeOK, OutcomeDuplicate, OutcomeNoStream, OutcomeTimeout, OutcomeMismatch, OutcomeInvalid, OutcomeFull, OutcomeError}
 
 // PublishStats counts the publishes to one topic by outcome.
 type PublishStats struct {
@@ -109,7 +112,7 @@ type givenBackKey struct{ topic, reason string }
 
 // pubCounters count the publishes to one topic.
 type pubCounters struct {
-	byOutcome  [7]atomic.Uint64 // in the order of outcomes
+	byOutcome  [8]atomic.Uint64 // in the order of outcomes
 	bulkFailed atomic.Uint64
 }
 
@@ -300,6 +303,8 @@ func publishOutcome(ack *natsjs.PubAck, err error) string {
 		return OutcomeMismatch
 	case KindOf(err) == KindInvalid:
 		return OutcomeInvalid
+	case fullLimit(err) != "":
+		return OutcomeFull
 	}
 	return OutcomeError
 }

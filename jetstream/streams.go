@@ -83,18 +83,17 @@ func (s *streams) ensure(ctx context.Context, topic string) (string, error) {
 	return name, nil
 }
 
-// maxMsgSize returns the stream that stores topic and its max_msg_size, or
-// "" when it cannot be read.
-func (s *streams) maxMsgSize(ctx context.Context, topic string) (string, int32) {
+// info reads the stream that stores topic, or nil when it cannot be read.
+func (s *streams) info(ctx context.Context, topic string) *natsjs.StreamInfo {
 	name, err := s.ensure(ctx, topic)
 	if err != nil {
-		return "", 0
+		return nil
 	}
 	stream, err := s.js.Stream(ctx, name)
 	if err != nil {
-		return "", 0
+		return nil
 	}
-	return name, stream.CachedInfo().Config.MaxMsgSize
+	return stream.CachedInfo()
 }
 
 // lookup finds the stream for topic. A nil info with a name means the stream
@@ -178,7 +177,7 @@ func (s *streams) create(ctx context.Context, name, topic string) (*natsjs.Strea
 	if info := s.coveredBy(ctx, topic); info != nil {
 		return s.extend(ctx, info, topic)
 	}
-	return nil, fmt.Errorf("create stream %q for subjects %v: %w; if the subjects overlap another stream, set streamName to that stream", name, subjects, err)
+	return nil, fmt.Errorf("create stream %q for subjects %v: %w%s", name, subjects, err, createRefusal(ctx, s.js, err, cfg))
 }
 
 func (s *streams) extend(ctx context.Context, info *natsjs.StreamInfo, topic string) (*natsjs.StreamInfo, error) {

@@ -1,0 +1,195 @@
+package jetstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	natsjs "github.com/nats-io/nats.go/jetstream"
+)
+
+// What JetStream answers when a stream that discards new messages reached a
+// limit: nats-server's ErrMaxMsgs, ErrMaxBytes and ErrMaxMsgsPerSubject.
+const (
+	refusedMaxMsgs           = "maximum messages exceeded"
+	refusedMaxBytes          = "maximum bytes exceeded"
+	refusedMaxMsgsPerSubject = "maximum messages per subject exceeded"
+)
+
+// refusals explains JetStream's refusals of a publish that name neither the
+// stream nor the limit it reached. It reads the stream's settings once, when
+// first needed: a bulk may have many entries refused for one reason.
+type refusals struct {
+	ctx     context.Context
+	streams *streams
+	topic   string
+	read    bool
+	info    *natsjs.StreamInfo
+}
+
+func newRefusals(ctx context.Context, s *streams, topic string) *refusals {
+	return &refusals{ctx: ctx, streams: s, topic: topic}
+}
+
+// explain returns err with the stream, its limit and the fix added, when err
+// is a refusal that lacks them.
+func (r *refusals) explain(err error) error {
+	switch limit := fullLimit(err); {
+	case isAPIError(err, errCodeInsufficientResources):
+		return outOfStorage(err)
+	case errors.Is(err, natsjs.ErrStreamMessageExceedsMaximum):
+		if info := r.stream(); info != nil {
+			return fmt.Errorf("%w: %s", err, tooLarge(info))
+		}
+	case limit != "":
+		if info := r.stream(); info != nil {
+			return fmt.Errorf("%w: %s", err, full(info, limit, r.topic))
+		}
+	}
+	return err
+}
+
+// stream is the stream that stores the topic, or nil when it cannot be read.
+func (r *refusals) stream() *natsjs.StreamInfo {
+	if !r.read {
+		r.info, r.read = r.streams.info(r.ctx, r.topic), true
+	}
+	return r.info
+}
+
+func tooLarge(info *natsjs.StreamInfo) string {
+	return fmt.Sprintf("stream %q takes messages of at most %d bytes, headers included (its max_msg_size, which streamMaxMsgSize sets when the component creates the stream); send a smaller message, or raise the stream's limit",
+		info.Config.Name, info.Config.MaxMsgSize)
+}
+
+// fullLimit returns which limit of a stream that discards new messages err
+// says was reached, or "".
+func fullLimit(err error) string {
+	var apiErr *natsjs.APIError
+	if !errors.As(err, &apiErr) {
+		return ""
+	}
+	for _, limit := range []string{refusedMaxMsgsPerSubject, refusedMaxMsgs, refusedMaxBytes} {
+		if strings.Contains(apiErr.Description, limit) {
+			return limit
+		}
+	}
+	return ""
+}
+
+// full says which limit a stream that discards new messages reached, how
+// messages leave it, and what can be done.
+func full(info *natsjs.StreamInfo, limit, topic string) string {
+	c := info.Config
+	var reached string
+	switch limit {
+	case refusedMaxMsgs:
+		reached = fmt.Sprintf("stream %q is full: it holds at most %s (its max_msgs, which streamMaxMsgs sets when the component creates the stream)",
+			c.Name, plural(c.MaxMsgs, "message"))
+	case refusedMaxBytes:
+		reached = fmt.Sprintf("stream %q is full: it holds at most %d bytes (its max_bytes, which streamMaxBytes sets when the component creates the stream)",
+			c.Name, c.MaxBytes)
+	default:
+		reached = fmt.Sprintf("stream %q is full for topic %q: it holds at most %s of each subject (its max_msgs_per_subject, which streamMaxMsgsPerSubject sets when the component creates the stream)",
+			c.Name, topic, plural(c.MaxMsgsPerSubject, "message"))
+	}
+	return reached + ", and its discard policy new refuses new messages until some leave it, " + leaving(c) +
+		"; raise the limit (nats stream edit), remove messages (nats stream purge), or give a new stream streamDiscard old, to drop the oldest messages instead"
+}
+
+// leaving says how messages leave a stream of config c.
+func leaving(c natsjs.StreamConfig) string {
+	var how string
+	switch c.Retention {
+	case natsjs.WorkQueuePolicy:
+		how = "as subscribers acknowledge them"
+	case natsjs.InterestPolicy:
+		how = "as every consumer acknowledges them"
+	default:
+		if c.MaxAge <= 0 {
+			return "which happens only when removed, since it has no max_age"
+		}
+	}
+	if c.MaxAge > 0 {
+		if how != "" {
+			how += ", or "
+		}
+		how += "as they reach its max_age of " + c.MaxAge.String()
+	}
+	return how
+}
+
+func plural(n int64, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}
+
+// The JetStream error codes of refusals that name no setting to change.
+const (
+	errCodeInsufficientResources natsjs.ErrorCode = 10023
+	errCodeMaximumStreams        natsjs.ErrorCode = 10027
+	errCodeMemoryExceeded        natsjs.ErrorCode = 10028
+	errCodeStorageExceeded       natsjs.ErrorCode = 10047
+	errCodeSubjectOverlap        natsjs.ErrorCode = 10065
+	errCodeMaxBytesRequired      natsjs.ErrorCode = 10113
+)
+
+// outOfStorage explains a publish refused because JetStream has no storage
+// left for the stream, which the server's answer ("insufficient resources")
+// does not say.
+func outOfStorage(err error) error {
+	if !isAPIError(err, errCodeInsufficientResources) {
+		return err
+	}
+	return fmt.Errorf("%w: nats-server has no JetStream storage left for the stream (its max_file_store or max_memory_store, or the account's JetStream limits); remove messages, bound the streams (streamMaxBytes, streamMaxAge or streamMaxMsgs when the component creates them), or raise those limits", err)
+}
+
+// createRefusal explains why JetStream refused to create stream cfg, when
+// its answer alone does not say what to change; "" when there is nothing to
+// add.
+func createRefusal(ctx context.Context, js natsjs.JetStream, err error, cfg natsjs.StreamConfig) string {
+	var apiErr *natsjs.APIError
+	if !errors.As(err, &apiErr) {
+		return ""
+	}
+	switch apiErr.ErrorCode {
+	case errCodeSubjectOverlap:
+		return "; the subjects overlap another stream: set streamName to that stream"
+	case errCodeStorageExceeded, errCodeMemoryExceeded:
+		store := "max_file_store"
+		if cfg.Storage == natsjs.MemoryStorage {
+			store = "max_memory_store"
+		}
+		if cfg.MaxBytes > 0 {
+			return fmt.Sprintf("; nats-server cannot set aside the stream's max_bytes of %d bytes (streamMaxBytes): lower streamMaxBytes, or raise the server's %s or the account's JetStream limits", cfg.MaxBytes, store)
+		}
+		return fmt.Sprintf("; nats-server has no JetStream storage left (its %s, or the account's JetStream limits): remove messages or streams, or raise those limits", store)
+	case errCodeMaximumStreams:
+		return fmt.Sprintf("; the account holds %s, its max_streams: remove unused streams, set streamName so that topics share one stream, or raise the account's limit", streamsAllowed(ctx, js))
+	case errCodeMaxBytesRequired:
+		return "; the account's JetStream limits require every stream to have a max_bytes: set streamMaxBytes"
+	}
+	return ""
+}
+
+// streamsAllowed words the account's limit of streams.
+func streamsAllowed(ctx context.Context, js natsjs.JetStream) string {
+	info, err := js.AccountInfo(ctx)
+	if err != nil || info.Limits.MaxStreams < 0 {
+		return "as many streams as it may"
+	}
+	return "at most " + plural(int64(info.Limits.MaxStreams), "stream")
+}
+
+// explainConsumerRefusal explains why JetStream refused to create the
+// consumer of topic on stream.
+func explainConsumerRefusal(err error, stream, topic string) error {
+	if !isAPIError(err, natsjs.JSErrCodeMaximumConsumersLimit) {
+		return explainWorkQueue(err, stream, topic)
+	}
+	return fmt.Errorf("%w: stream %q, or the account, allows no more consumers (its max_consumers), and each consumerID takes one per topic, as does each subscription without one; remove the consumers no app uses (nats consumer ls %s, then nats consumer rm %s NAME), or raise the limit (nats stream edit, or the account's JetStream limits)",
+		err, stream, stream, stream)
+}
