@@ -47,6 +47,11 @@ type consumerState struct {
 	// refresh comes at the busy rate, so that the pending counts show the
 	// drain instead of what they were at the last busy refresh.
 	drained bool
+	// subjectsRead is when the stream's subjects were last read, and moved
+	// is set once they no longer cover the topic: an operator moved it to
+	// another stream.
+	subjectsRead time.Time
+	moved        bool
 }
 
 func (p *PubSub) newConsumerState(c natsjs.Consumer, created time.Time, ephemeral bool) *consumerState {
@@ -295,6 +300,7 @@ func (s *subscription) verify(cs *consumerState) {
 		cs.refreshed, cs.drained = time.Now(), false
 		s.floor.serverFloor(cs.stream, cs.streamCreated, info.AckFloor.Stream)
 		s.mu.Unlock()
+		s.followMovedTopic(ctx, cs)
 	case errors.Is(err, natsjs.ErrConsumerNotFound), errors.Is(err, natsjs.ErrStreamNotFound):
 		s.gone(err)
 	default:
@@ -304,15 +310,71 @@ func (s *subscription) verify(cs *consumerState) {
 	}
 }
 
+// subjectsEvery paces reading the stream's subjects back.
+const subjectsEvery = refreshIdle
+
+// followMovedTopic notices a topic that an operator moved to another stream
+// (its subject removed from this one): this consumer then receives nothing
+// new. It moves once the consumer has nothing left to deliver or to be
+// acknowledged, so that what this stream still holds for the topic is not
+// left behind. The next consumer is set up on whichever stream holds the
+// topic now, as after a lost consumer.
+func (s *subscription) followMovedTopic(ctx context.Context, cs *consumerState) {
+	s.mu.Lock()
+	due := !cs.moved && time.Since(cs.subjectsRead) >= subjectsEvery
+	s.mu.Unlock()
+	if due && !s.streamStillCovers(ctx, cs) {
+		s.mu.Lock()
+		cs.moved = true
+		s.mu.Unlock()
+		s.log.Warnf("topic %q: stream %q no longer holds it; following it to the stream that does, once consumer %q has handled the %s pending and the %s awaiting an ack",
+			s.topic, cs.stream, cs.name, plural(int64(cs.numPending), "message"), plural(int64(cs.numAckPending), "message"))
+	}
+	s.mu.Lock()
+	left := cs.moved && cs.numPending == 0 && cs.numAckPending == 0 && len(s.held) == 0
+	s.mu.Unlock()
+	if !left || s.drop() == nil {
+		return
+	}
+	if cs.ephemeral {
+		s.log.Infof("topic %q: consumer %q on stream %q has handled what the stream held for it; moving to the stream that holds it now", s.topic, cs.name, cs.stream)
+		return
+	}
+	s.log.Infof("topic %q: consumer %q on stream %q has handled what the stream held for it; moving to the stream that holds it now (the consumer stays on %q: remove it with nats consumer rm %s %s)",
+		s.topic, cs.name, cs.stream, cs.stream, cs.stream, cs.name)
+}
+
+// streamStillCovers reads the subjects of the consumer's stream; true when
+// they cannot be read, since verify notices a stream that is gone.
+func (s *subscription) streamStillCovers(ctx context.Context, cs *consumerState) bool {
+	_, js, _, err := s.p.state()
+	if err != nil {
+		return true
+	}
+	st, err := js.Stream(ctx, cs.stream)
+	s.mu.Lock()
+	cs.subjectsRead = time.Now()
+	s.mu.Unlock()
+	return err != nil || covers(st.CachedInfo().Config.Subjects, s.topic)
+}
+
 // gone drops a consumer that no longer exists, so that it is set up again,
 // starting after the last message known to be acknowledged. The inbox stays:
 // JetStream may still send what it had in flight.
 func (s *subscription) gone(why error) {
+	if cs := s.drop(); cs != nil {
+		s.log.Warnf("topic %q: consumer %q on stream %q is gone (%v); creating it again", s.topic, cs.name, cs.stream, why)
+	}
+}
+
+// drop forgets the consumer and the topic's stream, and wakes housekeeping
+// to set both up again. It returns the consumer dropped, if any.
+func (s *subscription) drop() *consumerState {
 	s.mu.Lock()
 	cs := s.consumer
 	if cs == nil {
 		s.mu.Unlock()
-		return
+		return nil
 	}
 	s.consumer = nil
 	s.outstanding = 0
@@ -321,8 +383,8 @@ func (s *subscription) gone(why error) {
 	if _, _, streams, err := s.p.state(); err == nil {
 		streams.forget(s.topic)
 	}
-	s.log.Warnf("topic %q: consumer %q on stream %q is gone (%v); creating it again", s.topic, cs.name, cs.stream, why)
 	s.poke()
+	return cs
 }
 
 // resumePoint tracks, for the stream a subscription reads, the first message

@@ -1,0 +1,95 @@
+package jetstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/dapr/components-contrib/pubsub"
+
+	natsjs "github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// A topic that an operator moves to another stream (its subject removed
+// from the old stream, then added to the new one) keeps reaching its
+// subscribers.
+func TestSubscriptionFollowsMovedTopic(t *testing.T) {
+	t.Parallel()
+	for _, durable := range []bool{true, false} {
+		t.Run(fmt.Sprintf("durable=%v", durable), func(t *testing.T) {
+			t.Parallel()
+			ns, js := startNATS(t)
+			streamsOldAndNew(t, js)
+			props := map[string]string{"autoProvision": "false"}
+			if durable {
+				props["consumerID"] = "app"
+			}
+			ps, _ := open(t, ns.ClientURL(), props)
+			h, got := collect()
+			subscribe(t, ps, "moved", nil, h)
+			publish(t, ps, "moved", "before", nil)
+			assert.Equal(t, "before", string(recv(t, got, waitFor).Data))
+
+			moveTopic(t, js)
+			_, err := js.Publish(ctx(t), "moved", []byte("after"))
+			require.NoError(t, err)
+			assert.Equal(t, "after", string(recv(t, got, waitFor).Data))
+		})
+	}
+}
+
+// Messages the old stream still holds for a moved topic reach the app
+// before the subscription follows the topic, and those published to the new
+// stream after them.
+func TestSubscriptionDrainsBeforeFollowingMovedTopic(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	streamsOldAndNew(t, js)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"autoProvision": "false", "consumerID": "app", "maxInFlight": "1"})
+	got := make(chan string, 20)
+	failed := false
+	subscribe(t, ps, "moved", nil, func(_ context.Context, m *pubsub.NewMessage) error {
+		if string(m.Data) == "old-2" && !failed {
+			failed = true
+			return errors.New("once more")
+		}
+		time.Sleep(400 * time.Millisecond) // a slow app keeps a backlog in OLD
+		got <- string(m.Data)
+		return nil
+	})
+	for i := range 5 {
+		publish(t, ps, "moved", fmt.Sprintf("old-%d", i), nil)
+	}
+	moveTopic(t, js)
+	_, err := js.Publish(ctx(t), "moved", []byte("new"))
+	require.NoError(t, err)
+
+	seen := map[string]bool{}
+	for len(seen) < 6 {
+		seen[recv(t, got, waitFor)] = true
+	}
+	assert.True(t, seen["new"])
+}
+
+// streamsOldAndNew creates stream OLD, which holds topic moved, and NEW.
+func streamsOldAndNew(t *testing.T, js natsjs.JetStream) {
+	t.Helper()
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "OLD", Subjects: []string{"moved", "stays"}})
+	require.NoError(t, err)
+	_, err = js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "NEW", Subjects: []string{"other"}})
+	require.NoError(t, err)
+}
+
+// moveTopic moves topic moved from OLD to NEW, as an operator would with
+// nats stream edit.
+func moveTopic(t *testing.T, js natsjs.JetStream) {
+	t.Helper()
+	_, err := js.UpdateStream(ctx(t), natsjs.StreamConfig{Name: "OLD", Subjects: []string{"stays"}})
+	require.NoError(t, err)
+	_, err = js.UpdateStream(ctx(t), natsjs.StreamConfig{Name: "NEW", Subjects: []string{"other", "moved"}})
+	require.NoError(t, err)
+}
