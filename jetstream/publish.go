@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -237,18 +238,30 @@ func setHeaders(msg *nats.Msg, md map[string]string) error {
 // whether there is one.
 func setTTL(msg *nats.Msg, md map[string]string) (bool, error) {
 	ttl, ok, err := contribmd.TryGetTTL(md)
-	if err != nil {
-		return false, fmt.Errorf("%w: %v", ErrInvalidRequest, err)
-	}
-	if !ok {
+	if !ok && err == nil {
 		return false, nil
 	}
-	if ttl < time.Second {
-		return false, fmt.Errorf("%w: ttlInSeconds must be 1 or more, got %s", ErrInvalidRequest, ttl)
+	key := contribmd.TTLInSecondsMetadataKey
+	raw, given := lookupFold(md, key)
+	if !given {
+		key = contribmd.TTLMetadataKey
+		raw, _ = lookupFold(md, key)
+	}
+	// A count of seconds too large for a duration wraps around in Dapr's
+	// parser, to a shorter TTL.
+	if n, perr := strconv.ParseInt(strings.TrimSpace(raw), 10, 64); perr == nil && n > maxTTLSeconds {
+		err = strconv.ErrRange
+	}
+	if err != nil || ttl < time.Second {
+		return false, fmt.Errorf("%w: metadata %s = %q: use a whole number of seconds from 1 to %d, or a duration such as 30s or 24h",
+			ErrInvalidRequest, key, raw, maxTTLSeconds)
 	}
 	msg.Header.Set(natsjs.MsgTTLHeader, strconv.FormatInt(int64(ttl/time.Second), 10)+"s")
 	return true, nil
 }
+
+// maxTTLSeconds is the longest TTL a duration holds, in seconds.
+const maxTTLSeconds = math.MaxInt64 / int64(time.Second)
 
 // setScheduleFromMetadata delays msg as the metadata asks, and reports
 // whether it does.

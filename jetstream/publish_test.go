@@ -456,3 +456,23 @@ func TestInvalidRequests(t *testing.T) {
 	require.ErrorIs(t, err, metadata.ErrInvalid, "subscription metadata is validated")
 	assert.Equal(t, KindInvalid, KindOf(err))
 }
+
+// A ttlInSeconds that is not a TTL is refused with the key, the value and
+// what is accepted, and nothing is stored: a count of seconds too large for
+// a duration must not wrap around to a shorter TTL.
+func TestPublishTTLInvalid(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), nil)
+	publish(t, ps, "ttlbad", "first", nil)
+	for _, v := range []string{"abc", "0", "-5", "20000000000", "9223372036854775807", "500ms"} {
+		err := ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "ttlbad", Data: []byte("x"), Metadata: map[string]string{"ttlInSeconds": v}})
+		require.Error(t, err, "ttlInSeconds %q", v)
+		t.Log(err)
+		assert.Equal(t, KindInvalid, KindOf(err))
+		for _, s := range []string{"ttlInSeconds", fmt.Sprintf("%q", v), "whole number of seconds"} {
+			assert.Contains(t, err.Error(), s)
+		}
+	}
+	assert.Equal(t, uint64(1), msgCount(t, js, "ttlbad"))
+}
