@@ -39,6 +39,10 @@ type consumerState struct {
 	// group, which pull requests must name.
 	priority natsjs.PriorityPolicy
 	group    string
+	// maxRequestBatch and maxRequestExpires bound each pull request, when
+	// an operator set them (0 otherwise).
+	maxRequestBatch   int
+	maxRequestExpires time.Duration
 	// numPending and numAckPending are from the last consumer info.
 	numPending    uint64
 	numAckPending int
@@ -69,6 +73,7 @@ func (cs *consumerState) update(info *natsjs.ConsumerInfo) {
 	cs.ackWait = info.Config.AckWait
 	cs.backOff = info.Config.BackOff
 	cs.maxDeliver = info.Config.MaxDeliver
+	cs.maxRequestBatch, cs.maxRequestExpires = info.Config.MaxRequestBatch, info.Config.MaxRequestExpires
 	cs.numPending, cs.numAckPending = info.NumPending, info.NumAckPending
 	cs.priority, cs.group = info.Config.PriorityPolicy, ""
 	if len(info.Config.PriorityGroups) > 0 {

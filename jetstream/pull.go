@@ -127,16 +127,47 @@ func (s *subscription) pull(small bool) {
 		return
 	}
 	s.outstanding += n
-	hb := s.heartbeat()
-	s.requestEnds = time.Now().Add(expiry(hb) + expiryGrace)
-	prio := s.priorityLocked()
+	terms := s.pullTermsLocked()
+	s.requestEnds = time.Now().Add(terms.expires + expiryGrace)
 	s.mu.Unlock()
-	if err := s.p.request(subject, inbox, pullRequest(n, hb, prio)); err != nil {
-		s.mu.Lock()
-		s.outstanding = max(0, s.outstanding-n)
-		s.requestsEndedLocked()
-		s.mu.Unlock()
+	for left := n; left > 0; {
+		batch := left
+		if terms.maxBatch > 0 {
+			batch = min(batch, terms.maxBatch)
+		}
+		if err := s.p.request(subject, inbox, pullRequest(batch, terms)); err != nil {
+			s.mu.Lock()
+			s.outstanding = max(0, s.outstanding-left)
+			s.requestsEndedLocked()
+			s.mu.Unlock()
+			return
+		}
+		left -= batch
 	}
+}
+
+// pullTerms is how a pull request asks: for how long, with which
+// heartbeat, for at most how many messages each, and with which priority.
+type pullTerms struct {
+	expires, heartbeat time.Duration
+	maxBatch           int
+	prio               pullPriority
+}
+
+// pullTermsLocked follows the limits an operator may set on the consumer
+// (max_batch, max_expires), which JetStream enforces by refusing larger
+// requests. s.mu is held.
+func (s *subscription) pullTermsLocked() pullTerms {
+	t := pullTerms{heartbeat: s.heartbeat(), prio: s.priorityLocked()}
+	t.expires = expiry(t.heartbeat)
+	if cs := s.consumer; cs != nil {
+		t.maxBatch = cs.maxRequestBatch
+		if cs.maxRequestExpires > 0 && t.expires > cs.maxRequestExpires {
+			// JetStream refuses a heartbeat of more than half the expiry.
+			t.expires, t.heartbeat = cs.maxRequestExpires, min(t.heartbeat, cs.maxRequestExpires/2)
+		}
+	}
+	return t
 }
 
 // roomLocked returns how many messages to request now, and where; with
@@ -197,8 +228,8 @@ func (s *subscription) priorityLocked() pullPriority {
 }
 
 // pullRequest is the JSON body of a pull request for n messages.
-func pullRequest(n int, hb time.Duration, prio pullPriority) []byte {
-	expires := expiry(hb)
+func pullRequest(n int, t pullTerms) []byte {
+	expires, hb, prio := t.expires, t.heartbeat, t.prio
 	b := make([]byte, 0, 80)
 	b = append(b, `{"batch":`...)
 	b = strconv.AppendInt(b, int64(n), 10)
