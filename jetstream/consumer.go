@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	natsjs "github.com/nats-io/nats.go/jetstream"
@@ -56,6 +57,9 @@ type consumerState struct {
 	// another stream.
 	subjectsRead time.Time
 	moved        bool
+	// misfiltered is set when a message of another subject came: an
+	// operator changed the consumer's filter.
+	misfiltered bool
 }
 
 func (p *PubSub) newConsumerState(c natsjs.Consumer, created time.Time, ephemeral bool) *consumerState {
@@ -299,6 +303,8 @@ func (s *subscription) verify(cs *consumerState) {
 	defer cancel()
 	info, err := cs.handle.Info(ctx)
 	switch {
+	case err == nil && !filtersTopic(info.Config, s.topic):
+		s.refilter(ctx, cs, info.Config)
 	case err == nil:
 		s.mu.Lock()
 		cs.update(info)
@@ -313,6 +319,39 @@ func (s *subscription) verify(cs *consumerState) {
 		cs.refreshed = time.Now()
 		s.mu.Unlock()
 	}
+}
+
+// filtersTopic reports whether a consumer of config c takes exactly the
+// topic's messages.
+func filtersTopic(c natsjs.ConsumerConfig, topic string) bool {
+	if len(c.FilterSubjects) > 0 {
+		return len(c.FilterSubjects) == 1 && c.FilterSubjects[0] == topic
+	}
+	return c.FilterSubject == topic
+}
+
+// refilter sets up again a consumer whose filter is not the topic: an
+// operator changed it. Setting the filter back would not deliver the
+// topic's messages that the consumer skipped meanwhile, so it is deleted
+// and made again, starting after the last message this subscription knows
+// to be handled. Its ack floor is not taken: it counts what it skipped.
+func (s *subscription) refilter(ctx context.Context, cs *consumerState, have natsjs.ConsumerConfig) {
+	filter := have.FilterSubject
+	if len(have.FilterSubjects) > 0 {
+		filter = strings.Join(have.FilterSubjects, ", ")
+	}
+	_, js, _, err := s.p.state()
+	if err == nil {
+		err = js.DeleteConsumer(ctx, cs.stream, cs.name)
+	}
+	if err != nil && !errors.Is(err, natsjs.ErrConsumerNotFound) {
+		s.log.Errorf("topic %q: consumer %q on stream %q filters %q, not the topic, and deleting it failed (%v); its filter is set back, and the topic's messages it skipped meanwhile are not delivered",
+			s.topic, cs.name, cs.stream, filter, err)
+	} else {
+		s.log.Warnf("topic %q: consumer %q on stream %q filters %q, not the topic (changed by an operator); making it again, from the last message this subscription knows to be handled",
+			s.topic, cs.name, cs.stream, filter)
+	}
+	s.drop()
 }
 
 // subjectsEvery paces reading the stream's subjects back.

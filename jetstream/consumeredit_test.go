@@ -62,3 +62,56 @@ func TestPullFollowsConsumerRequestLimits(t *testing.T) {
 		})
 	}
 }
+
+// An operator who changes the filter of the durable a subscription uses
+// (nats consumer edit --filter) neither gets messages of other subjects to
+// the topic's app nor loses the topic's messages that the changed consumer
+// skips: the subscription sets the consumer up again, from the last message
+// it handled.
+func TestConsumerFilterChangedByOperator(t *testing.T) {
+	t.Parallel()
+	t.Run("widened", func(t *testing.T) {
+		t.Parallel()
+		ns, js := startNATS(t)
+		ordersStream(t, js)
+		ps, _ := open(t, ns.ClientURL(), map[string]string{"autoProvision": "false", "consumerID": "app"})
+		h, got := collect()
+		subscribe(t, ps, "orders.a", nil, h)
+		editConsumer(t, js, "ORDERS", ordersDurable, func(c *natsjs.ConsumerConfig) { c.FilterSubject = "orders.*" })
+		publish(t, ps, "orders.b", "for-b", nil)
+		publish(t, ps, "orders.a", "for-a", nil)
+		m := recv(t, got, waitFor)
+		require.Equal(t, "for-a", string(m.Data), "delivered to topic %q: a message of %q", m.Topic, m.Metadata["Topic"])
+		// for-a may come again (it was in flight when the consumer was made
+		// again); for-b never.
+		for deadline := time.After(waitShort); ; {
+			select {
+			case m := <-got:
+				require.Equal(t, "for-a", string(m.Data))
+				continue
+			case <-deadline:
+			}
+			break
+		}
+		require.Eventually(t, func() bool {
+			info, err := consumerInfo(js, "ORDERS", ordersDurable)
+			return err == nil && info.Config.FilterSubject == "orders.a"
+		}, waitFor, tick, "the filter is not set back")
+	})
+	t.Run("changed", func(t *testing.T) {
+		t.Parallel()
+		ns, js := startNATS(t)
+		ordersStream(t, js)
+		ps, _ := open(t, ns.ClientURL(), map[string]string{"autoProvision": "false", "consumerID": "app"})
+		h, got := collect()
+		subscribe(t, ps, "orders.a", nil, h)
+		publish(t, ps, "orders.a", "before", nil)
+		require.Equal(t, "before", string(recv(t, got, waitFor).Data))
+		settledConsumer(t, js, "ORDERS", ordersDurable)
+		editConsumer(t, js, "ORDERS", ordersDurable, func(c *natsjs.ConsumerConfig) { c.FilterSubject = "orders.b" })
+		publish(t, ps, "orders.a", "meanwhile", nil)
+		// Found at the next idle refresh of the consumer's settings.
+		require.Equal(t, "meanwhile", string(recv(t, got, refreshIdle+waitFor).Data))
+		nothing(t, got, waitShort)
+	})
+}

@@ -9,6 +9,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
+
+	"github.com/dapr-nats/jetstream-pubsub/metadata"
 )
 
 const (
@@ -290,6 +292,10 @@ func (s *subscription) onMsg(m *nats.Msg) {
 		s.onStatus(m, status)
 		return
 	}
+	if m.Subject != s.topic && !metadata.SubjectCovers(s.topic, m.Subject) {
+		s.notForTopic(m)
+		return
+	}
 	d := newDelivery(s, m)
 	s.mu.Lock()
 	if s.over {
@@ -323,6 +329,36 @@ func (s *subscription) onMsg(m *nats.Msg) {
 		s.report(nil)
 	}
 	s.signal()
+}
+
+// notForTopicDelay is how long JetStream waits before it sends again a
+// message that was not for the topic: by then the consumer is set up anew.
+const notForTopicDelay = 30 * time.Second
+
+// notForTopic turns down a message of a subject the topic does not cover,
+// which comes from a consumer whose filter an operator changed: it is not
+// the topic's app's to see. A delayed NAK leaves it in the stream (acked, a
+// workqueue stream would remove it) without JetStream sending it again at
+// once. The consumer's settings are read back now, so that it is set up
+// again with the topic as its filter.
+func (s *subscription) notForTopic(m *nats.Msg) {
+	_ = s.p.reply(m.Reply, nakWithDelay(notForTopicDelay))
+	s.mu.Lock()
+	if s.outstanding > 0 && m.Sub == s.inbox {
+		s.outstanding--
+		s.requestsEndedLocked()
+	}
+	cs := s.consumer
+	first := cs != nil && !cs.misfiltered
+	if cs != nil {
+		cs.misfiltered, cs.refreshed = true, time.Time{}
+	}
+	s.mu.Unlock()
+	if first {
+		s.log.Warnf("topic %q: consumer %q on stream %q sent a message of subject %q, which the topic does not cover, so its filter was changed; the message is left in the stream, and the consumer is set up again",
+			s.topic, cs.name, cs.stream, m.Subject)
+	}
+	s.poke()
 }
 
 func (s *subscription) onStatus(m *nats.Msg, status string) {
