@@ -65,6 +65,9 @@ var (
 	// ErrAtomicNotAllowed is wrapped when a BulkPublish is atomic but its
 	// stream does not allow atomic publish and auto-provisioning is off.
 	ErrAtomicNotAllowed = errors.New("atomic publish not allowed")
+	// ErrStreamTakesNoPublish is wrapped when the stream of a topic is sealed,
+	// or does not acknowledge what is published (no_ack).
+	ErrStreamTakesNoPublish = errors.New("the stream takes no publish")
 	// ErrNotConnected is wrapped by calls that fail because the connection
 	// to NATS is down: not made yet, or lost and being made again.
 	ErrNotConnected = errors.New("NATS is not connected")
@@ -153,7 +156,7 @@ func classifyKind(err error) Kind {
 		errors.Is(err, ErrInvalidRequest):
 		return KindInvalid
 	case errors.Is(err, ErrNoStream), errors.Is(err, ErrTTLNotAllowed), errors.Is(err, ErrSchedulesNotAllowed),
-		errors.Is(err, ErrAtomicNotAllowed):
+		errors.Is(err, ErrAtomicNotAllowed), errors.Is(err, ErrStreamTakesNoPublish):
 		return KindRejected
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		return KindUnavailable

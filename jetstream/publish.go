@@ -138,6 +138,9 @@ func (n needs) and(o needs) needs {
 // needs, and returns its name.
 func prepare(ctx context.Context, s *streams, topic string, need needs) (string, error) {
 	name, err := s.ensure(ctx, topic)
+	if err == nil {
+		err = s.publishable(name)
+	}
 	if err != nil {
 		return "", err
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
 )
 
@@ -38,6 +39,13 @@ func (r *refusals) explain(err error) error {
 	switch limit := fullLimit(err); {
 	case isAPIError(err, errCodeInsufficientResources):
 		return outOfStorage(err)
+	case isAPIError(err, errCodeSealed), waitedForAck(err):
+		if info := r.stream(); info != nil {
+			if why := takesNoPublish(info.Config); why != nil {
+				r.streams.forget(r.topic)
+				return fmt.Errorf("%w: %w", why, err)
+			}
+		}
 	case errors.Is(err, natsjs.ErrStreamMessageExceedsMaximum):
 		if info := r.stream(); info != nil {
 			return fmt.Errorf("%w: %s", err, tooLarge(info))
@@ -53,9 +61,31 @@ func (r *refusals) explain(err error) error {
 // stream is the stream that stores the topic, or nil when it cannot be read.
 func (r *refusals) stream() *natsjs.StreamInfo {
 	if !r.read {
-		r.info, r.read = r.streams.info(r.ctx, r.topic), true
+		// The publish may have ended for want of time: the look-up gets its own.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.ctx), apiTimeout)
+		defer cancel()
+		r.info, r.read = r.streams.info(ctx, r.topic), true
 	}
 	return r.info
+}
+
+// takesNoPublish says why a stream of config c cannot take a publish, or
+// nil when it can.
+func takesNoPublish(c natsjs.StreamConfig) error {
+	switch {
+	case c.Sealed:
+		return fmt.Errorf("%w: stream %q is sealed: JetStream stores nothing more in it, and a sealed stream cannot be unsealed; keep what it holds elsewhere if needed, then delete it (nats stream rm %s), so that a new stream can take the topic (autoProvision creates one), or publish to a topic another stream holds",
+			ErrStreamTakesNoPublish, c.Name, c.Name)
+	case c.NoAck:
+		return fmt.Errorf("%w: stream %q has no_ack set: JetStream does not acknowledge what is published to it, so a publish cannot be confirmed, and a retry would store the message twice; let it acknowledge publishes (nats stream edit %s --ack)",
+			ErrStreamTakesNoPublish, c.Name, c.Name)
+	}
+	return nil
+}
+
+// waitedForAck reports a publish that got no acknowledgement in time.
+func waitedForAck(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)
 }
 
 func tooLarge(info *natsjs.StreamInfo) string {
@@ -134,6 +164,7 @@ const (
 	errCodeMemoryExceeded        natsjs.ErrorCode = 10028
 	errCodeStorageExceeded       natsjs.ErrorCode = 10047
 	errCodeSubjectOverlap        natsjs.ErrorCode = 10065
+	errCodeSealed                natsjs.ErrorCode = 10109
 	errCodeMaxBytesRequired      natsjs.ErrorCode = 10113
 )
 

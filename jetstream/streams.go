@@ -25,13 +25,14 @@ type streams struct {
 	ttl   map[string]bool   // stream -> allows per-message TTL
 	sched map[string]bool   // stream -> holds delayed messages
 	batch map[string]bool   // stream -> allows atomic batches
+	shut  map[string]error  // stream -> why it takes no publish, if so
 	noted map[string]bool   // stream -> its differences were logged
 }
 
 func newStreams(js natsjs.JetStream, cfg metadata.Stream, warn func(string, ...any)) *streams {
 	return &streams{
 		js: js, cfg: cfg, warn: warn,
-		known: map[string]string{}, ttl: map[string]bool{}, sched: map[string]bool{}, batch: map[string]bool{}, noted: map[string]bool{},
+		known: map[string]string{}, ttl: map[string]bool{}, sched: map[string]bool{}, batch: map[string]bool{}, shut: map[string]error{}, noted: map[string]bool{},
 	}
 }
 
@@ -51,6 +52,7 @@ func (s *streams) forget(topic string) {
 		delete(s.ttl, name)
 		delete(s.sched, name)
 		delete(s.batch, name)
+		delete(s.shut, name)
 	}
 	delete(s.known, topic)
 }
@@ -79,8 +81,16 @@ func (s *streams) ensure(ctx context.Context, topic string) (string, error) {
 	s.mu.Lock()
 	s.known[topic] = name
 	s.ttl[name] = info.Config.AllowMsgTTL
+	s.shut[name] = takesNoPublish(info.Config)
 	s.mu.Unlock()
 	return name, nil
+}
+
+// publishable reports why stream name, as last read, takes no publish.
+func (s *streams) publishable(name string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.shut[name]
 }
 
 // info reads the stream that stores topic, or nil when it cannot be read.

@@ -1,0 +1,60 @@
+package jetstream
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/dapr/components-contrib/pubsub"
+	natsjs "github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// Publishing to a stream that cannot confirm or take it fails at once, not
+// retriable, naming the stream, the setting and the fix: a sealed stream
+// takes nothing, and one with no_ack never acknowledges, so the publish
+// would wait out its deadline and a retry would store the message twice.
+func TestPublishToStreamThatCannotTakeIt(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name string
+		edit func(*natsjs.StreamConfig)
+		want []string
+	}{
+		{"sealed", func(c *natsjs.StreamConfig) { c.Sealed = true }, []string{`stream "ORDERS" is sealed`, "cannot be unsealed", "nats stream rm ORDERS"}},
+		{"no ack", func(c *natsjs.StreamConfig) { c.NoAck = true }, []string{`stream "ORDERS" has no_ack set`, "twice", "nats stream edit ORDERS"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			for _, before := range []bool{false, true} {
+				ns, js := startNATS(t)
+				ordersStream(t, js)
+				ps, _ := open(t, ns.ClientURL(), map[string]string{"autoProvision": "false"})
+				if before {
+					// The component knows the stream already.
+					publish(t, ps, "orders.a", "first", nil)
+				}
+				cfg := streamInfo(t, js, "ORDERS").Config
+				tc.edit(&cfg)
+				_, err := js.UpdateStream(ctx(t), cfg)
+				require.NoError(t, err)
+				start := time.Now()
+				// A publish to a known no_ack stream waits for its deadline.
+				pctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+				err = ps.Publish(pctx, &pubsub.PublishRequest{Topic: "orders.a", Data: []byte("x")})
+				cancel()
+				require.Error(t, err)
+				t.Log(err)
+				if !before {
+					assert.Less(t, time.Since(start), waitShort, "the publish waited")
+				}
+				assert.Equal(t, KindRejected, KindOf(err))
+				for _, s := range tc.want {
+					assert.Contains(t, err.Error(), s)
+				}
+			}
+		})
+	}
+}
