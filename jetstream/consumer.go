@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/dapr-nats/jetstream-pubsub/metadata"
@@ -60,6 +61,9 @@ type consumerState struct {
 	// misfiltered is set when a message of another subject came: an
 	// operator changed the consumer's filter.
 	misfiltered bool
+	// abandonedSub receives JetStream's notices of messages the consumer
+	// stopped delivering (watchAbandoned).
+	abandonedSub *nats.Subscription
 }
 
 func (p *PubSub) newConsumerState(c natsjs.Consumer, created time.Time, ephemeral bool) *consumerState {
@@ -424,6 +428,7 @@ func (s *subscription) drop() *consumerState {
 	s.outstanding = 0
 	s.retryAt, s.retryWait = time.Time{}, retryMin
 	s.mu.Unlock()
+	s.stopWatching(cs)
 	if _, _, streams, err := s.p.state(); err == nil {
 		streams.forget(s.topic)
 	}

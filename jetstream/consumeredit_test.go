@@ -2,9 +2,11 @@ package jetstream
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
@@ -114,4 +116,67 @@ func TestConsumerFilterChangedByOperator(t *testing.T) {
 		require.Equal(t, "meanwhile", string(recv(t, got, refreshIdle+waitFor).Data))
 		nothing(t, got, waitShort)
 	})
+}
+
+// A message that JetStream stops delivering because maxDeliver ran out,
+// without a last failure this subscription knew as the last (an operator
+// lowered max_deliver), still goes to the dead-letter subject, or, without
+// one, to the log.
+func TestMaxDeliverLoweredByOperator(t *testing.T) {
+	t.Parallel()
+	for _, dead := range []bool{true, false} {
+		t.Run(fmt.Sprintf("deadLetterSubject=%v", dead), func(t *testing.T) {
+			t.Parallel()
+			ns, js := startNATS(t)
+			ordersStream(t, js)
+			props := map[string]string{"autoProvision": "false", "consumerID": "app", "maxDeliver": "10"}
+			if dead {
+				_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "DEAD", Subjects: []string{"dead.>"}})
+				require.NoError(t, err)
+				props["deadLetterSubject"] = "dead.{topic}"
+			}
+			ps, log := open(t, ns.ClientURL(), props)
+			fails, _ := failing(100)
+			subscribe(t, ps, "orders.a", nil, fails)
+			editConsumer(t, js, "ORDERS", ordersDurable, func(c *natsjs.ConsumerConfig) { c.MaxDeliver = 2 })
+			publish(t, ps, "orders.a", "poison", nil)
+			if !dead {
+				require.Eventually(t, func() bool { return strings.Contains(log.String(), "stopped delivering the message at sequence 1") }, waitFor, tick, "log: %s", log)
+				return
+			}
+			require.Eventually(t, func() bool { return count(js, "DEAD") == 1 }, waitFor, tick, "not dead-lettered")
+			st, err := js.Stream(ctx(t), "DEAD")
+			require.NoError(t, err)
+			m, err := st.GetMsg(ctx(t), 1)
+			require.NoError(t, err)
+			require.Equal(t, "poison", string(m.Data))
+			require.Equal(t, "1", m.Header.Get(HeaderDeadLetterSequence))
+			require.Equal(t, "2", m.Header.Get(HeaderDeadLetterDeliveries))
+			require.Equal(t, "orders.a", m.Header.Get(HeaderDeadLetterSubject))
+			require.Contains(t, m.Header.Get(HeaderDeadLetterError), "maxDeliver")
+		})
+	}
+}
+
+// A connection that may not subscribe to JetStream's advisories still
+// delivers, and says once what it cannot do without them.
+func TestAbandonedWithoutAdvisoryPermission(t *testing.T) {
+	t.Parallel()
+	ns := natstest.Start(t, func(o *server.Options) {
+		o.Users = []*server.User{{Username: "app", Password: "secret", Permissions: &server.Permissions{
+			Subscribe: &server.SubjectPermission{Deny: []string{"$JS.EVENT.>"}},
+		}}}
+	})
+	ps, log := open(t, ns.ClientURL(), map[string]string{"user": "app", "password": "secret", "consumerID": "app"})
+	for _, topic := range []string{"one", "two"} {
+		h, got := collect()
+		subscribe(t, ps, topic, nil, h)
+		publish(t, ps, topic, "x", nil)
+		recv(t, got, waitFor)
+	}
+	require.Eventually(t, func() bool {
+		return strings.Contains(log.String(), "does not allow this connection to subscribe to $JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>")
+	}, waitFor, tick, "log: %s", log)
+	require.Equal(t, 1, strings.Count(log.String(), "MAX_DELIVERIES"), "log: %s", log)
+	require.NotContains(t, log.String(), "level=warn")
 }

@@ -80,11 +80,38 @@ func (s *subscription) maxDeliver() int {
 	return s.consumerCfg.MaxDeliver
 }
 
+// lastSeen is how many last failures a subscription remembers, so that
+// JetStream's notice of the same message does not log it twice.
+const lastSeen = 64
+
+// noteLast remembers that the last failure of the message at seq was
+// handled here.
+func (s *subscription) noteLast(seq uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.lastFailures[s.lastNext%lastSeen] = seq
+	s.lastNext++
+}
+
+// warnedLast reports whether the last failure of the message at seq was
+// handled here.
+func (s *subscription) warnedLast(seq uint64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, v := range s.lastFailures {
+		if v == seq {
+			return true
+		}
+	}
+	return false
+}
+
 // lastFailed handles the failure of d's last allowed delivery: with a
 // dead-letter subject, the message goes there before the original is
 // terminated; without one, the log says what JetStream is abandoning.
 func (s *subscription) lastFailed(d *Delivery, cause error) error {
 	if s.consumerCfg.DeadLetterSubject == "" {
+		s.noteLast(d.Sequence)
 		s.log.Warnf("topic %q: the last delivery that maxDeliver allows (%d of maxDeliver %d) failed for the message at sequence %d of stream %q (subject %q): %v; JetStream will not deliver it again. Set deadLetterSubject to keep such messages",
 			s.topic, d.Deliveries, s.maxDeliver(), d.Sequence, d.Metadata[MetadataStream], d.Metadata[MetadataSubject], cause)
 		return d.Nak()
@@ -198,21 +225,35 @@ func keptByInterest(ctx context.Context, js natsjs.JetStream, stream, subject st
 // Dead-Letter-* headers, and a Nats-Msg-Id of its own, from the original's
 // stream and sequence, so that a dead letter published twice is stored once.
 func deadLetterMsg(subject string, d *Delivery, cause error) *nats.Msg {
+	return deadLetterOf(subject, origin{
+		subject: d.Metadata[MetadataSubject], stream: d.Metadata[MetadataStream], sequence: d.Sequence,
+		consumer: d.Metadata[MetadataConsumer], deliveries: d.Deliveries,
+	}, d.Data, d.header, cause)
+}
+
+// origin is where a dead letter comes from.
+type origin struct {
+	subject, stream, consumer string
+	sequence, deliveries      uint64
+}
+
+// deadLetterOf is a message with data and header, from o, as a dead letter
+// on subject.
+func deadLetterOf(subject string, o origin, data []byte, header nats.Header, cause error) *nats.Msg {
 	msg := nats.NewMsg(subject)
-	msg.Data = d.Data
-	for k, v := range d.header {
+	msg.Data = data
+	for k, v := range header {
 		if !strings.HasPrefix(strings.ToLower(k), "nats-") {
 			msg.Header[k] = v
 		}
 	}
-	stream := d.Metadata[MetadataStream]
-	msg.Header[HeaderDeadLetterSubject] = []string{d.Metadata[MetadataSubject]}
-	msg.Header[HeaderDeadLetterStream] = []string{stream}
-	msg.Header[HeaderDeadLetterSequence] = []string{strconv.FormatUint(d.Sequence, 10)}
-	msg.Header[HeaderDeadLetterConsumer] = []string{d.Metadata[MetadataConsumer]}
-	msg.Header[HeaderDeadLetterDeliveries] = []string{strconv.FormatUint(d.Deliveries, 10)}
+	msg.Header[HeaderDeadLetterSubject] = []string{o.subject}
+	msg.Header[HeaderDeadLetterStream] = []string{o.stream}
+	msg.Header[HeaderDeadLetterSequence] = []string{strconv.FormatUint(o.sequence, 10)}
+	msg.Header[HeaderDeadLetterConsumer] = []string{o.consumer}
+	msg.Header[HeaderDeadLetterDeliveries] = []string{strconv.FormatUint(o.deliveries, 10)}
 	msg.Header[HeaderDeadLetterError] = []string{headerText(cause)}
-	msg.Header[natsjs.MsgIDHeader] = []string{scopedMsgID(subject, stream+":"+strconv.FormatUint(d.Sequence, 10))}
+	msg.Header[natsjs.MsgIDHeader] = []string{scopedMsgID(subject, o.stream+":"+strconv.FormatUint(o.sequence, 10))}
 	return msg
 }
 

@@ -52,6 +52,9 @@ type PubSub struct {
 	closed  bool
 	closing chan struct{} // closed when Close starts
 	wg      sync.WaitGroup
+	// noAdvisories logs, once, that NATS refuses the subscriptions to
+	// JetStream's notices of abandoned messages.
+	noAdvisories sync.Once
 	// stats counts what the instance does; observer, if set, is told each
 	// publish's PubAck latency.
 	stats    *stats

@@ -93,7 +93,12 @@ type subscription struct {
 	floor       resumePoint
 	problem     problem
 	pinID       string // the pin JetStream gave this subscription (priorityPolicy pinned)
-	counters    *subCounters
+	// lastFailures holds the sequences of the last lastSeen messages whose
+	// last allowed delivery failed here (noteLast), lastNext where the next
+	// one goes.
+	lastFailures [lastSeen]uint64
+	lastNext     int
+	counters     *subCounters
 	// log carries the topic and the consumer as fields.
 	log logger.Logger
 }
@@ -250,6 +255,9 @@ func (s *subscription) setUp() {
 	s.mu.Unlock()
 	s.report(nil)
 	s.log.Infof("subscribed to topic %q with consumer %q on stream %q", s.topic, cs.name, cs.stream)
+	if !s.ackNone() {
+		s.watchAbandoned(cs)
+	}
 	s.adopt()
 }
 
@@ -510,6 +518,10 @@ func (s *subscription) finish() {
 		s.log.Warnf("topic %q: handlers still running after %s; handing their messages on", s.topic, handlerGrace)
 	}
 	s.handOver()
+	s.mu.Lock()
+	cs := s.consumer
+	s.mu.Unlock()
+	s.stopWatching(cs)
 	close(s.ended)
 	s.p.mu.Lock()
 	delete(s.p.subs, s)

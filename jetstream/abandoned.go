@@ -1,0 +1,123 @@
+package jetstream
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// maxDeliveriesAdvisory is JetStream's notice that a consumer stopped
+// delivering a message because maxDeliver ran out.
+type maxDeliveriesAdvisory struct {
+	Stream     string `json:"stream"`
+	Consumer   string `json:"consumer"`
+	StreamSeq  uint64 `json:"stream_seq"`
+	Deliveries uint64 `json:"deliveries"`
+}
+
+// abandonedPrefix starts the subjects where JetStream sends that notice.
+const abandonedPrefix = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES."
+
+// abandonedSubject is where JetStream sends that notice for one consumer.
+func abandonedSubject(stream, consumer string) string {
+	return abandonedPrefix + stream + "." + consumer
+}
+
+// watchAbandoned listens for the messages consumer cs stops delivering
+// without a last failure this subscription knew to be the last: an operator
+// lowered max_deliver, or the last delivery ended in another process, which
+// gave it back or went away. Those still go to the dead-letter subject, or
+// to the log. Replicas that share the consumer share the notices through a
+// queue group, so one of them handles each. Without permission to
+// subscribe to advisories, only the last failures seen here are handled.
+func (s *subscription) watchAbandoned(cs *consumerState) {
+	nc := s.p.conn()
+	if nc == nil || cs.name == "" {
+		return
+	}
+	sub, err := nc.QueueSubscribe(abandonedSubject(cs.stream, cs.name), "dapr-"+cs.name, func(m *nats.Msg) {
+		var a maxDeliveriesAdvisory
+		if json.Unmarshal(m.Data, &a) == nil && a.StreamSeq > 0 {
+			s.abandoned(a)
+		}
+	})
+	if err != nil {
+		s.log.Debugf("topic %q: not listening for messages consumer %q stops delivering: %v", s.topic, cs.name, err)
+		return
+	}
+	s.mu.Lock()
+	cs.abandonedSub = sub
+	s.mu.Unlock()
+}
+
+// stopWatching stops listening for cs's notices.
+func (s *subscription) stopWatching(cs *consumerState) {
+	if cs == nil {
+		return
+	}
+	s.mu.Lock()
+	sub := cs.abandonedSub
+	cs.abandonedSub = nil
+	s.mu.Unlock()
+	if sub != nil {
+		_ = sub.Unsubscribe()
+	}
+}
+
+// abandoned handles a message that JetStream will not deliver again.
+func (s *subscription) abandoned(a maxDeliveriesAdvisory) {
+	if s.warnedLast(a.StreamSeq) {
+		return // its last failure was handled here already
+	}
+	if s.consumerCfg.DeadLetterSubject == "" {
+		s.log.Warnf("topic %q: JetStream stopped delivering the message at sequence %d of stream %q after %d deliveries, the maxDeliver of consumer %q, without a last failure seen here; set deadLetterSubject to keep such messages",
+			s.topic, a.StreamSeq, a.Stream, a.Deliveries, a.Consumer)
+		return
+	}
+	wait := 100 * time.Millisecond
+	var logged time.Time
+	for {
+		err := s.deadLetterStored(a)
+		if err == nil {
+			return
+		}
+		if time.Since(logged) >= deadLetterLogEvery {
+			logged = time.Now()
+			s.log.Errorf("topic %q: JetStream stopped delivering the message at sequence %d of stream %q after %d deliveries; publishing it to the dead-letter subject: %v; trying again",
+				s.topic, a.StreamSeq, a.Stream, a.Deliveries, err)
+		}
+		select {
+		case <-time.After(wait):
+		case <-s.ctx.Done():
+			return
+		}
+		wait = min(2*wait, deadLetterRetryMax)
+	}
+}
+
+// deadLetterStored reads the message a names from its stream and publishes
+// it to the dead-letter subject.
+func (s *subscription) deadLetterStored(a maxDeliveriesAdvisory) error {
+	_, js, _, err := s.p.state()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, apiTimeout)
+	defer cancel()
+	st, err := js.Stream(ctx, a.Stream)
+	if err != nil {
+		return err
+	}
+	raw, err := st.GetMsg(ctx, a.StreamSeq)
+	if err != nil {
+		return fmt.Errorf("reading it from the stream: %w", err)
+	}
+	subject := s.consumerCfg.DeadLetterFor(raw.Subject)
+	cause := fmt.Errorf("JetStream stopped delivering it after %d deliveries, the consumer's maxDeliver", a.Deliveries)
+	msg := deadLetterOf(subject, origin{subject: raw.Subject, stream: a.Stream, sequence: a.StreamSeq, consumer: a.Consumer, deliveries: a.Deliveries},
+		raw.Data, raw.Header, cause)
+	return s.publishDeadLetter(msg)
+}
