@@ -180,3 +180,14 @@ func TestAbandonedWithoutAdvisoryPermission(t *testing.T) {
 	require.Equal(t, 1, strings.Count(log.String(), "MAX_DELIVERIES"), "log: %s", log)
 	require.NotContains(t, log.String(), "level=warn")
 }
+
+// A status that ends a pull request without a description is still worded.
+func TestPullRefusalWording(t *testing.T) {
+	for _, tc := range []struct{ status, desc, want string }{
+		{"409", "Exceeded MaxRequestBatch of 5", "409 Exceeded MaxRequestBatch of 5"},
+		{"503", "", "503 no responders: the consumer or its stream is gone, or JetStream is not available"},
+		{"400", "", "status 400"},
+	} {
+		require.Equal(t, tc.want, pullRefusal(tc.status, tc.desc))
+	}
+}

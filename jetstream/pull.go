@@ -393,8 +393,20 @@ func (s *subscription) onStatus(m *nats.Msg, status string) {
 		s.mu.Unlock()
 		s.poke()
 	default:
-		s.pullFailed(fmt.Errorf("JetStream refused a pull request for consumer %s: %s %s", s.consumerName(), status, m.Header.Get("Description")))
+		s.pullFailed(fmt.Errorf("JetStream refused a pull request for consumer %s: %s", s.consumerName(), pullRefusal(status, m.Header.Get("Description"))))
 	}
+}
+
+// pullRefusal words a status that ended a pull request, which may come
+// without a description.
+func pullRefusal(status, desc string) string {
+	if desc != "" {
+		return status + " " + desc
+	}
+	if status == "503" {
+		return "503 no responders: the consumer or its stream is gone, or JetStream is not available"
+	}
+	return "status " + status
 }
 
 // unrequest takes what an ended pull request did not deliver off the count
