@@ -22,6 +22,11 @@ const (
 	// ack wait under them, rarely otherwise.
 	refreshBusy = time.Second
 	refreshIdle = 15 * time.Second
+	// verifyTimeout bounds reading the consumer back. It is short: the
+	// housekeeping goroutine waits for it, and while a consumer's leader
+	// changes, the read waits for the election, during which no pull
+	// request is sent again.
+	verifyTimeout = time.Second
 )
 
 // consumerState is the consumer as the server has it. Its settings, not the
@@ -303,7 +308,7 @@ func (s *subscription) refresh(now time.Time) {
 // verify reads the consumer's info; a consumer or stream that is gone is
 // set up again.
 func (s *subscription) verify(cs *consumerState) {
-	ctx, cancel := context.WithTimeout(s.ctx, apiTimeout)
+	ctx, cancel := context.WithTimeout(s.ctx, verifyTimeout)
 	defer cancel()
 	info, err := cs.handle.Info(ctx)
 	switch {
@@ -495,6 +500,7 @@ type problem struct {
 	permanent bool // retrying cannot fix it; it needs a change by an operator
 	since     time.Time
 	logged    time.Time
+	escalated bool // logged as an error, having lasted stuckAfter
 }
 
 // report logs a subscription problem, again at most every reportEvery while
@@ -511,7 +517,17 @@ func (s *subscription) report(err error) {
 	case err == nil:
 	case err.Error() != pr.err:
 		*pr = problem{err: err.Error(), permanent: KindOf(err) != KindUnavailable, since: now, logged: now}
-		s.log.Errorf("topic %q: %v; retrying in the background", s.topic, err)
+		// What retrying may fix (a leader being elected, NATS away) is a
+		// warning until it lasts stuckAfter, when Ping fails with it too:
+		// then it comes again as an error.
+		if pr.permanent {
+			s.log.Errorf("topic %q: %v; retrying in the background", s.topic, err)
+		} else {
+			s.log.Warnf("topic %q: %v; retrying in the background", s.topic, err)
+		}
+	case !pr.permanent && !pr.escalated && now.Sub(pr.since) >= stuckAfter:
+		pr.escalated, pr.logged = true, now
+		s.log.Errorf("topic %q: %v (for %s); retrying in the background", s.topic, err, now.Sub(pr.since).Round(time.Second))
 	case now.Sub(pr.logged) >= reportEvery:
 		pr.logged = now
 		s.log.Errorf("topic %q: %v (for %s); retrying in the background", s.topic, err, now.Sub(pr.since).Round(time.Second))

@@ -280,7 +280,10 @@ func (s *subscription) checkPull(now time.Time) {
 	if silent {
 		s.log.Debugf("topic %q: pull requests went unanswered; pulling again", s.topic)
 	}
-	// The server may have lost the consumer with its state.
+	// Pull at once: reading the consumer back may wait for the election of
+	// its new leader. Then check that the server still has the consumer: it
+	// may have lost it with its state.
+	s.pullIfRoom()
 	s.verify(cs)
 }
 
