@@ -224,3 +224,12 @@ func explainConsumerRefusal(err error, stream, topic string) error {
 	return fmt.Errorf("%w: stream %q, or the account, allows no more consumers (its max_consumers), and each consumerID takes one per topic, as does each subscription without one; remove the consumers no app uses (nats consumer ls %s, then nats consumer rm %s NAME), or raise the limit (nats stream edit, or the account's JetStream limits)",
 		err, stream, stream, stream)
 }
+
+// unanswered explains a JetStream API call that got no answer in time, which
+// the error alone ("context deadline exceeded") does not.
+func unanswered(err error) string {
+	if !waitedForAck(err) {
+		return ""
+	}
+	return "; JetStream did not answer in time: it may be electing leaders (after servers restarted) or be overloaded, and a later attempt may succeed"
+}

@@ -121,7 +121,7 @@ func (s *streams) lookup(ctx context.Context, topic string) (string, *natsjs.Str
 			}
 			return metadata.SanitizeName(topic), nil, nil
 		default:
-			return "", nil, fmt.Errorf("look up the stream for the topic: %w", err)
+			return "", nil, fmt.Errorf("look up the stream for the topic: %w%s", err, unanswered(err))
 		}
 	}
 	st, err := s.js.Stream(ctx, name)
@@ -134,7 +134,7 @@ func (s *streams) lookup(ctx context.Context, topic string) (string, *natsjs.Str
 		}
 		return name, nil, nil
 	default:
-		return "", nil, fmt.Errorf("look up stream %q: %w", name, err)
+		return "", nil, fmt.Errorf("look up stream %q: %w%s", name, err, unanswered(err))
 	}
 }
 

@@ -6,9 +6,12 @@ import (
 	"time"
 
 	"github.com/dapr/components-contrib/pubsub"
+	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
 )
 
 // Publishing to a stream that cannot confirm or take it fails at once, not
@@ -57,4 +60,24 @@ func TestPublishToStreamThatCannotTakeIt(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A publish whose stream look-up JetStream does not answer in time (here no
+// server answers the API prefix; in a cluster, leaders being elected) says
+// that JetStream did not answer, and stays retriable.
+func TestPublishWhenJetStreamDoesNotAnswer(t *testing.T) {
+	t.Parallel()
+	ns := natstest.Start(t)
+	nc, _ := natstest.Client(t, ns)
+	_, err := nc.Subscribe("$SLOW.API.>", func(*nats.Msg) {})
+	require.NoError(t, err)
+	require.NoError(t, nc.Flush())
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"apiPrefix": "$SLOW.API"})
+	pctx, cancel := context.WithTimeout(t.Context(), time.Second)
+	defer cancel()
+	err = ps.Publish(pctx, &pubsub.PublishRequest{Topic: "slow", Data: []byte("x")})
+	require.Error(t, err)
+	t.Log(err)
+	assert.Equal(t, KindUnavailable, KindOf(err))
+	assert.Contains(t, err.Error(), "JetStream did not answer in time")
 }
