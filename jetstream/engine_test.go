@@ -399,6 +399,8 @@ func TestDeliveryResumesSoonAfterReconnect(t *testing.T) {
 	published := time.Now()
 	assert.Equal(t, "after", string(recv(t, got, 2*time.Minute).Data))
 	assert.Less(t, time.Since(published), time.Second, "delivery resumed late")
+	// Closed here, while NATS is still up: the cleanups stop the server first.
+	require.NoError(t, ps.Close())
 }
 
 // A durable whose ack policy the server cannot change fails the subscription
