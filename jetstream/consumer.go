@@ -53,7 +53,10 @@ type consumerState struct {
 	// numPending and numAckPending are from the last consumer info.
 	numPending    uint64
 	numAckPending int
-	refreshed     time.Time
+	// pausedUntil is when an operator's pause of the consumer ends (nats
+	// consumer pause); zero when it is not paused.
+	pausedUntil time.Time
+	refreshed   time.Time
 	// drained is set when the last held message was settled: the next
 	// refresh comes at the busy rate, so that the pending counts show the
 	// drain instead of what they were at the last busy refresh.
@@ -88,6 +91,10 @@ func (cs *consumerState) update(info *natsjs.ConsumerInfo) {
 	cs.maxDeliver = info.Config.MaxDeliver
 	cs.maxRequestBatch, cs.maxRequestExpires = info.Config.MaxRequestBatch, info.Config.MaxRequestExpires
 	cs.numPending, cs.numAckPending = info.NumPending, info.NumAckPending
+	cs.pausedUntil = time.Time{}
+	if info.Paused && info.Config.PauseUntil != nil {
+		cs.pausedUntil = *info.Config.PauseUntil
+	}
 	cs.priority, cs.group = info.Config.PriorityPolicy, ""
 	if len(info.Config.PriorityGroups) > 0 {
 		cs.group = info.Config.PriorityGroups[0]
@@ -245,7 +252,7 @@ func (s *subscription) reconcile(ctx context.Context, js natsjs.JetStream, strea
 		have.MaxAckPending == want.MaxAckPending && slices.Equal(have.BackOff, want.BackOff) && samePriority {
 		return c, nil
 	}
-	updated, err := js.UpdateConsumer(ctx, stream, want)
+	updated, err := js.UpdateConsumer(ctx, stream, managedOver(have, want))
 	if err == nil {
 		return updated, nil
 	}
@@ -262,6 +269,22 @@ func (s *subscription) reconcile(ctx context.Context, js natsjs.JetStream, strea
 	s.log.Warnf("consumer %q on stream %q keeps its settings (ackWait %s, maxDeliver %d, maxAckPending %d, backOff %v), which this subscription follows: %v",
 		want.Durable, stream, have.AckWait, have.MaxDeliver, have.MaxAckPending, have.BackOff, err)
 	return c, nil
+}
+
+// managedOver is the consumer have with the settings this component manages
+// taken from want. What an operator set that the component does not manage,
+// such as ack sampling, metadata, pull request limits or a pause, stays as
+// it is, as nats consumer edit leaves it. Replicas follow the metadata only
+// where it sets them.
+func managedOver(have, want natsjs.ConsumerConfig) natsjs.ConsumerConfig {
+	cfg := have
+	cfg.FilterSubject, cfg.FilterSubjects = want.FilterSubject, nil
+	cfg.AckWait, cfg.MaxDeliver, cfg.MaxAckPending, cfg.BackOff = want.AckWait, want.MaxDeliver, want.MaxAckPending, want.BackOff
+	cfg.PriorityPolicy, cfg.PriorityGroups, cfg.PinnedTTL = want.PriorityPolicy, want.PriorityGroups, want.PinnedTTL
+	if want.Replicas > 0 {
+		cfg.Replicas = want.Replicas
+	}
+	return cfg
 }
 
 // priorityName is the metadata value for p.
@@ -316,10 +339,12 @@ func (s *subscription) verify(cs *consumerState) {
 		s.refilter(ctx, cs, info.Config)
 	case err == nil:
 		s.mu.Lock()
+		wasPaused := cs.pausedUntil
 		cs.update(info)
 		cs.refreshed, cs.drained = time.Now(), false
 		s.floor.serverFloor(cs.stream, cs.streamCreated, info.AckFloor.Stream)
 		s.mu.Unlock()
+		s.notePause(cs, wasPaused)
 		s.followMovedTopic(ctx, cs)
 	case errors.Is(err, natsjs.ErrConsumerNotFound), errors.Is(err, natsjs.ErrStreamNotFound):
 		s.gone(err)
@@ -563,4 +588,19 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n] + "…"
+}
+
+// notePause logs a pause of the consumer that an operator began, changed or
+// ended, so that a topic delivering nothing on purpose is not taken for a
+// stuck one.
+func (s *subscription) notePause(cs *consumerState, was time.Time) {
+	now := cs.pausedUntil
+	switch {
+	case now.Equal(was):
+	case now.IsZero():
+		s.log.Infof("topic %q: consumer %q on stream %q is no longer paused; delivery goes on", s.topic, cs.name, cs.stream)
+	default:
+		s.log.Infof("topic %q: consumer %q on stream %q is paused until %s, so nothing is delivered before then; nats consumer resume %s %s ends the pause",
+			s.topic, cs.name, cs.stream, now.UTC().Format(time.RFC3339), cs.stream, cs.name)
+	}
 }

@@ -1,13 +1,16 @@
 package jetstream
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/dapr/components-contrib/pubsub"
 	"github.com/nats-io/nats-server/v2/server"
 	natsjs "github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
@@ -190,4 +193,74 @@ func TestPullRefusalWording(t *testing.T) {
 	} {
 		require.Equal(t, tc.want, pullRefusal(tc.status, tc.desc))
 	}
+}
+
+// A rolling update that changes a setting this component manages (here
+// ackWait) updates the durable without undoing what an operator set on it
+// that the component does not manage: a pause (nats consumer pause), ack
+// sampling, metadata, pull request limits and replicas.
+func TestRollingUpdateKeepsOperatorConsumerSettings(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ordersStream(t, js)
+	first, _ := open(t, ns.ClientURL(), map[string]string{"autoProvision": "false", "consumerID": "app", "ackWait": "30s"})
+	h, _ := collect()
+	sctx, cancel := context.WithCancel(t.Context())
+	require.NoError(t, first.Subscribe(sctx, pubsub.SubscribeRequest{Topic: "orders.a"}, h))
+	until := time.Now().Add(time.Hour).UTC().Truncate(time.Second)
+	editConsumer(t, js, "ORDERS", ordersDurable, func(c *natsjs.ConsumerConfig) {
+		c.SampleFrequency = "100%"
+		c.Metadata = map[string]string{"owner": "payments"}
+		c.MaxRequestBatch = 50
+		c.MaxRequestExpires = 10 * time.Second
+	})
+	_, err := js.PauseConsumer(ctx(t), "ORDERS", ordersDurable, until)
+	require.NoError(t, err)
+	cancel()
+
+	second, _ := open(t, ns.ClientURL(), map[string]string{"autoProvision": "false", "consumerID": "app", "ackWait": "20s"})
+	subscribe(t, second, "orders.a", nil, h)
+	var info *natsjs.ConsumerInfo
+	require.Eventually(t, func() bool {
+		info, err = consumerInfo(js, "ORDERS", ordersDurable)
+		return err == nil && info.Config.AckWait == 20*time.Second
+	}, waitFor, tick, "ackWait was not updated")
+	require.True(t, info.Paused, "the operator's pause was undone")
+	assert.NotNil(t, info.Config.PauseUntil)
+	assert.True(t, until.Equal(*info.Config.PauseUntil), "paused until %v, not %v", *info.Config.PauseUntil, until)
+	assert.Equal(t, "100%", info.Config.SampleFrequency)
+	assert.Equal(t, "payments", info.Config.Metadata["owner"])
+	assert.Equal(t, 50, info.Config.MaxRequestBatch)
+	assert.Equal(t, 10*time.Second, info.Config.MaxRequestExpires)
+}
+
+// A consumer an operator paused (nats consumer pause) delivers nothing until
+// the pause ends, without counting as a problem; the log says why nothing
+// arrives and how to end the pause, and delivery goes on as soon as it ends.
+func TestConsumerPausedByOperator(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ordersStream(t, js)
+	_, err := js.CreateConsumer(ctx(t), "ORDERS", natsjs.ConsumerConfig{Durable: ordersDurable, FilterSubject: "orders.a", AckPolicy: natsjs.AckExplicitPolicy})
+	require.NoError(t, err)
+	_, err = js.PauseConsumer(ctx(t), "ORDERS", ordersDurable, time.Now().Add(time.Hour))
+	require.NoError(t, err)
+
+	ps, log := open(t, ns.ClientURL(), map[string]string{"autoProvision": "false", "consumerID": "app"})
+	h, got := collect()
+	subscribe(t, ps, "orders.a", nil, h)
+	publish(t, ps, "orders.a", "m1", nil)
+	require.Eventually(t, func() bool { return strings.Contains(log.String(), "is paused until") }, waitFor, tick, "log: %s", log)
+	assert.Contains(t, log.String(), "nats consumer resume ORDERS "+ordersDurable)
+	nothing(t, got, time.Second)
+	require.NoError(t, ps.Ping(ctx(t)), "a pause is not a problem")
+
+	_, err = js.ResumeConsumer(ctx(t), "ORDERS", ordersDurable)
+	require.NoError(t, err)
+	resumed := time.Now()
+	assert.Equal(t, "m1", string(recv(t, got, waitFor).Data))
+	assert.Less(t, time.Since(resumed), 2*time.Second, "delivery went on late")
+	require.Eventually(t, func() bool { return strings.Contains(log.String(), "no longer paused") }, waitFor, tick, "log: %s", log)
+	assert.NotContains(t, log.String(), "level=warn")
+	assert.NotContains(t, log.String(), "level=error")
 }

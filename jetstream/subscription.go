@@ -255,6 +255,7 @@ func (s *subscription) setUp() {
 	s.mu.Unlock()
 	s.report(nil)
 	s.log.Infof("subscribed to topic %q with consumer %q on stream %q", s.topic, cs.name, cs.stream)
+	s.notePause(cs, time.Time{})
 	if !s.ackNone() {
 		s.watchAbandoned(cs)
 	}
