@@ -25,7 +25,7 @@ type procCluster struct {
 // procStartCluster runs n nats-server processes with routes to each other,
 // JetStream on distinct store dirs and server_name n1..nN, and waits (bounded)
 // until the cluster can place a stream with n replicas.
-func procStartCluster(t *testing.T, prefix string, n int) *procCluster {
+func procStartCluster(t *testing.T, prefix string, n int, extraConfig ...string) *procCluster {
 	t.Helper()
 	clientPorts := make([]int, n)
 	routePorts := make([]int, n)
@@ -49,7 +49,8 @@ cluster {
   listen: "127.0.0.1:%d"
   routes: [%s]
 }
-`, name, clientPorts[i], filepath.Join(t.TempDir(), name), prefix, routePorts[i], strings.Join(routes, ", "))
+%s
+`, name, clientPorts[i], filepath.Join(t.TempDir(), name), prefix, routePorts[i], strings.Join(routes, ", "), strings.Join(extraConfig, "\n"))
 		node := procNewNATSConfig(t, name, clientPorts[i], config)
 		procStart(t, node.Proc)
 		c.nodes = append(c.nodes, node)
