@@ -446,7 +446,16 @@ func (b *bench) pair2(ctx context.Context) ([]*comparison, error) {
 		b.out("  pair 2 round %d/%d done", r+1, b.sz.rounds)
 		b.cleanup(ctx)
 	}
+	c.detail = pair2Detail
 	return []*comparison{c}, nil
+}
+
+// pair2Detail sets ours against the ceiling the hop allows: the same number
+// of callers making empty calls.
+func pair2Detail(c *comparison) string {
+	raw, hop := c.base[0], c.base[1]
+	return fmt.Sprintf("rates (medians): ours %.0f msgs/s, raw %.0f, ceiling %.0f calls/s; ours / ceiling = %.2f, ceiling / raw = %.2f",
+		c.ours.rate(), raw.rate(), hop.rate(), c.ours.rate()/hop.rate(), hop.rate()/raw.rate())
 }
 
 // concurrently runs call for i in [0, n) on the given number of goroutines,
