@@ -186,6 +186,7 @@ func (s *subscription) ensureConsumer(ctx context.Context) (*consumerState, erro
 		return nil, err
 	}
 	created := st.CachedInfo().Created
+	streamsSeen.saw(streamKey{conn: s.p.connKey, stream: stream}, created)
 	want := s.consumerConfig(stream, created)
 	if st.CachedInfo().Config.Retention == natsjs.WorkQueuePolicy {
 		if err := s.forWorkQueue(&want, stream); err != nil {
@@ -490,6 +491,13 @@ func (r *resumePoint) delivered(seq uint64) {
 }
 
 func (r *resumePoint) acked(seq uint64) { delete(r.unacked, seq) }
+
+// holds reports whether d is of the stream r tracks, and not of another
+// stream made before it under the same name, whose sequences say nothing
+// of this one's.
+func (r *resumePoint) holds(d *Delivery) bool {
+	return d.stream.stream == r.stream && (d.streamCreated.IsZero() || d.streamCreated.Equal(r.created))
+}
 
 // serverFloor records the consumer's ack floor on a stream, starting over
 // when the stream is another one than before.

@@ -164,7 +164,7 @@ func (s *subscription) deadLetter(d *Delivery, cause error) {
 	}
 	defer s.settled(d, true)
 	s.counters.terms.Add(1)
-	if err := s.p.reply(d.reply, []byte("+TERM dead-lettered to "+subject)); err != nil {
+	if err := d.answer(s.p, []byte("+TERM dead-lettered to "+subject)); err != nil {
 		s.log.Warnf("topic %q: terminating the message at sequence %d after its dead letter: %v", s.topic, d.Sequence, err)
 	}
 }

@@ -37,6 +37,11 @@ var (
 type Delivery struct {
 	sub   *subscription
 	reply string // the JetStream ack subject
+	// stream is where the message is stored, and streamCreated when that
+	// stream was created, so that no reply reaches another stream made
+	// since under the same name (see incarnations).
+	stream        streamKey
+	streamCreated time.Time
 
 	Topic       string
 	Data        []byte
@@ -80,6 +85,8 @@ func newDelivery(s *subscription, msg *nats.Msg) *Delivery {
 	}
 	if meta, err := msg.Metadata(); err == nil {
 		d.Sequence, d.Deliveries = meta.Sequence.Stream, meta.NumDelivered
+		d.stream = streamKey{conn: s.p.connKey, stream: meta.Stream}
+		d.streamCreated = streamsSeen.current(d.stream)
 		md[MetadataStream] = meta.Stream
 		md[MetadataConsumer] = meta.Consumer
 		md[MetadataSequence] = strconv.FormatUint(meta.Sequence.Stream, 10)
@@ -97,7 +104,8 @@ func newDelivery(s *subscription, msg *nats.Msg) *Delivery {
 // copy cannot settle what the new owner now holds.
 func (d *Delivery) handedTo(s *subscription) *Delivery {
 	c := &Delivery{
-		sub: s, reply: d.reply, Topic: d.Topic, Data: d.Data, Metadata: d.Metadata, ContentType: d.ContentType,
+		sub: s, reply: d.reply, stream: d.stream, streamCreated: d.streamCreated,
+		Topic: d.Topic, Data: d.Data, Metadata: d.Metadata, ContentType: d.ContentType,
 		Sequence: d.Sequence, Deliveries: d.Deliveries, handovers: d.handovers, header: d.header, received: d.received,
 	}
 	c.touched.Store(d.touched.Load())
@@ -140,7 +148,7 @@ func (d *Delivery) Settle(handlerErr error) error {
 	if d.sub.ackNone() {
 		return nil
 	}
-	return d.sub.p.reply(d.reply, ackBody)
+	return d.answer(d.sub.p, ackBody)
 }
 
 // giveBack returns an unhandled message to JetStream at once, for any
@@ -158,7 +166,7 @@ func (d *Delivery) nak(delay time.Duration) error {
 	if d.sub.ackNone() {
 		return nil
 	}
-	return d.sub.p.reply(d.reply, nakWithDelay(delay))
+	return d.answer(d.sub.p, nakWithDelay(delay))
 }
 
 // take marks d settled without telling JetStream, for handing it on; false
@@ -178,7 +186,22 @@ func (d *Delivery) due(now time.Time, ackWait time.Duration) bool {
 // worked on, restarting its ack wait.
 func (d *Delivery) keepAlive(p *PubSub, now time.Time) {
 	d.touched.Store(now.UnixNano())
-	_ = p.reply(d.reply, progressBody)
+	_ = d.answer(p, progressBody)
+}
+
+// answer sends body (an ack, a nak, a keep-alive or a term) to JetStream
+// for d through p, unless d's stream has been replaced by another of the
+// same name: there the same ack subject would settle another message.
+func (d *Delivery) answer(p *PubSub, body []byte) error {
+	stale, first := streamsSeen.replaced(d.stream, d.streamCreated)
+	if !stale {
+		return p.reply(d.reply, body)
+	}
+	if first {
+		p.log.Warnf("stream %q was deleted and made again while messages of the old one were held; what the app does with those is not sent to JetStream, since it would settle the messages with the same sequences in the new stream",
+			d.stream.stream)
+	}
+	return nil
 }
 
 func nakWithDelay(delay time.Duration) []byte {

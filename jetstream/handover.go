@@ -305,6 +305,6 @@ func (w waiting) why() string {
 func (w waiting) giveBack(p *PubSub, reason string) {
 	p.stats.gaveBack(w.d.Topic, reason, 1)
 	if !w.ackNone {
-		_ = p.reply(w.d.reply, nakBody)
+		_ = w.d.answer(p, nakBody)
 	}
 }

@@ -298,7 +298,9 @@ func (s *subscription) adopt() {
 	for _, d := range ds {
 		c := d.handedTo(s)
 		s.held[c] = struct{}{}
-		s.floor.delivered(c.Sequence)
+		if s.floor.holds(c) {
+			s.floor.delivered(c.Sequence)
+		}
 		front = append(front, c)
 	}
 	s.unseen = append(front, s.unseen...)
@@ -377,7 +379,7 @@ func (s *subscription) deliver(d *Delivery) bool {
 func (s *subscription) settled(d *Delivery, acked bool) {
 	s.mu.Lock()
 	delete(s.held, d)
-	if acked {
+	if acked && s.floor.holds(d) {
 		s.floor.acked(d.Sequence)
 	}
 	if len(s.held) == 0 && s.consumer != nil {
@@ -560,7 +562,7 @@ func (s *subscription) pass(cs *consumerState, taken []*Delivery) {
 	if cs == nil || cs.name == "" || cs.ephemeral {
 		for _, d := range taken {
 			if cs != nil && cs.ackPolicy != natsjs.AckNonePolicy {
-				_ = s.p.reply(d.reply, nakBody)
+				_ = d.answer(s.p, nakBody)
 			}
 		}
 		return
