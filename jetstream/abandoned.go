@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"hash/fnv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -31,14 +32,15 @@ func abandonedSubject(stream, consumer string) string {
 // lowered max_deliver, or the last delivery ended in another process, which
 // gave it back or went away. Those still go to the dead-letter subject, or
 // to the log. Replicas that share the consumer share the notices through a
-// queue group, so one of them handles each. Without permission to
-// subscribe to advisories, only the last failures seen here are handled.
+// queue group, so one of them handles each (see abandonedGroup). Without
+// permission to subscribe to advisories, only the last failures seen here
+// are handled.
 func (s *subscription) watchAbandoned(cs *consumerState) {
 	nc := s.p.conn()
 	if nc == nil || cs.name == "" {
 		return
 	}
-	sub, err := nc.QueueSubscribe(abandonedSubject(cs.stream, cs.name), "dapr-"+cs.name, func(m *nats.Msg) {
+	sub, err := nc.QueueSubscribe(abandonedSubject(cs.stream, cs.name), abandonedGroup(cs.name, s.consumerCfg.DeadLetterSubject), func(m *nats.Msg) {
 		var a maxDeliveriesAdvisory
 		if json.Unmarshal(m.Data, &a) == nil && a.StreamSeq > 0 {
 			s.abandoned(a)
@@ -51,6 +53,21 @@ func (s *subscription) watchAbandoned(cs *consumerState) {
 	s.mu.Lock()
 	cs.abandonedSub = sub
 	s.mu.Unlock()
+}
+
+// abandonedGroup is the queue group of the replicas of consumer that
+// handle its notices alike: those that dead-letter to deadLetterSubject, or,
+// when it is empty, those that log. In a rolling update that adds or
+// changes deadLetterSubject, old and new replicas are in different groups,
+// so each group gets every notice: the new replicas dead-letter each
+// message, whichever replica the old ones' group picked to log it.
+func abandonedGroup(consumer, deadLetterSubject string) string {
+	if deadLetterSubject == "" {
+		return "dapr-" + consumer
+	}
+	h := fnv.New32a()
+	h.Write([]byte(deadLetterSubject))
+	return fmt.Sprintf("dapr-%s-dead-%08x", consumer, h.Sum32())
 }
 
 // stopWatching stops listening for cs's notices.

@@ -1,9 +1,14 @@
 package jetstream
 
 import (
+	"context"
+	"fmt"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/dapr/components-contrib/pubsub"
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -43,4 +48,60 @@ func TestDeadLetterInSameStream(t *testing.T) {
 		PubsubName: "test", Topic: "S.dead", Data: m.Data, Metadata: m.Metadata,
 	}))
 	assert.Equal(t, uint64(2), msgCount(t, js, "S"))
+}
+
+// otherPodURL is the server's URL spelled another way, so that an instance
+// opened with it does not share the process-wide handover desk with one
+// opened with ns.ClientURL(): as two pods of one app, not two daprds of one
+// component process.
+func otherPodURL(ns *server.Server) string {
+	return strings.Replace(ns.ClientURL(), "127.0.0.1", "localhost", 1)
+}
+
+// A rolling update adds deadLetterSubject and lowers maxDeliver while old
+// replicas, without a dead-letter subject, hold failing messages. JetStream
+// then stops delivering them and says so in one advisory each. The replicas
+// with a dead-letter subject must get every one of those advisories, whatever
+// the old ones do with theirs, so that each message reaches the dead-letter
+// subject exactly once.
+func TestDeadLetterSubjectAddedInARollingUpdate(t *testing.T) {
+	t.Parallel()
+	const n = 6
+	ns, js := startNATS(t)
+	third := make(chan string, 100)
+	release := make(chan struct{})
+	old, _ := open(t, otherPodURL(ns), map[string]string{"consumerID": "app", "deliverAll": "true", "maxDeliver": "10", "concurrency": "parallel"})
+	subscribe(t, old, "roll", nil, func(ctx context.Context, m *pubsub.NewMessage) error {
+		if m.Metadata[MetadataDeliveries] == "3" {
+			third <- string(m.Data)
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+		}
+		return fmt.Errorf("poison")
+	})
+	for i := range n {
+		publish(t, old, "roll", fmt.Sprint("poison", i), nil)
+	}
+	for range n {
+		recv(t, third, waitFor)
+	}
+
+	updated, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "deliverAll": "true", "maxDeliver": "2", "deadLetterSubject": "dead.{topic}"})
+	dead, deadCh := collect()
+	subscribe(t, updated, "dead.roll", map[string]string{"consumerID": "dlq"}, dead)
+	subscribe(t, updated, "roll", nil, func(context.Context, *pubsub.NewMessage) error { return nil })
+	require.Eventually(t, func() bool {
+		info, err := consumerInfo(js, "roll", "app-roll")
+		return err == nil && info.Config.MaxDeliver == 2
+	}, waitFor, tick, "the durable was not updated")
+	close(release)
+	seen := map[string]bool{}
+	for len(seen) < n {
+		m := recv(t, deadCh, waitFor)
+		require.False(t, seen[string(m.Data)], "%s dead-lettered twice", m.Data)
+		seen[string(m.Data)] = true
+	}
+	nothing(t, deadCh, 500*time.Millisecond)
 }
