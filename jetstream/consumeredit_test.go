@@ -264,3 +264,40 @@ func TestConsumerPausedByOperator(t *testing.T) {
 	assert.NotContains(t, log.String(), "level=warn")
 	assert.NotContains(t, log.String(), "level=error")
 }
+
+// An operator lowers a durable's ack_wait (nats consumer edit) below the
+// time the app has already spent on a message. JetStream applies the new
+// value to pending messages at once and sends the message again, to the
+// subscription that holds it: that copy is taken as a keep-alive of the one
+// the app has, not handed to the app a second time.
+func TestAckWaitLoweredWhileTheAppHoldsAMessage(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ordersStream(t, js)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"autoProvision": "false", "consumerID": "app", "ackWait": "30s", "concurrency": "parallel"})
+	release := make(chan struct{})
+	got := make(chan string, 10)
+	subscribe(t, ps, "orders.a", nil, func(ctx context.Context, m *pubsub.NewMessage) error {
+		got <- string(m.Data) + " delivery " + m.Metadata[MetadataDeliveries]
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return nil
+	})
+	publish(t, ps, "orders.a", "slow", nil)
+	require.Equal(t, "slow delivery 1", recv(t, got, waitFor))
+	nothing(t, got, 2500*time.Millisecond) // held longer than the new ack wait
+	editConsumer(t, js, "ORDERS", ordersDurable, func(c *natsjs.ConsumerConfig) { c.AckWait = 2 * time.Second })
+	require.Eventually(t, func() bool {
+		info, err := consumerInfo(js, "ORDERS", ordersDurable)
+		return err == nil && info.NumRedelivered > 0
+	}, waitFor, tick, "JetStream did not send the held message again")
+	nothing(t, got, time.Second)
+	close(release)
+	require.Eventually(t, func() bool {
+		info, err := consumerInfo(js, "ORDERS", ordersDurable)
+		return err == nil && info.NumAckPending == 0 && info.NumPending == 0
+	}, waitFor, tick, "the message was not acknowledged")
+	nothing(t, got, time.Second)
+}

@@ -287,6 +287,22 @@ func (s *subscription) checkPull(now time.Time) {
 	s.verify(cs)
 }
 
+// heldCopyLocked returns the unsettled message this subscription holds that
+// d delivers again, if any. JetStream sends a message again when its ack
+// wait ran out, which happens to a message the app is working on when the
+// consumer's ack wait was lowered (by an operator, or by a rolling update)
+// below the time spent on it: the app must not get it twice, and a
+// keep-alive of the copy it has restarts the new ack wait. Acks by stream
+// sequence settle either delivery.
+func (s *subscription) heldCopyLocked(d *Delivery) *Delivery {
+	for h := range s.held {
+		if h.Sequence == d.Sequence && h.stream == d.stream && h.streamCreated.Equal(d.streamCreated) && !h.Settled() {
+			return h
+		}
+	}
+	return nil
+}
+
 // onMsg receives what JetStream sends to the inbox: messages, heartbeats
 // and the statuses that end pull requests. It runs on the inbox's own
 // goroutine, tracks each message and wakes the dispatcher.
@@ -318,11 +334,16 @@ func (s *subscription) onMsg(m *nats.Msg) {
 	if pin := m.Header.Get(headerPinID); pin != "" {
 		s.pinID = pin
 	}
-	s.held[d] = struct{}{}
 	s.counters.deliveries.Add(1)
 	if d.Deliveries > 1 {
 		s.counters.redeliveries.Add(1)
+		if h := s.heldCopyLocked(d); h != nil {
+			s.mu.Unlock()
+			h.keepAlive(s.p, time.Now())
+			return
+		}
 	}
+	s.held[d] = struct{}{}
 	s.floor.delivered(d.Sequence)
 	s.unseen = append(s.unseen, d)
 	s.retryWait = retryMin
