@@ -66,10 +66,10 @@ func (p *PubSub) bulkPublishAtomic(ctx context.Context, js natsjs.JetStream, str
 			p.countBatch(req.Topic, sent, len(msgs), nil)
 			return pubsub.BulkPublishResponse{}, nil
 		}
-		// The stream went away, or no longer allows atomic publish (an
-		// operator changed it): find or set it up again, once. JetStream
-		// dropped the batch, so nothing of it is stored.
-		if (isNoStream(err) || isAPIError(err, jetstreamext.JSErrCodeBatchPublishNotEnabled)) && !retried {
+		// The stream went away, or no longer allows atomic publish, TTLs or
+		// schedules (an operator changed it): find or set it up again,
+		// once. JetStream dropped the batch, so nothing of it is stored.
+		if (streamChanged(err) || isAPIError(err, jetstreamext.JSErrCodeBatchPublishNotEnabled)) && !retried {
 			streams.forget(req.Topic)
 			continue
 		}

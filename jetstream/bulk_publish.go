@@ -50,10 +50,12 @@ func (p *PubSub) BulkPublish(ctx context.Context, req *pubsub.BulkPublishRequest
 	}
 	defer p.countBulk(b)
 	if again := b.send(ctx, js, stream, pending); len(again) > 0 {
-		// The stream went away under us: find or create it again, once.
+		// The stream changed under us: find or set it up again, once.
 		streams.forget(req.Topic)
 		if stream, err = prepare(ctx, streams, req.Topic, need); err == nil {
 			b.send(ctx, js, stream, again)
+		} else {
+			b.fail(again, classify("publish to", req.Topic, p.whileDown(err)))
 		}
 	}
 	return p.bulkResponse(ctx, streams, b)
@@ -110,7 +112,8 @@ func (b *bulkEntries) fail(idx []int, err error) {
 }
 
 // send publishes the entries idx to stream and waits for their
-// acknowledgements. It returns the entries that found no stream.
+// acknowledgements. It returns the entries whose stream changed (see
+// streamChanged).
 func (b *bulkEntries) send(ctx context.Context, js natsjs.JetStream, stream string, idx []int) []int {
 	futures := make([]natsjs.PubAckFuture, len(b.msgs))
 	b.sent = time.Now()
@@ -125,7 +128,7 @@ func (b *bulkEntries) send(ctx context.Context, js natsjs.JetStream, stream stri
 		if b.failed[i] == nil {
 			b.acks[i], b.failed[i] = await(ctx, futures[i])
 		}
-		if isNoStream(b.failed[i]) {
+		if streamChanged(b.failed[i]) {
 			again = append(again, i)
 		}
 	}

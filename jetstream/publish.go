@@ -65,7 +65,7 @@ func (p *PubSub) Publish(ctx context.Context, req *pubsub.PublishRequest) (err e
 		if err == nil {
 			ack, err = await(ctx, f)
 		}
-		if isNoStream(err) && !retried {
+		if streamChanged(err) && !retried {
 			streams.forget(req.Topic)
 			continue
 		}
@@ -170,6 +170,25 @@ func await(ctx context.Context, f natsjs.PubAckFuture) (*natsjs.PubAck, error) {
 
 func isNoStream(err error) bool {
 	return errors.Is(err, natsjs.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders)
+}
+
+// JetStream's codes for refusals of what a publish needed of its stream, and
+// was found to have before.
+const (
+	errCodeMsgTTLDisabled        natsjs.ErrorCode = 10166
+	errCodeMsgSchedulesDisabled  natsjs.ErrorCode = 10188
+	errCodeScheduleTargetInvalid natsjs.ErrorCode = 10190
+)
+
+// streamChanged reports whether err says that the stream a publish was sent
+// to is not as it was when it was looked up: it went away, no longer allows
+// per-message TTLs or schedules (an operator replaced it), or no longer
+// holds the topic a schedule targets (an operator moved the topic to
+// another stream). Looking the stream up again, once, finds or sets up
+// what the publish needs, or says what is missing.
+func streamChanged(err error) bool {
+	return isNoStream(err) || isAPIError(err, errCodeMsgTTLDisabled) ||
+		isAPIError(err, errCodeMsgSchedulesDisabled) || isAPIError(err, errCodeScheduleTargetInvalid)
 }
 
 // newMsg builds the NATS message for one Dapr publish: headers from the

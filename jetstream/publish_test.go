@@ -476,3 +476,104 @@ func TestPublishTTLInvalid(t *testing.T) {
 	}
 	assert.Equal(t, uint64(1), msgCount(t, js, "ttlbad"))
 }
+
+// An operator moves a topic to another stream (removes its subject from
+// one stream and adds it to another, ready for delayed messages), which
+// docs/metadata.md says subscriptions follow. A plain publish to the topic
+// goes on working, stored in the new stream. A delayed publish must too.
+func TestDelayedPublishFollowsATopicMovedToAnotherStream(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "OLD", Subjects: []string{"orders.a", "orders.b"}})
+	require.NoError(t, err)
+	ps, _ := open(t, ns.ClientURL(), nil)
+	delayed := map[string]string{"deliverAfter": "1h"}
+	publish(t, ps, "orders.a", "before the move", delayed)
+
+	// nats stream edit OLD --subject orders.b --subject '_schedule.OLD.*'
+	cfg := streamInfo(t, js, "OLD").Config
+	cfg.Subjects = []string{"orders.b", "_schedule.OLD.*"}
+	_, err = js.UpdateStream(ctx(t), cfg)
+	require.NoError(t, err)
+	// nats stream add NEW --subjects orders.a,'_schedule.NEW.*' --allow-schedules
+	_, err = js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "NEW", Subjects: []string{"orders.a", "_schedule.NEW.*"}, AllowMsgSchedules: true})
+	require.NoError(t, err)
+
+	publish(t, ps, "orders.a", "plain, after the move", nil)
+	require.Equal(t, uint64(1), msgCount(t, js, "NEW"), "a plain publish follows the moved topic")
+
+	err = ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "orders.a", Data: []byte("delayed, after the move"), Metadata: delayed})
+	require.NoError(t, err, "a delayed publish to a topic moved to a stream that allows schedules")
+	assert.Equal(t, uint64(2), msgCount(t, js, "NEW"), "the schedule waits in the stream that now holds the topic")
+}
+
+// An operator replaces a stream (nats stream rm, then nats stream add with
+// the same name and subjects, say from a saved definition that predates
+// allow_msg_ttl) while an app publishes with ttlInSeconds. docs/metadata.md:
+// with autoProvision on, the component allows per-message TTL on a stream
+// when a publish needs it; with it off, the publish is refused
+// (FailedPrecondition) naming the stream and allow_msg_ttl, as
+// TestPublishTTLRejectedByStreamWithoutMsgTTL shows for a fresh instance.
+func TestTTLPublishAfterTheStreamWasReplaced(t *testing.T) {
+	t.Parallel()
+	for _, auto := range []string{"true", "false"} {
+		t.Run("autoProvision "+auto, func(t *testing.T) {
+			t.Parallel()
+			ns, js := startNATS(t)
+			keepAccountStore(t, js)
+			stream := natsjs.StreamConfig{Name: "EVENTS", Subjects: []string{"events"}, AllowMsgTTL: true}
+			_, err := js.CreateStream(ctx(t), stream)
+			require.NoError(t, err)
+			ps, _ := open(t, ns.ClientURL(), map[string]string{"autoProvision": auto})
+			ttl := map[string]string{"ttlInSeconds": "60"}
+			publish(t, ps, "events", "before", ttl)
+
+			require.NoError(t, js.DeleteStream(ctx(t), "EVENTS"))
+			stream.AllowMsgTTL = false
+			_, err = js.CreateStream(ctx(t), stream)
+			require.NoError(t, err)
+
+			err = ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "events", Data: []byte("after"), Metadata: ttl})
+			if auto == "true" {
+				require.NoError(t, err, "autoProvision allows per-message TTL on the replaced stream")
+				assert.True(t, streamInfo(t, js, "EVENTS").Config.AllowMsgTTL)
+				return
+			}
+			require.Error(t, err)
+			assert.ErrorIs(t, err, ErrTTLNotAllowed, "%v", err)
+			assert.Equal(t, KindRejected, KindOf(err))
+			for _, s := range []string{"EVENTS", "allow_msg_ttl"} {
+				assert.Contains(t, err.Error(), s)
+			}
+		})
+	}
+}
+
+// With autoProvision off, an operator removes a topic's subject from its
+// stream (nats stream edit). A Publish to the topic then fails with
+// ErrNoStream (FailedPrecondition), naming the stream, its subjects and the
+// fix. A BulkPublish must fail each entry the same way.
+func TestBulkPublishNamesASubjectRemovedFromItsStream(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "B", Subjects: []string{"b.a", "b.b"}})
+	require.NoError(t, err)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"autoProvision": "false"})
+	_, err = ps.BulkPublish(ctx(t), &pubsub.BulkPublishRequest{Topic: "b.a", Entries: textEntries("a", 2)})
+	require.NoError(t, err)
+
+	// nats stream edit B --subjects b.b
+	cfg := streamInfo(t, js, "B").Config
+	cfg.Subjects = []string{"b.b"}
+	_, err = js.UpdateStream(ctx(t), cfg)
+	require.NoError(t, err)
+
+	resp, err := ps.BulkPublish(ctx(t), &pubsub.BulkPublishRequest{Topic: "b.a", Entries: textEntries("c", 2)})
+	require.Error(t, err)
+	require.Len(t, resp.FailedEntries, 2)
+	for _, f := range resp.FailedEntries {
+		assert.ErrorIs(t, f.Error, ErrNoStream, "entry %s: %v", f.EntryId, f.Error)
+		assert.Equal(t, KindRejected, KindOf(f.Error), "entry %s", f.EntryId)
+		assert.Contains(t, f.Error.Error(), `"b.a"`)
+	}
+}
