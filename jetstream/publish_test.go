@@ -577,3 +577,24 @@ func TestBulkPublishNamesASubjectRemovedFromItsStream(t *testing.T) {
 		assert.Contains(t, f.Error.Error(), `"b.a"`)
 	}
 }
+
+// With autoProvision on, a publish to a topic that no stream holds creates a
+// stream for it, and says so: an operator who removed the topic's subject
+// from a stream (nats stream edit) finds in the log where its messages went.
+func TestAutoProvisionedStreamIsLogged(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "B", Subjects: []string{"b.a", "b.b"}})
+	require.NoError(t, err)
+	ps, log := open(t, ns.ClientURL(), nil)
+	publish(t, ps, "b.a", "into B", nil)
+	assert.NotContains(t, log.String(), "created stream")
+
+	cfg := streamInfo(t, js, "B").Config
+	cfg.Subjects = []string{"b.b"}
+	_, err = js.UpdateStream(ctx(t), cfg)
+	require.NoError(t, err)
+	publish(t, ps, "b.a", "into a new stream", nil)
+	assert.Equal(t, uint64(1), msgCount(t, js, "B"))
+	assert.Regexp(t, `level=info msg="created stream \\"b_a-[0-9a-f]+\\" with subjects \[b.a\] for topic \\"b.a\\", which no stream held`, log.String())
+}

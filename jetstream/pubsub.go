@@ -122,7 +122,7 @@ func (p *PubSub) Init(ctx context.Context, md pubsub.Metadata) error {
 		return err
 	}
 	p.cfg, p.nc, p.js = cfg, nc, js
-	p.streams = newStreams(js, cfg.Stream, p.log.Warnf)
+	p.streams = newStreams(js, cfg.Stream, p.log)
 	p.apiPrefix = apiPrefix(cfg.Connection)
 	p.connKey = connKey(cfg.Connection)
 	desk.register(p)

@@ -17,11 +17,11 @@ func (s *streams) noteDifferences(have natsjs.StreamConfig) {
 	noted := s.noted[have.Name]
 	s.noted[have.Name] = true
 	s.mu.Unlock()
-	if noted || s.warn == nil {
+	if noted || s.log == nil {
 		return
 	}
 	if diffs := streamDifferences(have, s.wanted(), s.cfg.Given); len(diffs) > 0 {
-		s.warn("stream %q exists with settings other than the metadata asks for: %s; the component leaves existing streams as they are: change them with nats stream edit where JetStream allows it, or drop those keys",
+		s.log.Warnf("stream %q exists with settings other than the metadata asks for: %s; the component leaves existing streams as they are: change them with nats stream edit where JetStream allows it, or drop those keys",
 			have.Name, strings.Join(diffs, ", "))
 	}
 }

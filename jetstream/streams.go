@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/dapr/kit/logger"
 	natsjs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/dapr-nats/jetstream-pubsub/metadata"
@@ -16,9 +17,9 @@ import (
 // that stores a topic. Answers are cached per topic, so the publish path
 // touches the JetStream API only the first time it sees a topic.
 type streams struct {
-	js   natsjs.JetStream
-	cfg  metadata.Stream
-	warn func(format string, args ...any)
+	js  natsjs.JetStream
+	cfg metadata.Stream
+	log logger.Logger // nil: nothing is logged
 
 	mu    sync.Mutex
 	known map[string]string // topic -> stream
@@ -29,9 +30,9 @@ type streams struct {
 	noted map[string]bool   // stream -> its differences were logged
 }
 
-func newStreams(js natsjs.JetStream, cfg metadata.Stream, warn func(string, ...any)) *streams {
+func newStreams(js natsjs.JetStream, cfg metadata.Stream, log logger.Logger) *streams {
 	return &streams{
-		js: js, cfg: cfg, warn: warn,
+		js: js, cfg: cfg, log: log,
 		known: map[string]string{}, ttl: map[string]bool{}, sched: map[string]bool{}, batch: map[string]bool{}, shut: map[string]error{}, noted: map[string]bool{},
 	}
 }
@@ -164,6 +165,7 @@ func (s *streams) create(ctx context.Context, name, topic string) (*natsjs.Strea
 	}
 	st, err := s.js.CreateStream(ctx, cfg)
 	if err == nil {
+		s.infof("created stream %q with subjects %v for topic %q, which no stream held", name, subjects, topic)
 		return st.CachedInfo(), nil
 	}
 	// Another instance may have created it meanwhile.
@@ -205,7 +207,16 @@ func (s *streams) extend(ctx context.Context, info *natsjs.StreamInfo, topic str
 		return nil, fmt.Errorf("add subject %q to stream %q: %w; if other streams hold subjects that %q covers, keep them in one stream and set streamName to it",
 			topic, cfg.Name, err, topic)
 	}
+	s.infof("added subject %q to stream %q, whose subjects are now %v", topic, cfg.Name, cfg.Subjects)
 	return st.CachedInfo(), nil
+}
+
+// infof logs what auto-provisioning changed, so that an operator can see
+// where a topic's messages go.
+func (s *streams) infof(format string, args ...any) {
+	if s.log != nil {
+		s.log.Infof(format, args...)
+	}
 }
 
 // coveredBy returns the one stream with subjects that topic covers, if there
