@@ -162,8 +162,9 @@ func (s *subscription) deadLetter(d *Delivery, cause error) {
 	if !d.take() {
 		return // handed on meanwhile: its new owner settles it
 	}
-	defer s.settled(d, true)
+	defer s.settled(d)
 	s.counters.terms.Add(1)
+	s.noteAcked(d) // terminated, it is handled as far as a new consumer's start goes
 	if err := d.answer(s.p, []byte("+TERM dead-lettered to "+subject)); err != nil {
 		s.log.Warnf("topic %q: terminating the message at sequence %d after its dead letter: %v", s.topic, d.Sequence, err)
 	}

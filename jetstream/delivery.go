@@ -143,11 +143,15 @@ func (d *Delivery) Settle(handlerErr error) error {
 	if !d.settled.CompareAndSwap(false, true) {
 		return ErrAlreadySettled
 	}
-	defer d.sub.settled(d, true)
+	defer d.sub.settled(d)
 	d.sub.counters.acks.Add(1)
 	if d.sub.ackNone() {
 		return nil
 	}
+	// Where a consumer made again starts must know of the ack before
+	// JetStream does: an admin who sees the ack floor move may delete the
+	// consumer at once.
+	d.sub.noteAcked(d)
 	return d.answer(d.sub.p, ackBody)
 }
 
@@ -162,7 +166,7 @@ func (d *Delivery) nak(delay time.Duration) error {
 	if !d.settled.CompareAndSwap(false, true) {
 		return ErrAlreadySettled
 	}
-	defer d.sub.settled(d, false)
+	defer d.sub.settled(d)
 	if d.sub.ackNone() {
 		return nil
 	}

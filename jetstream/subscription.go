@@ -375,13 +375,19 @@ func (s *subscription) deliver(d *Delivery) bool {
 	return s.fn(d) == nil
 }
 
-// settled is called once for each delivery this subscription owns.
-func (s *subscription) settled(d *Delivery, acked bool) {
+// noteAcked records in the resume point that d is acknowledged.
+func (s *subscription) noteAcked(d *Delivery) {
 	s.mu.Lock()
-	delete(s.held, d)
-	if acked && s.floor.holds(d) {
+	defer s.mu.Unlock()
+	if s.floor.holds(d) {
 		s.floor.acked(d.Sequence)
 	}
+}
+
+// settled is called once for each delivery this subscription owns.
+func (s *subscription) settled(d *Delivery) {
+	s.mu.Lock()
+	delete(s.held, d)
 	if len(s.held) == 0 && s.consumer != nil {
 		s.consumer.drained = true
 	}
