@@ -3,9 +3,14 @@ package pluggable
 import (
 	"bytes"
 	"context"
+	"net"
+	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	proto "github.com/dapr/dapr/pkg/proto/components/v1"
 	"github.com/dapr/kit/logger"
@@ -13,6 +18,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	grpcmd "google.golang.org/grpc/metadata"
+
+	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
 )
 
 // syncBuffer is a log sink that the component's goroutines may share.
@@ -58,4 +65,179 @@ func TestInitErrorIsLogged(t *testing.T) {
 	require.NotEmpty(t, line, "no log line names the Component and the field; the log:\n%s", logged)
 	require.Contains(t, line, "level=error")
 	require.NotContains(t, logged, "s3cret")
+}
+
+// sharedProcess is one component process that several daprds (each its own
+// OS process, stood in for by a sleep child) reach on sockets of their own,
+// so that each connection carries that daprd's process id, as on a laptop
+// with several `dapr run`s.
+type sharedProcess struct {
+	t   *testing.T
+	srv *Server
+	gs  *grpc.Server
+	dir string
+	log *syncBuffer
+}
+
+func startShared(t *testing.T) *sharedProcess {
+	t.Helper()
+	log := &syncBuffer{}
+	l := logger.NewLogger("shared-" + t.Name())
+	l.SetOutput(log)
+	l.SetOutputLevel(logger.InfoLevel)
+	sp := &sharedProcess{t: t, srv: NewServer(l), gs: grpc.NewServer(grpc.ForceServerCodecV2(newCodec())), dir: t.TempDir(), log: log}
+	proto.RegisterPubSubServer(sp.gs, sp.srv)
+	t.Cleanup(func() {
+		sp.srv.Shutdown(time.Second)
+		sp.gs.Stop()
+		if t.Failed() {
+			t.Logf("component log:\n%s", log.String())
+		}
+	})
+	return sp
+}
+
+// pidListener tags every connection with one daprd's process id.
+type pidListener struct {
+	net.Listener
+	pid int
+	srv *Server
+}
+
+func (l *pidListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	l.srv.connOpened(l.pid)
+	return &peerConn{Conn: c, addr: peerAddr{Addr: c.RemoteAddr(), pid: l.pid}, closed: l.srv.connClosed}, nil
+}
+
+// fakeDaprd is one daprd: a process of its own and a connection to the
+// shared component process.
+type fakeDaprd struct {
+	t      *testing.T
+	proc   *exec.Cmd
+	conn   *grpc.ClientConn
+	client proto.PubSubClient
+	ctx    context.Context
+	socket string
+}
+
+// daprd starts a daprd process and initialises Component "pubsub" for it.
+func (sp *sharedProcess) daprd(props map[string]string) *fakeDaprd {
+	t := sp.t
+	t.Helper()
+	proc := exec.Command("sleep", "300")
+	require.NoError(t, proc.Start())
+	t.Cleanup(func() { _ = proc.Process.Kill(); _ = proc.Wait() })
+	l, err := net.Listen("unix", filepath.Join(sp.dir, "d"+strconv.Itoa(proc.Process.Pid)+".sock"))
+	require.NoError(t, err)
+	go func() { _ = sp.gs.Serve(&pidListener{Listener: l, pid: proc.Process.Pid, srv: sp.srv}) }()
+	conn, err := grpc.NewClient("unix://"+l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close() })
+	d := &fakeDaprd{t: t, proc: proc, conn: conn, client: proto.NewPubSubClient(conn),
+		ctx: grpcmd.AppendToOutgoingContext(context.Background(), InstanceHeader, "pubsub"), socket: l.Addr().String()}
+	d.init(props)
+	return d
+}
+
+func (d *fakeDaprd) init(props map[string]string) {
+	ctx, cancel := context.WithTimeout(d.ctx, 10*time.Second)
+	defer cancel()
+	_, err := d.client.Init(ctx, &proto.PubSubInitRequest{Metadata: &proto.MetadataRequest{Properties: props}})
+	require.NoError(d.t, err)
+}
+
+func (d *fakeDaprd) publish(topic, data string) error {
+	ctx, cancel := context.WithTimeout(d.ctx, 10*time.Second)
+	defer cancel()
+	_, err := d.client.Publish(ctx, &proto.PublishRequest{PubsubName: "pubsub", Topic: topic, Data: []byte(data)})
+	return err
+}
+
+// daprdStream is one PullMessages stream of a daprd.
+type daprdStream struct {
+	stream proto.PubSub_PullMessagesClient
+	cancel context.CancelFunc
+	msgs   chan *proto.PullMessagesResponse
+}
+
+func (d *fakeDaprd) subscribe(topic string) *daprdStream {
+	d.t.Helper()
+	ctx, cancel := context.WithCancel(d.ctx)
+	d.t.Cleanup(cancel)
+	stream, err := d.client.PullMessages(ctx)
+	require.NoError(d.t, err)
+	require.NoError(d.t, stream.Send(&proto.PullMessagesRequest{Topic: &proto.Topic{Name: topic}}))
+	s := &daprdStream{stream: stream, cancel: cancel, msgs: make(chan *proto.PullMessagesResponse, 1000)}
+	go func() {
+		defer close(s.msgs)
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				return
+			}
+			s.msgs <- m
+		}
+	}()
+	return s
+}
+
+// Several apps started with `dapr run` share one component process. Stopping
+// it while NATS is down ends within the drain bound plus one withdraw grace
+// (5 s), whatever the number of daprds: each instance's pull requests can
+// only end by the grace while NATS is away, and the instances wait for them
+// side by side, not one after another.
+func TestShutdownDuringOutageIsBoundedWithSeveralDaprds(t *testing.T) {
+	ns := natstest.Start(t)
+	_, js := natstest.Client(t, ns)
+	sp := startShared(t)
+	md := props(ns.ClientURL(), "consumerID", "app", "maxInFlight", "10")
+	var streams []*daprdStream
+	for range 4 {
+		d := sp.daprd(md)
+		streams = append(streams, d.subscribe("orders"))
+	}
+	natstest.WaitConsumer(t, js, "orders", "app-orders")
+	pub := sp.daprd(props(ns.ClientURL()))
+	for i := range 8 {
+		require.NoError(t, pub.publish("orders", "m"+strconv.Itoa(i)))
+	}
+	// The apps are slow: they hold what they get, and never ack.
+	var mu sync.Mutex
+	held := 0
+	for _, s := range streams {
+		go func() {
+			for range s.msgs {
+				mu.Lock()
+				held++
+				mu.Unlock()
+			}
+		}()
+	}
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return held == 8
+	}, 10*time.Second, 20*time.Millisecond)
+
+	natstest.Stop(ns)
+	time.Sleep(3 * time.Second) // the outage itself: the component is stopped while NATS has been down a while
+	const drain = 2 * time.Second
+	done := make(chan time.Duration, 1)
+	start := time.Now()
+	go func() {
+		sp.srv.Shutdown(drain)
+		done <- time.Since(start)
+	}()
+	bound := drain + 5*time.Second + 2*time.Second
+	select {
+	case took := <-done:
+		t.Logf("Shutdown took %s", took.Round(time.Millisecond))
+	case <-time.After(bound):
+		took := <-done
+		t.Fatalf("Shutdown during the outage took %s with 4 daprds; want at most %s (drain bound plus one withdraw grace)", took.Round(time.Millisecond), bound)
+	}
 }

@@ -446,9 +446,17 @@ func (s *Server) Shutdown(drain time.Duration) {
 	}
 	s.mu.Unlock()
 
+	// Side by side: while NATS is away, each instance's pull requests end
+	// only by Pause's grace, which must not add up over the daprds.
+	var paused sync.WaitGroup
 	for _, ps := range instances {
-		_ = ps.Pause(context.Background())
+		paused.Add(1)
+		go func() {
+			defer paused.Done()
+			_ = ps.Pause(context.Background())
+		}()
 	}
+	paused.Wait()
 	deadline := time.Now().Add(drain)
 	for time.Now().Before(deadline) && s.pendingAcks() > 0 {
 		time.Sleep(20 * time.Millisecond)
