@@ -141,6 +141,9 @@ func TestMaxDeliverLoweredByOperator(t *testing.T) {
 			ps, log := open(t, ns.ClientURL(), props)
 			fails, _ := failing(100)
 			subscribe(t, ps, "orders.a", nil, fails)
+			// The edit comes after the subscription set the consumer up, which
+			// applies the metadata's maxDeliver, as an operator's would.
+			require.Eventually(t, func() bool { return strings.Contains(log.String(), "subscribed to topic") }, waitFor, tick, "log: %s", log)
 			editConsumer(t, js, "ORDERS", ordersDurable, func(c *natsjs.ConsumerConfig) { c.MaxDeliver = 2 })
 			publish(t, ps, "orders.a", "poison", nil)
 			if !dead {
