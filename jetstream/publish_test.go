@@ -363,6 +363,31 @@ func TestWildcardTakesThePlaceOfCoveredSubjects(t *testing.T) {
 	}
 }
 
+// A wildcard topic whose subjects a stream holds split over several of its
+// subjects (orders.* and orders.*.> for orders.>) is that stream's: the
+// subscription and publishes use it as it is, with autoProvision on or off.
+func TestWildcardHeldBySplitSubjects(t *testing.T) {
+	t.Parallel()
+	for _, provision := range []string{"true", "false"} {
+		t.Run("autoProvision="+provision, func(t *testing.T) {
+			t.Parallel()
+			ns, js := startNATS(t)
+			_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "SPLIT", Subjects: []string{"split.*", "split.*.>"}})
+			require.NoError(t, err)
+			ps, logs := open(t, ns.ClientURL(), map[string]string{"autoProvision": provision, "consumerID": "app"})
+			h, ch := collect()
+			subscribe(t, ps, "split.>", nil, h)
+			require.Eventually(t, func() bool { return strings.Contains(logs.String(), "subscribed to topic") }, waitFor, tick, "log: %s", logs)
+			publish(t, ps, "split.a", "1", nil)
+			publish(t, ps, "split.a.b", "2", nil)
+			got := []string{string(recv(t, ch, waitFor).Data), string(recv(t, ch, waitFor).Data)}
+			assert.ElementsMatch(t, []string{"1", "2"}, got, "log: %s", logs)
+			assert.Equal(t, []string{"split.*", "split.*.>"}, streamInfo(t, js, "SPLIT").Config.Subjects)
+			assert.Equal(t, []string{"SPLIT"}, streamNames(t, js))
+		})
+	}
+}
+
 func TestAutoProvisionOff(t *testing.T) {
 	t.Parallel()
 	ns, js := startNATS(t)

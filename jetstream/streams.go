@@ -328,11 +328,8 @@ func (s *streams) ensureAtomic(ctx context.Context, name string) error {
 		})
 }
 
+// covers reports whether a stream with subjects holds every message of
+// topic, even where no one subject takes all of it.
 func covers(subjects []string, topic string) bool {
-	for _, s := range subjects {
-		if metadata.SubjectCovers(s, topic) {
-			return true
-		}
-	}
-	return false
+	return metadata.SubjectsCover(subjects, topic)
 }

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"slices"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -115,8 +116,11 @@ func ValidSubject(s string, wildcards bool) error {
 // SubjectCovers reports whether every subject matched by sub is also matched
 // by pattern (both may contain wildcards).
 func SubjectCovers(pattern, sub string) bool {
-	pt := strings.Split(pattern, ".")
-	st := strings.Split(sub, ".")
+	return tokensCover(strings.Split(pattern, "."), strings.Split(sub, "."))
+}
+
+// tokensCover is SubjectCovers on subjects split into tokens.
+func tokensCover(pt, st []string) bool {
 	for i, p := range pt {
 		if p == ">" {
 			return len(st) > i
@@ -134,4 +138,54 @@ func SubjectCovers(pattern, sub string) bool {
 		}
 	}
 	return len(pt) == len(st)
+}
+
+// SubjectsCover reports whether every subject matched by sub is matched by
+// at least one of patterns, which may share it out between them: orders.*
+// and orders.*.> together cover orders.>, though neither does alone.
+func SubjectsCover(patterns []string, sub string) bool {
+	split := make([][]string, len(patterns))
+	longest := 0
+	for i, p := range patterns {
+		split[i] = strings.Split(p, ".")
+		longest = max(longest, len(split[i]))
+	}
+	return tokensCovered(split, strings.Split(sub, "."), longest)
+}
+
+// unlisted stands for any token that no pattern names; no subject holds it,
+// since it is not a valid token.
+const unlisted = "\x00"
+
+// tokensCovered decides coverage one wildcard of sub at a time, from the
+// left, so that the tokens before it are literal. A * is covered when it is
+// for each token the patterns name at its place and for any other token;
+// a > is one more token, or one more and then more. Beyond the longest
+// pattern only a pattern ending in > can match, and it covers alone.
+func tokensCovered(patterns [][]string, sub []string, longest int) bool {
+	for _, p := range patterns {
+		if tokensCover(p, sub) {
+			return true
+		}
+	}
+	i := slices.IndexFunc(sub, func(t string) bool { return t == "*" || t == ">" })
+	if i < 0 {
+		return false
+	}
+	with := func(tail ...string) []string { return append(slices.Clone(sub[:i]), tail...) }
+	if sub[i] == ">" {
+		return i < longest && tokensCovered(patterns, with("*"), longest) && tokensCovered(patterns, with("*", ">"), longest)
+	}
+	named := []string{unlisted}
+	for _, p := range patterns {
+		if i < len(p) && p[i] != "*" && p[i] != ">" && !slices.Contains(named, p[i]) {
+			named = append(named, p[i])
+		}
+	}
+	for _, t := range named {
+		if !tokensCovered(patterns, with(append([]string{t}, sub[i+1:]...)...), longest) {
+			return false
+		}
+	}
+	return true
 }

@@ -323,6 +323,93 @@ func TestSubjectCoversAgreesWithMatching(t *testing.T) {
 	}
 }
 
+func TestSubjectsCover(t *testing.T) {
+	cases := []struct {
+		patterns []string
+		sub      string
+		want     bool
+	}{
+		{[]string{"orders.*", "orders.*.>"}, "orders.>", true},
+		{[]string{"orders.*.>", "orders.*"}, "orders.>", true},
+		{[]string{"orders.*"}, "orders.>", false},
+		{[]string{"orders.*", "orders.*.*"}, "orders.>", false},
+		{[]string{"orders.new", "orders.paid"}, "orders.*", false},
+		{[]string{"orders.new", "orders.*"}, "orders.*", true},
+		{[]string{"a.b.*", "a.*.c", "a.>"}, "a.b.c", true},
+		{[]string{"*.x", "a.*"}, "a.*", true},
+		{[]string{"*.x", "a.y"}, "a.*", false},
+		{[]string{"a.x", "*.x", "b.>"}, "*.x", true},
+		{[]string{"*", "*.>"}, ">", true},
+		{[]string{"*", "*.*", "*.*.>"}, ">", true},
+		{[]string{"*", "*.*.>"}, ">", false},
+		{nil, "a", false},
+	}
+	for _, tc := range cases {
+		assert.Equal(t, tc.want, SubjectsCover(tc.patterns, tc.sub), "SubjectsCover(%q, %q)", tc.patterns, tc.sub)
+	}
+}
+
+// A set of patterns covers a subject exactly when every literal subject the
+// subject matches is matched by one of them; check every pair of patterns
+// against the same brute force as one.
+func TestSubjectsCoverAgreesWithMatching(t *testing.T) {
+	var subjects []string
+	var gen func(prefix string, depth int)
+	gen = func(prefix string, depth int) {
+		for _, tok := range []string{"a", "b", "*", ">"} {
+			s := tok
+			if prefix != "" {
+				s = prefix + "." + tok
+			}
+			subjects = append(subjects, s)
+			if tok != ">" && depth > 1 {
+				gen(s, depth-1)
+			}
+		}
+	}
+	gen("", 3)
+	var literals []string
+	var lit func(prefix string, depth int)
+	lit = func(prefix string, depth int) {
+		for _, tok := range []string{"a", "b", "c"} {
+			s := tok
+			if prefix != "" {
+				s = prefix + "." + tok
+			}
+			literals = append(literals, s)
+			if depth > 1 {
+				lit(s, depth-1)
+			}
+		}
+	}
+	// Patterns have at most 3 tokens, so a literal of 4 stands for any longer.
+	lit("", 4)
+	matches := make([][]bool, len(subjects))
+	for i, s := range subjects {
+		matches[i] = make([]bool, len(literals))
+		for j, l := range literals {
+			matches[i][j] = SubjectCovers(s, l)
+		}
+	}
+	for p := range subjects {
+		for q := range subjects {
+			for s := range subjects {
+				want := true
+				for l := range literals {
+					if matches[s][l] && !matches[p][l] && !matches[q][l] {
+						want = false
+						break
+					}
+				}
+				pair := []string{subjects[p], subjects[q]}
+				if got := SubjectsCover(pair, subjects[s]); got != want {
+					t.Fatalf("SubjectsCover(%q, %q) = %v, want %v", pair, subjects[s], got, want)
+				}
+			}
+		}
+	}
+}
+
 func TestSanitizeNameJoinIsUnambiguous(t *testing.T) {
 	assert.NotEqual(t, SanitizeName("a-b", "c"), SanitizeName("a", "b-c"))
 	assert.Equal(t, "a-b-c", SanitizeName("a", "b-c"), "a base without a dash stays readable")
