@@ -14,6 +14,7 @@ import (
 
 	proto "github.com/dapr/dapr/pkg/proto/components/v1"
 	"github.com/dapr/kit/logger"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -240,4 +241,7 @@ func TestShutdownDuringOutageIsBoundedWithSeveralDaprds(t *testing.T) {
 		took := <-done
 		t.Fatalf("Shutdown during the outage took %s with 4 daprds; want at most %s (drain bound plus one withdraw grace)", took.Round(time.Millisecond), bound)
 	}
+	// Nothing can be given back while NATS is away; the log says when they come back instead.
+	assert.Contains(t, sp.log.String(), "8 messages still unacknowledged after 2s, and NATS is not connected, so they cannot be given back now; JetStream delivers them again once their ackWait ends")
+	assert.NotContains(t, sp.log.String(), "giving them back")
 }

@@ -8,6 +8,7 @@ package pluggable
 import (
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -461,7 +462,9 @@ func (s *Server) Shutdown(drain time.Duration) {
 	for time.Now().Before(deadline) && s.pendingAcks() > 0 {
 		time.Sleep(20 * time.Millisecond)
 	}
-	if n := s.pendingAcks(); n > 0 {
+	if n := s.pendingAcks(); n > 0 && anyDisconnected(instances) {
+		s.log.Warnf("%d messages still unacknowledged after %s, and NATS is not connected, so they cannot be given back now; JetStream delivers them again once their ackWait ends", n, drain)
+	} else if n > 0 {
 		s.log.Warnf("%d messages still unacknowledged after %s; giving them back to JetStream", n, drain)
 	}
 	s.watchers.Wait()
@@ -474,6 +477,12 @@ func (s *Server) Shutdown(drain time.Duration) {
 		}()
 	}
 	wg.Wait()
+}
+
+// anyDisconnected reports whether an instance has lost NATS, so that what it
+// holds cannot be given back before it closes.
+func anyDisconnected(instances []*jetstream.PubSub) bool {
+	return slices.ContainsFunc(instances, func(ps *jetstream.PubSub) bool { return ps.Stats().Connection.State != "connected" })
 }
 
 func (s *Server) pendingAcks() int {
