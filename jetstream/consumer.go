@@ -47,9 +47,11 @@ type consumerState struct {
 	priority natsjs.PriorityPolicy
 	group    string
 	// maxRequestBatch and maxRequestExpires bound each pull request, when
-	// an operator set them (0 otherwise).
+	// an operator set them (0 otherwise), and maxWaiting how many requests
+	// may be open at once.
 	maxRequestBatch   int
 	maxRequestExpires time.Duration
+	maxWaiting        int
 	// numPending and numAckPending are from the last consumer info.
 	numPending    uint64
 	numAckPending int
@@ -66,6 +68,8 @@ type consumerState struct {
 	// another stream.
 	subjectsRead time.Time
 	moved        bool
+	// coveredAt is when the stream was last seen holding the topic.
+	coveredAt time.Time
 	// misfiltered is set when a message of another subject came: an
 	// operator changed the consumer's filter.
 	misfiltered bool
@@ -79,6 +83,7 @@ func (p *PubSub) newConsumerState(c natsjs.Consumer, created time.Time, ephemera
 	cs := &consumerState{
 		handle: c, stream: info.Stream, name: info.Name, streamCreated: created, ephemeral: ephemeral,
 		next: p.apiPrefix + "CONSUMER.MSG.NEXT." + info.Stream + "." + info.Name, refreshed: time.Now(),
+		coveredAt: time.Now(), // it was found as the topic's stream
 	}
 	cs.update(info)
 	return cs
@@ -90,6 +95,7 @@ func (cs *consumerState) update(info *natsjs.ConsumerInfo) {
 	cs.backOff = info.Config.BackOff
 	cs.maxDeliver = info.Config.MaxDeliver
 	cs.maxRequestBatch, cs.maxRequestExpires = info.Config.MaxRequestBatch, info.Config.MaxRequestExpires
+	cs.maxWaiting = info.Config.MaxWaiting
 	cs.numPending, cs.numAckPending = info.NumPending, info.NumAckPending
 	cs.pausedUntil = time.Time{}
 	if info.Paused && info.Config.PauseUntil != nil {
@@ -148,9 +154,14 @@ func (s *subscription) consumerConfig(stream string, created time.Time) natsjs.C
 	}
 	s.mu.Lock()
 	seq, ok := s.floor.next(stream, created)
+	movedSince := s.movedSince
 	s.mu.Unlock()
-	if ok {
+	switch {
+	case ok:
 		cfg.DeliverPolicy, cfg.OptStartSeq, cfg.OptStartTime = natsjs.DeliverByStartSequencePolicy, seq, nil
+	case !movedSince.IsZero() && startsLate(cfg.DeliverPolicy, cfg.OptStartTime, movedSince):
+		t := movedSince.Add(-startSkew)
+		cfg.DeliverPolicy, cfg.OptStartSeq, cfg.OptStartTime = natsjs.DeliverByStartTimePolicy, 0, &t
 	}
 	if c.AckPolicy != natsjs.AckNonePolicy {
 		cfg.AckWait, cfg.MaxDeliver, cfg.BackOff, cfg.MaxAckPending = c.AckWait, c.MaxDeliver, c.BackOff, c.MaxAckPending
@@ -162,6 +173,18 @@ func (s *subscription) consumerConfig(stream string, created time.Time) natsjs.C
 		cfg.PriorityPolicy, cfg.PriorityGroups, cfg.PinnedTTL = c.PriorityPolicy, []string{metadata.PriorityGroup}, c.PinnedTTL
 	}
 	return cfg
+}
+
+// startsLate reports whether a consumer with deliver policy p (and start
+// time at, for a start by time) would skip messages stored since t.
+func startsLate(p natsjs.DeliverPolicy, at *time.Time, t time.Time) bool {
+	switch p {
+	case natsjs.DeliverNewPolicy, natsjs.DeliverLastPolicy, natsjs.DeliverLastPerSubjectPolicy:
+		return true
+	case natsjs.DeliverByStartTimePolicy:
+		return at != nil && at.After(t)
+	}
+	return false
 }
 
 // ensureConsumer finds the stream and finds or creates the consumer. An
@@ -185,6 +208,9 @@ func (s *subscription) ensureConsumer(ctx context.Context) (*consumerState, erro
 		}
 		return nil, err
 	}
+	if err := transformedAway(st.CachedInfo().Config, s.topic); err != nil {
+		return nil, err
+	}
 	created := st.CachedInfo().Created
 	streamsSeen.saw(streamKey{conn: s.p.connKey, stream: stream}, created)
 	want := s.consumerConfig(stream, created)
@@ -196,13 +222,13 @@ func (s *subscription) ensureConsumer(ctx context.Context) (*consumerState, erro
 	if want.Durable == "" {
 		c, err := js.CreateConsumer(ctx, stream, want)
 		if err != nil {
-			return nil, explainConsumerRefusal(err, stream, s.topic)
+			return nil, explainConsumerRefusal(err, stream, s.topic, "")
 		}
 		return s.p.newConsumerState(c, created, true), nil
 	}
 	c, err := s.findOrCreate(ctx, js, stream, want)
 	if err != nil {
-		return nil, explainConsumerRefusal(err, stream, s.topic)
+		return nil, explainConsumerRefusal(err, stream, s.topic, want.Durable)
 	}
 	c, err = s.reconcile(ctx, js, stream, c, want)
 	if err != nil {
@@ -250,7 +276,7 @@ func (s *subscription) reconcile(ctx context.Context, js natsjs.JetStream, strea
 	}
 	samePriority := have.PriorityPolicy == want.PriorityPolicy && slices.Equal(have.PriorityGroups, want.PriorityGroups) && have.PinnedTTL == want.PinnedTTL
 	if have.FilterSubject == want.FilterSubject && have.AckWait == want.AckWait && have.MaxDeliver == want.MaxDeliver &&
-		have.MaxAckPending == want.MaxAckPending && slices.Equal(have.BackOff, want.BackOff) && samePriority {
+		have.MaxAckPending == want.MaxAckPending && slices.Equal(have.BackOff, want.BackOff) && samePriority && !have.HeadersOnly {
 		return c, nil
 	}
 	updated, err := js.UpdateConsumer(ctx, stream, managedOver(have, want))
@@ -273,7 +299,8 @@ func (s *subscription) reconcile(ctx context.Context, js natsjs.JetStream, strea
 }
 
 // managedOver is the consumer have with the settings this component manages
-// taken from want. What an operator set that the component does not manage,
+// taken from want, and with each message's data (headers_only off): the app
+// needs it. What an operator set that the component does not manage,
 // such as ack sampling, metadata, pull request limits or a pause, stays as
 // it is, as nats consumer edit leaves it. Replicas follow the metadata only
 // where it sets them.
@@ -282,6 +309,7 @@ func managedOver(have, want natsjs.ConsumerConfig) natsjs.ConsumerConfig {
 	cfg.FilterSubject, cfg.FilterSubjects = want.FilterSubject, nil
 	cfg.AckWait, cfg.MaxDeliver, cfg.MaxAckPending, cfg.BackOff = want.AckWait, want.MaxDeliver, want.MaxAckPending, want.BackOff
 	cfg.PriorityPolicy, cfg.PriorityGroups, cfg.PinnedTTL = want.PriorityPolicy, want.PriorityGroups, want.PinnedTTL
+	cfg.HeadersOnly = false
 	if want.Replicas > 0 {
 		cfg.Replicas = want.Replicas
 	}
@@ -338,6 +366,8 @@ func (s *subscription) verify(cs *consumerState) {
 	switch {
 	case err == nil && !filtersTopic(info.Config, s.topic):
 		s.refilter(ctx, cs, info.Config)
+	case err == nil && info.Config.HeadersOnly:
+		s.dataBack(ctx, cs, info.Config)
 	case err == nil:
 		s.mu.Lock()
 		wasPaused := cs.pausedUntil
@@ -366,16 +396,25 @@ func filtersTopic(c natsjs.ConsumerConfig, topic string) bool {
 }
 
 // refilter sets up again a consumer whose filter is not the topic: an
-// operator changed it. Setting the filter back would not deliver the
+// operator changed it. A filter that still covers the topic skipped none of
+// its messages, so it is set back in place: deleting the consumer would
+// also let a stream with interest retention remove the backlog that only
+// this consumer wanted. Otherwise setting it back would not deliver the
 // topic's messages that the consumer skipped meanwhile, so it is deleted
 // and made again, starting after the last message this subscription knows
 // to be handled. Its ack floor is not taken: it counts what it skipped.
 func (s *subscription) refilter(ctx context.Context, cs *consumerState, have natsjs.ConsumerConfig) {
-	filter := have.FilterSubject
-	if len(have.FilterSubjects) > 0 {
-		filter = strings.Join(have.FilterSubjects, ", ")
+	filters := have.FilterSubjects
+	if len(filters) == 0 {
+		filters = []string{have.FilterSubject}
 	}
+	filter := strings.Join(filters, ", ")
 	_, js, _, err := s.p.state()
+	if err == nil && metadata.SubjectsCover(filters, s.topic) && s.filterBack(ctx, js, cs, have) == nil {
+		s.log.Warnf("topic %q: consumer %q on stream %q filters %q, wider than the topic (changed by an operator); its filter is set back to the topic",
+			s.topic, cs.name, cs.stream, filter)
+		return
+	}
 	if err == nil {
 		err = js.DeleteConsumer(ctx, cs.stream, cs.name)
 	}
@@ -387,6 +426,46 @@ func (s *subscription) refilter(ctx context.Context, cs *consumerState, have nat
 			s.topic, cs.name, cs.stream, filter)
 	}
 	s.drop()
+}
+
+// filterBack sets the filter of consumer have back to the topic, in place.
+func (s *subscription) filterBack(ctx context.Context, js natsjs.JetStream, cs *consumerState, have natsjs.ConsumerConfig) error {
+	have.FilterSubject, have.FilterSubjects = s.topic, nil
+	return s.editBack(ctx, js, cs, have)
+}
+
+// dataBack turns headers_only off on a consumer an operator set it on: the
+// app needs each message's data. Meanwhile, what comes without it has its
+// data read from the stream (withData).
+func (s *subscription) dataBack(ctx context.Context, cs *consumerState, have natsjs.ConsumerConfig) {
+	_, js, _, err := s.p.state()
+	if err == nil {
+		have.HeadersOnly = false
+		err = s.editBack(ctx, js, cs, have)
+	}
+	if err != nil {
+		s.log.Errorf("topic %q: consumer %q on stream %q sends messages without their data (headers_only, set by an operator), and turning that off failed (%v); each message's data is read from the stream meanwhile. Turn it off with nats consumer edit %s %s --no-headers-only",
+			s.topic, cs.name, cs.stream, err, cs.stream, cs.name)
+		s.mu.Lock()
+		cs.refreshed = time.Now()
+		s.mu.Unlock()
+		return
+	}
+	s.log.Warnf("topic %q: consumer %q on stream %q sent messages without their data (headers_only, set by an operator); turned that off again, since the app needs the data",
+		s.topic, cs.name, cs.stream)
+}
+
+// editBack updates consumer cs to cfg, in place, and follows it.
+func (s *subscription) editBack(ctx context.Context, js natsjs.JetStream, cs *consumerState, cfg natsjs.ConsumerConfig) error {
+	c, err := js.UpdateConsumer(ctx, cs.stream, cfg)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	cs.update(c.CachedInfo())
+	cs.refreshed, cs.misfiltered = time.Now(), false
+	s.mu.Unlock()
+	return nil
 }
 
 // subjectsEvery paces reading the stream's subjects back.
@@ -405,6 +484,7 @@ func (s *subscription) followMovedTopic(ctx context.Context, cs *consumerState) 
 	if due && !s.streamStillCovers(ctx, cs) {
 		s.mu.Lock()
 		cs.moved = true
+		s.movedSince = cs.coveredAt
 		s.mu.Unlock()
 		s.log.Warnf("topic %q: stream %q no longer holds it; following it to the stream that does, once consumer %q has handled the %s pending and the %s awaiting an ack",
 			s.topic, cs.stream, cs.name, plural(int64(cs.numPending), "message"), plural(int64(cs.numAckPending), "message"))
@@ -434,7 +514,44 @@ func (s *subscription) streamStillCovers(ctx context.Context, cs *consumerState)
 	s.mu.Lock()
 	cs.subjectsRead = time.Now()
 	s.mu.Unlock()
-	return err != nil || covers(st.CachedInfo().Config.Subjects, s.topic)
+	if err != nil {
+		return true
+	}
+	if err := transformedAway(st.CachedInfo().Config, s.topic); err != nil {
+		// The consumer receives nothing more: set up again, the
+		// subscription reports why it cannot go on, until the stream is
+		// fixed.
+		s.log.Errorf("topic %q: %v", s.topic, err)
+		s.drop()
+		return true
+	}
+	if !covers(st.CachedInfo().Config.Subjects, s.topic) {
+		return false
+	}
+	s.mu.Lock()
+	cs.coveredAt = cs.subjectsRead
+	s.mu.Unlock()
+	return true
+}
+
+// transformedAway refuses a stream whose subject transform stores the
+// topic's messages under other subjects: a consumer that filters the topic
+// would receive none of them.
+func transformedAway(cfg natsjs.StreamConfig, topic string) error {
+	tr := cfg.SubjectTransform
+	if tr == nil {
+		return nil
+	}
+	src := tr.Source
+	if src == "" {
+		src = ">"
+	}
+	if tr.Destination == src || !(metadata.SubjectCovers(src, topic) || metadata.SubjectCovers(topic, src)) {
+		return nil
+	}
+	return &Error{Op: "subscribe to", Topic: topic, Kind: KindRejected, Err: fmt.Errorf(
+		"stream %q stores messages of %q under other subjects (its subject transform %q to %q), so a consumer of topic %q receives none of them; remove the transform (nats stream edit %s), or subscribe to the subjects it stores",
+		cfg.Name, src, tr.Source, tr.Destination, topic, cfg.Name)}
 }
 
 // gone drops a consumer that no longer exists, so that it is set up again,

@@ -304,3 +304,135 @@ func TestAckWaitLoweredWhileTheAppHoldsAMessage(t *testing.T) {
 	}, waitFor, tick, "the message was not acknowledged")
 	nothing(t, got, time.Second)
 }
+
+// An operator turns on headers_only for a durable in use (nats consumer
+// edit, which JetStream allows). The app must still get each message's
+// data, or the subscription must say it cannot: a message handed on without
+// its data and acknowledged is lost to the app.
+func TestHeadersOnlySetByOperator(t *testing.T) {
+	t.Parallel()
+	js, ps, _, got := runningOrders(t)
+	editConsumer(t, js, "ORDERS", ordersDurable, func(c *natsjs.ConsumerConfig) { c.HeadersOnly = true })
+	publish(t, ps, "orders.a", "after", nil)
+	m := recv(t, got, waitFor)
+	require.Equal(t, "after", string(m.Data), "delivered without its data, and acknowledged")
+	require.Eventually(t, func() bool {
+		info, err := consumerInfo(js, "ORDERS", ordersDurable)
+		return err == nil && !info.Config.HeadersOnly
+	}, waitFor, tick, "headers_only was not turned off")
+}
+
+// An operator made the durable with a small max_waiting and max_batch (nats
+// consumer add --max-waiting 1 --max-pull-batch 5). The subscription splits
+// its window of maxInFlight (100) into 20 requests of 5 at once, and
+// JetStream refuses all but one with 409 Exceeded MaxWaiting; each refusal
+// backs the pull off. Delivery must go on at the pace of one request at a
+// time, not five messages every two seconds with a warning each time.
+func TestPullFollowsConsumerMaxWaiting(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ordersStream(t, js)
+	_, err := js.CreateConsumer(ctx(t), "ORDERS", natsjs.ConsumerConfig{
+		Durable: ordersDurable, FilterSubject: "orders.a", AckPolicy: natsjs.AckExplicitPolicy, MaxWaiting: 1, MaxRequestBatch: 5,
+	})
+	require.NoError(t, err)
+	ps, log := open(t, ns.ClientURL(), map[string]string{"autoProvision": "false", "consumerID": "app"})
+	h, got := collect()
+	subscribe(t, ps, "orders.a", nil, h)
+	natstest.WaitConsumer(t, js, "ORDERS", ordersDurable)
+	const n = 50
+	for i := range n {
+		_, err := js.PublishAsync("orders.a", []byte(fmt.Sprint(i)))
+		require.NoError(t, err)
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(waitFor):
+		t.Fatal("publishes not acknowledged")
+	}
+	start := time.Now()
+	for range n {
+		recv(t, got, waitFor)
+	}
+	took := time.Since(start)
+	assert.Less(t, took, 3*time.Second, "%d messages took %s", n, took)
+	refused := strings.Count(log.String(), "Exceeded MaxWaiting")
+	assert.Zero(t, refused, "the log has %d refusals of pull requests with 409 Exceeded MaxWaiting", refused)
+}
+
+// On a stream with interest retention, an operator widens the filter of the
+// durable in use (nats consumer edit --filter orders.*) while the app works
+// through a backlog of the topic. The subscription sets the consumer up
+// again; the topic's messages that were waiting, which the widened consumer
+// still wanted, must still reach the app.
+func TestFilterWidenedOnInterestStream(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "ORDERS", Subjects: []string{"orders.>"}, Retention: natsjs.InterestPolicy})
+	require.NoError(t, err)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"autoProvision": "false", "consumerID": "app", "maxInFlight": "1"})
+	got := make(chan string, 100)
+	subscribe(t, ps, "orders.a", nil, func(_ context.Context, m *pubsub.NewMessage) error {
+		time.Sleep(200 * time.Millisecond) // a slow app keeps a backlog
+		got <- string(m.Data)
+		return nil
+	})
+	natstest.WaitConsumer(t, js, "ORDERS", ordersDurable)
+	const n = 10
+	for i := range n {
+		publish(t, ps, "orders.a", fmt.Sprint(i), nil)
+	}
+	require.Equal(t, "0", recv(t, got, waitFor))
+	editConsumer(t, js, "ORDERS", ordersDurable, func(c *natsjs.ConsumerConfig) { c.FilterSubject = "orders.*" })
+	publish(t, ps, "orders.b", "for-b", nil)
+	seen := map[string]bool{"0": true}
+	for len(seen) < n {
+		select {
+		case d := <-got:
+			require.NotEqual(t, "for-b", d)
+			seen[d] = true
+			continue
+		case <-time.After(waitFor):
+		}
+		t.Fatalf("%d of %d messages of the topic reached the app (%v); the stream holds %d messages", len(seen), n, seen, count(js, "ORDERS"))
+	}
+}
+
+// An operator replaces the durable in use with a push consumer of the same
+// name (nats consumer rm, then nats consumer add with a --target). The
+// subscription cannot pull from it: it logs an error that names the cause
+// and the fix (delete the consumer so that it is made again, or set another
+// consumerID), and Ping fails with it.
+func TestDurableReplacedByPushConsumer(t *testing.T) {
+	t.Parallel()
+	js, _, log, _ := runningOrders(t)
+	// The subscription may make its durable again between the two commands:
+	// the operator then runs them again.
+	require.Eventually(t, func() bool {
+		if err := js.DeleteConsumer(ctx(t), "ORDERS", ordersDurable); err != nil {
+			return false
+		}
+		_, err := js.CreateConsumer(ctx(t), "ORDERS", natsjs.ConsumerConfig{
+			Durable: ordersDurable, FilterSubject: "orders.a", AckPolicy: natsjs.AckExplicitPolicy, DeliverSubject: "push.target",
+		})
+		return err == nil
+	}, waitFor, tick, "the push consumer was not made")
+	require.Eventually(t, func() bool { return strings.Contains(log.String(), "level=error") }, waitFor+stuckAfter, tick, "no error logged")
+	errs := log.String()[strings.Index(log.String(), "level=error"):]
+	assert.Contains(t, errs, "not a pull consumer")
+	assert.Contains(t, errs, "nats consumer rm ORDERS "+ordersDurable, "the error does not name the fix")
+}
+
+// runningOrders starts a subscription of app to orders.a, on the ORDERS
+// stream an operator made, and sees it deliver a first message.
+func runningOrders(t *testing.T) (natsjs.JetStream, *PubSub, *logBuffer, chan *pubsub.NewMessage) {
+	t.Helper()
+	ns, js := startNATS(t)
+	ordersStream(t, js)
+	ps, log := open(t, ns.ClientURL(), map[string]string{"autoProvision": "false", "consumerID": "app"})
+	h, got := collect()
+	subscribe(t, ps, "orders.a", nil, h)
+	publish(t, ps, "orders.a", "before", nil)
+	require.Equal(t, "before", string(recv(t, got, waitFor).Data))
+	return js, ps, log, got
+}

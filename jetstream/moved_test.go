@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -92,4 +93,62 @@ func moveTopic(t *testing.T, js natsjs.JetStream) {
 	require.NoError(t, err)
 	_, err = js.UpdateStream(ctx(t), natsjs.StreamConfig{Name: "NEW", Subjects: []string{"other", "moved"}})
 	require.NoError(t, err)
+}
+
+// A subscription with deliverPolicy new follows a moved topic: what is
+// published to the topic's new stream after the move, before the
+// subscription notices it (up to about 15 s), still arrives.
+func TestMovedTopicWithDeliverNew(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	streamsOldAndNew(t, js)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"autoProvision": "false", "consumerID": "app", "deliverPolicy": "new"})
+	h, got := collect()
+	subscribe(t, ps, "moved", nil, h)
+	waitConsumer(t, js, "OLD", "app-moved")
+	publish(t, ps, "moved", "before", nil)
+	require.Equal(t, "before", string(recv(t, got, waitFor).Data))
+
+	moveTopic(t, js)
+	_, err := js.Publish(ctx(t), "moved", []byte("after"))
+	require.NoError(t, err)
+	require.Equal(t, "after", string(recv(t, got, waitFor+refreshIdle).Data))
+}
+
+// An operator gives the topic's stream a subject transform (nats stream
+// edit --transform-source orders.> --transform-destination kept.orders.>),
+// so that it stores the topic's messages under other subjects. A publish
+// is then acknowledged, and the subscription either delivers it or says,
+// as an error, why it cannot: it does not wait silently.
+func TestStreamSubjectTransformedByOperator(t *testing.T) {
+	t.Parallel()
+	js, ps, log, got := runningOrders(t)
+	st, err := js.Stream(ctx(t), "ORDERS")
+	require.NoError(t, err)
+	cfg := st.CachedInfo().Config
+	cfg.SubjectTransform = &natsjs.SubjectTransformConfig{Source: "orders.>", Destination: "kept.orders.>"}
+	_, err = js.UpdateStream(ctx(t), cfg)
+	require.NoError(t, err)
+	publish(t, ps, "orders.a", "after", nil)
+	deadline := time.After(waitFor + refreshIdle)
+	for {
+		select {
+		case m := <-got:
+			require.Equal(t, "after", string(m.Data))
+			return
+		case <-time.After(tick):
+			if strings.Contains(log.String(), "level=error") {
+				require.Contains(t, log.String(), "subject transform")
+				require.Eventually(t, func() bool {
+					err := ps.Ping(ctx(t))
+					return err != nil && strings.Contains(err.Error(), "subject transform")
+				}, waitFor, tick, "Ping does not report the stalled subscription")
+				return
+			}
+			continue
+		case <-deadline:
+		}
+		break
+	}
+	t.Fatalf("the publish was acknowledged (the stream holds %d messages), and the subscription neither delivered it nor logged an error; Ping: %v", count(js, "ORDERS"), ps.Ping(ctx(t)))
 }

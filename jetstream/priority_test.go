@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -124,4 +126,94 @@ func TestPinnedAddedToExistingDurable(t *testing.T) {
 		assert.False(t, seen[data], "message %s came twice", data)
 		seen[data] = true
 	}
+}
+
+// A rolling update that turns priorityPolicy pinned on while three old
+// replicas still run without it: every message arrives, and once the old
+// replicas follow the durable, every replica is healthy again (Ping), the
+// ones waiting in line as much as the pinned one.
+func TestPinnedAddedKeepsWaitingReplicasHealthy(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	got := make(chan string, 100)
+	replicas := map[string]*PubSub{}
+	var logs []*logBuffer
+	for _, name := range []string{"old1", "old2", "old3"} {
+		ps, log := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "deliverAll": "true"})
+		subscribe(t, ps, "roll", nil, tagged(name, got))
+		replicas[name] = ps
+		logs = append(logs, log)
+	}
+	publish(t, replicas["old1"], "roll", "0", nil)
+	recv(t, got, waitFor)
+
+	updated, _ := open(t, otherPodURL(ns), map[string]string{"consumerID": "app", "deliverAll": "true", "priorityPolicy": "pinned", "pinnedTTL": "2s"})
+	subscribe(t, updated, "roll", nil, tagged("new", got))
+	replicas["new"] = updated
+	require.Eventually(t, func() bool {
+		info, err := consumerInfo(js, "roll", "app-roll")
+		return err == nil && info.Config.PriorityPolicy == natsjs.PriorityPolicyPinned
+	}, waitFor, tick, "the durable did not get the priority policy")
+
+	for i := 1; i <= 20; i++ {
+		publish(t, updated, "roll", fmt.Sprint(i), nil)
+	}
+	seen := map[string]bool{}
+	for len(seen) < 20 {
+		_, data, _ := cut(recv(t, got, waitFor))
+		seen[data] = true
+	}
+	// The old replicas' next pull, still without the group, is refused.
+	for _, log := range logs {
+		require.Eventually(t, func() bool { return strings.Contains(log.String(), "Priority Group missing") }, waitFor, tick)
+	}
+	// A refused pull that was followed at once is no problem that lasts:
+	// no replica reports one, past the time Ping takes a problem to last.
+	c := ctx(t)
+	var wg sync.WaitGroup
+	for name, ps := range replicas {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var failed atomic.Value
+			if !assert.Never(t, func() bool {
+				err := ps.Ping(c)
+				if err != nil {
+					failed.Store(err.Error())
+				}
+				return err != nil
+			}, stuckAfter+2*time.Second, 100*time.Millisecond, "replica %s reports a problem", name) {
+				t.Logf("replica %s: Ping: %v", name, failed.Load())
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// In a rolling update of pinned replicas, the pinned old replica is closed
+// (shut down in order, not killed): a waiting replica takes over at once,
+// not only after pinnedTTL, which is for replicas that die.
+func TestPinnedReplicaClosedHandsOverThePin(t *testing.T) {
+	t.Parallel()
+	ns, _ := startNATS(t)
+	got := make(chan string, 100)
+	props := map[string]string{"consumerID": "app", "deliverAll": "true", "priorityPolicy": "pinned"}
+	old, _ := open(t, ns.ClientURL(), props)
+	subscribe(t, old, "roll", nil, tagged("old", got))
+	publish(t, old, "roll", "0", nil)
+	require.Equal(t, "old:0", recv(t, got, waitFor))
+
+	updated, log := open(t, otherPodURL(ns), props)
+	subscribe(t, updated, "roll", nil, tagged("new", got))
+	require.Eventually(t, func() bool { return strings.Contains(log.String(), "subscribed to topic") }, waitFor, tick)
+	require.NoError(t, old.Close())
+
+	start := time.Now()
+	for i := 1; i <= 10; i++ {
+		publish(t, updated, "roll", fmt.Sprint(i), nil)
+	}
+	for i := 1; i <= 10; i++ {
+		require.Equal(t, fmt.Sprint("new:", i), recv(t, got, waitFor))
+	}
+	t.Logf("the new replica took over %s after the pinned one closed", time.Since(start).Round(100*time.Millisecond))
 }

@@ -1,6 +1,7 @@
 package jetstream
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strconv"
@@ -41,6 +42,9 @@ const (
 	// headerPinID carries, on each message to the pinned subscription, the
 	// pin id its next pull requests must name.
 	headerPinID = "Nats-Pin-Id"
+	// headerMsgSize marks a message sent without its data, by a consumer
+	// with headers_only: it gives the size of the data left in the stream.
+	headerMsgSize = "Nats-Msg-Size"
 )
 
 // openInboxLocked subscribes to a new inbox for the pull. s.mu is held.
@@ -128,8 +132,9 @@ func (s *subscription) pull(small bool) {
 		s.mu.Unlock()
 		return
 	}
-	s.outstanding += n
 	terms := s.pullTermsLocked()
+	n = terms.capped(n)
+	s.outstanding += n
 	s.requestEnds = time.Now().Add(terms.expires + expiryGrace)
 	s.mu.Unlock()
 	for left := n; left > 0; {
@@ -149,11 +154,22 @@ func (s *subscription) pull(small bool) {
 }
 
 // pullTerms is how a pull request asks: for how long, with which
-// heartbeat, for at most how many messages each, and with which priority.
+// heartbeat, for at most how many messages each, in at most how many
+// requests at once, and with which priority.
 type pullTerms struct {
 	expires, heartbeat time.Duration
 	maxBatch           int
+	maxRequests        int
 	prio               pullPriority
+}
+
+// capped is how many of n messages can be asked for in one go: JetStream
+// refuses more open requests than the consumer's max_waiting.
+func (t pullTerms) capped(n int) int {
+	if t.maxBatch > 0 && t.maxRequests > 0 {
+		return min(n, t.maxBatch*t.maxRequests)
+	}
+	return n
 }
 
 // pullTermsLocked follows the limits an operator may set on the consumer
@@ -164,6 +180,9 @@ func (s *subscription) pullTermsLocked() pullTerms {
 	t.expires = expiry(t.heartbeat)
 	if cs := s.consumer; cs != nil {
 		t.maxBatch = cs.maxRequestBatch
+		// Half of max_waiting, since other replicas pull from the same
+		// consumer.
+		t.maxRequests = max(1, cs.maxWaiting/2)
 		if cs.maxRequestExpires > 0 && t.expires > cs.maxRequestExpires {
 			// JetStream refuses a heartbeat of more than half the expiry.
 			t.expires, t.heartbeat = cs.maxRequestExpires, min(t.heartbeat, cs.maxRequestExpires/2)
@@ -315,6 +334,9 @@ func (s *subscription) onMsg(m *nats.Msg) {
 		s.notForTopic(m)
 		return
 	}
+	if m.Header.Get(headerMsgSize) != "" && !s.withData(m) {
+		return
+	}
 	d := newDelivery(s, m)
 	s.mu.Lock()
 	if s.over {
@@ -353,6 +375,57 @@ func (s *subscription) onMsg(m *nats.Msg) {
 		s.report(nil)
 	}
 	s.signal()
+}
+
+// withData reads from the stream the data of a message that came without
+// it, from a consumer an operator set headers_only on, and has the
+// consumer's settings read back so that it is turned off. A message whose
+// data cannot be read is turned down (a delayed NAK), and reports false.
+func (s *subscription) withData(m *nats.Msg) bool {
+	s.mu.Lock()
+	if cs := s.consumer; cs != nil {
+		cs.refreshed = time.Time{}
+	}
+	s.mu.Unlock()
+	s.poke()
+	err := s.readData(m)
+	if err == nil {
+		return true
+	}
+	s.log.Warnf("topic %q: a message came without its data (headers_only on the consumer), and reading it from the stream failed: %v; it is sent again later", s.topic, err)
+	_ = s.p.reply(m.Reply, nakWithDelay(time.Second))
+	s.mu.Lock()
+	if s.outstanding > 0 && m.Sub == s.inbox {
+		s.outstanding--
+		s.requestsEndedLocked()
+	}
+	s.mu.Unlock()
+	return false
+}
+
+// readData replaces m's headers and data with the message as the stream
+// stores it.
+func (s *subscription) readData(m *nats.Msg) error {
+	meta, err := m.Metadata()
+	if err != nil {
+		return err
+	}
+	_, js, _, err := s.p.state()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, verifyTimeout)
+	defer cancel()
+	st, err := js.Stream(ctx, meta.Stream)
+	if err != nil {
+		return err
+	}
+	raw, err := st.GetMsg(ctx, meta.Sequence.Stream)
+	if err != nil {
+		return err
+	}
+	m.Data, m.Header = raw.Data, raw.Header
+	return nil
 }
 
 // notForTopicDelay is how long JetStream waits before it sends again a
@@ -398,9 +471,17 @@ func (s *subscription) onStatus(m *nats.Msg, status string) {
 	case status == statusHeartbeat, status == statusNoMsgs:
 		// The pull works: a refused request before is fixed.
 		s.report(nil)
-	case status == statusTimeout, status == statusConflict && strings.Contains(desc, "exceeds maxbytes"):
-		// A request ended; the header says how much of it went unused.
+	case status == statusTimeout:
+		// A request ended; the header says how much of it went unused. It
+		// was accepted, so the pull works.
+		s.report(nil)
 		s.unrequest(m)
+	case status == statusConflict && strings.Contains(desc, "exceeds maxbytes"):
+		s.unrequest(m)
+	case status == statusConflict && strings.Contains(desc, "exceeded maxwaiting"):
+		// Other replicas hold every request the consumer allows: this one
+		// was not taken, and is asked again after a pause.
+		s.notTaken()
 	case status == statusWrongPin:
 		// Another replica is pinned: wait in line, without a pin id.
 		s.mu.Lock()
@@ -446,6 +527,21 @@ func (s *subscription) unrequest(m *nats.Msg) {
 	s.requestsEndedLocked()
 	s.mu.Unlock()
 	s.pullIfRoom()
+}
+
+// notTaken takes a request JetStream turned away off the count of
+// requested messages, and waits a little before asking again. The refusal
+// does not say how much was asked, so it counts as a whole request.
+func (s *subscription) notTaken() {
+	s.mu.Lock()
+	n := s.outstanding
+	if s.consumer != nil && s.consumer.maxRequestBatch > 0 {
+		n = min(n, s.consumer.maxRequestBatch)
+	}
+	s.outstanding -= n
+	s.requestsEndedLocked()
+	s.retryAt = time.Now().Add(retryMin)
+	s.mu.Unlock()
 }
 
 // pullFailed records a refused pull request and backs off before the next.

@@ -216,8 +216,13 @@ func streamsAllowed(ctx context.Context, js natsjs.JetStream) string {
 }
 
 // explainConsumerRefusal explains why JetStream refused to create the
-// consumer of topic on stream.
-func explainConsumerRefusal(err error, stream, topic string) error {
+// consumer of topic on stream, or why the durable of that name cannot serve.
+func explainConsumerRefusal(err error, stream, topic, durable string) error {
+	if errors.Is(err, natsjs.ErrNotPullConsumer) {
+		return &Error{Op: "subscribe to", Topic: topic, Kind: KindRejected, Err: fmt.Errorf(
+			"consumer %q on stream %q is a push consumer (it has a deliver subject), and this component pulls: %w; delete it (nats consumer rm %s %s) so that it is created again, or set another consumerID",
+			durable, stream, err, stream, durable)}
+	}
 	if !isAPIError(err, natsjs.JSErrCodeMaximumConsumersLimit) {
 		return explainWorkQueue(err, stream, topic)
 	}

@@ -288,3 +288,37 @@ func waitConsumer(t *testing.T, js natsjs.JetStream, stream, name string) {
 		return err == nil && info != nil
 	}, waitFor, tick, "consumer %s on stream %s", name, stream)
 }
+
+// An operator changes a stream's retention from limits to interest (nats
+// stream edit --retention interest, which JetStream allows) after the
+// component set it up for delayed messages. A delayed publish then either
+// fails, naming interest retention, or still reaches the subscriber: never
+// acknowledged and then dropped by the scheduler.
+func TestDelayedPublishAfterRetentionTurnedInterest(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "REMIND", Subjects: []string{"remind"}})
+	require.NoError(t, err)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app"})
+	h, got := collectArrivals()
+	subscribe(t, ps, "remind", nil, h)
+	waitConsumer(t, js, "REMIND", "app-remind")
+	publish(t, ps, "remind", "before", map[string]string{"deliverAfter": "1s"})
+	assert.Equal(t, "before", recv(t, got, waitFor).data)
+
+	st, err := js.Stream(ctx(t), "REMIND")
+	require.NoError(t, err)
+	cfg := st.CachedInfo().Config
+	cfg.Retention = natsjs.InterestPolicy
+	_, err = js.UpdateStream(ctx(t), cfg)
+	require.NoError(t, err)
+
+	err = ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "remind", Data: []byte("after"), Metadata: map[string]string{"deliverAfter": "1s"}})
+	if err != nil {
+		t.Log(err)
+		assert.ErrorIs(t, err, ErrSchedulesNotAllowed)
+		assert.Contains(t, err.Error(), "interest retention")
+		return
+	}
+	assert.Equal(t, "after", recv(t, got, waitFor).data, "the delayed publish was acknowledged and never delivered")
+}

@@ -24,7 +24,6 @@ type streams struct {
 	mu    sync.Mutex
 	known map[string]string // topic -> stream
 	ttl   map[string]bool   // stream -> allows per-message TTL
-	sched map[string]bool   // stream -> holds delayed messages
 	batch map[string]bool   // stream -> allows atomic batches
 	shut  map[string]error  // stream -> why it takes no publish, if so
 	noted map[string]bool   // stream -> its differences were logged
@@ -33,7 +32,7 @@ type streams struct {
 func newStreams(js natsjs.JetStream, cfg metadata.Stream, log logger.Logger) *streams {
 	return &streams{
 		js: js, cfg: cfg, log: log,
-		known: map[string]string{}, ttl: map[string]bool{}, sched: map[string]bool{}, batch: map[string]bool{}, shut: map[string]error{}, noted: map[string]bool{},
+		known: map[string]string{}, ttl: map[string]bool{}, batch: map[string]bool{}, shut: map[string]error{}, noted: map[string]bool{},
 	}
 }
 
@@ -51,7 +50,6 @@ func (s *streams) forget(topic string) {
 	defer s.mu.Unlock()
 	if name, ok := s.known[topic]; ok {
 		delete(s.ttl, name)
-		delete(s.sched, name)
 		delete(s.batch, name)
 		delete(s.shut, name)
 	}
@@ -239,7 +237,7 @@ func (s *streams) coveredBy(ctx context.Context, topic string) *natsjs.StreamInf
 }
 
 // ensureConfig makes sure stream name has what a publish needs, and
-// remembers it in known. adjust changes cfg to have it and reports whether
+// remembers it in known (unless known is nil). adjust changes cfg to have it and reports whether
 // anything changed, or says why the stream can never have it. A change is
 // made only when auto-provisioning is on; refused says what to do when it
 // is off. what names the change, for its error.
@@ -268,9 +266,11 @@ func (s *streams) ensureConfig(ctx context.Context, name string, known map[strin
 			return fmt.Errorf("%s on stream %q: %w", what, name, err)
 		}
 	}
-	s.mu.Lock()
-	known[name] = true
-	s.mu.Unlock()
+	if known != nil {
+		s.mu.Lock()
+		known[name] = true
+		s.mu.Unlock()
+	}
 	return nil
 }
 
@@ -291,10 +291,12 @@ func (s *streams) ensureTTL(ctx context.Context, name string) error {
 // message schedules and covers its schedule subjects. A stream with interest
 // retention is refused, since JetStream drops a schedule there that no
 // consumer is interested in, and no consumer is: the message would be
-// acknowledged and never delivered.
+// acknowledged and never delivered. The stream is read for every delayed
+// publish, since an operator may turn its retention to interest at any
+// time (nats stream edit).
 func (s *streams) ensureSchedules(ctx context.Context, name string) error {
 	subjects := scheduleSubjects(name)
-	return s.ensureConfig(ctx, name, s.sched, fmt.Sprintf("allow message schedules, with the subject %q,", subjects),
+	return s.ensureConfig(ctx, name, nil, fmt.Sprintf("allow message schedules, with the subject %q,", subjects),
 		func(cfg *natsjs.StreamConfig) (bool, error) {
 			if cfg.Retention == natsjs.InterestPolicy {
 				return false, fmt.Errorf("%w: stream %q has interest retention, on which JetStream drops a delayed message while it waits, since no consumer is interested in its schedule subject; publish delayed messages (scheduledSendTime, deliverAfter) to a stream with limits or workqueue retention",

@@ -62,8 +62,13 @@ type subscription struct {
 	topic       string
 	consumerCfg metadata.Consumer
 	requested   time.Time
-	fn          DeliverFunc
-	limiter     *rate.Limiter
+	// movedSince is, for a topic an operator moved to another stream, the
+	// last time the old stream was seen holding it: the consumer on the
+	// new stream starts there, whatever the deliver policy, so that what
+	// was published after the move is not skipped. Zero otherwise.
+	movedSince time.Time
+	fn         DeliverFunc
+	limiter    *rate.Limiter
 
 	ctx    context.Context // cancelled by stop
 	cancel context.CancelFunc
@@ -249,6 +254,7 @@ func (s *subscription) setUp() {
 	}
 	s.mu.Lock()
 	s.consumer = cs
+	s.movedSince = time.Time{}
 	s.floor.serverFloor(cs.stream, cs.streamCreated, cs.handle.CachedInfo().AckFloor.Stream)
 	s.resetPull = false
 	s.retryWait = retryMin
@@ -528,15 +534,61 @@ func (s *subscription) finish() {
 	}
 	s.handOver()
 	s.mu.Lock()
-	cs := s.consumer
+	cs, pin := s.consumer, s.pinID
 	s.mu.Unlock()
 	s.stopWatching(cs)
+	s.unpin(cs, pin)
 	close(s.ended)
 	s.p.mu.Lock()
 	delete(s.p.subs, s)
 	s.p.mu.Unlock()
 	close(s.done)
 	s.p.wg.Done()
+}
+
+// unpinTimeout bounds giving up the pin as a subscription ends.
+const unpinTimeout = time.Second
+
+// unpin gives up the pin that JetStream gave this subscription (priority
+// policy pinned), so that a waiting replica takes over at once rather than
+// after pinnedTTL, which is for replicas that die. Only a pin this
+// subscription still holds is given up: another replica may hold it now.
+func (s *subscription) unpin(cs *consumerState, pin string) {
+	if cs == nil || pin == "" || cs.priority != natsjs.PriorityPolicyPinned {
+		return
+	}
+	// The instance may be closing: its connection stays open until every
+	// subscription has finished.
+	s.p.mu.Lock()
+	js := s.p.js
+	s.p.mu.Unlock()
+	if js == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), unpinTimeout)
+	defer cancel()
+	info, err := cs.handle.Info(ctx)
+	if err != nil || !holdsPin(info, cs.group, pin) {
+		return
+	}
+	st, err := js.Stream(ctx, cs.stream)
+	if err == nil {
+		err = st.UnpinConsumer(ctx, cs.name, cs.group)
+	}
+	if err != nil {
+		s.log.Warnf("topic %q: giving up the pin of consumer %q on stream %q: %v; another replica takes over once pinnedTTL has passed",
+			s.topic, cs.name, cs.stream, err)
+	}
+}
+
+// holdsPin reports whether pin is the one pinned in group of consumer info.
+func holdsPin(info *natsjs.ConsumerInfo, group, pin string) bool {
+	for _, g := range info.PriorityGroups {
+		if g.Group == group {
+			return g.PinnedClientID == pin
+		}
+	}
+	return false
 }
 
 // handOver passes every message still held to the handover desk, where the
