@@ -248,17 +248,12 @@ func (p *PubSub) Pause(ctx context.Context) error {
 	for _, s := range subs {
 		quiet = append(quiet, s.pause())
 	}
-	deadline := time.NewTimer(withdrawGrace)
-	defer deadline.Stop()
-wait:
-	for _, ch := range quiet {
-		select {
-		case <-ch:
-		case <-deadline.C:
-			break wait
-		case <-ctx.Done():
-			break wait
+	start := time.Now()
+	for i, ch := range quiet {
+		if ctx.Err() != nil {
+			break
 		}
+		waitUpTo(ch, max(0, min(withdrawGrace-time.Since(start), subs[i].withdrawWait())))
 	}
 	for _, s := range subs {
 		s.closeInbox()

@@ -84,20 +84,23 @@ type subscription struct {
 	drained     chan struct{} // closed when inbox has drained
 	outstanding int           // requested from JetStream, not yet received
 	requestEnds time.Time     // when the last request must have ended
-	quiet       chan struct{} // closed when outstanding drops to 0
-	lastHeard   time.Time     // from the pull: a message, a status or a heartbeat
-	held        map[*Delivery]struct{}
-	unseen      []*Delivery // held and not yet handed to fn, oldest first
-	fnFailed    bool
-	over        bool // handed over: what arrives now goes to the desk
-	paused      bool
-	pausedAt    time.Time
-	resetPull   bool // requests may be lost (reconnect, missed heartbeat)
-	retryAt     time.Time
-	retryWait   time.Duration
-	floor       resumePoint
-	problem     problem
-	pinID       string // the pin JetStream gave this subscription (priorityPolicy pinned)
+	// keptWarned is set once the log said why messages stay held past
+	// handoverTimeout while paused.
+	keptWarned bool
+	quiet      chan struct{} // closed when outstanding drops to 0
+	lastHeard  time.Time     // from the pull: a message, a status or a heartbeat
+	held       map[*Delivery]struct{}
+	unseen     []*Delivery // held and not yet handed to fn, oldest first
+	fnFailed   bool
+	over       bool // handed over: what arrives now goes to the desk
+	paused     bool
+	pausedAt   time.Time
+	resetPull  bool // requests may be lost (reconnect, missed heartbeat)
+	retryAt    time.Time
+	retryWait  time.Duration
+	floor      resumePoint
+	problem    problem
+	pinID      string // the pin JetStream gave this subscription (priorityPolicy pinned)
 	// lastFailures holds the sequences of the last lastSeen messages whose
 	// last allowed delivery failed here (noteLast), lastNext where the next
 	// one goes.
@@ -450,20 +453,47 @@ func (s *subscription) keepAlive(now time.Time) time.Duration {
 }
 
 // expirePaused gives back messages held unseen for longer than
-// handoverTimeout while paused, so that another subscriber gets them.
+// handoverTimeout while paused, so that another subscriber gets them. A
+// message that giving back would lose stays held, kept alive, for Resume:
+// one on the last delivery that maxDeliver allows, or any, without acks.
 func (s *subscription) expirePaused(now time.Time) {
 	s.mu.Lock()
 	if now.Sub(s.pausedAt) < handoverTimeout || len(s.unseen) == 0 {
 		s.mu.Unlock()
 		return
 	}
-	back := s.unseen
-	s.unseen = nil
+	var back, kept []*Delivery
+	for _, d := range s.unseen {
+		if s.lostIfGivenBackLocked(d) {
+			kept = append(kept, d)
+		} else {
+			back = append(back, d)
+		}
+	}
+	s.unseen = kept
+	warn := len(kept) > 0 && !s.keptWarned
+	s.keptWarned = s.keptWarned || len(kept) > 0
 	s.mu.Unlock()
-	s.log.Warnf("topic %q: paused for %s; giving %d messages back to JetStream", s.topic, handoverTimeout, len(back))
+	if len(back) > 0 {
+		s.log.Warnf("topic %q: paused for %s; giving %d messages back to JetStream", s.topic, handoverTimeout, len(back))
+	}
 	for _, d := range back {
 		_ = d.giveBack(GivenBackPause)
 	}
+	if warn {
+		s.log.Warnf("topic %q: paused for %s; keeping %s for Resume, since JetStream would not deliver them again (their last delivery that maxDeliver allows, or ackPolicy none)",
+			s.topic, handoverTimeout, plural(int64(len(kept)), "message"))
+	}
+}
+
+// lostIfGivenBackLocked reports whether JetStream would not deliver d
+// again if it were given back. s.mu is held.
+func (s *subscription) lostIfGivenBackLocked(d *Delivery) bool {
+	ackPolicy, limit := s.consumerCfg.AckPolicy, s.consumerCfg.MaxDeliver
+	if s.consumer != nil {
+		ackPolicy, limit = s.consumer.ackPolicy, s.consumer.maxDeliver
+	}
+	return ackPolicy == natsjs.AckNonePolicy || (limit > 0 && d.Deliveries >= uint64(limit))
 }
 
 // ackNone reports whether the consumer takes no acks.
@@ -509,6 +539,7 @@ func (s *subscription) pause() <-chan struct{} {
 func (s *subscription) resume() {
 	s.mu.Lock()
 	s.paused = false
+	s.keptWarned = false
 	s.fnFailed = false
 	s.mu.Unlock()
 	s.poke()
@@ -516,6 +547,16 @@ func (s *subscription) resume() {
 }
 
 func (s *subscription) stop() { s.cancel() }
+
+// withdrawWait is how long to wait for the open pull requests to end: at
+// most until the last of them must have ended, since a request lost with
+// the server, or while NATS was away, never sends its end; and at most
+// withdrawGrace.
+func (s *subscription) withdrawWait() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return min(withdrawGrace, max(0, time.Until(s.requestEnds)))
+}
 
 // finish withdraws the pull, waits for running handlers, hands what is still
 // held to the next subscription of the consumer (or gives it back), and
@@ -525,7 +566,7 @@ func (s *subscription) finish() {
 	s.paused = true
 	quiet := s.quietLocked()
 	s.mu.Unlock()
-	waitUpTo(quiet, withdrawGrace)
+	waitUpTo(quiet, s.withdrawWait())
 	waitUpTo(s.closeInbox(), withdrawGrace)
 	handlersDone := make(chan struct{})
 	go func() { s.work.Wait(); close(handlersDone) }()

@@ -15,6 +15,7 @@ import (
 
 	"github.com/dapr/components-contrib/pubsub"
 	proto "github.com/dapr/dapr/pkg/proto/components/v1"
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/assert"
@@ -820,4 +821,179 @@ func TestPublishWithUnreachableNATSIsUnavailable(t *testing.T) {
 		}
 	}
 	assert.Equal(t, 2, failed, "every entry is reported failed")
+}
+
+// restartable is a nats-server with file storage that a test stops and
+// starts again on the same port, with its state, as in an outage.
+type restartable struct {
+	t    *testing.T
+	opts server.Options
+	ns   *server.Server
+	url  string
+}
+
+func startRestartable(t *testing.T) *restartable {
+	t.Helper()
+	var o *server.Options
+	ns := natstest.Start(t, func(op *server.Options) { o = op })
+	opts := *o
+	opts.Port = ns.Addr().(*net.TCPAddr).Port
+	return &restartable{t: t, opts: opts, ns: ns, url: ns.ClientURL()}
+}
+
+func (r *restartable) down() { natstest.Stop(r.ns) }
+
+func (r *restartable) up() {
+	r.t.Helper()
+	opts := r.opts
+	ns := natstest.Run(r.t, &opts)
+	r.t.Cleanup(func() { natstest.Stop(ns) })
+	r.ns = ns
+}
+
+// publishWhenBack publishes data to topic, retrying while NATS is not back.
+func publishWhenBack(t *testing.T, cl pubsub.PubSub, topic, data string) {
+	t.Helper()
+	var err error
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err = cl.Publish(ctx, &pubsub.PublishRequest{Topic: topic, Data: []byte(data)})
+		cancel()
+		if err == nil {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("publish %q to %q never succeeded: %v", data, topic, err)
+}
+
+// rawReader reads a PullMessages stream, noting each message's data, and
+// acks what it reads when ack is set.
+type rawReader struct {
+	mu   sync.Mutex
+	seen map[string]int
+}
+
+func readRaw(stream proto.PubSub_PullMessagesClient, ack bool) *rawReader {
+	r := &rawReader{seen: map[string]int{}}
+	go func() {
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				return
+			}
+			r.mu.Lock()
+			r.seen[string(m.GetData())]++
+			r.mu.Unlock()
+			if ack {
+				_ = stream.Send(&proto.PullMessagesRequest{AckMessageId: m.GetId()})
+			}
+		}
+	}()
+	return r
+}
+
+func (r *rawReader) has(want []string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, w := range want {
+		if r.seen[w] == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func (r *rawReader) String() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return fmt.Sprint(r.seen)
+}
+
+// daprd's stream ends as NATS goes away for a moment, and a new stream opens
+// once it is back: what the first stream held and had not acknowledged
+// reaches the new one within about a second of NATS coming back.
+func TestOutageShortStreamEndHeldMessagesResumeSoon(t *testing.T) {
+	r := startRestartable(t)
+	c := startComponent(t, "nats-jetstream")
+	cl := daprClient(t, c, "pubsub", props(r.url, "consumerID", "app", "maxInFlight", "10"))
+	first, cancelFirst := rawPull(t, c, "pubsub", "blip", nil)
+	defer cancelFirst()
+	_, js := natstest.Client(t, r.ns)
+	natstest.WaitConsumer(t, js, "blip", "app-blip")
+	held := readRaw(first, false)
+	var want []string
+	for i := range 3 {
+		d := fmt.Sprintf("held%d", i)
+		publishWhenBack(t, cl, "blip", d)
+		want = append(want, d)
+	}
+	require.Eventually(t, func() bool { return held.has(want) }, 10*time.Second, 10*time.Millisecond)
+
+	r.down()
+	cancelFirst()
+	time.Sleep(time.Second) // the outage itself
+	r.up()
+	upAt := time.Now()
+	s, cancel := rawPull(t, c, "pubsub", "blip", nil)
+	defer cancel()
+	next := readRaw(s, true)
+	require.Eventually(t, func() bool { return next.has(want) }, 20*time.Second, 10*time.Millisecond, "got %s", next)
+	took := time.Since(upAt)
+	assert.Less(t, took, 2*time.Second, "the messages the first stream held reached the new one %s after NATS was back", took.Round(time.Millisecond))
+}
+
+// With maxDeliver 1, daprd pauses while NATS is away, with messages still
+// held unseen in the component (daprd is busy with one), and the outage
+// lasts longer than 30 s: after NATS is back and daprd resumes, every
+// message still reaches the app.
+func TestOutageLongPauseMaxDeliverOne(t *testing.T) {
+	t.Parallel()
+	r := startRestartable(t)
+	c := startComponent(t, "nats-jetstream")
+	cl := daprClient(t, c, "pubsub", props(r.url, "consumerID", "app", "maxInFlight", "5", "maxDeliver", "1"))
+	pausable := cl.(pubsub.PausableSubscriber)
+	stream, cancel := rawPull(t, c, "pubsub", "longpause", nil)
+	defer cancel()
+	_, js := natstest.Client(t, r.ns)
+	natstest.WaitConsumer(t, js, "longpause", "app-longpause")
+	pad := strings.Repeat("x", 512<<10)
+	for i := range 5 {
+		publishWhenBack(t, cl, "longpause", fmt.Sprintf("p%d:%s", i, pad))
+	}
+	first, err := stream.Recv() // daprd works on this one and reads no more
+	require.NoError(t, err)
+	cons, err := js.Consumer(context.Background(), "longpause", "app-longpause")
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		info, err := cons.Info(context.Background())
+		return err == nil && info.NumPending == 0
+	}, 10*time.Second, 20*time.Millisecond, "the component did not fetch the backlog")
+
+	r.down()
+	ctx := context.Background()
+	require.NoError(t, pausable.Pause(ctx))
+	time.Sleep(33 * time.Second) // the outage itself, with daprd paused
+	r.up()
+	publishWhenBack(t, cl, "longpause", "after")
+	require.NoError(t, pausable.Resume(ctx))
+	seen := map[string]bool{string(first.GetData()[:2]): true}
+	require.NoError(t, stream.Send(&proto.PullMessagesRequest{AckMessageId: first.GetId()}))
+	defer time.AfterFunc(20*time.Second, cancel).Stop()
+	for len(seen) < 6 {
+		m, err := stream.Recv()
+		if err != nil {
+			break
+		}
+		seen[string(m.GetData()[:2])] = true
+		require.NoError(t, stream.Send(&proto.PullMessagesRequest{AckMessageId: m.GetId()}))
+	}
+	_, js2 := natstest.Client(t, r.ns)
+	cons2, err := js2.Consumer(context.Background(), "longpause", "app-longpause")
+	require.NoError(t, err)
+	info, err := cons2.Info(context.Background())
+	require.NoError(t, err)
+	assert.Len(t, seen, 6, "the app got only %v of p0-p4 and after; JetStream has %d pending and %d awaiting an ack, so it will not deliver the rest again",
+		seen, info.NumPending, info.NumAckPending)
 }
