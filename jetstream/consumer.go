@@ -274,9 +274,7 @@ func (s *subscription) reconcile(ctx context.Context, js natsjs.JetStream, strea
 			"consumer %q on stream %q has ackPolicy %s, and JetStream cannot change it to %s; delete the consumer (nats consumer rm %s %s) so that it is created again, or set another consumerID",
 			want.Durable, stream, ackPolicyName(have.AckPolicy), ackPolicyName(want.AckPolicy), stream, want.Durable)}
 	}
-	samePriority := have.PriorityPolicy == want.PriorityPolicy && slices.Equal(have.PriorityGroups, want.PriorityGroups) && have.PinnedTTL == want.PinnedTTL
-	if have.FilterSubject == want.FilterSubject && have.AckWait == want.AckWait && have.MaxDeliver == want.MaxDeliver &&
-		have.MaxAckPending == want.MaxAckPending && slices.Equal(have.BackOff, want.BackOff) && samePriority && !have.HeadersOnly {
+	if have.FilterSubject == want.FilterSubject && managedDiff(have, want) == "" && !have.HeadersOnly {
 		return c, nil
 	}
 	updated, err := js.UpdateConsumer(ctx, stream, managedOver(have, want))
@@ -295,7 +293,62 @@ func (s *subscription) reconcile(ctx context.Context, js natsjs.JetStream, strea
 	}
 	s.log.Warnf("consumer %q on stream %q keeps its settings (ackWait %s, maxDeliver %d, maxAckPending %d, backOff %v), which this subscription follows: %v",
 		want.Durable, stream, have.AckWait, have.MaxDeliver, have.MaxAckPending, have.BackOff, err)
+	s.mu.Lock()
+	s.driftNoted = managedDiff(have, want) // said here already
+	s.mu.Unlock()
 	return c, nil
+}
+
+// managedDiff words how the settings of consumer have that this component
+// manages, bar its filter, differ from want's; "" when they do not. The
+// server takes a backOff's first step as the ack wait.
+func managedDiff(have, want natsjs.ConsumerConfig) string {
+	if len(want.BackOff) > 0 {
+		want.AckWait = want.BackOff[0]
+	}
+	var diffs []string
+	differs := func(name string, h, w any) {
+		diffs = append(diffs, fmt.Sprintf("%s %v (this subscription: %v)", name, h, w))
+	}
+	if have.AckWait != want.AckWait {
+		differs("ackWait", have.AckWait, want.AckWait)
+	}
+	if have.MaxDeliver != want.MaxDeliver {
+		differs("maxDeliver", have.MaxDeliver, want.MaxDeliver)
+	}
+	if have.MaxAckPending != want.MaxAckPending {
+		differs("maxAckPending", have.MaxAckPending, want.MaxAckPending)
+	}
+	if !slices.Equal(have.BackOff, want.BackOff) {
+		differs("backOff", have.BackOff, want.BackOff)
+	}
+	if have.PriorityPolicy != want.PriorityPolicy || !slices.Equal(have.PriorityGroups, want.PriorityGroups) {
+		differs("priorityPolicy", priorityName(have.PriorityPolicy), priorityName(want.PriorityPolicy))
+	} else if have.PinnedTTL != want.PinnedTTL {
+		differs("pinnedTTL", have.PinnedTTL, want.PinnedTTL)
+	}
+	return strings.Join(diffs, ", ")
+}
+
+// noteDrift warns once about each way in which the consumer's managed
+// settings came to differ from this subscription's: another replica with
+// other metadata subscribed after it (a rolling update), or an operator
+// edited the consumer. The subscription follows the consumer; setting its
+// own again would undo what the other replica set, and that one would set
+// its own back.
+func (s *subscription) noteDrift(cs *consumerState, have natsjs.ConsumerConfig) {
+	if cs.ackPolicy == natsjs.AckNonePolicy {
+		return
+	}
+	diff := managedDiff(have, s.consumerConfig(cs.stream, cs.streamCreated))
+	s.mu.Lock()
+	fresh := diff != "" && diff != s.driftNoted
+	s.driftNoted = diff
+	s.mu.Unlock()
+	if fresh {
+		s.log.Warnf("topic %q: consumer %q on stream %q has settings other than this subscription's: %s. Another replica with other metadata set them (a rolling update), or an operator did; the subscription follows the consumer. Once every replica runs the same metadata, restart one, or set them with nats consumer edit %s %s",
+			s.topic, cs.name, cs.stream, diff, cs.stream, cs.name)
+	}
 }
 
 // managedOver is the consumer have with the settings this component manages
@@ -375,6 +428,7 @@ func (s *subscription) verify(cs *consumerState) {
 		cs.refreshed, cs.drained = time.Now(), false
 		s.floor.serverFloor(cs.stream, cs.streamCreated, info.AckFloor.Stream)
 		s.mu.Unlock()
+		s.noteDrift(cs, info.Config)
 		s.notePause(cs, wasPaused)
 		s.followMovedTopic(ctx, cs)
 	case errors.Is(err, natsjs.ErrConsumerNotFound), errors.Is(err, natsjs.ErrStreamNotFound):

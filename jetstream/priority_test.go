@@ -217,3 +217,31 @@ func TestPinnedReplicaClosedHandsOverThePin(t *testing.T) {
 	}
 	t.Logf("the new replica took over %s after the pinned one closed", time.Since(start).Round(100*time.Millisecond))
 }
+
+// A rolling update turns priorityPolicy pinned on. An old replica that
+// subscribes again meanwhile (its daprd restarted) sets the durable back to
+// its own metadata. The new replicas follow the durable, and each says once
+// that its settings differ and why, rather than setting its own back, which
+// the old one would undo in turn.
+func TestDurableSetBackByAnOldReplicaIsReported(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	got := make(chan string, 100)
+	updated, log := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "priorityPolicy": "pinned"})
+	subscribe(t, updated, "roll", nil, tagged("new", got))
+	waitConsumer(t, js, "roll", "app-roll")
+
+	old, _ := open(t, otherPodURL(ns), map[string]string{"consumerID": "app"})
+	subscribe(t, old, "roll", nil, tagged("old", got))
+	require.Eventually(t, func() bool {
+		info, err := consumerInfo(js, "roll", "app-roll")
+		return err == nil && info.Config.PriorityPolicy == natsjs.PriorityPolicyNone
+	}, waitFor, tick, "the old replica did not set the durable back")
+	publish(t, updated, "roll", "m", nil)
+	recv(t, got, waitFor)
+	require.Eventually(t, func() bool {
+		return strings.Contains(log.String(), "priorityPolicy none (this subscription: pinned)")
+	}, waitFor+refreshIdle, tick, "the new replica did not report the difference")
+	require.NoError(t, updated.Ping(ctx(t)), "a difference is no failure")
+	require.Equal(t, 1, strings.Count(log.String(), "has settings other than this subscription's"))
+}

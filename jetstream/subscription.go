@@ -87,6 +87,9 @@ type subscription struct {
 	// keptWarned is set once the log said why messages stay held past
 	// handoverTimeout while paused.
 	keptWarned bool
+	// driftNoted is how the consumer's settings differed from this
+	// subscription's when the log last said so.
+	driftNoted string
 	quiet      chan struct{} // closed when outstanding drops to 0
 	lastHeard  time.Time     // from the pull: a message, a status or a heartbeat
 	held       map[*Delivery]struct{}
