@@ -2,6 +2,7 @@ package jetstream
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -421,6 +422,43 @@ func TestDurableReplacedByPushConsumer(t *testing.T) {
 	errs := log.String()[strings.Index(log.String(), "level=error"):]
 	assert.Contains(t, errs, "not a pull consumer")
 	assert.Contains(t, errs, "nats consumer rm ORDERS "+ordersDurable, "the error does not name the fix")
+}
+
+// The ack wait is lowered under a message the app holds, so that JetStream
+// sends it again to the same subscription, which keeps the copy the app
+// has. That copy then counts as the later delivery: when the app fails it
+// on what is now the last delivery maxDeliver allows, it goes to the
+// dead-letter subject with the app's own error, at once.
+func TestHeldMessageCountsTheRedeliveryItAbsorbed(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ordersStream(t, js)
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "DEAD", Subjects: []string{"dead.>"}})
+	require.NoError(t, err)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"autoProvision": "false", "consumerID": "app", "ackWait": "30s",
+		"maxDeliver": "2", "deadLetterSubject": "dead.{topic}"})
+	release := make(chan struct{})
+	got := make(chan string, 10)
+	subscribe(t, ps, "orders.a", nil, func(ctx context.Context, m *pubsub.NewMessage) error {
+		got <- string(m.Data)
+		<-release
+		return errors.New("the app turned it down")
+	})
+	publish(t, ps, "orders.a", "slow", nil)
+	require.Equal(t, "slow", recv(t, got, waitFor))
+	editConsumer(t, js, "ORDERS", ordersDurable, func(c *natsjs.ConsumerConfig) { c.AckWait = time.Second })
+	require.Eventually(t, func() bool {
+		info, err := consumerInfo(js, "ORDERS", ordersDurable)
+		return err == nil && info.NumRedelivered > 0
+	}, waitFor, tick, "JetStream did not send the held message again")
+	close(release)
+	require.Eventually(t, func() bool { return count(js, "DEAD") == 1 }, waitFor, tick, "not dead-lettered")
+	st, err := js.Stream(ctx(t), "DEAD")
+	require.NoError(t, err)
+	m, err := st.GetMsg(ctx(t), 1)
+	require.NoError(t, err)
+	assert.Equal(t, "2", m.Header.Get(HeaderDeadLetterDeliveries))
+	assert.Contains(t, m.Header.Get(HeaderDeadLetterError), "the app turned it down")
 }
 
 // runningOrders starts a subscription of app to orders.a, on the ORDERS

@@ -68,7 +68,7 @@ func exampleSubject(topic string) string {
 // allows, as the server has the consumer.
 func (s *subscription) lastDelivery(d *Delivery) bool {
 	limit := s.maxDeliver()
-	return limit > 0 && d.Deliveries >= uint64(limit)
+	return limit > 0 && d.deliveries() >= uint64(limit)
 }
 
 func (s *subscription) maxDeliver() int {
@@ -113,7 +113,7 @@ func (s *subscription) lastFailed(d *Delivery, cause error) error {
 	if s.consumerCfg.DeadLetterSubject == "" {
 		s.noteLast(d.Sequence)
 		s.log.Warnf("topic %q: the last delivery that maxDeliver allows (%d of maxDeliver %d) failed for the message at sequence %d of stream %q (subject %q): %v; JetStream will not deliver it again. Set deadLetterSubject to keep such messages",
-			s.topic, d.Deliveries, s.maxDeliver(), d.Sequence, d.Metadata[MetadataStream], d.Metadata[MetadataSubject], cause)
+			s.topic, d.deliveries(), s.maxDeliver(), d.Sequence, d.Metadata[MetadataStream], d.Metadata[MetadataSubject], cause)
 		return d.Nak()
 	}
 	if d.Settled() || !d.deadLettering.CompareAndSwap(false, true) {
@@ -228,7 +228,7 @@ func keptByInterest(ctx context.Context, js natsjs.JetStream, stream, subject st
 func deadLetterMsg(subject string, d *Delivery, cause error) *nats.Msg {
 	return deadLetterOf(subject, origin{
 		subject: d.Metadata[MetadataSubject], stream: d.Metadata[MetadataStream], sequence: d.Sequence,
-		consumer: d.Metadata[MetadataConsumer], deliveries: d.Deliveries,
+		consumer: d.Metadata[MetadataConsumer], deliveries: d.deliveries(),
 	}, d.Data, d.header, cause)
 }
 

@@ -50,6 +50,10 @@ type Delivery struct {
 	// Sequence is the stream sequence; Deliveries counts deliveries so far.
 	Sequence   uint64
 	Deliveries uint64
+	// redelivered is the count of a later delivery of the same message,
+	// which JetStream made while this one was held (its ack wait was
+	// lowered under it): the held one stays, and counts as that delivery.
+	redelivered atomic.Uint64
 
 	// handovers counts the subscriptions this message was handed to after
 	// the one it was delivered to ended without settling it.
@@ -109,8 +113,12 @@ func (d *Delivery) handedTo(s *subscription) *Delivery {
 		Sequence: d.Sequence, Deliveries: d.Deliveries, handovers: d.handovers, header: d.header, received: d.received,
 	}
 	c.touched.Store(d.touched.Load())
+	c.redelivered.Store(d.redelivered.Load())
 	return c
 }
+
+// deliveries is how many deliveries JetStream counts for d's message.
+func (d *Delivery) deliveries() uint64 { return max(d.Deliveries, d.redelivered.Load()) }
 
 // Message returns the delivery as a Dapr message.
 func (d *Delivery) Message() *pubsub.NewMessage {
@@ -123,7 +131,7 @@ func (d *Delivery) Ack() error { return d.Settle(nil) }
 // Nak gives the message back for redelivery after the configured delay
 // (the backOff step for its delivery count, or nakDelay).
 func (d *Delivery) Nak() error {
-	err := d.nak(d.sub.nakDelay(d.Deliveries))
+	err := d.nak(d.sub.nakDelay(d.deliveries()))
 	if err == nil {
 		d.sub.counters.naks.Add(1)
 	}

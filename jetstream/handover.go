@@ -52,7 +52,7 @@ type waiting struct {
 // would lose it. JetStream delivers a message on its last allowed delivery
 // no more, and a message without acks is not delivered again at all.
 func (w waiting) outlasts() bool {
-	return w.ackNone || (w.maxDeliver > 0 && w.d.Deliveries >= uint64(w.maxDeliver))
+	return w.ackNone || (w.maxDeliver > 0 && w.d.deliveries() >= uint64(w.maxDeliver))
 }
 
 // handoverDesk keeps the messages that ended subscriptions held and had not
@@ -299,7 +299,7 @@ func (w waiting) why() string {
 	if w.ackNone {
 		return "ackPolicy none"
 	}
-	return fmt.Sprintf("delivery %d of maxDeliver %d", w.d.Deliveries, w.maxDeliver)
+	return fmt.Sprintf("delivery %d of maxDeliver %d", w.d.deliveries(), w.maxDeliver)
 }
 
 func (w waiting) giveBack(p *PubSub, reason string) {

@@ -361,6 +361,7 @@ func (s *subscription) onMsg(m *nats.Msg) {
 		s.counters.redeliveries.Add(1)
 		if h := s.heldCopyLocked(d); h != nil {
 			s.mu.Unlock()
+			h.redelivered.Store(max(h.redelivered.Load(), d.Deliveries))
 			h.keepAlive(s.p, time.Now())
 			return
 		}

@@ -496,7 +496,7 @@ func (s *subscription) lostIfGivenBackLocked(d *Delivery) bool {
 	if s.consumer != nil {
 		ackPolicy, limit = s.consumer.ackPolicy, s.consumer.maxDeliver
 	}
-	return ackPolicy == natsjs.AckNonePolicy || (limit > 0 && d.Deliveries >= uint64(limit))
+	return ackPolicy == natsjs.AckNonePolicy || (limit > 0 && d.deliveries() >= uint64(limit))
 }
 
 // ackNone reports whether the consumer takes no acks.
