@@ -134,7 +134,7 @@ func (s *subscription) deadLetterStored(a maxDeliveriesAdvisory) error {
 	}
 	subject := s.consumerCfg.DeadLetterFor(raw.Subject)
 	cause := fmt.Errorf("JetStream stopped delivering it after %d deliveries, the consumer's maxDeliver", a.Deliveries)
-	msg := deadLetterOf(subject, origin{subject: raw.Subject, stream: a.Stream, sequence: a.StreamSeq, consumer: a.Consumer, deliveries: a.Deliveries},
-		raw.Data, raw.Header, cause)
+	msg := deadLetterOf(subject, origin{subject: raw.Subject, stream: a.Stream, streamCreated: st.CachedInfo().Created,
+		sequence: a.StreamSeq, consumer: a.Consumer, deliveries: a.Deliveries}, raw.Data, raw.Header, cause)
 	return s.publishDeadLetter(msg)
 }

@@ -187,6 +187,9 @@ func (s *subscription) publishDeadLetter(msg *nats.Msg) error {
 		return err
 	}
 	if err := keptByInterest(ctx, js, stream, msg.Subject); err != nil {
+		if errors.Is(err, natsjs.ErrStreamNotFound) {
+			streams.forget(msg.Subject) // deleted: the next attempt looks it up, or makes it, again
+		}
 		return err
 	}
 	_, err = js.PublishMsg(ctx, msg)
@@ -223,19 +226,28 @@ func keptByInterest(ctx context.Context, js natsjs.JetStream, stream, subject st
 }
 
 // deadLetterMsg is d as a dead letter on subject: its data and headers, the
-// Dead-Letter-* headers, and a Nats-Msg-Id of its own, from the original's
-// stream and sequence, so that a dead letter published twice is stored once.
+// Dead-Letter-* headers, and a Nats-Msg-Id of its own, so that a dead letter
+// published twice is stored once.
 func deadLetterMsg(subject string, d *Delivery, cause error) *nats.Msg {
 	return deadLetterOf(subject, origin{
-		subject: d.Metadata[MetadataSubject], stream: d.Metadata[MetadataStream], sequence: d.Sequence,
-		consumer: d.Metadata[MetadataConsumer], deliveries: d.deliveries(),
+		subject: d.Metadata[MetadataSubject], stream: d.Metadata[MetadataStream], streamCreated: d.streamCreated,
+		sequence: d.Sequence, consumer: d.Metadata[MetadataConsumer], deliveries: d.deliveries(),
 	}, d.Data, d.header, cause)
 }
 
 // origin is where a dead letter comes from.
 type origin struct {
 	subject, stream, consumer string
+	streamCreated             time.Time
 	sequence, deliveries      uint64
+}
+
+// id names the failure a dead letter records: the message, by its stream
+// (the stream as created, since a stream made again under the same name
+// numbers its messages from 1 again) and sequence, and the consumer that
+// gave up on it, since each consumer of a topic fails it on its own.
+func (o origin) id() string {
+	return fmt.Sprintf("%s:%d:%d:%s", o.stream, o.streamCreated.UnixNano(), o.sequence, o.consumer)
 }
 
 // deadLetterOf is a message with data and header, from o, as a dead letter
@@ -254,7 +266,7 @@ func deadLetterOf(subject string, o origin, data []byte, header nats.Header, cau
 	msg.Header[HeaderDeadLetterConsumer] = []string{o.consumer}
 	msg.Header[HeaderDeadLetterDeliveries] = []string{strconv.FormatUint(o.deliveries, 10)}
 	msg.Header[HeaderDeadLetterError] = []string{headerText(cause)}
-	msg.Header[natsjs.MsgIDHeader] = []string{scopedMsgID(subject, o.stream+":"+strconv.FormatUint(o.sequence, 10))}
+	msg.Header[natsjs.MsgIDHeader] = []string{scopedMsgID(subject, o.id())}
 	return msg
 }
 

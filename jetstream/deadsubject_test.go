@@ -162,3 +162,86 @@ func TestDeadLetterWaitsForItsStream(t *testing.T) {
 	assert.Equal(t, uint64(1), info.AckFloor.Stream)
 	assert.Equal(t, int32(1), calls.Load())
 }
+
+// An operator replaces a stream (nats stream rm, then nats stream add), so
+// its sequences start over at 1. A message of the new stream
+// that fails its last delivery must reach the dead-letter stream like the
+// one of the old stream at the same sequence did, not be dropped there as a
+// duplicate of that one while the original is terminated.
+func TestDeadLetterAfterTheStreamWasReplaced(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	jobs := natsjs.StreamConfig{Name: "jobs", Subjects: []string{"jobs"}}
+	for _, cfg := range []natsjs.StreamConfig{jobs, {Name: "DEAD", Subjects: []string{"dead.>"}}} {
+		_, err := js.CreateStream(ctx(t), cfg)
+		require.NoError(t, err)
+	}
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "maxDeliver": "1", "deadLetterSubject": "dead.{topic}", "autoProvision": "false"})
+	var calls atomic.Int32
+	subscribe(t, ps, "jobs", nil, alwaysFailing(&calls, "no"))
+	publish(t, ps, "jobs", "first", nil)
+	require.Eventually(t, func() bool { return count(js, "DEAD") == 1 }, waitFor, tick, "the first dead letter")
+	settledConsumer(t, js, "jobs", "app-jobs")
+
+	removeStream(t, ns, js, "jobs")
+	_, err := js.CreateStream(ctx(t), jobs)
+	require.NoError(t, err)
+	publish(t, ps, "jobs", "second", nil)
+	require.Equal(t, uint64(1), streamInfo(t, js, "jobs").State.LastSeq, "the new stream starts over at sequence 1")
+	require.Eventually(t, func() bool { return calls.Load() == 2 }, waitFor, tick, "the second message was not delivered")
+	info := settledConsumer(t, js, "jobs", "app-jobs")
+	require.Equal(t, uint64(1), info.AckFloor.Stream, "the second message was terminated")
+	assert.Equal(t, uint64(2), count(js, "DEAD"), "the second message, terminated, must be in the dead-letter stream")
+}
+
+// Two apps (consumerIDs billing and shipping) subscribe to one topic and
+// share the dead-letter subject dead.{topic}. Both fail the same message on
+// its last delivery: each failure is terminated in its own consumer, so each
+// must be in the dead-letter stream, naming its consumer; otherwise the
+// second app's failure is gone without a trace.
+func TestDeadLetterOfTwoConsumersOfOneMessage(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "DEAD", Subjects: []string{"dead.>"}})
+	require.NoError(t, err)
+	props := func(app string) map[string]string {
+		return map[string]string{"consumerID": app, "maxDeliver": "1", "deadLetterSubject": "dead.{topic}"}
+	}
+	billing, _ := open(t, ns.ClientURL(), props("billing"))
+	shipping, _ := open(t, ns.ClientURL(), props("shipping"))
+	var calls atomic.Int32
+	subscribe(t, billing, "orders", nil, alwaysFailing(&calls, "billing says no"))
+	subscribe(t, shipping, "orders", nil, alwaysFailing(&calls, "shipping says no"))
+	publish(t, billing, "orders", "o1", nil)
+
+	require.Eventually(t, func() bool { return calls.Load() == 2 }, waitFor, tick)
+	settledConsumer(t, js, "orders", "billing-orders")
+	settledConsumer(t, js, "orders", "shipping-orders")
+	assert.Equal(t, uint64(2), count(js, "DEAD"), "one dead letter for each consumer that terminated the message")
+}
+
+// An operator deletes the dead-letter stream (nats stream rm) after it
+// took a dead letter. With autoProvision on, the next dead letter creates
+// it again, as a publish to the dead-letter topic would, instead of being
+// held for ever.
+func TestDeadLetterAfterItsStreamWasDeleted(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	keepAccountStore(t, js)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "maxDeliver": "1", "deadLetterSubject": "dead.{topic}"})
+	var calls atomic.Int32
+	subscribe(t, ps, "jobs", nil, alwaysFailing(&calls, "no"))
+	publish(t, ps, "jobs", "first", nil)
+	var dead string
+	require.Eventually(t, func() bool {
+		name, err := js.StreamNameBySubject(t.Context(), "dead.jobs")
+		dead = name
+		return err == nil && count(js, name) == 1
+	}, waitFor, tick, "the first dead letter")
+	settledConsumer(t, js, "jobs", "app-jobs")
+
+	removeStream(t, ns, js, dead)
+	publish(t, ps, "jobs", "second", nil)
+	require.Eventually(t, func() bool { return count(js, dead) == 1 }, waitFor, tick, "the second dead letter never reached a dead-letter stream created again")
+	settledConsumer(t, js, "jobs", "app-jobs")
+}

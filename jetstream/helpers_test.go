@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -223,4 +225,15 @@ func keepAccountStore(t *testing.T, js natsjs.JetStream) {
 	t.Helper()
 	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "BYSTANDER", Subjects: []string{"bystander"}})
 	require.NoError(t, err)
+}
+
+// removeStream deletes stream name, as nats stream rm does, and waits for
+// nats-server to remove its files, which it does after it answers: a
+// stream created under the same name before that fails to store.
+func removeStream(t *testing.T, ns *server.Server, js natsjs.JetStream, name string) {
+	t.Helper()
+	files := filepath.Join(ns.JetStreamConfig().StoreDir, "$G", "streams", name)
+	require.DirExists(t, files)
+	require.NoError(t, js.DeleteStream(ctx(t), name))
+	require.Eventually(t, func() bool { _, err := os.Stat(files); return os.IsNotExist(err) }, waitFor, tick, "the files of stream %s stay", name)
 }

@@ -135,8 +135,20 @@ func (n needs) and(o needs) needs {
 }
 
 // prepare makes sure a stream stores topic and accepts what the publish
-// needs, and returns its name.
+// needs, and returns its name. What is known of the topic's stream is read
+// again once when it fails the publish: an operator may have deleted the
+// stream since, or fixed what kept it from taking a publish.
 func prepare(ctx context.Context, s *streams, topic string, need needs) (string, error) {
+	name, err := prepareKnown(ctx, s, topic, need)
+	if errors.Is(err, natsjs.ErrStreamNotFound) || errors.Is(err, ErrStreamTakesNoPublish) {
+		s.forget(topic)
+		name, err = prepareKnown(ctx, s, topic, need)
+	}
+	return name, err
+}
+
+// prepareKnown is prepare, with what is known of the topic's stream.
+func prepareKnown(ctx context.Context, s *streams, topic string, need needs) (string, error) {
 	name, err := s.ensure(ctx, topic)
 	if err == nil {
 		err = s.publishable(name)
@@ -187,7 +199,7 @@ const (
 // another stream). Looking the stream up again, once, finds or sets up
 // what the publish needs, or says what is missing.
 func streamChanged(err error) bool {
-	return isNoStream(err) || isAPIError(err, errCodeMsgTTLDisabled) ||
+	return isNoStream(err) || errors.Is(err, natsjs.ErrStreamNotFound) || isAPIError(err, errCodeMsgTTLDisabled) ||
 		isAPIError(err, errCodeMsgSchedulesDisabled) || isAPIError(err, errCodeScheduleTargetInvalid)
 }
 

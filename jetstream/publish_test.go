@@ -623,3 +623,33 @@ func TestAutoProvisionedStreamIsLogged(t *testing.T) {
 	assert.Equal(t, uint64(1), msgCount(t, js, "B"))
 	assert.Regexp(t, `level=info msg="created stream \\"b_a-[0-9a-f]+\\" with subjects \[b.a\] for topic \\"b.a\\", which no stream held`, log.String())
 }
+
+// An operator deletes a topic's stream (nats stream rm) after plain
+// publishes. With autoProvision on, the next publish creates it again,
+// whatever the publish is: a plain one does (TestBulkPublishAtomicAfterStreamChanged
+// shows it for an atomic bulk that found the stream set up before), and so
+// must a delayed publish or an atomic bulk that is the first to come after
+// the deletion, and the one after it.
+func TestDelayedAndAtomicPublishAfterTheStreamWasDeleted(t *testing.T) {
+	t.Parallel()
+	for _, kind := range []string{"delayed", "atomic"} {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			ns, js := startNATS(t)
+			keepAccountStore(t, js)
+			ps, _ := open(t, ns.ClientURL(), nil)
+			publish(t, ps, "gone", "plain, before", nil)
+
+			removeStream(t, ns, js, "gone")
+			for attempt := 1; attempt <= 2; attempt++ {
+				var err error
+				if kind == "delayed" {
+					err = ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "gone", Data: []byte("later"), Metadata: map[string]string{"deliverAfter": "1h"}})
+				} else {
+					_, err = ps.BulkPublish(ctx(t), &pubsub.BulkPublishRequest{Topic: "gone", Entries: textEntries("b", 2), Metadata: atomicBulk})
+				}
+				require.NoError(t, err, "%s publish %d after the stream was deleted, with autoProvision on", kind, attempt)
+			}
+		})
+	}
+}

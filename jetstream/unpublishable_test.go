@@ -81,3 +81,54 @@ func TestPublishWhenJetStreamDoesNotAnswer(t *testing.T) {
 	assert.Equal(t, KindUnavailable, KindOf(err))
 	assert.Contains(t, err.Error(), "JetStream did not answer in time")
 }
+
+// An operator follows the fix that the refusal names: deletes the sealed
+// stream so that auto-provisioning creates a new one, or lets the no_ack
+// stream acknowledge again (nats stream edit --ack). The next publish must
+// then be stored, not refused for what the stream was.
+func TestPublishAfterTheOperatorFixedAStreamThatCouldNotTakeIt(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name      string
+		edit, fix func(t *testing.T, js natsjs.JetStream)
+		via       string
+	}{
+		{"sealed, then deleted", func(t *testing.T, js natsjs.JetStream) {
+			cfg := streamInfo(t, js, "ORDERS").Config
+			cfg.Sealed = true
+			_, err := js.UpdateStream(ctx(t), cfg)
+			require.NoError(t, err)
+		}, func(t *testing.T, js natsjs.JetStream) {
+			require.NoError(t, js.DeleteStream(ctx(t), "ORDERS"))
+			// The component creates it again under another name (orders_a-…),
+			// so nats-server's removal of the old files does not matter.
+		}, "nats stream rm ORDERS, with autoProvision on"},
+		{"no_ack, then ack", func(t *testing.T, js natsjs.JetStream) {
+			cfg := streamInfo(t, js, "ORDERS").Config
+			cfg.NoAck = true
+			_, err := js.UpdateStream(ctx(t), cfg)
+			require.NoError(t, err)
+		}, func(t *testing.T, js natsjs.JetStream) {
+			cfg := streamInfo(t, js, "ORDERS").Config
+			cfg.NoAck = false
+			_, err := js.UpdateStream(ctx(t), cfg)
+			require.NoError(t, err)
+		}, "nats stream edit ORDERS --ack"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ns, js := startNATS(t)
+			keepAccountStore(t, js)
+			ordersStream(t, js)
+			tc.edit(t, js)
+			ps, _ := open(t, ns.ClientURL(), nil)
+			err := ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "orders.a", Data: []byte("refused")})
+			require.ErrorIs(t, err, ErrStreamTakesNoPublish)
+
+			tc.fix(t, js)
+			err = ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "orders.a", Data: []byte("after the fix")})
+			require.NoError(t, err, "after %s", tc.via)
+		})
+	}
+}
