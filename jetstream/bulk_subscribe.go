@@ -17,6 +17,10 @@ const (
 
 var errStopped = errors.New("subscription stopped")
 
+// pausedBatchRecheck is how often a batch that is due while paused checks
+// for Resume.
+const pausedBatchRecheck = 100 * time.Millisecond
+
 // BulkSubscribe implements pubsub.BulkSubscriber: messages are handed to the
 // handler in batches of up to MaxMessagesCount, or whatever arrived within
 // MaxAwaitDurationMs of the first. Each entry is acked or naked by its own
@@ -40,7 +44,9 @@ func (p *PubSub) BulkSubscribe(ctx context.Context, req pubsub.SubscribeRequest,
 		}
 	}, func(s *subscription) {
 		s.work.Add(1)
-		go s.batch(in, maxN, maxWait, req.Metadata, handler)
+		// A batch can hold no more than the subscription may hold: a
+		// larger one would wait out maxWait with the window full.
+		go s.batch(in, min(maxN, s.consumerCfg.MaxInFlight), maxWait, req.Metadata, handler)
 	})
 	return err
 }
@@ -69,6 +75,11 @@ func (s *subscription) batch(in <-chan *Delivery, maxN int, maxWait time.Duratio
 				flush()
 			}
 		case <-timer.C:
+			if s.isPaused() {
+				// The app sees nothing new while paused: the batch waits.
+				timer.Reset(pausedBatchRecheck)
+				continue
+			}
 			flush()
 		case <-s.ctx.Done():
 			return
@@ -100,6 +111,6 @@ func (s *subscription) handleBatch(batch []*Delivery, md map[string]string, hand
 		if !ok {
 			entryErr = err
 		}
-		_ = d.Settle(entryErr)
+		d.settleHandled(entryErr)
 	}
 }

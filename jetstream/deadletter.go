@@ -119,7 +119,11 @@ func (s *subscription) lastFailed(d *Delivery, cause error) error {
 	if d.Settled() || !d.deadLettering.CompareAndSwap(false, true) {
 		return ErrAlreadySettled
 	}
-	go s.deadLetter(d, cause)
+	s.deadLetters.add()
+	go func() {
+		defer s.deadLetters.done()
+		s.deadLetter(d, cause)
+	}()
 	return nil
 }
 
@@ -173,14 +177,15 @@ func (s *subscription) deadLetter(d *Delivery, cause error) {
 // publishDeadLetter makes sure a stream stores the dead-letter subject and
 // publishes msg there.
 func (s *subscription) publishDeadLetter(msg *nats.Msg) error {
-	_, js, streams, err := s.p.state()
+	js, streams, err := s.p.stateWhileClosing()
 	if err != nil {
 		return err
 	}
 	if err := s.p.notConnected(); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(s.ctx, deadLetterTimeout)
+	// Not cancelled when the subscription ends: its end waits for this.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), deadLetterTimeout)
 	defer cancel()
 	stream, err := prepare(ctx, streams, msg.Subject, needs{})
 	if err != nil {

@@ -1,6 +1,8 @@
 package jetstream
 
 import (
+	"context"
+	"errors"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -161,6 +163,17 @@ func (d *Delivery) Settle(handlerErr error) error {
 	// consumer at once.
 	d.sub.noteAcked(d)
 	return d.answer(d.sub.p, ackBody)
+}
+
+// settleHandled settles d with what its handler returned, unless the
+// handler gave up because the subscription ended (it cancelled the
+// handler's context): then the app has not handled d, which stays held and
+// is handed on as a message the app never saw, without using up a delivery.
+func (d *Delivery) settleHandled(handlerErr error) {
+	if handlerErr != nil && errors.Is(handlerErr, context.Canceled) && d.sub.ctx.Err() != nil {
+		return
+	}
+	_ = d.Settle(handlerErr)
 }
 
 // giveBack returns an unhandled message to JetStream at once, for any

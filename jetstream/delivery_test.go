@@ -376,3 +376,173 @@ func TestBulkSubscribe(t *testing.T) {
 	}
 	assert.Equal(t, map[string]string{"m3": "2", "m7": "2"}, redelivered)
 }
+
+// A bulk subscription that ends while its handler runs: the component
+// cancels the handler's context, and the handler gives up on the batch, as
+// daprd's does (its bulk handler answers every entry with context.Canceled).
+// The app never handled those messages, so they must reach the next
+// subscription of the durable, as held messages do, also at maxDeliver 1.
+func TestBulkSubscribeEndWhileHandlerRuns(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "maxDeliver": "1"})
+	cfg := pubsub.BulkSubscribeConfig{MaxMessagesCount: 3, MaxAwaitDurationMs: 100}
+	entered := make(chan struct{}, 10)
+	subCtx, cancel := context.WithCancel(t.Context())
+	require.NoError(t, ps.BulkSubscribe(subCtx, pubsub.SubscribeRequest{Topic: "bulkend", BulkSubscribeConfig: cfg},
+		func(ctx context.Context, msg *pubsub.BulkMessage) ([]pubsub.BulkSubscribeResponseEntry, error) {
+			entered <- struct{}{}
+			<-ctx.Done()
+			out := make([]pubsub.BulkSubscribeResponseEntry, len(msg.Entries))
+			for i, e := range msg.Entries {
+				out[i] = pubsub.BulkSubscribeResponseEntry{EntryId: e.EntryId, Error: ctx.Err()}
+			}
+			return out, ctx.Err()
+		}))
+	require.Eventually(t, func() bool { i, _ := consumerInfo(js, "bulkend", "app-bulkend"); return i != nil }, waitFor, tick)
+	for i := range 3 {
+		publish(t, ps, "bulkend", fmt.Sprintf("e%d", i), nil)
+	}
+	recv(t, entered, waitFor)
+	cancel()
+
+	var mu sync.Mutex
+	got := map[string]bool{}
+	require.NoError(t, ps.BulkSubscribe(t.Context(), pubsub.SubscribeRequest{Topic: "bulkend", BulkSubscribeConfig: cfg},
+		func(_ context.Context, msg *pubsub.BulkMessage) ([]pubsub.BulkSubscribeResponseEntry, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			for _, e := range msg.Entries {
+				got[string(e.Event)] = true
+			}
+			return nil, nil
+		}))
+	if !assert.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got) == 3
+	}, waitFor, tick) {
+		info, err := consumerInfo(js, "bulkend", "app-bulkend")
+		require.NoError(t, err)
+		t.Fatalf("the messages the ended subscription's handler gave up on (context canceled) never reached the next subscription; the durable has %d pending, %d ack pending, ack floor %d: the interrupted delivery was counted as a failure and was the last one",
+			info.NumPending, info.NumAckPending, info.AckFloor.Stream)
+	}
+}
+
+// Close while a bulk handler runs: the handler finishes within the grace
+// that Close gives it, and fails an entry at its last delivery. With
+// deadLetterSubject set, that entry must reach the dead-letter subject, as
+// it would a moment earlier; JetStream will not deliver it again.
+func TestBulkSubscribeLastFailureDuringCloseIsDeadLettered(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	observer, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "dlq", "deliverAll": "true"})
+	dead, deadCh := collect()
+	subscribe(t, observer, "dead.bulkclose", nil, dead)
+
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "maxDeliver": "1", "deadLetterSubject": "dead.{topic}"})
+	entered := make(chan int, 10)
+	release := make(chan struct{})
+	require.NoError(t, ps.BulkSubscribe(t.Context(), pubsub.SubscribeRequest{
+		Topic: "bulkclose", BulkSubscribeConfig: pubsub.BulkSubscribeConfig{MaxMessagesCount: 2, MaxAwaitDurationMs: 2000},
+	}, func(_ context.Context, msg *pubsub.BulkMessage) ([]pubsub.BulkSubscribeResponseEntry, error) {
+		entered <- len(msg.Entries)
+		<-release
+		out := make([]pubsub.BulkSubscribeResponseEntry, len(msg.Entries))
+		var failed error
+		for i, e := range msg.Entries {
+			out[i].EntryId = e.EntryId
+			if string(e.Event) == "bad" {
+				out[i].Error = errors.New("the app failed it")
+				failed = out[i].Error
+			}
+		}
+		return out, failed
+	}))
+	require.Eventually(t, func() bool { i, _ := consumerInfo(js, "bulkclose", "app-bulkclose"); return i != nil }, waitFor, tick)
+	publish(t, ps, "bulkclose", "good", nil)
+	publish(t, ps, "bulkclose", "bad", nil)
+	require.Equal(t, 2, recv(t, entered, waitFor), "both messages in one batch")
+
+	closed := make(chan error, 1)
+	go func() { closed <- ps.Close() }()
+	closedWithin(t, ps.Closing(), waitShort, "Close starting")
+	close(release)
+	require.NoError(t, recv(t, closed, waitFor))
+
+	m := recv(t, deadCh, waitFor)
+	assert.Equal(t, "bad", string(m.Data))
+}
+
+// A bulk subscription asks for batches larger than maxInFlight. A batch
+// that holds the whole in-flight window cannot grow: nothing more is pulled
+// until it is settled. It must go to the handler then, not wait out
+// maxAwaitDurationMs with the window full.
+func TestBulkSubscribeFullWindowIsNotHeldBack(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "deliverAll": "true", "maxInFlight": "10"})
+	const n = 50
+	for i := range n {
+		publish(t, ps, "bulkwindow", fmt.Sprintf("w%d", i), nil)
+	}
+	var mu sync.Mutex
+	var sizes []int
+	handled := 0
+	start := time.Now()
+	require.NoError(t, ps.BulkSubscribe(t.Context(), pubsub.SubscribeRequest{
+		Topic: "bulkwindow", BulkSubscribeConfig: pubsub.BulkSubscribeConfig{MaxMessagesCount: 100, MaxAwaitDurationMs: 3000},
+	}, func(_ context.Context, msg *pubsub.BulkMessage) ([]pubsub.BulkSubscribeResponseEntry, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		sizes = append(sizes, len(msg.Entries))
+		handled += len(msg.Entries)
+		return nil, nil
+	}))
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return handled >= n
+	}, 30*time.Second, tick)
+	took := time.Since(start)
+	settledConsumer(t, js, "bulkwindow", "app-bulkwindow")
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Less(t, took, 5*time.Second, "%d messages of a backlog took %s in batches %v: each batch of a full maxInFlight window waited out maxAwaitDurationMs (3s)", n, took.Round(100*time.Millisecond), sizes)
+}
+
+// Pause while a bulk batch is still filling: the app has not seen its
+// messages, so they stay held for Resume, as unseen messages do; the
+// handler is not called while paused.
+func TestBulkSubscribePartialBatchWaitsForResume(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "maxInFlight": "10"})
+	batches := make(chan []string, 10)
+	require.NoError(t, ps.BulkSubscribe(t.Context(), pubsub.SubscribeRequest{
+		Topic: "bulkpartial", BulkSubscribeConfig: pubsub.BulkSubscribeConfig{MaxMessagesCount: 10, MaxAwaitDurationMs: 2000},
+	}, func(_ context.Context, msg *pubsub.BulkMessage) ([]pubsub.BulkSubscribeResponseEntry, error) {
+		var data []string
+		for _, e := range msg.Entries {
+			data = append(data, string(e.Event))
+		}
+		batches <- data
+		return nil, nil
+	}))
+	require.Eventually(t, func() bool { i, _ := consumerInfo(js, "bulkpartial", "app-bulkpartial"); return i != nil }, waitFor, tick)
+	publish(t, ps, "bulkpartial", "p0", nil)
+	publish(t, ps, "bulkpartial", "p1", nil)
+	require.Eventually(t, func() bool {
+		i, err := consumerInfo(js, "bulkpartial", "app-bulkpartial")
+		return err == nil && i != nil && i.NumAckPending == 2
+	}, waitFor, tick)
+	require.NoError(t, ps.Pause(ctx(t)))
+	paused := time.Now()
+	select {
+	case b := <-batches:
+		t.Fatalf("the handler got %v %s after Pause returned, while paused", b, time.Since(paused).Round(100*time.Millisecond))
+	case <-time.After(4 * time.Second): // longer than maxAwaitDurationMs: a window for a delivery while paused to show
+	}
+	require.NoError(t, ps.Resume(ctx(t)))
+	assert.ElementsMatch(t, []string{"p0", "p1"}, recv(t, batches, waitFor))
+}

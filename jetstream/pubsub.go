@@ -257,6 +257,7 @@ func (p *PubSub) Pause(ctx context.Context) error {
 	}
 	for _, s := range subs {
 		s.closeInbox()
+		s.giveUpPin()
 	}
 	return nil
 }
@@ -389,6 +390,18 @@ func (p *PubSub) GetComponentMetadata() (md contribmd.MetadataMap) {
 }
 
 // state returns what calls need, or why they cannot proceed.
+// stateWhileClosing is state, also while p is closing: its connection stays
+// open until every subscription has finished, and what they finish (a dead
+// letter, say) may need it.
+func (p *PubSub) stateWhileClosing() (natsjs.JetStream, *streams, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.js == nil {
+		return nil, nil, ErrNotInitialized
+	}
+	return p.js, p.streams, nil
+}
+
 func (p *PubSub) state() (*metadata.Config, natsjs.JetStream, *streams, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -90,20 +90,24 @@ type subscription struct {
 	// driftNoted is how the consumer's settings differed from this
 	// subscription's when the log last said so.
 	driftNoted string
-	quiet      chan struct{} // closed when outstanding drops to 0
-	lastHeard  time.Time     // from the pull: a message, a status or a heartbeat
-	held       map[*Delivery]struct{}
-	unseen     []*Delivery // held and not yet handed to fn, oldest first
-	fnFailed   bool
-	over       bool // handed over: what arrives now goes to the desk
-	paused     bool
-	pausedAt   time.Time
-	resetPull  bool // requests may be lost (reconnect, missed heartbeat)
-	retryAt    time.Time
-	retryWait  time.Duration
-	floor      resumePoint
-	problem    problem
-	pinID      string // the pin JetStream gave this subscription (priorityPolicy pinned)
+	// deadLetters counts dead letters on their way: the end of the
+	// subscription waits for them, since JetStream will not deliver their
+	// messages again.
+	deadLetters pending
+	quiet       chan struct{} // closed when outstanding drops to 0
+	lastHeard   time.Time     // from the pull: a message, a status or a heartbeat
+	held        map[*Delivery]struct{}
+	unseen      []*Delivery // held and not yet handed to fn, oldest first
+	fnFailed    bool
+	over        bool // handed over: what arrives now goes to the desk
+	paused      bool
+	pausedAt    time.Time
+	resetPull   bool // requests may be lost (reconnect, missed heartbeat)
+	retryAt     time.Time
+	retryWait   time.Duration
+	floor       resumePoint
+	problem     problem
+	pinID       string // the pin JetStream gave this subscription (priorityPolicy pinned)
 	// lastFailures holds the sequences of the last lastSeen messages whose
 	// last allowed delivery failed here (noteLast), lastNext where the next
 	// one goes.
@@ -192,13 +196,13 @@ func (p *PubSub) subscribe(ctx context.Context, req pubsub.SubscribeRequest, fn 
 func (p *PubSub) Subscribe(ctx context.Context, req pubsub.SubscribeRequest, handler pubsub.Handler) error {
 	_, err := p.SubscribeDeliveries(ctx, req, func(d *Delivery) error {
 		if !d.sub.consumerCfg.Parallel {
-			_ = d.Settle(handler(d.sub.ctx, d.Message()))
+			d.settleHandled(handler(d.sub.ctx, d.Message()))
 			return nil
 		}
 		d.sub.work.Add(1)
 		go func() {
 			defer d.sub.work.Done()
-			_ = d.Settle(handler(d.sub.ctx, d.Message()))
+			d.settleHandled(handler(d.sub.ctx, d.Message()))
 		}()
 		return nil
 	})
@@ -576,12 +580,13 @@ func (s *subscription) finish() {
 	if !waitUpTo(handlersDone, handlerGrace) {
 		s.log.Warnf("topic %q: handlers still running after %s; handing their messages on", s.topic, handlerGrace)
 	}
+	waitUpTo(s.deadLetters.idle(), deadLetterTimeout)
 	s.handOver()
 	s.mu.Lock()
-	cs, pin := s.consumer, s.pinID
+	cs := s.consumer
 	s.mu.Unlock()
 	s.stopWatching(cs)
-	s.unpin(cs, pin)
+	s.giveUpPin()
 	close(s.ended)
 	s.p.mu.Lock()
 	delete(s.p.subs, s)
@@ -593,10 +598,20 @@ func (s *subscription) finish() {
 // unpinTimeout bounds giving up the pin as a subscription ends.
 const unpinTimeout = time.Second
 
-// unpin gives up the pin that JetStream gave this subscription (priority
-// policy pinned), so that a waiting replica takes over at once rather than
-// after pinnedTTL, which is for replicas that die. Only a pin this
-// subscription still holds is given up: another replica may hold it now.
+// giveUpPin gives up the pin that JetStream gave this subscription
+// (priority policy pinned), once it pulls no more (paused or ended), so
+// that a waiting replica takes over at once rather than after pinnedTTL,
+// which is for replicas that die. Only a pin this subscription still holds
+// is given up: another replica may hold it now. After Resume, it waits in
+// line.
+func (s *subscription) giveUpPin() {
+	s.mu.Lock()
+	cs, pin := s.consumer, s.pinID
+	s.pinID = ""
+	s.mu.Unlock()
+	s.unpin(cs, pin)
+}
+
 func (s *subscription) unpin(cs *consumerState, pin string) {
 	if cs == nil || pin == "" || cs.priority != natsjs.PriorityPolicyPinned {
 		return
@@ -687,4 +702,47 @@ func waitUpTo(ch <-chan struct{}, d time.Duration) bool {
 	case <-t.C:
 		return false
 	}
+}
+
+// isPaused reports whether the subscription is paused.
+func (s *subscription) isPaused() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.paused
+}
+
+// pending counts work in progress that an ending subscription waits for.
+// Unlike a sync.WaitGroup, it may count up again while someone waits.
+type pending struct {
+	mu   sync.Mutex
+	n    int
+	zero chan struct{} // closed when n drops to 0
+}
+
+func (w *pending) add() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.n == 0 {
+		w.zero = make(chan struct{})
+	}
+	w.n++
+}
+
+func (w *pending) done() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.n--
+	if w.n == 0 {
+		close(w.zero)
+	}
+}
+
+// idle returns a channel that is closed once nothing is counted.
+func (w *pending) idle() <-chan struct{} {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.n == 0 {
+		return closedChan
+	}
+	return w.zero
 }

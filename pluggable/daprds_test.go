@@ -245,3 +245,59 @@ func TestShutdownDuringOutageIsBoundedWithSeveralDaprds(t *testing.T) {
 	assert.Contains(t, sp.log.String(), "8 messages still unacknowledged after 2s, and NATS is not connected, so they cannot be given back now; JetStream delivers them again once their ackWait ends")
 	assert.NotContains(t, sp.log.String(), "giving them back")
 }
+
+// acking acks what s receives and counts it by data.
+func (s *daprdStream) acking() *rawReader {
+	r := &rawReader{seen: map[string]int{}}
+	go func() {
+		for m := range s.msgs {
+			r.mu.Lock()
+			r.seen[string(m.GetData())]++
+			r.mu.Unlock()
+			_ = s.stream.Send(&proto.PullMessagesRequest{AckMessageId: m.GetId()})
+		}
+	}()
+	return r
+}
+
+func (r *rawReader) total() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, c := range r.seen {
+		n += c
+	}
+	return n
+}
+
+// With priorityPolicy pinned, two daprds share one durable and JetStream
+// pins one of them. When the pinned daprd pauses, it will not deliver
+// anything until Resume, so the other daprd must take over at once, not
+// only once pinnedTTL has passed, as it does when the paused one's
+// subscription ends.
+func TestPauseOfPinnedDaprdLeavesAnotherWorking(t *testing.T) {
+	ns := natstest.Start(t)
+	_, js := natstest.Client(t, ns)
+	sp := startShared(t)
+	md := props(ns.ClientURL(), "consumerID", "app", "maxInFlight", "10", "priorityPolicy", "pinned", "pinnedTTL", "20s")
+	a, b := sp.daprd(md), sp.daprd(md)
+	ra := a.subscribe("pinned").acking()
+	rb := b.subscribe("pinned").acking()
+	natstest.WaitConsumer(t, js, "pinned", "app-pinned")
+	require.NoError(t, a.publish("pinned", "first"))
+	require.Eventually(t, func() bool { return ra.total()+rb.total() == 1 }, 10*time.Second, 20*time.Millisecond)
+	pinned, other, otherReader := a, b, rb
+	if rb.total() == 1 {
+		pinned, other, otherReader = b, a, ra
+	}
+
+	ctx, cancel := context.WithTimeout(pinned.ctx, 10*time.Second)
+	defer cancel()
+	_, err := pinned.client.Pause(ctx, &proto.PauseRequest{})
+	require.NoError(t, err)
+	paused := time.Now()
+	require.NoError(t, other.publish("pinned", "after-pause"))
+	require.Eventually(t, func() bool { return otherReader.has([]string{"after-pause"}) }, 25*time.Second, 20*time.Millisecond)
+	took := time.Since(paused)
+	assert.Less(t, took, 5*time.Second, "the daprd that did not pause got the message %s after the pinned one paused: it waited for pinnedTTL (20s)", took.Round(100*time.Millisecond))
+}
