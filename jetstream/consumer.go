@@ -238,6 +238,7 @@ func (s *subscription) ensureConsumer(ctx context.Context) (*consumerState, erro
 }
 
 func (s *subscription) findOrCreate(ctx context.Context, js natsjs.JetStream, stream string, want natsjs.ConsumerConfig) (natsjs.Consumer, error) {
+	stale := 0
 	for attempt := 0; ; attempt++ {
 		c, err := js.Consumer(ctx, stream, want.Durable)
 		if err == nil {
@@ -254,11 +255,53 @@ func (s *subscription) findOrCreate(ctx context.Context, js natsjs.JetStream, st
 			return nil, err
 		}
 		c, err = js.CreateConsumer(ctx, stream, want)
+		if err == nil && stale < staleRetries && restoredStale(c.CachedInfo(), want) {
+			// The server gave the new durable the state of the one deleted
+			// under the same name: it would deliver again what was acked.
+			stale++
+			info := c.CachedInfo()
+			s.log.Warnf("topic %q: consumer %q made again on stream %q to start at sequence %d took the state of the deleted one (ack floor %d, %d delivered, %d unacknowledged); deleting it and making it again",
+				s.topic, want.Durable, stream, want.OptStartSeq, info.AckFloor.Stream, info.Delivered.Consumer, info.NumAckPending)
+			if derr := js.DeleteConsumer(ctx, stream, want.Durable); derr != nil && !errors.Is(derr, natsjs.ErrConsumerNotFound) {
+				return nil, derr
+			}
+			select {
+			case <-time.After(staleWait):
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			attempt = -1
+			continue
+		}
 		if err == nil || attempt > 0 {
 			return c, err
 		}
 		// Another replica may have created it first: look it up again.
 	}
+}
+
+const (
+	// staleRetries bounds how often a durable made again with the state of
+	// the deleted one is deleted and made again, and staleWait is the pause
+	// before that, for the server to finish with the deleted one's files.
+	staleRetries = 3
+	staleWait    = 100 * time.Millisecond
+)
+
+// restoredStale reports whether a durable just created from want, to start
+// at a stream sequence, has instead the delivery state of a consumer of the
+// same name that was deleted: nats-server may write the deleted consumer's
+// state file late, into the directory of the new one, which then restores
+// it as its own instead of starting where it was asked to. A consumer that
+// starts at OptStartSeq has its ack floor at OptStartSeq-1 or later.
+func restoredStale(info *natsjs.ConsumerInfo, want natsjs.ConsumerConfig) bool {
+	if info == nil || want.DeliverPolicy != natsjs.DeliverByStartSequencePolicy || want.OptStartSeq <= 1 {
+		return false
+	}
+	if info.Config.DeliverPolicy != want.DeliverPolicy || info.Config.OptStartSeq != want.OptStartSeq {
+		return false
+	}
+	return info.AckFloor.Stream+1 < want.OptStartSeq && (info.Delivered.Consumer > 0 || info.NumAckPending > 0)
 }
 
 // reconcile updates an existing durable to the wanted settings. Where the

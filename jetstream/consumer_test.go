@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/dapr/components-contrib/pubsub"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -211,4 +212,24 @@ func TestDefaultStartsAtSubscribe(t *testing.T) {
 	assert.Equal(t, "2", m.Metadata[MetadataSequence])
 	info := settledConsumer(t, js, "fresh", "app-fresh")
 	assert.Equal(t, uint64(1), info.Delivered.Consumer)
+}
+
+// A durable made again to start at a sequence, which nats-server gave the
+// state of the deleted one instead (its late state file), is told apart
+// from one that started where it was asked to, or that another replica
+// already uses.
+func TestRestoredStaleConsumer(t *testing.T) {
+	want := natsjs.ConsumerConfig{Durable: "app", DeliverPolicy: natsjs.DeliverByStartSequencePolicy, OptStartSeq: 6}
+	info := func(ackFloor, delivered uint64, ackPending int) *natsjs.ConsumerInfo {
+		return &natsjs.ConsumerInfo{Config: want, AckFloor: natsjs.SequenceInfo{Stream: ackFloor},
+			Delivered: natsjs.SequenceInfo{Consumer: delivered}, NumAckPending: ackPending}
+	}
+	assert.True(t, restoredStale(info(0, 3, 3), want), "the deleted one's state, before its acks")
+	assert.True(t, restoredStale(info(2, 4, 2), want), "the deleted one's state, part acked")
+	assert.False(t, restoredStale(info(5, 0, 0), want), "a new consumer at sequence 6")
+	assert.False(t, restoredStale(info(5, 2, 2), want), "in use by another replica since")
+	assert.False(t, restoredStale(info(9, 4, 0), want), "acked past its start by another replica")
+	all := want
+	all.DeliverPolicy, all.OptStartSeq = natsjs.DeliverAllPolicy, 0
+	assert.False(t, restoredStale(&natsjs.ConsumerInfo{Config: all, Delivered: natsjs.SequenceInfo{Consumer: 3}, NumAckPending: 3}, all), "no start sequence asked")
 }
