@@ -121,7 +121,7 @@ func (b *bulkEntries) send(ctx context.Context, js natsjs.JetStream, stream stri
 		if isSchedule(b.msgs[i]) {
 			routeSchedule(b.msgs[i], stream)
 		}
-		futures[i], b.failed[i] = js.PublishMsgAsync(b.msgs[i])
+		futures[i], b.failed[i] = publishAsync(ctx, js, b.msgs[i])
 	}
 	var again []int
 	for _, i := range idx {

@@ -35,15 +35,27 @@ func readCloudEvent(data []byte) (ce cloudEvent, ok bool) {
 
 // msgID picks the de-duplication id: msgId metadata, else the id of a
 // CloudEvent payload, else Dapr's cloudevent.id metadata. Payloads that are
-// not valid CloudEvent JSON get no id from their content.
+// not valid CloudEvent JSON get no id from their content. The keys are read
+// in any case, as every other publish key is: a key that is reserved, and so
+// kept out of the headers, must not be dropped without a word.
 func msgID(ce cloudEvent, isCE bool, md map[string]string) string {
-	if id := md[MetadataMsgID]; id != "" {
+	if id := metadataFold(md, MetadataMsgID); id != "" {
 		return id
 	}
 	if isCE && ce.ID != "" {
 		return ce.ID
 	}
-	return md[MetadataCloudEventID]
+	return metadataFold(md, MetadataCloudEventID)
+}
+
+// metadataFold returns the value of key in md, in any case; the exact key
+// first, since it is the usual one.
+func metadataFold(md map[string]string, key string) string {
+	if v, ok := md[key]; ok {
+		return v
+	}
+	v, _ := lookupFold(md, key)
+	return v
 }
 
 // fastCloudEvent returns what json.Unmarshal would find, without decoding

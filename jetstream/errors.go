@@ -158,8 +158,13 @@ func classifyKind(err error) Kind {
 	case errors.Is(err, ErrNoStream), errors.Is(err, ErrTTLNotAllowed), errors.Is(err, ErrSchedulesNotAllowed),
 		errors.Is(err, ErrAtomicNotAllowed), errors.Is(err, ErrStreamTakesNoPublish):
 		return KindRejected
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled),
+		// Room comes back as messages leave the account's streams.
+		isAPIError(err, errCodeAccountResourcesExceeded):
 		return KindUnavailable
+	case isAPIError(err, errCodeReplicasNotSupported):
+		// A lone server never takes more replicas, however often asked.
+		return KindRejected
 	case errors.As(err, &apiErr) && apiErr.Code >= 400 && apiErr.Code < 500 && apiErr.Code != 408:
 		return KindRejected
 	}

@@ -120,8 +120,7 @@ func explainExpectation(err error, topic string, md map[string]string, stored fu
 			what = fmt.Sprintf("%s = %q does not hold", key, find(key))
 		}
 	case 10070: // wrong last msg ID
-		what = fmt.Sprintf("%s = %q does not hold: the stream's last message has msgId %q", MetadataExpectedLastMsgID,
-			find(MetadataExpectedLastMsgID), unscopedMsgID(topic, holds))
+		what = wrongLastMsgID(topic, find(MetadataExpectedLastMsgID), holds)
 	case 10060: // expected stream does not match
 		what = fmt.Sprintf("%s = %q does not hold: topic %q is stored in stream %q", MetadataExpectedStream, find(MetadataExpectedStream), topic, stored())
 	default:
@@ -146,4 +145,20 @@ func orNone(s string) string {
 		return "unknown"
 	}
 	return s
+}
+
+// wrongLastMsgID says why expectedLastMsgId = expected did not hold, when the
+// stream's last message has the Nats-Msg-Id holds. The component checks the
+// id scoped to topic, so a last message whose id another NATS publisher set
+// (or a publish to another topic of the stream) can never match: that is
+// said, with what to expect instead, rather than an id that looks equal.
+func wrongLastMsgID(topic, expected, holds string) string {
+	if holds == "" {
+		return fmt.Sprintf("%s = %q does not hold: the stream's last message has no msgId", MetadataExpectedLastMsgID, expected)
+	}
+	if id, scoped := scopedID(topic, holds); scoped {
+		return fmt.Sprintf("%s = %q does not hold: the stream's last message has msgId %q", MetadataExpectedLastMsgID, expected, id)
+	}
+	return fmt.Sprintf("%s = %q does not hold: the stream's last message has Nats-Msg-Id %q, which was not set by a publish to topic %q through this component (those ids are scoped to the topic), so no expectedLastMsgId matches it; expect expectedLastSequence or expectedLastSubjectSequence instead",
+		MetadataExpectedLastMsgID, expected, holds, topic)
 }

@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/dapr/components-contrib/pubsub"
+	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -93,4 +94,53 @@ func TestPublishExpectationBadValues(t *testing.T) {
 	require.Len(t, resp.FailedEntries, 1)
 	assert.Equal(t, "b", resp.FailedEntries[0].EntryId)
 	assert.Contains(t, resp.FailedEntries[0].Error.Error(), "expectedLastSequence")
+}
+
+// An operator moves a topic to another stream (nats stream edit OLD
+// --subjects ledger.b; nats stream add NEW --subjects ledger.a). An app
+// that still expects OLD is refused, and the error must say where the topic
+// is stored now, so that it can read again from there: not that it is stored
+// in the very stream the app expected.
+func TestExpectedStreamAfterTheTopicMoved(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "OLD", Subjects: []string{"ledger.a", "ledger.b"}})
+	require.NoError(t, err)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"autoProvision": "false"})
+	publish(t, ps, "ledger.a", "opened", map[string]string{"expectedStream": "OLD"})
+
+	cfg := streamInfo(t, js, "OLD").Config
+	cfg.Subjects = []string{"ledger.b"}
+	_, err = js.UpdateStream(ctx(t), cfg)
+	require.NoError(t, err)
+	_, err = js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "NEW", Subjects: []string{"ledger.a"}})
+	require.NoError(t, err)
+
+	err = ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "ledger.a", Data: []byte("deposit"), Metadata: map[string]string{"expectedStream": "OLD"}})
+	require.Error(t, err)
+	t.Log(err)
+	assert.Equal(t, KindRejected, KindOf(err))
+	assert.Contains(t, err.Error(), `topic "ledger.a" is stored in stream "NEW"`)
+	assert.Zero(t, msgCount(t, js, "NEW"))
+}
+
+// The last message of the topic came from a plain NATS publisher (nats pub
+// -H Nats-Msg-Id:m1, a bridge), and deliveries report its id as msgId "m1".
+// An app that appends after it with expectedLastMsgId "m1" is refused, since
+// the component checks the id scoped to the topic; the error must then not
+// say that the expectation failed because the last message has msgId "m1",
+// the very value expected, but why it cannot match and what to use instead.
+func TestExpectedLastMsgIDOfAPlainNATSPublish(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), nil)
+	publish(t, ps, "ledger", "opened", nil)
+	_, err := js.PublishMsg(ctx(t), &nats.Msg{Subject: "ledger", Data: []byte("native"), Header: nats.Header{natsjs.MsgIDHeader: {"m1"}}})
+	require.NoError(t, err)
+
+	err = ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "ledger", Data: []byte("after m1"), Metadata: map[string]string{"expectedLastMsgId": "m1"}})
+	require.Error(t, err)
+	t.Log(err)
+	assert.NotContains(t, err.Error(), `does not hold: the stream's last message has msgId "m1"`, "the error contradicts itself")
+	assert.Contains(t, err.Error(), "expectedLastSequence", "the error names what an app can use instead")
 }

@@ -61,7 +61,7 @@ func (p *PubSub) Publish(ctx context.Context, req *pubsub.PublishRequest) (err e
 			routeSchedule(msg, stream)
 		}
 		sent = time.Now()
-		f, err := js.PublishMsgAsync(msg)
+		f, err := publishAsync(ctx, js, msg)
 		if err == nil {
 			ack, err = await(ctx, f)
 		}
@@ -75,15 +75,17 @@ func (p *PubSub) Publish(ctx context.Context, req *pubsub.PublishRequest) (err e
 	}
 }
 
-// storedIn returns a function naming the stream that stores topic, for
+// storedIn returns a function naming the stream that stores topic now, for
 // error messages.
 func storedIn(ctx context.Context, s *streams, topic string) func() string {
 	return func() string {
-		name, err := s.ensure(ctx, topic)
-		if err != nil {
-			return "unknown"
+		// The publish may have ended for want of time: the look-up gets its own.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), apiTimeout)
+		defer cancel()
+		if info := s.info(ctx, topic); info != nil {
+			return info.Config.Name
 		}
-		return name
+		return "unknown"
 	}
 }
 
@@ -169,6 +171,20 @@ func prepareKnown(ctx context.Context, s *streams, topic string, need needs) (st
 	return name, nil
 }
 
+// publishAsync sends msg, unless ctx is done already: a publish reported as
+// cancelled must not be stored, or a retry of a payload without an id would
+// store it twice.
+func publishAsync(ctx context.Context, js natsjs.JetStream, msg *nats.Msg) (natsjs.PubAckFuture, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("not sent: %w", err)
+	}
+	return js.PublishMsgAsync(msg)
+}
+
+// await waits for the answer to a publish, until ctx is done. An answer
+// that is there when ctx is done counts: select picks among ready cases at
+// random, and a stored message reported as failed would be stored again by
+// a retry.
 func await(ctx context.Context, f natsjs.PubAckFuture) (*natsjs.PubAck, error) {
 	select {
 	case ack := <-f.Ok():
@@ -176,6 +192,13 @@ func await(ctx context.Context, f natsjs.PubAckFuture) (*natsjs.PubAck, error) {
 	case err := <-f.Err():
 		return nil, err
 	case <-ctx.Done():
+	}
+	select {
+	case ack := <-f.Ok():
+		return ack, nil
+	case err := <-f.Err():
+		return nil, err
+	default:
 		return nil, fmt.Errorf("waiting for the JetStream acknowledgement: %w", ctx.Err())
 	}
 }
@@ -389,19 +412,55 @@ func setTraceContext(msg *nats.Msg, ce cloudEvent, md map[string]string) {
 // whole stream, while an id only stands for retries of one publish: with the
 // topic in front, the same event published to two topics of one stream is
 // stored on both, and only a publish again to the same topic within the
-// stream's duplicate window is dropped. The header counts against
-// max_payload, which newMsg checks after adding it.
-func scopedMsgID(topic, id string) string { return topic + ":" + id }
+// stream's duplicate window is dropped. A topic may hold ":" too, and so
+// would make the header ambiguous (orders with id eu:1, orders:eu with id 1):
+// its ":" and "%" are escaped, as %3A and %25, so that the header's first ":"
+// always ends the topic. The header counts against max_payload, which newMsg
+// checks after adding it.
+func scopedMsgID(topic, id string) string { return msgIDScope(topic) + ":" + id }
+
+// msgIDScope is topic as it starts a Nats-Msg-Id; most topics have neither
+// ":" nor "%", and stay as they are.
+func msgIDScope(topic string) string {
+	if !strings.ContainsAny(topic, ":%") {
+		return topic
+	}
+	return msgIDEscaper.Replace(topic)
+}
+
+var msgIDEscaper = strings.NewReplacer("%", "%25", ":", "%3A")
 
 // unscopedMsgID returns the de-duplication id that the publisher gave, from
-// the Nats-Msg-Id header of a message stored on subject: what follows
-// "<subject>:". A stored message's subject is the topic it was published to,
-// also when it is delivered through a wildcard subscription. A header without
-// that prefix, as set by other NATS publishers, is returned as it is.
+// the Nats-Msg-Id header of a message stored on subject: see scopedID. A
+// header without the subject's scope, as set by other NATS publishers, is
+// returned as it is.
 func unscopedMsgID(subject, header string) string {
-	n := len(subject)
-	if len(header) > n+1 && header[n] == ':' && header[:n] == subject {
-		return header[n+1:]
+	id, _ := scopedID(subject, header)
+	return id
+}
+
+// scopedID returns what follows "<scope>:" in header, the Nats-Msg-Id of a
+// message stored on subject, and whether the header has that scope. A stored
+// message's subject is the topic it was published to, also when it is
+// delivered through a wildcard subscription. Headers written before a topic's
+// ":" was escaped may still be stored, so the topic as it is counts too.
+func scopedID(subject, header string) (string, bool) {
+	if id, ok := cutScope(header, subject); ok {
+		return id, true
 	}
-	return header
+	if scope := msgIDScope(subject); scope != subject {
+		if id, ok := cutScope(header, scope); ok {
+			return id, true
+		}
+	}
+	return header, false
+}
+
+// cutScope returns what follows "<scope>:" in header, if anything does.
+func cutScope(header, scope string) (string, bool) {
+	n := len(scope)
+	if len(header) > n+1 && header[n] == ':' && header[:n] == scope {
+		return header[n+1:], true
+	}
+	return "", false
 }

@@ -653,3 +653,75 @@ func TestDelayedAndAtomicPublishAfterTheStreamWasDeleted(t *testing.T) {
 		})
 	}
 }
+
+// The component reads its publish metadata keys regardless of case
+// (ttlInSeconds, deliverAfter, expected*, bulkPublishAtomic), and keeps
+// "msgid" in any case out of the NATS headers. A retried raw publish with
+// metadata.MsgId (or msgid) must then be de-duplicated like one with msgId,
+// not have its id dropped without a word and be stored twice.
+func TestPublishMsgIDKeyCase(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), nil)
+	for _, key := range []string{"MsgId", "msgid", "MSGID"} {
+		topic := "case" + key
+		md := map[string]string{key: "order-1"}
+		publish(t, ps, topic, "order 1", md)
+		publish(t, ps, topic, "order 1", md) // daprd's retry after a timeout
+		assert.Equal(t, uint64(1), msgCount(t, js, topic), "metadata %s: the retry was stored as a second message", key)
+	}
+}
+
+// Nats-Msg-Id is "<topic>:<id>", and both a topic and an id may contain
+// ":" (ids such as urn:uuid:…, topics such as orders:eu are valid). Two
+// different messages, orders with id eu:1 and orders:eu with id 1, in one
+// stream, must both be stored: scoping the id to its topic must not make
+// them one.
+func TestPublishDedupScopeIsUnambiguous(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"streamName": "SHOP"})
+	publish(t, ps, "orders", "order eu:1", map[string]string{"msgId": "eu:1"})
+	publish(t, ps, "orders:eu", "order 1 of the eu topic", map[string]string{"msgId": "1"})
+	assert.Equal(t, uint64(2), msgCount(t, js, "SHOP"), "a distinct message on another topic was dropped as a duplicate")
+}
+
+// daprd cancels a publish whose caller went away or whose resiliency
+// timeout passed. A Publish or BulkPublish that reports the cancellation
+// must not have stored what it reports failed: raw payloads have no id, so
+// daprd's or the app's retry stores them a second time.
+func TestPublishWithADoneContextStoresNothingItReportsFailed(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), nil)
+	publish(t, ps, "cancelled", "known stream", nil)
+	done, cancel := context.WithCancel(t.Context())
+	cancel()
+
+	err := ps.Publish(done, &pubsub.PublishRequest{Topic: "cancelled", Data: []byte("reported failed")})
+	require.Error(t, err)
+	t.Log(err)
+	entries := textEntries("c", 20)
+	resp, err := ps.BulkPublish(done, &pubsub.BulkPublishRequest{Topic: "cancelled", Entries: entries})
+	t.Log(err)
+	// On the same connection, so JetStream has handled all of the above
+	// once this is acknowledged.
+	publish(t, ps, "cancelled", "marker", nil)
+
+	st, err := js.Stream(ctx(t), "cancelled")
+	require.NoError(t, err)
+	stored := map[string]bool{}
+	for seq := uint64(1); seq <= msgCount(t, js, "cancelled"); seq++ {
+		m, err := st.GetMsg(ctx(t), seq)
+		require.NoError(t, err)
+		stored[string(m.Data)] = true
+	}
+	assert.False(t, stored["reported failed"], "Publish failed, and stored the message")
+	var storedButFailed []string
+	for _, f := range resp.FailedEntries {
+		if stored[f.EntryId] { // an entry's data is its id
+			storedButFailed = append(storedButFailed, f.EntryId)
+		}
+	}
+	assert.Empty(t, storedButFailed, "of %d entries reported failed, %d were stored", len(resp.FailedEntries), len(storedButFailed))
+}

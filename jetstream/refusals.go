@@ -27,6 +27,7 @@ type refusals struct {
 	topic   string
 	read    bool
 	info    *natsjs.StreamInfo
+	err     error
 }
 
 func newRefusals(ctx context.Context, s *streams, topic string) *refusals {
@@ -37,15 +38,12 @@ func newRefusals(ctx context.Context, s *streams, topic string) *refusals {
 // is a refusal that lacks them.
 func (r *refusals) explain(err error) error {
 	switch limit := fullLimit(err); {
-	case isAPIError(err, errCodeInsufficientResources):
+	case isAPIError(err, errCodeInsufficientResources), isAPIError(err, errCodeAccountResourcesExceeded):
 		return outOfStorage(err)
-	case isAPIError(err, errCodeSealed), waitedForAck(err):
-		if info := r.stream(); info != nil {
-			if why := takesNoPublish(info.Config); why != nil {
-				r.streams.forget(r.topic)
-				return fmt.Errorf("%w: %w", why, err)
-			}
-		}
+	case waitedForAck(err):
+		return r.unanswered(err)
+	case isAPIError(err, errCodeSealed):
+		return r.shut(err)
 	case errors.Is(err, natsjs.ErrStreamMessageExceedsMaximum):
 		if info := r.stream(); info != nil {
 			return fmt.Errorf("%w: %s", err, tooLarge(info))
@@ -58,15 +56,57 @@ func (r *refusals) explain(err error) error {
 	return err
 }
 
-// stream is the stream that stores the topic, or nil when it cannot be read.
+// stream is the stream that stores the topic now, or nil when none does or
+// it cannot be read.
 func (r *refusals) stream() *natsjs.StreamInfo {
+	info, _ := r.current()
+	return info
+}
+
+// current reads the stream that stores the topic now, once: see
+// streams.current.
+func (r *refusals) current() (*natsjs.StreamInfo, error) {
 	if !r.read {
 		// The publish may have ended for want of time: the look-up gets its own.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.ctx), apiTimeout)
 		defer cancel()
-		r.info, r.read = r.streams.info(ctx, r.topic), true
+		r.info, r.err = r.streams.current(ctx, r.topic)
+		r.read = true
 	}
-	return r.info
+	return r.info, r.err
+}
+
+// shut explains err, a publish refused or unanswered, when the topic's
+// stream takes no publish (sealed, or no_ack), and forgets the stream, so
+// that the next publish reads it again.
+func (r *refusals) shut(err error) error {
+	info := r.stream()
+	if info == nil {
+		return err
+	}
+	why := takesNoPublish(info.Config)
+	if why == nil {
+		return err
+	}
+	r.streams.forget(r.topic)
+	return fmt.Errorf("%w: %w", why, err)
+}
+
+// unanswered explains a publish that JetStream did not acknowledge in time.
+// When no stream holds the topic any more, no stream could answer, and
+// nats.go waited only because something else subscribes to the topic with
+// core NATS (nats sub, a plain NATS app): without it, the publish would have
+// been refused at once as having no responders.
+func (r *refusals) unanswered(err error) error {
+	sentTo, _ := r.streams.cached(r.topic)
+	if _, rerr := r.current(); !errors.Is(rerr, natsjs.ErrStreamNotFound) {
+		return r.shut(err)
+	}
+	gone := "no stream holds the topic any more"
+	if sentTo != "" {
+		gone = fmt.Sprintf("stream %q, which held the topic, is gone or no longer holds it", sentTo)
+	}
+	return fmt.Errorf("%w: %s, so no stream stored the message or answered, and a core NATS subscriber on the topic kept the publish from being refused at once; the next publish looks for the topic's stream again (autoProvision creates it)", err, gone)
 }
 
 // takesNoPublish says why a stream of config c cannot take a publish, or
@@ -85,7 +125,7 @@ func takesNoPublish(c natsjs.StreamConfig) error {
 
 // waitedForAck reports a publish that got no acknowledgement in time.
 func waitedForAck(err error) bool {
-	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, natsjs.ErrAsyncPublishTimeout)
 }
 
 func tooLarge(info *natsjs.StreamInfo) string {
@@ -159,23 +199,31 @@ func plural(n int64, noun string) string {
 
 // The JetStream error codes of refusals that name no setting to change.
 const (
-	errCodeInsufficientResources natsjs.ErrorCode = 10023
-	errCodeMaximumStreams        natsjs.ErrorCode = 10027
-	errCodeMemoryExceeded        natsjs.ErrorCode = 10028
-	errCodeStorageExceeded       natsjs.ErrorCode = 10047
-	errCodeSubjectOverlap        natsjs.ErrorCode = 10065
-	errCodeSealed                natsjs.ErrorCode = 10109
-	errCodeMaxBytesRequired      natsjs.ErrorCode = 10113
+	errCodeAccountResourcesExceeded natsjs.ErrorCode = 10002
+	errCodeInsufficientResources    natsjs.ErrorCode = 10023
+	errCodeMaximumStreams           natsjs.ErrorCode = 10027
+	errCodeMemoryExceeded           natsjs.ErrorCode = 10028
+	errCodeStorageExceeded          natsjs.ErrorCode = 10047
+	errCodeSubjectOverlap           natsjs.ErrorCode = 10065
+	errCodeReplicasNotSupported     natsjs.ErrorCode = 10074
+	errCodeSealed                   natsjs.ErrorCode = 10109
+	errCodeMaxBytesRequired         natsjs.ErrorCode = 10113
 )
 
 // outOfStorage explains a publish refused because JetStream has no storage
 // left for the stream, which the server's answer ("insufficient resources")
 // does not say.
 func outOfStorage(err error) error {
-	if !isAPIError(err, errCodeInsufficientResources) {
+	var where string
+	switch {
+	case isAPIError(err, errCodeInsufficientResources):
+		where = "nats-server has no JetStream storage left for the stream (its max_file_store or max_memory_store, or the account's JetStream limits)"
+	case isAPIError(err, errCodeAccountResourcesExceeded):
+		where = "nats-server has no JetStream storage left for the account: the stream's messages reached the account's JetStream limits (max_file or max_mem in the account's jetstream block, or nsc's --js-disk-storage and --js-mem-storage)"
+	default:
 		return err
 	}
-	return fmt.Errorf("%w: nats-server has no JetStream storage left for the stream (its max_file_store or max_memory_store, or the account's JetStream limits); remove messages, bound the streams (streamMaxBytes, streamMaxAge or streamMaxMsgs when the component creates them), or raise those limits", err)
+	return fmt.Errorf("%w: %s; remove messages, bound the streams (streamMaxBytes, streamMaxAge or streamMaxMsgs when the component creates them), or raise those limits", err, where)
 }
 
 // createRefusal explains why JetStream refused to create stream cfg, when
@@ -189,6 +237,8 @@ func createRefusal(ctx context.Context, js natsjs.JetStream, err error, cfg nats
 	switch apiErr.ErrorCode {
 	case errCodeSubjectOverlap:
 		return "; the subjects overlap another stream: set streamName to that stream"
+	case errCodeReplicasNotSupported:
+		return fmt.Sprintf("; streamReplicas is %d, and nats-server runs alone, without a JetStream cluster: set streamReplicas to 1, or run a cluster of at least %d servers", cfg.Replicas, cfg.Replicas)
 	case errCodeStorageExceeded, errCodeMemoryExceeded:
 		store := "max_file_store"
 		if cfg.Storage == natsjs.MemoryStorage {

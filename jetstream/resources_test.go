@@ -101,3 +101,47 @@ func TestConsumerBeyondStreamLimit(t *testing.T) {
 		assert.Contains(t, log.String(), s)
 	}
 }
+
+// The account's JetStream storage limit (nats-server accounts, or nsc's
+// --js-disk-storage) used up, rather than the server's: docs/troubleshooting.md
+// promises the same explanation ("nats-server has no JetStream storage
+// left", the account's JetStream limits, the fixes), and the same code as
+// TestPublishBeyondStorage, since room comes back as messages leave.
+func TestPublishBeyondAccountStorage(t *testing.T) {
+	t.Parallel()
+	ns := natstest.Start(t)
+	limits := unlimited
+	limits.MaxStore = 1 << 20
+	require.NoError(t, ns.GlobalAccount().UpdateJetStreamLimits(map[string]server.JetStreamAccountLimits{"": limits}))
+	ps, _ := open(t, ns.ClientURL(), nil)
+	var err error
+	for range 5 {
+		if err = ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "filling", Data: make([]byte, 400<<10)}); err != nil {
+			break
+		}
+	}
+	require.Error(t, err)
+	t.Log(err)
+	assert.Equal(t, KindUnavailable, KindOf(err), "as when the server's storage is used up")
+	for _, s := range []string{"no JetStream storage left", "account's JetStream limits", "streamMaxBytes"} {
+		assert.Contains(t, err.Error(), s)
+	}
+}
+
+// streamReplicas 3 against a single nats-server (a dev setup, or a cluster
+// config applied to a lone server): JetStream refuses to create the stream
+// ("replicas > 1 not supported in non-clustered mode", code 500). That is a
+// configuration refusal: retrying cannot help, so it must not be Unavailable
+// (daprd would retry every publish), and the error must name the metadata
+// key that asked for it.
+func TestCreateStreamWithMoreReplicasThanServers(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"streamReplicas": "3"})
+	err := ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "replicated", Data: []byte("x")})
+	require.Error(t, err)
+	t.Log(err)
+	assert.Equal(t, KindRejected, KindOf(err), "retrying cannot create the stream")
+	assert.Contains(t, err.Error(), "streamReplicas")
+	assert.Empty(t, streamNames(t, js))
+}

@@ -104,3 +104,46 @@ func publishOutcomes(ps *PubSub, topic string) map[string]uint64 {
 	}
 	return nil
 }
+
+// An operator moves a topic to another stream (nats stream edit OLD
+// --subjects orders.b; nats stream add NEW --subjects orders.a
+// --max-msgs 1 --discard new --max-msg-size 100), while the component
+// publishes to it: plain publishes follow, stored in NEW. When NEW then
+// refuses one, the error must name NEW and its limit, which the operator has
+// to raise, not the stream that held the topic before, and its "-1".
+func TestRefusalAfterTheTopicMovedNamesTheStreamThatHoldsIt(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "OLD", Subjects: []string{"orders.a", "orders.b"}})
+	require.NoError(t, err)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"autoProvision": "false"})
+	publish(t, ps, "orders.a", "before the move", nil)
+
+	cfg := streamInfo(t, js, "OLD").Config
+	cfg.Subjects = []string{"orders.b"}
+	_, err = js.UpdateStream(ctx(t), cfg)
+	require.NoError(t, err)
+	_, err = js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "NEW", Subjects: []string{"orders.a"}, MaxMsgs: 1, Discard: natsjs.DiscardNew, MaxMsgSize: 100})
+	require.NoError(t, err)
+	publish(t, ps, "orders.a", "after the move", nil)
+	require.Equal(t, uint64(1), msgCount(t, js, "NEW"))
+
+	err = ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "orders.a", Data: []byte("no room")})
+	require.Error(t, err)
+	t.Log(err)
+	assert.Contains(t, err.Error(), `stream "NEW" is full: it holds at most 1 message `)
+	assert.NotContains(t, err.Error(), `"OLD"`)
+
+	resp, err := ps.BulkPublish(ctx(t), &pubsub.BulkPublishRequest{Topic: "orders.a", Entries: textEntries("m", 2)})
+	require.Error(t, err)
+	require.Len(t, resp.FailedEntries, 2)
+	for _, f := range resp.FailedEntries {
+		assert.ErrorContains(t, f.Error, `stream "NEW" is full`, "entry %s", f.EntryId)
+	}
+
+	err = ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "orders.a", Data: make([]byte, 200)})
+	require.Error(t, err)
+	t.Log(err)
+	assert.Contains(t, err.Error(), `stream "NEW" takes messages of at most 100 bytes`)
+	assert.Equal(t, uint64(1), msgCount(t, js, "NEW"))
+}

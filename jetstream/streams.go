@@ -92,17 +92,38 @@ func (s *streams) publishable(name string) error {
 	return s.shut[name]
 }
 
-// info reads the stream that stores topic, or nil when it cannot be read.
+// info reads the stream that stores topic now, or nil when none does or it
+// cannot be read.
 func (s *streams) info(ctx context.Context, topic string) *natsjs.StreamInfo {
-	name, err := s.ensure(ctx, topic)
-	if err != nil {
-		return nil
+	info, _ := s.current(ctx, topic)
+	return info
+}
+
+// current reads the stream that stores topic now, without creating one, for
+// errors that name it; natsjs.ErrStreamNotFound when no stream does. The
+// stream known for the topic may be out of date without any publish
+// failing: an operator may have moved the topic to another stream, and
+// publishes follow the subject there. A known stream that is gone or no
+// longer holds the topic is forgotten, so that the next publish looks again.
+func (s *streams) current(ctx context.Context, topic string) (*natsjs.StreamInfo, error) {
+	if name, ok := s.cached(topic); ok {
+		st, err := s.js.Stream(ctx, name)
+		switch {
+		case err == nil && covers(st.CachedInfo().Config.Subjects, topic):
+			return st.CachedInfo(), nil
+		case err != nil && !errors.Is(err, natsjs.ErrStreamNotFound):
+			return nil, err
+		}
+		s.forget(topic)
 	}
-	stream, err := s.js.Stream(ctx, name)
-	if err != nil {
-		return nil
+	_, info, err := s.lookup(ctx, topic)
+	switch {
+	case errors.Is(err, ErrNoStream), err == nil && info == nil:
+		return nil, natsjs.ErrStreamNotFound
+	case err != nil:
+		return nil, err
 	}
-	return stream.CachedInfo()
+	return info, nil
 }
 
 // lookup finds the stream for topic. A nil info with a name means the stream

@@ -132,3 +132,36 @@ func TestPublishAfterTheOperatorFixedAStreamThatCouldNotTakeIt(t *testing.T) {
 		})
 	}
 }
+
+// An operator deletes a topic's stream (nats stream rm) while something
+// subscribes to the topic with core NATS (nats sub, a monitoring tool, a
+// plain NATS app). JetStream then never answers the publish, and the
+// subscriber does not either, so nats.go sees no "no responders". With
+// autoProvision on, a publish must still find that the stream is gone and
+// create it again, as it does without the subscriber; it must not wait for
+// its deadline every time, with an error that says only "context deadline
+// exceeded", while nothing is stored.
+func TestPublishAfterTheStreamWasDeletedWhileACoreSubscriberListens(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	keepAccountStore(t, js)
+	nc, _ := natstest.Client(t, ns)
+	ps, _ := open(t, ns.ClientURL(), nil)
+	publish(t, ps, "watched", "before", nil)
+	_, err := nc.Subscribe("watched", func(*nats.Msg) {})
+	require.NoError(t, err)
+	require.NoError(t, nc.Flush())
+
+	removeStream(t, ns, js, "watched")
+	var errs []error
+	for range 2 {
+		pctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+		errs = append(errs, ps.Publish(pctx, &pubsub.PublishRequest{Topic: "watched", Data: []byte("after")}))
+		cancel()
+	}
+	t.Log(errs)
+	assert.NoError(t, errs[1], "the stream was never created again")
+	name, err := js.StreamNameBySubject(ctx(t), "watched")
+	require.NoError(t, err, "no stream holds the topic")
+	assert.NotZero(t, msgCount(t, js, name))
+}
