@@ -36,23 +36,36 @@ func abandonedSubject(stream, consumer string) string {
 // permission to subscribe to advisories, only the last failures seen here
 // are handled.
 func (s *subscription) watchAbandoned(cs *consumerState) {
-	nc := s.p.conn()
-	if nc == nil || cs.name == "" {
+	s.mu.Lock()
+	watching := cs.abandonedSub != nil
+	s.mu.Unlock()
+	if watching {
 		return
 	}
-	sub, err := nc.QueueSubscribe(abandonedSubject(cs.stream, cs.name), abandonedGroup(cs.name, s.consumerCfg.DeadLetterSubject), func(m *nats.Msg) {
+	sub := s.listenAbandoned(cs.stream, cs.name)
+	s.mu.Lock()
+	cs.abandonedSub = sub
+	s.mu.Unlock()
+}
+
+// listenAbandoned subscribes to the notices of durable on stream, or
+// returns nil when it cannot.
+func (s *subscription) listenAbandoned(stream, durable string) *nats.Subscription {
+	nc := s.p.conn()
+	if nc == nil || durable == "" {
+		return nil
+	}
+	sub, err := nc.QueueSubscribe(abandonedSubject(stream, durable), abandonedGroup(durable, s.consumerCfg.DeadLetterSubject), func(m *nats.Msg) {
 		var a maxDeliveriesAdvisory
 		if json.Unmarshal(m.Data, &a) == nil && a.StreamSeq > 0 {
 			s.abandoned(a)
 		}
 	})
 	if err != nil {
-		s.log.Debugf("topic %q: not listening for messages consumer %q stops delivering: %v", s.topic, cs.name, err)
-		return
+		s.log.Debugf("topic %q: not listening for messages consumer %q stops delivering: %v", s.topic, durable, err)
+		return nil
 	}
-	s.mu.Lock()
-	cs.abandonedSub = sub
-	s.mu.Unlock()
+	return sub
 }
 
 // abandonedGroup is the queue group of the replicas of consumer that
@@ -94,7 +107,7 @@ func (s *subscription) abandoned(a maxDeliveriesAdvisory) {
 			s.topic, a.StreamSeq, a.Stream, a.Deliveries, a.Consumer)
 		return
 	}
-	wait := 100 * time.Millisecond
+	retry := s.newDeadLetterRetry()
 	var logged time.Time
 	for {
 		err := s.deadLetterStored(a)
@@ -106,12 +119,9 @@ func (s *subscription) abandoned(a maxDeliveriesAdvisory) {
 			s.log.Errorf("topic %q: JetStream stopped delivering the message at sequence %d of stream %q after %d deliveries; publishing it to the dead-letter subject: %v; trying again",
 				s.topic, a.StreamSeq, a.Stream, a.Deliveries, err)
 		}
-		select {
-		case <-time.After(wait):
-		case <-s.ctx.Done():
+		if !retry.wait() {
 			return
 		}
-		wait = min(2*wait, deadLetterRetryMax)
 	}
 }
 

@@ -230,11 +230,23 @@ func (s *subscription) ensureConsumer(ctx context.Context) (*consumerState, erro
 	if err != nil {
 		return nil, explainConsumerRefusal(err, stream, s.topic, want.Durable)
 	}
+	// Listening starts before the durable is updated: JetStream gives up at
+	// once on the messages that already had more deliveries than a lowered
+	// maxDeliver allows, and sends each notice only once.
+	var watch *nats.Subscription
+	if want.AckPolicy != natsjs.AckNonePolicy {
+		watch = s.listenAbandoned(stream, want.Durable)
+	}
 	c, err = s.reconcile(ctx, js, stream, c, want)
 	if err != nil {
+		if watch != nil {
+			_ = watch.Unsubscribe()
+		}
 		return nil, err
 	}
-	return s.p.newConsumerState(c, created, false), nil
+	cs := s.p.newConsumerState(c, created, false)
+	cs.abandonedSub = watch
+	return cs, nil
 }
 
 func (s *subscription) findOrCreate(ctx context.Context, js natsjs.JetStream, stream string, want natsjs.ConsumerConfig) (natsjs.Consumer, error) {

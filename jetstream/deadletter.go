@@ -31,7 +31,9 @@ const (
 	maxDeadLetterError = 1024
 	// deadLetterTimeout bounds one attempt to publish a dead letter.
 	deadLetterTimeout = 5 * time.Second
-	// deadLetterRetryMax is the longest wait between attempts.
+	// deadLetterRetryMin and deadLetterRetryMax are the shortest and the
+	// longest wait between attempts.
+	deadLetterRetryMin = 100 * time.Millisecond
 	deadLetterRetryMax = 5 * time.Second
 	// deadLetterLogEvery spaces out the log of attempts that keep failing.
 	deadLetterLogEvery = 30 * time.Second
@@ -135,7 +137,7 @@ func (s *subscription) lastFailed(d *Delivery, cause error) error {
 func (s *subscription) deadLetter(d *Delivery, cause error) {
 	subject := s.consumerCfg.DeadLetterFor(d.Metadata[MetadataSubject])
 	msg := deadLetterMsg(subject, d, cause)
-	wait := 100 * time.Millisecond
+	retry := s.newDeadLetterRetry()
 	var logged time.Time
 	for {
 		err := s.publishDeadLetter(msg)
@@ -152,16 +154,13 @@ func (s *subscription) deadLetter(d *Delivery, cause error) {
 			s.log.Errorf("topic %q: publishing the message at sequence %d of stream %q to dead-letter subject %q: %v; it is held, and tried again until that works",
 				s.topic, d.Sequence, d.Metadata[MetadataStream], subject, err)
 		}
-		select {
-		case <-time.After(wait):
-		case <-s.ctx.Done():
+		if !retry.wait() {
 			if !d.Settled() {
 				s.log.Errorf("topic %q: the subscription ended before the message at sequence %d of stream %q reached dead-letter subject %q",
 					s.topic, d.Sequence, d.Metadata[MetadataStream], subject)
 			}
 			return
 		}
-		wait = min(2*wait, deadLetterRetryMax)
 	}
 	if !d.take() {
 		return // handed on meanwhile: its new owner settles it
@@ -172,6 +171,34 @@ func (s *subscription) deadLetter(d *Delivery, cause error) {
 	if err := d.answer(s.p, []byte("+TERM dead-lettered to "+subject)); err != nil {
 		s.log.Warnf("topic %q: terminating the message at sequence %d after its dead letter: %v", s.topic, d.Sequence, err)
 	}
+}
+
+// deadLetterRetry paces the attempts to publish a dead letter: the wait
+// doubles up to deadLetterRetryMax, and ends when NATS reconnects, since
+// the message, held meanwhile, keeps a place of maxInFlight.
+type deadLetterRetry struct {
+	s        *subscription
+	interval time.Duration
+	back     <-chan struct{} // taken before the attempt, so no reconnect is missed
+}
+
+func (s *subscription) newDeadLetterRetry() *deadLetterRetry {
+	return &deadLetterRetry{s: s, interval: deadLetterRetryMin, back: s.p.comeBack()}
+}
+
+// wait waits before the next attempt, and reports false when the
+// subscription ended meanwhile.
+func (r *deadLetterRetry) wait() bool {
+	select {
+	case <-time.After(r.interval):
+		r.interval = min(2*r.interval, deadLetterRetryMax)
+	case <-r.back:
+		r.interval = deadLetterRetryMin
+	case <-r.s.ctx.Done():
+		return false
+	}
+	r.back = r.s.p.comeBack()
+	return true
 }
 
 // publishDeadLetter makes sure a stream stores the dead-letter subject and

@@ -9,6 +9,7 @@ import (
 
 	"github.com/dapr/components-contrib/pubsub"
 	"github.com/nats-io/nats-server/v2/server"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -104,4 +105,53 @@ func TestDeadLetterSubjectAddedInARollingUpdate(t *testing.T) {
 		seen[string(m.Data)] = true
 	}
 	nothing(t, deadCh, 500*time.Millisecond)
+}
+
+// A last delivery that fails while NATS is away is dead-lettered once NATS is
+// back, and the original terminated; that must happen as soon as NATS is
+// back, since the message holds its place in the window meanwhile: with
+// maxInFlight 1 (ordered processing) the topic delivers nothing else until
+// then.
+func TestDeadLetterSoonAfterAnOutage(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "DEAD", Subjects: []string{"dead.>"}})
+	require.NoError(t, err)
+	px := newProxy(t, ns.Addr().String())
+	ps, _ := open(t, px.url(), map[string]string{
+		"consumerID": "app", "maxDeliver": "1", "deadLetterSubject": "dead.{topic}", "maxInFlight": "1", "reconnectWait": "100ms",
+	})
+	failing, release := make(chan struct{}), make(chan struct{})
+	good := make(chan string, 10)
+	subscribe(t, ps, "dlout", nil, func(_ context.Context, m *pubsub.NewMessage) error {
+		if string(m.Data) == "bad" {
+			close(failing)
+			<-release
+			return fmt.Errorf("poison")
+		}
+		good <- string(m.Data)
+		return nil
+	})
+	publish(t, ps, "dlout", "bad", nil)
+	closedWithin(t, failing, waitFor, "the delivery of bad")
+
+	px.cut()
+	require.Eventually(t, func() bool { return !ps.conn().IsConnected() }, waitShort, tick)
+	close(release) // the last allowed delivery fails while NATS is away
+	_, err = js.Publish(ctx(t), "dlout", []byte("after"))
+	require.NoError(t, err)
+	time.Sleep(7 * time.Second) // the outage itself, not a wait for a condition
+	px.restore()
+	require.Eventually(t, func() bool { return ps.conn().IsConnected() }, waitFor, 10*time.Millisecond)
+	back := time.Now()
+
+	require.Eventually(t, func() bool { return count(js, "DEAD") == 1 }, waitFor, tick, "no dead letter after the outage")
+	dlAfter := time.Since(back)
+	assert.Equal(t, "after", recv(t, good, waitFor))
+	deliveredAfter := time.Since(back)
+	t.Logf("after NATS came back: dead letter stored after %s, next message delivered after %s", dlAfter, deliveredAfter)
+	assert.Less(t, dlAfter, 1500*time.Millisecond, "the dead letter waited long after NATS came back")
+	assert.Less(t, deliveredAfter, 1500*time.Millisecond, "delivery resumed late after NATS came back")
+	info := settledConsumer(t, js, "dlout", "app-dlout")
+	assert.Equal(t, uint64(2), info.AckFloor.Stream)
 }

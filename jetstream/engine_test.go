@@ -403,6 +403,52 @@ func TestDeliveryResumesSoonAfterReconnect(t *testing.T) {
 	require.NoError(t, ps.Close())
 }
 
+// Pull requests made while NATS is away wait in nats.go's reconnect buffer
+// and reach the server with the reconnect, next to the ones the reconnect
+// starts over with: a backlog that built up meanwhile must still arrive at
+// most maxInFlight at a time, as the window promises (and concurrency
+// parallel relies on for the number of running handlers).
+func TestWindowKeptAfterAnOutage(t *testing.T) {
+	t.Parallel()
+	const window, backlog = 5, 40
+	ns := natstest.Start(t)
+	_, js := natstest.Client(t, ns)
+	px := newProxy(t, ns.Addr().String())
+	ps, _ := open(t, px.url(), map[string]string{"consumerID": "app", "reconnectWait": "100ms", "maxInFlight": fmt.Sprint(window)})
+	var mu sync.Mutex
+	var held []*Delivery
+	heldNow := func() int { mu.Lock(); defer mu.Unlock(); return len(held) }
+	_, err := ps.SubscribeDeliveries(t.Context(), pubsub.SubscribeRequest{Topic: "outwin"}, func(d *Delivery) error {
+		mu.Lock()
+		defer mu.Unlock()
+		held = append(held, d)
+		return nil
+	})
+	require.NoError(t, err)
+	publish(t, ps, "outwin", "before", nil)
+	require.Eventually(t, func() bool { return heldNow() == 1 }, waitFor, tick)
+	mu.Lock()
+	require.NoError(t, held[0].Ack())
+	held = nil
+	mu.Unlock()
+
+	px.cut()
+	require.Eventually(t, func() bool { return !ps.conn().IsConnected() }, waitShort, tick)
+	for i := range backlog {
+		_, err := js.Publish(ctx(t), "outwin", []byte(payload(i, 0)))
+		require.NoError(t, err)
+	}
+	time.Sleep(6 * time.Second) // the outage itself, not a wait for a condition
+	px.restore()
+	require.Eventually(t, func() bool { return ps.conn().IsConnected() }, waitFor, tick)
+
+	require.Eventually(t, func() bool { return heldNow() >= window }, waitShort, tick, "delivery did not resume")
+	most := window
+	assert.Never(t, func() bool { most = max(most, heldNow()); return most > window }, 2*time.Second, tick,
+		"maxInFlight is %d, yet the app was handed %d unsettled messages at once after the outage", window, heldNow())
+	t.Logf("held at once after the outage: %d (maxInFlight %d)", most, window)
+}
+
 // A durable whose ack policy the server cannot change fails the subscription
 // with an error that names the setting and the fix, and Ping reports it:
 // acking as the server does not expect would lose or repeat messages.

@@ -159,3 +159,28 @@ func TestClose(t *testing.T) {
 	assert.Equal(t, uint64(2), meta.NumDelivered)
 	require.NoError(t, msg.DoubleAck(ctx(t)))
 }
+
+// Close while NATS is away returns soon: nothing can be withdrawn, handed
+// back or flushed, so nothing is worth waiting for.
+func TestCloseDuringAnOutage(t *testing.T) {
+	t.Parallel()
+	ns, _ := startNATS(t)
+	px := newProxy(t, ns.Addr().String())
+	ps, _ := newInstance(t)
+	require.NoError(t, ps.Init(t.Context(), pubsub.Metadata{Base: contribmd.Base{Properties: map[string]string{
+		"natsURL": px.url(), "consumerID": "app", "reconnectWait": "100ms", "priorityPolicy": "pinned",
+	}}}))
+	t.Cleanup(func() { _ = ps.Close() })
+	h, got := collect()
+	subscribe(t, ps, "closeout", nil, h)
+	publish(t, ps, "closeout", "m", nil)
+	recv(t, got, waitFor)
+
+	px.cut()
+	require.Eventually(t, func() bool { return !ps.conn().IsConnected() }, waitShort, tick)
+	start := time.Now()
+	require.NoError(t, ps.Close())
+	took := time.Since(start)
+	t.Logf("Close took %s while NATS was away", took)
+	assert.Less(t, took, 2500*time.Millisecond, "Close waited for NATS")
+}

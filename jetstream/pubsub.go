@@ -47,7 +47,9 @@ type PubSub struct {
 	connKey string
 	subs    map[*subscription]struct{}
 	// conns follows the connection, for calls made while it is down.
-	conns   *connWatch
+	conns *connWatch
+	// back closes at the next reconnect (see comeBack).
+	back    chan struct{}
 	paused  bool
 	closed  bool
 	closing chan struct{} // closed when Close starts
@@ -146,10 +148,31 @@ func apiPrefix(c metadata.Connection) string {
 func (p *PubSub) reconnected() {
 	p.mu.Lock()
 	subs := p.subscriptionsLocked()
+	if p.back != nil {
+		close(p.back)
+		p.back = nil
+	}
 	p.mu.Unlock()
 	for _, s := range subs {
 		s.reconnected()
 	}
+}
+
+// comeBack returns a channel that closes when NATS next reconnects: what
+// waits to try again can then try at once.
+func (p *PubSub) comeBack() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.back == nil {
+		p.back = make(chan struct{})
+	}
+	return p.back
+}
+
+// connected reports whether NATS is connected now.
+func (p *PubSub) connected() bool {
+	nc := p.conn()
+	return nc != nil && nc.IsConnected()
 }
 
 // conn returns the NATS connection, or nil before Init.
@@ -168,11 +191,18 @@ func (p *PubSub) reply(subject string, body []byte) error {
 	return nc.Publish(subject, body)
 }
 
-// request publishes a JetStream request whose answers go to inbox.
+// request publishes a JetStream request whose answers go to inbox. It fails
+// while NATS is away, rather than leaving the request in nats.go's reconnect
+// buffer: pull requests found lost meanwhile are made again, and would all
+// reach the server at once on reconnect, each for a whole window, and more
+// than maxInFlight would be delivered.
 func (p *PubSub) request(subject, inbox string, body []byte) error {
 	nc := p.conn()
 	if nc == nil {
 		return ErrClosed
+	}
+	if !nc.IsConnected() {
+		return fmt.Errorf("%w (%s)", ErrNotConnected, nc.Status())
 	}
 	return nc.PublishRequest(subject, inbox, body)
 }

@@ -107,6 +107,11 @@ func (s *subscription) closeInbox() <-chan struct{} {
 	s.inbox, s.outstanding = nil, 0
 	s.requestsEndedLocked()
 	s.mu.Unlock()
+	if !s.p.connected() {
+		// A drain would wait for the server, and nothing can arrive.
+		_ = sub.Unsubscribe()
+		return nil
+	}
 	if err := sub.Drain(); err != nil {
 		// The connection is closed: nothing more can arrive.
 		_ = sub.Unsubscribe()

@@ -560,6 +560,9 @@ func (s *subscription) stop() { s.cancel() }
 // the server, or while NATS was away, never sends its end; and at most
 // withdrawGrace.
 func (s *subscription) withdrawWait() time.Duration {
+	if !s.p.connected() {
+		return 0 // nothing can arrive while NATS is away
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return min(withdrawGrace, max(0, time.Until(s.requestEnds)))
@@ -609,6 +612,9 @@ func (s *subscription) giveUpPin() {
 	cs, pin := s.consumer, s.pinID
 	s.pinID = ""
 	s.mu.Unlock()
+	if !s.p.connected() {
+		return // JetStream cannot be asked; pinnedTTL passes on the pin
+	}
 	s.unpin(cs, pin)
 }
 
