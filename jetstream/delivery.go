@@ -57,13 +57,17 @@ type Delivery struct {
 	// lowered under it): the held one stays, and counts as that delivery.
 	redelivered atomic.Uint64
 
-	// handovers counts the subscriptions this message was handed to after
-	// the one it was delivered to ended without settling it.
-	handovers int
-	header    nats.Header  // as delivered, for a dead letter
-	received  time.Time    // when the component received it
-	touched   atomic.Int64 // unix nanos of delivery or last InProgress
-	settled   atomic.Bool
+	// endsFirstInLine counts the subscriptions that ended with this message
+	// first in line: the earliest of those they had handed on and had not
+	// seen settled (see firstInLine).
+	endsFirstInLine int
+	// handedOn orders the messages this subscription handed to its
+	// DeliverFunc, from 1; 0 until then. Guarded by sub.mu.
+	handedOn uint64
+	header   nats.Header  // as delivered, for a dead letter
+	received time.Time    // when the component received it
+	touched  atomic.Int64 // unix nanos of delivery or last InProgress
+	settled  atomic.Bool
 	// deadLettering is set while the message is on its way to the
 	// dead-letter subject, after its last allowed delivery failed.
 	deadLettering atomic.Bool
@@ -112,7 +116,7 @@ func (d *Delivery) handedTo(s *subscription) *Delivery {
 	c := &Delivery{
 		sub: s, reply: d.reply, stream: d.stream, streamCreated: d.streamCreated,
 		Topic: d.Topic, Data: d.Data, Metadata: d.Metadata, ContentType: d.ContentType,
-		Sequence: d.Sequence, Deliveries: d.Deliveries, handovers: d.handovers, header: d.header, received: d.received,
+		Sequence: d.Sequence, Deliveries: d.Deliveries, endsFirstInLine: d.endsFirstInLine, header: d.header, received: d.received,
 	}
 	c.touched.Store(d.touched.Load())
 	c.redelivered.Store(d.redelivered.Load())

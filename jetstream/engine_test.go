@@ -682,3 +682,50 @@ func TestClosingGivesBackLastDeliveriesLoudly(t *testing.T) {
 	require.NoError(t, ps.Close())
 	assert.Contains(t, logs.String(), "5 messages that waited for a subscriber were given back as the last instance on their connection closed, although JetStream will not deliver them again")
 }
+
+// A message that makes daprd crash still reaches maxDeliver, and the
+// messages daprd got behind it keep their deliveries. Like daprd 1.18, which
+// handles one message at a time, each subscription gets all five and
+// answers none before it ends; the first in line is the one it stopped on.
+// After maxEndsFirstInLine+1 such ends, that one goes back to JetStream as
+// a failed delivery and the others still wait, on their first delivery.
+func TestCrashingMessageReachesMaxDeliverAndSparesThoseBehind(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, logs := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "maxInFlight": "10", "maxDeliver": "2", "ackWait": "30s"})
+	for round := range maxEndsFirstInLine + 1 {
+		sctx, cancel := context.WithCancel(t.Context())
+		got := make(chan *Delivery, 10)
+		done, err := ps.SubscribeDeliveries(sctx, pubsub.SubscribeRequest{Topic: "crash"}, func(d *Delivery) error {
+			got <- d
+			return nil
+		})
+		require.NoError(t, err)
+		if round == 0 {
+			for i := range 5 {
+				publish(t, ps, "crash", fmt.Sprint(i), nil)
+			}
+		}
+		for range 5 {
+			recv(t, got, waitFor)
+		}
+		cancel()
+		closedWithin(t, done, waitFor, "the subscription ending")
+	}
+	assert.Contains(t, logs.String(), `message 1 of stream \"crash\" was the first one daprd had not answered when 4 subscriptions ended`)
+
+	deliveries := map[string]uint64{}
+	got := make(chan *Delivery, 10)
+	_, err := ps.SubscribeDeliveries(t.Context(), pubsub.SubscribeRequest{Topic: "crash"}, func(d *Delivery) error {
+		got <- d
+		return d.Ack()
+	})
+	require.NoError(t, err)
+	for range 5 {
+		d := recv(t, got, waitFor)
+		deliveries[string(d.Data)] = d.Deliveries
+	}
+	assert.Equal(t, map[string]uint64{"0": 2, "1": 1, "2": 1, "3": 1, "4": 1}, deliveries,
+		"the crashing message came back as its second delivery, the others on their first")
+	settledConsumer(t, js, "crash", "app-crash")
+}

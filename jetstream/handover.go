@@ -16,10 +16,11 @@ const (
 	// long enough for daprd to restart or for a Component to be initialised
 	// again, short enough that another replica gets it soon if nobody comes.
 	handoverTimeout = 30 * time.Second
-	// maxHandovers is how many subscriptions in a row may end with the same
-	// message unsettled before it goes back to JetStream as a failed
-	// delivery: a message that makes daprd crash must reach maxDeliver.
-	maxHandovers = 3
+	// maxEndsFirstInLine is how many subscriptions may end with the same
+	// message first in line (see firstInLine) before it goes back to
+	// JetStream as a failed delivery: a message that makes daprd crash must
+	// reach maxDeliver rather than crash every daprd that gets it.
+	maxEndsFirstInLine = 3
 	// handoverTick paces keep-alives and expiry of waiting messages.
 	handoverTick = time.Second
 )
@@ -149,8 +150,7 @@ func (h *handoverDesk) leave(k handoverKey, ds []*Delivery, terms handoverTerms,
 	h.mu.Lock()
 	for _, d := range ds {
 		w := waiting{d: d.handedTo(nil), since: now, handoverTerms: terms}
-		w.d.handovers++
-		if w.d.handovers > maxHandovers {
+		if w.d.endsFirstInLine > maxEndsFirstInLine {
 			back = append(back, w)
 			continue
 		}
@@ -163,7 +163,7 @@ func (h *handoverDesk) leave(k handoverKey, ds []*Delivery, terms handoverTerms,
 	}
 	h.mu.Unlock()
 	for _, w := range back {
-		p.log.Warnf("message %d of stream %q was handed over %d times by subscriptions that ended without settling it; giving it back to JetStream", w.d.Sequence, k.stream, maxHandovers)
+		p.log.Warnf("message %d of stream %q was the first one daprd had not answered when %d subscriptions ended, as a message that makes daprd crash would be; giving it back to JetStream as a failed delivery", w.d.Sequence, k.stream, w.d.endsFirstInLine)
 		w.giveBack(p, GivenBackStreamEnd)
 	}
 	if quit != nil {

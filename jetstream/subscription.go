@@ -98,6 +98,7 @@ type subscription struct {
 	lastHeard   time.Time     // from the pull: a message, a status or a heartbeat
 	held        map[*Delivery]struct{}
 	unseen      []*Delivery // held and not yet handed to fn, oldest first
+	handedOn    uint64      // how many messages were handed to fn (see Delivery.handedOn)
 	fnFailed    bool
 	over        bool // handed over: what arrives now goes to the desk
 	paused      bool
@@ -370,7 +371,10 @@ func (s *subscription) dispatch() {
 		handed := s.deliver(d)
 
 		s.mu.Lock()
-		if !handed {
+		if handed {
+			s.handedOn++
+			d.handedOn = s.handedOn
+		} else {
 			s.unseen = append([]*Delivery{d}, s.unseen...)
 			s.fnFailed = true
 		}
@@ -671,8 +675,32 @@ func (s *subscription) handOver() {
 	}
 	s.held = map[*Delivery]struct{}{}
 	s.unseen = nil
+	if d := firstInLine(taken); d != nil {
+		d.endsFirstInLine++
+	}
 	s.mu.Unlock()
 	s.pass(cs, taken)
+}
+
+// firstInLine is, of the unsettled messages taken from an ending
+// subscription, the one handed on earliest, or nil when none was handed
+// on. If daprd stopped because of a message, it is this one: daprd 1.18
+// handles a subscription's messages one at a time, in the order it got
+// them, so those behind it were only waiting, and a message daprd never got
+// cannot have made it stop. Only this one counts an end towards
+// maxEndsFirstInLine, so that restarts of a daprd that makes progress
+// never use up the deliveries of what waits behind. A daprd that handles
+// messages side by side (1.14) answers the others, and the one that makes
+// it crash comes first once it is taken over, as handed-over messages are
+// handed on first.
+func firstInLine(taken []*Delivery) *Delivery {
+	var first *Delivery
+	for _, d := range taken {
+		if d.handedOn > 0 && (first == nil || d.handedOn < first.handedOn) {
+			first = d
+		}
+	}
+	return first
 }
 
 // pass hands taken messages to the desk, or back to JetStream when the

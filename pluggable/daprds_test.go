@@ -301,3 +301,52 @@ func TestPauseOfPinnedDaprdLeavesAnotherWorking(t *testing.T) {
 	took := time.Since(paused)
 	assert.Less(t, took, 5*time.Second, "the daprd that did not pause got the message %s after the pinned one paused: it waited for pinnedTTL (20s)", took.Round(100*time.Millisecond))
 }
+
+// A message the app never got must not be given back as a failed delivery
+// because daprd restarted several times while it waited behind others. The
+// app makes progress: each daprd (daprd 1.18.1 handles one message at a
+// time) acks the oldest message it holds and is then restarted, as a user
+// restarting `dapr run` does. No message made daprd crash, and the last one
+// is handed over a fourth time: the cap meant for a message that makes
+// daprd crash must not give it back as a failed delivery, since with
+// maxDeliver 1 JetStream would never deliver it again.
+func TestRestartsWithProgressKeepWaitingMessages(t *testing.T) {
+	ns := natstest.Start(t)
+	_, js := natstest.Client(t, ns)
+	sp := startShared(t)
+	md := props(ns.ClientURL(), "consumerID", "app", "maxInFlight", "5", "maxDeliver", "1")
+	pub := sp.daprd(md)
+	ctx := context.Background()
+	for round := range 5 {
+		d := sp.daprd(md)
+		s := d.subscribe("restarts")
+		if round == 0 {
+			natstest.WaitConsumer(t, js, "restarts", "app-restarts")
+			for i := range 5 {
+				require.NoError(t, pub.publish("restarts", "u"+strconv.Itoa(i)))
+			}
+		}
+		cons, err := js.Consumer(ctx, "restarts", "app-restarts")
+		require.NoError(t, err)
+		var m *proto.PullMessagesResponse
+		select {
+		case m = <-s.msgs:
+		case <-time.After(10 * time.Second):
+		}
+		if m == nil {
+			info, err := cons.Info(ctx)
+			require.NoError(t, err)
+			t.Fatalf("daprd %d of 5 got nothing: u%d, which no app ever got, is gone (consumer: %d pending, %d awaiting an ack, ack floor %d, delivered %d)",
+				round+1, round, info.NumPending, info.NumAckPending, info.AckFloor.Stream, info.Delivered.Stream)
+		}
+		require.Equal(t, "u"+strconv.Itoa(round), string(m.GetData()), "daprd %d of 5 got another message first", round+1)
+		require.NoError(t, s.stream.Send(&proto.PullMessagesRequest{AckMessageId: m.GetId()}))
+		require.Eventually(t, func() bool {
+			info, err := cons.Info(ctx)
+			return err == nil && info.AckFloor.Stream == uint64(round+1)
+		}, 10*time.Second, 20*time.Millisecond)
+		// daprd restarts: its connection closes and its process exits.
+		_ = d.conn.Close()
+		_ = d.proc.Process.Kill()
+	}
+}
