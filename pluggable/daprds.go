@@ -33,7 +33,15 @@ func (s *Server) connClosed(pid int) {
 		return
 	}
 	delete(s.conns, pid)
-	if pid == 0 || s.draining || s.watching[pid] || !s.hasInstancesLocked(pid) {
+	s.watchIfDisconnectedLocked(pid)
+}
+
+// watchIfDisconnectedLocked starts watchExit for daprd process pid when it
+// has instances, no open connection and no watcher yet. Both the close of a
+// daprd's last connection and an Init that returns after it call it, under
+// s.mu, so that an instance stored once its daprd is gone is watched too.
+func (s *Server) watchIfDisconnectedLocked(pid int) {
+	if pid == 0 || s.draining || s.conns[pid] > 0 || s.watching[pid] || !s.hasInstancesLocked(pid) {
 		return
 	}
 	s.watching[pid] = true

@@ -350,3 +350,60 @@ func TestRestartsWithProgressKeepWaitingMessages(t *testing.T) {
 		_ = d.proc.Process.Kill()
 	}
 }
+
+// A daprd that exits while the component is still initialising one of its
+// Components (NATS slow to answer; daprd gave up, or another Component made
+// it exit) must not leave that instance open for good: its connection is
+// already gone, so nothing notices later that the daprd has exited.
+func TestDaprdExitDuringInitLeavesNoInstance(t *testing.T) {
+	ns := natstest.Start(t)
+	// A NATS that accepts and never answers keeps Init connecting.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	accepted := make(chan net.Conn, 16)
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- conn
+		}
+	}()
+	defer func() {
+		for len(accepted) > 0 {
+			_ = (<-accepted).Close()
+		}
+	}()
+	sp := startShared(t)
+	d := sp.daprd(props(ns.ClientURL()))
+	pid := d.proc.Process.Pid
+	slow := grpcmd.AppendToOutgoingContext(context.Background(), InstanceHeader, "slow")
+	initDone := make(chan error, 1)
+	go func() {
+		_, err := d.client.Init(slow, &proto.PubSubInitRequest{Metadata: &proto.MetadataRequest{Properties: props("nats://" + ln.Addr().String())}})
+		initDone <- err
+	}()
+	first := <-accepted // Init is connecting now
+	accepted <- first
+	_ = d.proc.Process.Kill()
+	_ = d.conn.Close()
+	<-initDone
+	require.Eventually(t, func() bool {
+		return strings.Contains(sp.log.String(), `component \"slow\" of daprd process `+strconv.Itoa(pid)+" initialized")
+	}, 20*time.Second, 20*time.Millisecond, "the component did not finish the Init")
+	left := func() []string {
+		sp.srv.mu.Lock()
+		defer sp.srv.mu.Unlock()
+		var out []string
+		for k := range sp.srv.instances {
+			if k.pid == pid {
+				out = append(out, k.String())
+			}
+		}
+		return out
+	}
+	assert.Eventually(t, func() bool { return len(left()) == 0 }, 5*time.Second, 50*time.Millisecond,
+		"5s after the daprd exited, the component still has its instances %v open", left())
+}

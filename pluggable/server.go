@@ -140,6 +140,10 @@ func (s *Server) Init(ctx context.Context, req *proto.PubSubInitRequest) (*proto
 	}
 	old := s.instances[key]
 	s.instances[key] = ps
+	// A slow Init can outlive the daprd that asked for it: its last
+	// connection may have closed meanwhile, with nothing left to notice
+	// that it exited and close this instance.
+	s.watchIfDisconnectedLocked(key.pid)
 	s.mu.Unlock()
 	if old != nil {
 		s.log.Infof("component %s initialized again; closing its previous instance", key)
