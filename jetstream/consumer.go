@@ -799,10 +799,18 @@ func (s *subscription) failing(now time.Time) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	pr := s.problem
-	if pr.err == "" || (now.Sub(pr.since) < stuckAfter && !pr.permanent) {
+	if !pr.stuck(now) {
 		return ""
 	}
 	return fmt.Sprintf("topic %q: %s (for %s)", s.topic, pr.err, now.Sub(pr.since).Round(time.Second))
+}
+
+// stuck reports whether pr fails Ping and the readiness probe: retrying
+// cannot fix it, or it has kept the subscription from delivering for
+// stuckAfter. Both probes follow this one rule, so that neither passes
+// while the other fails.
+func (pr problem) stuck(now time.Time) bool {
+	return pr.err != "" && (pr.permanent || now.Sub(pr.since) >= stuckAfter)
 }
 
 func sortBySequence(ds []*Delivery) {

@@ -74,10 +74,14 @@ type SubscriptionStats struct {
 	// (read at most every second while messages are held).
 	NumPending    uint64
 	NumAckPending int
-	// Problem is what keeps a subscription from delivering; Permanent when
-	// retrying cannot fix it.
-	Problem   string
-	Permanent bool
+	// Problem is what keeps a subscription from delivering, since
+	// ProblemSince; Permanent when retrying cannot fix it. Stuck is set
+	// when Ping fails with it: at once when Permanent, else once it has
+	// lasted 10 s. The readiness probe follows Stuck too.
+	Problem      string
+	ProblemSince time.Time
+	Permanent    bool
+	Stuck        bool
 }
 
 // Reasons a message the app has not seen is given back to JetStream.
@@ -272,8 +276,8 @@ func (s *subscription) addLive(byKey map[subKey]*SubscriptionStats, now time.Tim
 	if cs := s.consumer; cs != nil {
 		v.NumPending, v.NumAckPending = cs.numPending, cs.numAckPending
 	}
-	if s.problem.err != "" && (v.Problem == "" || s.problem.permanent) {
-		v.Problem, v.Permanent = s.problem.err, s.problem.permanent
+	if pr := s.problem; pr.err != "" && (v.Problem == "" || (pr.stuck(now) && !v.Stuck)) {
+		v.Problem, v.ProblemSince, v.Permanent, v.Stuck = pr.err, pr.since, pr.permanent, pr.stuck(now)
 	}
 }
 

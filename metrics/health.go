@@ -31,11 +31,13 @@ func (m *Metrics) Handler() http.Handler {
 }
 
 // NotReady lists what keeps the component from being ready: an instance
-// that is not connected to NATS, or a subscription stuck on an error that
-// retrying cannot fix. A subscription that retries after a passing error,
-// or waits on purpose (paused), is ready.
+// that is not connected to NATS, or a subscription that Ping reports as
+// failing (see SubscriptionStats.Stuck): its error cannot be fixed by
+// retrying, or has kept it from delivering for 10 s. A subscription that
+// retries after a passing error, or waits on purpose (paused), is ready.
 func (m *Metrics) NotReady() []string {
 	var problems []string
+	now := time.Now()
 	for _, in := range m.instances() {
 		who := fmt.Sprintf("instance %q (daprd %s)", in.Name, in.Daprd)
 		if st := in.Stats.Connection.State; st != "connected" {
@@ -45,8 +47,9 @@ func (m *Metrics) NotReady() []string {
 			problems = append(problems, fmt.Sprintf("%s: NATS is %s", who, st))
 		}
 		for _, s := range in.Stats.Subscriptions {
-			if s.Live > 0 && s.Permanent {
-				problems = append(problems, fmt.Sprintf("%s: topic %q (consumer %s): %s", who, s.Topic, s.Consumer, s.Problem))
+			if s.Live > 0 && s.Stuck {
+				problems = append(problems, fmt.Sprintf("%s: topic %q (consumer %s): %s (for %s)",
+					who, s.Topic, s.Consumer, s.Problem, now.Sub(s.ProblemSince).Round(time.Second)))
 			}
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	contribmd "github.com/dapr/components-contrib/metadata"
 	"github.com/dapr/components-contrib/pubsub"
 	"github.com/dapr/kit/logger"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -210,4 +211,46 @@ func with(base map[string]string, kv ...string) map[string]string {
 		out[kv[i]] = kv[i+1]
 	}
 	return out
+}
+
+// An operator deletes the stream of a subscribed topic while
+// autoProvision is off: the subscription cannot deliver and retries in the
+// background. Ping (healthcheck -nats) fails with it after 10 s, and the
+// docs (troubleshooting.md, "Ping, healthcheck -nats or the readiness probe
+// fails with ...") say the readiness probe, /readyz in the manifests, fails
+// with it too, naming the topic; once the operator creates a stream for
+// the topic again, it is ready again.
+func TestReadinessNamesASubscriptionWhoseStreamIsGone(t *testing.T) {
+	ns := natstest.Start(t)
+	_, js := natstest.Client(t, ns)
+	_, err := js.CreateStream(t.Context(), natsjs.StreamConfig{Name: "BYSTANDER", Subjects: []string{"bystander"}})
+	require.NoError(t, err)
+	_, err = js.CreateStream(t.Context(), natsjs.StreamConfig{Name: "ORDERS", Subjects: []string{"orders"}})
+	require.NoError(t, err)
+	ps, m := instrumented(t, ns.ClientURL(), map[string]string{"consumerID": "app", "autoProvision": "false"})
+	h := m.Handler()
+	require.NoError(t, ps.Subscribe(t.Context(), pubsub.SubscribeRequest{Topic: "orders"},
+		func(context.Context, *pubsub.NewMessage) error { return nil }))
+	natstest.WaitConsumer(t, js, "ORDERS", "app-orders")
+	code, body := get(t, h, "/readyz")
+	require.Equal(t, http.StatusOK, code, body)
+
+	require.NoError(t, js.DeleteStream(t.Context(), "ORDERS"))
+	// Ping reports the subscription once the problem lasted 10 s.
+	var pingErr error
+	require.Eventually(t, func() bool {
+		c, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		pingErr = ps.Ping(c)
+		return pingErr != nil
+	}, 2*waitFor, 100*time.Millisecond, "Ping never reported the subscription whose stream is gone")
+	t.Logf("Ping: %v", pingErr)
+	code, body = get(t, h, "/readyz")
+	assert.Equal(t, http.StatusServiceUnavailable, code, "/readyz answers %d %q while Ping fails with %q", code, body, pingErr)
+	assert.Contains(t, body, `topic "orders"`)
+
+	_, err = js.CreateStream(t.Context(), natsjs.StreamConfig{Name: "ORDERS2", Subjects: []string{"orders"}})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { code, _ := get(t, h, "/readyz"); return code == http.StatusOK }, waitFor, 20*time.Millisecond,
+		"not ready after the operator created a stream for the topic")
 }
