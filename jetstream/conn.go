@@ -163,6 +163,7 @@ func (p *PubSub) connEvents(conns *connWatch, firstErr chan<- error) []nats.Opti
 				})
 				return
 			}
+			p.denials.note(err)
 			p.log.Warnf("NATS: %v", err)
 		}),
 		// nats.go reports why the first connection attempt failed only here:

@@ -57,6 +57,8 @@ type PubSub struct {
 	// noAdvisories logs, once, that NATS refuses the subscriptions to
 	// JetStream's notices of abandoned messages.
 	noAdvisories sync.Once
+	// denials are the subjects NATS refused this connection to publish to.
+	denials denials
 	// stats counts what the instance does; observer, if set, is told each
 	// publish's PubAck latency.
 	stats    *stats

@@ -255,10 +255,11 @@ func (s *subscription) poke() {
 
 // setUp finds or creates the consumer and starts pulling.
 func (s *subscription) setUp() {
+	asked := time.Now()
 	cs, err := s.ensureConsumer(s.ctx)
 	if err != nil {
 		if s.ctx.Err() == nil {
-			s.report(err)
+			s.report(s.p.explainDenied("subscribe to", s.topic, err, asked))
 			s.backOff()
 		}
 		return

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	contribmd "github.com/dapr/components-contrib/metadata"
 	"github.com/dapr/components-contrib/pubsub"
 	"github.com/dapr/kit/logger"
+	"github.com/nats-io/nats-server/v2/server"
 	natsjs "github.com/nats-io/nats.go/jetstream"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -253,4 +255,36 @@ func TestReadinessNamesASubscriptionWhoseStreamIsGone(t *testing.T) {
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { code, _ := get(t, h, "/readyz"); return code == http.StatusOK }, waitFor, 20*time.Millisecond,
 		"not ready after the operator created a stream for the topic")
+}
+
+// The NATS user may not create the subscription's consumer (its publish
+// permissions deny $JS.API.CONSUMER.CREATE.>): retrying cannot fix that,
+// only an operator who grants the permission. /readyz must name the topic
+// and say that permission is missing, as Ping's error must; instead each
+// attempt waits 5 s for an answer that never comes and the subscription
+// reports "context deadline exceeded", which Ping repeats after 10 s while
+// /readyz stays ready.
+func TestReadinessNamesASubscriptionDeniedPermission(t *testing.T) {
+	ns := natstest.Start(t, func(o *server.Options) {
+		o.Users = []*server.User{{Username: "app", Password: "pw", Permissions: &server.Permissions{
+			Publish: &server.SubjectPermission{Deny: []string{"$JS.API.CONSUMER.CREATE.>", "$JS.API.CONSUMER.DURABLE.CREATE.>"}},
+		}}}
+	})
+	ps, m := instrumented(t, ns.ClientURL(), map[string]string{"consumerID": "app", "user": "app", "password": "pw"})
+	h := m.Handler()
+	require.NoError(t, ps.Subscribe(t.Context(), pubsub.SubscribeRequest{Topic: "orders"},
+		func(context.Context, *pubsub.NewMessage) error { return nil }))
+	var pingErr error
+	require.Eventually(t, func() bool {
+		c, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		pingErr = ps.Ping(c)
+		return pingErr != nil
+	}, 2*waitFor, 100*time.Millisecond, "Ping never reported the subscription that may not create its consumer")
+	t.Logf("Ping: %v", pingErr)
+	assert.Contains(t, strings.ToLower(pingErr.Error()), "permission", "Ping does not say what is wrong")
+	code, body := get(t, h, "/readyz")
+	assert.Equal(t, http.StatusServiceUnavailable, code, "/readyz answers %d %q while Ping fails with %q", code, body, pingErr)
+	assert.Contains(t, body, `topic "orders"`)
+	assert.Contains(t, strings.ToLower(body), "permission")
 }

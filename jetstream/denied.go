@@ -1,0 +1,96 @@
+package jetstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// deniedPublish finds the subject in the error nats.go passes on for a
+// publish that NATS does not allow, worded by the server as
+// `Permissions Violation for Publish to "$JS.API.CONSUMER.CREATE.…"`.
+var deniedPublish = regexp.MustCompile(`(?i)violation for publish to "([^"]+)"`)
+
+// deniedKeep is how long a refused publish is remembered: longer than any
+// JetStream API call waits for its answer.
+const deniedKeep = time.Minute
+
+// denials remembers the subjects NATS refused this connection to publish
+// to, and when. A JetStream API request to such a subject never gets an
+// answer, so the call only times out; nats.go tells of the refusal to
+// ErrorHandler alone.
+type denials struct {
+	mu   sync.Mutex
+	last map[string]time.Time
+}
+
+// note records err when it is a refused publish.
+func (d *denials) note(err error) {
+	if !errors.Is(err, nats.ErrPermissionViolation) {
+		return
+	}
+	m := deniedPublish.FindStringSubmatch(err.Error())
+	if m == nil {
+		return
+	}
+	now := time.Now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.last == nil {
+		d.last = map[string]time.Time{}
+	}
+	for subject, at := range d.last {
+		if now.Sub(at) > deniedKeep {
+			delete(d.last, subject)
+		}
+	}
+	d.last[m[1]] = now
+}
+
+// since lists, sorted, the subjects starting with prefix that were refused
+// at t or later.
+func (d *denials) since(t time.Time, prefix string) []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []string
+	for subject, at := range d.last {
+		if !at.Before(t) && strings.HasPrefix(subject, prefix) {
+			out = append(out, subject)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// explainDenied returns the refusal behind err when err is a JetStream API
+// call, made at asked, that timed out after NATS reported that it does not
+// allow this connection to publish to a JetStream API subject: neither
+// waiting longer nor retrying helps, only a permission. Any other err is
+// returned as it is.
+func (p *PubSub) explainDenied(op, topic string, err error, asked time.Time) error {
+	if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
+		return err
+	}
+	p.mu.Lock()
+	prefix := p.apiPrefix
+	p.mu.Unlock()
+	subjects := p.denials.since(asked, prefix)
+	if len(subjects) == 0 {
+		return err
+	}
+	quoted := make([]string, len(subjects))
+	for i, s := range subjects {
+		quoted[i] = strconv.Quote(s)
+	}
+	return &Error{Op: op, Topic: topic, Kind: KindRejected, Err: fmt.Errorf(
+		"NATS does not allow this connection to publish to %s, so JetStream never answered (%v); grant the NATS user publish permission for %s> (or for those subjects), in the server's authorization or the user's JWT (nsc edit user --allow-pub)",
+		strings.Join(quoted, ", "), err, prefix)}
+}
