@@ -79,5 +79,13 @@ func (m *Metrics) Publishes(instance, daprd string) jetstream.PublishObserver {
 	}
 }
 
+// Forget removes the series of an instance closed for good (its daprd
+// exited): the collector's go with the instance, and this removes the
+// PubAck latency histogram's, which would otherwise stay for the life of
+// the process.
+func (m *Metrics) Forget(instance, daprd string) {
+	m.pubAck.DeletePartialMatch(prometheus.Labels{"instance": instance, "daprd": daprd})
+}
+
 // Registry is where the metrics are registered, for tests and embedding.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }

@@ -1,6 +1,7 @@
 package pluggable
 
 import (
+	"strconv"
 	"sync"
 	"time"
 
@@ -82,7 +83,13 @@ func (s *Server) watchExit(pid int) {
 		if gone {
 			delete(s.watching, pid)
 			instances := s.takeInstancesLocked(pid)
+			m := s.metrics
 			s.mu.Unlock()
+			if m != nil {
+				for k := range instances {
+					m.Forget(k.name, strconv.Itoa(k.pid))
+				}
+			}
 			s.closeInstances(instances)
 			return
 		}

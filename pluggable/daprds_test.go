@@ -6,6 +6,7 @@ import (
 	"net"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +22,7 @@ import (
 	grpcmd "google.golang.org/grpc/metadata"
 
 	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
+	"github.com/dapr-nats/jetstream-pubsub/metrics"
 )
 
 // syncBuffer is a log sink that the component's goroutines may share.
@@ -406,4 +408,44 @@ func TestDaprdExitDuringInitLeavesNoInstance(t *testing.T) {
 	}
 	assert.Eventually(t, func() bool { return len(left()) == 0 }, 5*time.Second, 50*time.Millisecond,
 		"5s after the daprd exited, the component still has its instances %v open", left())
+}
+
+// When a daprd exits, its instances close, and every series labelled with
+// that daprd must go with them: on a laptop each `dapr run` is a new
+// process id, so a series left behind is a stale one that accumulates
+// forever. The series the collector makes go; the PubAck latency
+// histogram's must too.
+func TestMetricsOfAnExitedDaprdGoAway(t *testing.T) {
+	ns := natstest.Start(t)
+	sp := startShared(t)
+	m := metrics.New()
+	sp.srv.UseMetrics(m)
+	d := sp.daprd(props(ns.ClientURL()))
+	require.NoError(t, d.publish("orders", "x"))
+	pid := strconv.Itoa(d.proc.Process.Pid)
+	// series lists the families that have a series of that daprd.
+	series := func() []string {
+		fams, err := m.Registry().Gather()
+		require.NoError(t, err)
+		var out []string
+		for _, f := range fams {
+			for _, mt := range f.GetMetric() {
+				for _, l := range mt.GetLabel() {
+					if l.GetName() == "daprd" && l.GetValue() == pid {
+						out = append(out, f.GetName())
+					}
+				}
+			}
+		}
+		return out
+	}
+	require.Contains(t, series(), "jetstream_pubsub_publish_total")
+	require.Contains(t, series(), "jetstream_pubsub_puback_seconds")
+
+	require.NoError(t, d.proc.Process.Kill())
+	_ = d.proc.Wait()
+	require.NoError(t, d.conn.Close())
+	require.Eventually(t, func() bool { return !slices.Contains(series(), "jetstream_pubsub_publish_total") }, 15*time.Second, 20*time.Millisecond,
+		"the instance of the exited daprd was not closed")
+	assert.Empty(t, series(), "series of daprd %s stay after it exited and its instance closed", pid)
 }
