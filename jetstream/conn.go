@@ -150,6 +150,10 @@ func (p *PubSub) connEvents(conns *connWatch, firstErr chan<- error) []nats.Opti
 			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
+			// nats.go counts the first connection too when it was made by
+			// its reconnect loop (NATS was not reachable at Init); it calls
+			// ConnectHandler for that one, and this only for the others.
+			p.stats.reconnects.Add(1)
 			down, n := conns.up()
 			p.log.Infof("reconnected to NATS at %s after %s down (%s failed)", metadata.RedactURL(nc.ConnectedUrl()), roughly(down), attempts(n))
 			p.reconnected()

@@ -29,7 +29,9 @@ type ConnectionStats struct {
 	// State is connected, reconnecting or closed ("" before Init).
 	State         string
 	ServerVersion string
-	Reconnects    uint64
+	// Reconnects counts connections made again after one was lost; the
+	// first connection is not one, even when NATS was not reachable yet.
+	Reconnects uint64
 	// Disconnects counts lost connections by the kind of error.
 	Disconnects map[string]uint64
 }
@@ -122,7 +124,8 @@ type pubCounters struct {
 
 // stats holds an instance's counters.
 type stats struct {
-	pub sync.Map // topic -> *pubCounters
+	pub        sync.Map // topic -> *pubCounters
+	reconnects atomic.Uint64
 
 	mu          sync.Mutex
 	subs        map[subKey]*subCounters
@@ -189,6 +192,7 @@ func (p *PubSub) Stats() Stats {
 	st := p.stats
 	var out Stats
 	out.Connection = connectionStats(nc)
+	out.Connection.Reconnects = st.reconnects.Load()
 	st.mu.Lock()
 	out.Connection.Disconnects = make(map[string]uint64, len(st.disconnects))
 	for k, v := range st.disconnects {
@@ -234,7 +238,7 @@ func connectionStats(nc *nats.Conn) ConnectionStats {
 	if nc == nil {
 		return ConnectionStats{}
 	}
-	cs := ConnectionStats{ServerVersion: nc.ConnectedServerVersion(), Reconnects: nc.Stats().Reconnects}
+	cs := ConnectionStats{ServerVersion: nc.ConnectedServerVersion()}
 	switch nc.Status() {
 	case nats.CONNECTED:
 		cs.State = "connected"

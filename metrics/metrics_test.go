@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -287,4 +288,26 @@ func TestReadinessNamesASubscriptionDeniedPermission(t *testing.T) {
 	assert.Equal(t, http.StatusServiceUnavailable, code, "/readyz answers %d %q while Ping fails with %q", code, body, pingErr)
 	assert.Contains(t, body, `topic "orders"`)
 	assert.Contains(t, strings.ToLower(body), "permission")
+}
+
+// A component that starts before nats-server (a pod scheduled before NATS
+// is up) connects for the first time once NATS starts: the log says
+// "connected", not "reconnected", and reconnects_total, "reconnections"
+// in docs/observability.md, must stay 0 until a connection is lost and
+// made again. An alert on its increase would otherwise fire for every pod
+// that merely started first.
+func TestReconnectsNotCountedForTheFirstConnection(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	port := l.Addr().(*net.TCPAddr).Port
+	require.NoError(t, l.Close())
+	_, m := instrumented(t, fmt.Sprintf("nats://127.0.0.1:%d", port), map[string]string{"reconnectWait": "100ms"})
+	h := m.Handler()
+	code, _ := get(t, h, "/readyz")
+	require.Equal(t, http.StatusServiceUnavailable, code)
+	assert.Equal(t, 0.0, value(scrape(t, h), "reconnects_total", nil))
+
+	natstest.Start(t, func(o *server.Options) { o.Port = port })
+	require.Eventually(t, func() bool { code, _ := get(t, h, "/readyz"); return code == http.StatusOK }, waitFor, 20*time.Millisecond)
+	assert.Equal(t, 0.0, value(scrape(t, h), "reconnects_total", nil), "reconnects_total counts the first connection")
 }
