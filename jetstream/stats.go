@@ -16,7 +16,8 @@ import (
 )
 
 // Stats is a snapshot of what an instance does behind the socket, for
-// metrics and readiness. Counters count from the instance's Init.
+// metrics and readiness. Counters count from the instance's Init, or from
+// the Init of the first instance it continues (see ContinueCounts).
 type Stats struct {
 	Connection    ConnectionStats
 	Publish       []PublishStats
@@ -126,6 +127,9 @@ type pubCounters struct {
 type stats struct {
 	pub        sync.Map // topic -> *pubCounters
 	reconnects atomic.Uint64
+	// before holds the counters of the instance this one continues (see
+	// ContinueCounts), which Stats adds to these.
+	before atomic.Pointer[stats]
 
 	mu          sync.Mutex
 	subs        map[subKey]*subCounters
@@ -182,6 +186,93 @@ func (st *stats) disconnected(kind string) {
 	st.disconnects[kind]++
 }
 
+// continues reports whether st counts on from other, or is other.
+func (st *stats) continues(other *stats) bool {
+	for c := st; c != nil; c = c.before.Load() {
+		if c == other {
+			return true
+		}
+	}
+	return false
+}
+
+// ContinueCounts has p's counters go on from old's: p replaces old (the same
+// Component initialised again), and the series they feed keep their labels,
+// so none of them may go back within one process. Counters old still adds as
+// it closes count too. p continues one instance at most; later calls do
+// nothing. p keeps old's counters, not old itself, for as long as p lives.
+func (p *PubSub) ContinueCounts(old *PubSub) {
+	if old == nil || old.stats.continues(p.stats) {
+		return
+	}
+	p.stats.before.CompareAndSwap(nil, old.stats)
+}
+
+// statsSum sums the counters of an instance and of those it continues.
+type statsSum struct {
+	reconnects  uint64
+	disconnects map[string]uint64
+	givenBack   map[givenBackKey]uint64
+	subs        map[subKey]*SubscriptionStats
+	pub         map[string]*PublishStats
+}
+
+func newStatsSum() *statsSum {
+	return &statsSum{disconnects: map[string]uint64{}, givenBack: map[givenBackKey]uint64{}, subs: map[subKey]*SubscriptionStats{}, pub: map[string]*PublishStats{}}
+}
+
+func (t *statsSum) subscription(k subKey) *SubscriptionStats {
+	v := t.subs[k]
+	if v == nil {
+		v = &SubscriptionStats{Topic: k.topic, Consumer: k.consumer}
+		t.subs[k] = v
+	}
+	return v
+}
+
+func (t *statsSum) publish(topic string) *PublishStats {
+	v := t.pub[topic]
+	if v == nil {
+		v = &PublishStats{Topic: topic, Outcomes: make(map[string]uint64, len(outcomes))}
+		for _, o := range outcomes {
+			v.Outcomes[o] = 0
+		}
+		t.pub[topic] = v
+	}
+	return v
+}
+
+// addTo adds st's counters, without those of the instances it continues.
+func (st *stats) addTo(t *statsSum) {
+	t.reconnects += st.reconnects.Load()
+	st.mu.Lock()
+	for k, v := range st.disconnects {
+		t.disconnects[k] += v
+	}
+	for k, v := range st.givenBack {
+		t.givenBack[k] += v
+	}
+	for k, c := range st.subs {
+		v := t.subscription(k)
+		v.Deliveries += c.deliveries.Load()
+		v.Redeliveries += c.redeliveries.Load()
+		v.Acks += c.acks.Load()
+		v.Naks += c.naks.Load()
+		v.Terms += c.terms.Load()
+		v.InProgress += c.inProgress.Load()
+	}
+	st.mu.Unlock()
+	st.pub.Range(func(k, v any) bool {
+		c := v.(*pubCounters)
+		ps := t.publish(k.(string))
+		ps.BulkEntriesFailed += c.bulkFailed.Load()
+		for i, o := range outcomes {
+			ps.Outcomes[o] += c.byOutcome[i].Load()
+		}
+		return true
+	})
+}
+
 // Stats returns what the instance does now. It is cheap enough for every
 // scrape: it reads counters and the state of live subscriptions.
 func (p *PubSub) Stats() Stats {
@@ -189,42 +280,30 @@ func (p *PubSub) Stats() Stats {
 	nc := p.nc
 	subs := p.subscriptionsLocked()
 	p.mu.Unlock()
-	st := p.stats
-	var out Stats
-	out.Connection = connectionStats(nc)
-	out.Connection.Reconnects = st.reconnects.Load()
-	st.mu.Lock()
-	out.Connection.Disconnects = make(map[string]uint64, len(st.disconnects))
-	for k, v := range st.disconnects {
-		out.Connection.Disconnects[k] = v
+	t := newStatsSum()
+	for st := p.stats; st != nil; st = st.before.Load() {
+		st.addTo(t)
 	}
-	for k, v := range st.givenBack {
-		out.GivenBack = append(out.GivenBack, GivenBackStats{Topic: k.topic, Reason: k.reason, Count: v})
-	}
-	byKey := map[subKey]*SubscriptionStats{}
-	for k, c := range st.subs {
-		byKey[k] = &SubscriptionStats{
-			Topic: k.topic, Consumer: k.consumer,
-			Deliveries: c.deliveries.Load(), Redeliveries: c.redeliveries.Load(), Acks: c.acks.Load(),
-			Naks: c.naks.Load(), Terms: c.terms.Load(), InProgress: c.inProgress.Load(),
-		}
-	}
-	st.mu.Unlock()
 	now := time.Now()
 	for _, s := range subs {
-		s.addLive(byKey, now)
+		s.addLive(t, now)
 	}
-	for _, v := range byKey {
+
+	out := Stats{Connection: connectionStats(nc)}
+	out.Connection.Reconnects = t.reconnects
+	out.Connection.Disconnects = t.disconnects
+	for k, v := range t.givenBack {
+		out.GivenBack = append(out.GivenBack, GivenBackStats{Topic: k.topic, Reason: k.reason, Count: v})
+	}
+	for _, v := range t.subs {
 		out.Subscriptions = append(out.Subscriptions, *v)
 	}
-	st.pub.Range(func(k, v any) bool {
-		c := v.(*pubCounters)
-		ps := PublishStats{Topic: k.(string), Outcomes: map[string]uint64{}, BulkEntriesFailed: c.bulkFailed.Load()}
-		for i, o := range outcomes {
-			ps.Outcomes[o] = c.byOutcome[i].Load()
-		}
-		out.Publish = append(out.Publish, ps)
-		return true
+	for _, v := range t.pub {
+		out.Publish = append(out.Publish, *v)
+	}
+	sort.Slice(out.GivenBack, func(i, j int) bool {
+		a, b := out.GivenBack[i], out.GivenBack[j]
+		return a.Topic < b.Topic || (a.Topic == b.Topic && a.Reason < b.Reason)
 	})
 	sort.Slice(out.Publish, func(i, j int) bool { return out.Publish[i].Topic < out.Publish[j].Topic })
 	sort.Slice(out.Subscriptions, func(i, j int) bool {
@@ -259,14 +338,9 @@ func (s *subscription) statsConsumer() string {
 	return "ephemeral"
 }
 
-// addLive adds what s holds now to its entry in byKey.
-func (s *subscription) addLive(byKey map[subKey]*SubscriptionStats, now time.Time) {
-	k := subKey{s.topic, s.statsConsumer()}
-	v := byKey[k]
-	if v == nil {
-		v = &SubscriptionStats{Topic: k.topic, Consumer: k.consumer}
-		byKey[k] = v
-	}
+// addLive adds what s holds now to its entry in t.
+func (s *subscription) addLive(t *statsSum, now time.Time) {
+	v := t.subscription(subKey{s.topic, s.statsConsumer()})
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	v.Live++

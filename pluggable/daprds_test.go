@@ -449,3 +449,53 @@ func TestMetricsOfAnExitedDaprdGoAway(t *testing.T) {
 		"the instance of the exited daprd was not closed")
 	assert.Empty(t, series(), "series of daprd %s stay after it exited and its instance closed", pid)
 }
+
+// daprd initialises the same Component again (a hot reload): the series
+// keep their labels (instance, daprd, topic, outcome), so they must keep
+// counting. Instead publish_total starts again from 0 under the same
+// labels, a counter going backwards within one process, while the PubAck
+// histogram of the same publishes keeps counting: the two disagree.
+func TestPublishCountersSurviveReInit(t *testing.T) {
+	ns := natstest.Start(t)
+	sp := startShared(t)
+	m := metrics.New()
+	sp.srv.UseMetrics(m)
+	md := props(ns.ClientURL())
+	d := sp.daprd(md)
+	pid := strconv.Itoa(d.proc.Process.Pid)
+	// sample is the value of family name's series of this daprd's ok
+	// publishes to orders; -1 when there is none.
+	sample := func(name string) float64 {
+		fams, err := m.Registry().Gather()
+		require.NoError(t, err)
+		for _, f := range fams {
+			if f.GetName() != name {
+				continue
+			}
+			for _, mt := range f.GetMetric() {
+				labels := map[string]string{}
+				for _, l := range mt.GetLabel() {
+					labels[l.GetName()] = l.GetValue()
+				}
+				if labels["daprd"] != pid || labels["topic"] != "orders" || labels["outcome"] != "ok" {
+					continue
+				}
+				if h := mt.GetHistogram(); h != nil {
+					return float64(h.GetSampleCount())
+				}
+				return mt.GetCounter().GetValue()
+			}
+		}
+		return -1
+	}
+	for i := range 3 {
+		require.NoError(t, d.publish("orders", "m"+strconv.Itoa(i)))
+	}
+	require.Equal(t, 3.0, sample("jetstream_pubsub_publish_total"))
+	require.Equal(t, 3.0, sample("jetstream_pubsub_puback_seconds"))
+
+	d.init(md)
+	require.NoError(t, d.publish("orders", "after"))
+	assert.Equal(t, 4.0, sample("jetstream_pubsub_puback_seconds"))
+	assert.Equal(t, 4.0, sample("jetstream_pubsub_publish_total"), "publish_total of daprd %s went back after the Component was initialised again", pid)
+}

@@ -52,6 +52,9 @@ type Server struct {
 	watchers sync.WaitGroup
 	// metrics, if set, records each instance's publishes.
 	metrics *metrics.Metrics
+	// counting is the instance of each key whose counters were last shown
+	// or used (see continueCountsLocked).
+	counting map[instanceKey]*jetstream.PubSub
 }
 
 // instanceKey names an instance: the Component name daprd gave it, and the
@@ -107,6 +110,7 @@ func (s *Server) instance(ctx context.Context) (*jetstream.PubSub, instanceKey, 
 	if !ok {
 		return nil, key, status.Errorf(codes.FailedPrecondition, "component %s is not initialized: call Init first", key)
 	}
+	s.continueCountsLocked(key, ps)
 	return ps, key, nil
 }
 
@@ -541,6 +545,7 @@ func (s *Server) metricsInstances() []metrics.Instance {
 	keys := make([]instanceKey, 0, len(s.instances))
 	pss := make([]*jetstream.PubSub, 0, len(s.instances))
 	for k, ps := range s.instances {
+		s.continueCountsLocked(k, ps)
 		keys, pss = append(keys, k), append(pss, ps)
 	}
 	s.mu.Unlock()
