@@ -64,6 +64,10 @@ type Delivery struct {
 	// handedOn orders the messages this subscription handed to its
 	// DeliverFunc, from 1; 0 until then. Guarded by sub.mu.
 	handedOn uint64
+	// leftBy holds the counters of the instance whose subscription ended
+	// without settling the message: while the message waits on the
+	// handover desk, that instance's held_messages count it.
+	leftBy   *stats
 	header   nats.Header  // as delivered, for a dead letter
 	received time.Time    // when the component received it
 	touched  atomic.Int64 // unix nanos of delivery or last InProgress
@@ -116,7 +120,7 @@ func (d *Delivery) handedTo(s *subscription) *Delivery {
 	c := &Delivery{
 		sub: s, reply: d.reply, stream: d.stream, streamCreated: d.streamCreated,
 		Topic: d.Topic, Data: d.Data, Metadata: d.Metadata, ContentType: d.ContentType,
-		Sequence: d.Sequence, Deliveries: d.Deliveries, endsFirstInLine: d.endsFirstInLine, header: d.header, received: d.received,
+		Sequence: d.Sequence, Deliveries: d.Deliveries, endsFirstInLine: d.endsFirstInLine, leftBy: d.leftBy, header: d.header, received: d.received,
 	}
 	c.touched.Store(d.touched.Load())
 	c.redelivered.Store(d.redelivered.Load())

@@ -61,8 +61,8 @@ type PublishStats struct {
 }
 
 // SubscriptionStats describes the subscriptions to one topic with one
-// consumer: counters that outlive a single PullMessages stream, and what the
-// live ones hold now.
+// consumer: counters that outlive a single PullMessages stream, what the
+// live ones hold now, and what ended ones left waiting for the next.
 type SubscriptionStats struct {
 	Topic    string
 	Consumer string // the durable, or "ephemeral"
@@ -70,13 +70,19 @@ type SubscriptionStats struct {
 
 	Deliveries, Redeliveries, Acks, Naks, Terms, InProgress uint64
 
+	// Held counts the messages delivered to daprd and not yet settled,
+	// and those an ended subscription left waiting for the next one of
+	// the consumer; OldestHeld is the age of the oldest of them.
 	Held        int
 	MaxInFlight int
 	OldestHeld  time.Duration
-	// NumPending and NumAckPending are the consumer's, from its last info
-	// (read at most every second while messages are held).
+	// NumPending and NumAckPending are the consumer's, from the last info
+	// a live subscription read (at most every second while messages are
+	// held). ConsumerKnown is false when no live subscription has read
+	// one: then they say nothing.
 	NumPending    uint64
 	NumAckPending int
+	ConsumerKnown bool
 	// Problem is what keeps a subscription from delivering, since
 	// ProblemSince; Permanent when retrying cannot fix it. Stuck is set
 	// when Ping fails with it: at once when Permanent, else once it has
@@ -199,8 +205,10 @@ func (st *stats) continues(other *stats) bool {
 // ContinueCounts has p's counters go on from old's: p replaces old (the same
 // Component initialised again), and the series they feed keep their labels,
 // so none of them may go back within one process. Counters old still adds as
-// it closes count too. p continues one instance at most; later calls do
-// nothing. p keeps old's counters, not old itself, for as long as p lives.
+// it closes count too, and so do the messages its ended subscriptions left
+// waiting for the next subscription of their consumer. p continues one
+// instance at most; later calls do nothing. p keeps old's counters, not old
+// itself, for as long as p lives.
 func (p *PubSub) ContinueCounts(old *PubSub) {
 	if old == nil || old.stats.continues(p.stats) {
 		return
@@ -288,6 +296,7 @@ func (p *PubSub) Stats() Stats {
 	for _, s := range subs {
 		s.addLive(t, now)
 	}
+	desk.addWaiting(t, p.stats, now)
 
 	out := Stats{Connection: connectionStats(nc)}
 	out.Connection.Reconnects = t.reconnects
@@ -311,6 +320,27 @@ func (p *PubSub) Stats() Stats {
 		return a.Topic < b.Topic || (a.Topic == b.Topic && a.Consumer < b.Consumer)
 	})
 	return out
+}
+
+// addWaiting adds to t the messages waiting for the next subscription of
+// their consumer that subscriptions counted by mine, or by the instances it
+// continues, left when they ended: daprd has not settled them, and the
+// consumer still has them ack-pending.
+func (h *handoverDesk) addWaiting(t *statsSum, mine *stats, now time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, ws := range h.waiting {
+		for _, w := range ws {
+			if w.d.leftBy == nil || !mine.continues(w.d.leftBy) {
+				continue
+			}
+			v := t.subscription(subKey{w.d.Topic, w.statsConsumer})
+			v.Held++
+			if age := now.Sub(w.d.received); age > v.OldestHeld {
+				v.OldestHeld = age
+			}
+		}
+	}
 }
 
 func connectionStats(nc *nats.Conn) ConnectionStats {
@@ -352,7 +382,7 @@ func (s *subscription) addLive(t *statsSum, now time.Time) {
 		}
 	}
 	if cs := s.consumer; cs != nil {
-		v.NumPending, v.NumAckPending = cs.numPending, cs.numAckPending
+		v.NumPending, v.NumAckPending, v.ConsumerKnown = cs.numPending, cs.numAckPending, true
 	}
 	if pr := s.problem; pr.err != "" && (v.Problem == "" || (pr.stuck(now) && !v.Stuck)) {
 		v.Problem, v.ProblemSince, v.Permanent, v.Stuck = pr.err, pr.since, pr.permanent, pr.stuck(now)

@@ -719,6 +719,9 @@ func (s *subscription) pass(cs *consumerState, taken []*Delivery) {
 		}
 		return
 	}
+	for _, d := range taken {
+		d.leftBy = s.p.stats
+	}
 	desk.leave(s.handoverKey(cs), taken, handoverTerms{
 		ackWait: cs.shortestAckWait(), ackNone: cs.ackPolicy == natsjs.AckNonePolicy, maxDeliver: cs.maxDeliver, statsConsumer: s.statsConsumer(),
 	}, s.p)

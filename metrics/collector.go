@@ -32,7 +32,7 @@ var (
 	bulkFailed = desc("bulk_entries_failed_total", "BulkPublish entries that were not stored.", "topic")
 
 	subLabels     = []string{"topic", "consumer"}
-	held          = desc("held_messages", "Messages the component holds for daprd: delivered to it, or waiting for it, and not yet settled.", subLabels...)
+	held          = desc("held_messages", "Messages the component holds for daprd and that are not yet settled: delivered to it, waiting for it, or left by an ended subscription for the next one.", subLabels...)
 	maxInFlight   = desc("max_in_flight", "The maxInFlight limit of the topic's subscriptions.", subLabels...)
 	oldestHeld    = desc("oldest_held_seconds", "Age of the oldest message held.", subLabels...)
 	deliveries    = desc("deliveries_total", "Messages JetStream delivered to the component.", subLabels...)
@@ -41,8 +41,8 @@ var (
 	naks          = desc("naks_total", "Messages the app failed, given back for redelivery.", subLabels...)
 	terms         = desc("terms_total", "Messages terminated after their dead letter was stored.", subLabels...)
 	inProgress    = desc("in_progress_total", "InProgress acknowledgements sent for messages held long.", subLabels...)
-	pending       = desc("consumer_pending_messages", "The consumer's num_pending: messages not yet delivered.", subLabels...)
-	ackPending    = desc("consumer_ack_pending_messages", "The consumer's num_ack_pending: delivered and not yet acknowledged.", subLabels...)
+	pending       = desc("consumer_pending_messages", "The consumer's num_pending: messages not yet delivered. Only while a subscription is open.", subLabels...)
+	ackPending    = desc("consumer_ack_pending_messages", "The consumer's num_ack_pending: delivered and not yet acknowledged. Only while a subscription is open.", subLabels...)
 	subscriptions = desc("subscriptions", "Subscriptions open to the topic with the consumer.", subLabels...)
 	givenBack     = desc("given_back_total", "Messages the app had not seen, given back to JetStream, by reason: pause, stream_end or shutdown.", "topic", "reason")
 )
@@ -106,8 +106,13 @@ func collectSubscription(gauge func(*prometheus.Desc, float64, ...string), count
 	gauge(held, float64(s.Held), l...)
 	gauge(maxInFlight, float64(s.MaxInFlight), l...)
 	gauge(oldestHeld, s.OldestHeld.Seconds(), l...)
-	gauge(pending, float64(s.NumPending), l...)
-	gauge(ackPending, float64(s.NumAckPending), l...)
+	// Without a live subscription nothing here reads the consumer's info,
+	// and another replica may drain it meanwhile: a figure kept from
+	// before would pass for the current one.
+	if s.ConsumerKnown {
+		gauge(pending, float64(s.NumPending), l...)
+		gauge(ackPending, float64(s.NumAckPending), l...)
+	}
 	counter(deliveries, s.Deliveries, l...)
 	counter(redeliveries, s.Redeliveries, l...)
 	counter(acks, s.Acks, l...)

@@ -311,3 +311,49 @@ func TestReconnectsNotCountedForTheFirstConnection(t *testing.T) {
 	require.Eventually(t, func() bool { code, _ := get(t, h, "/readyz"); return code == http.StatusOK }, waitFor, 20*time.Millisecond)
 	assert.Equal(t, 0.0, value(scrape(t, h), "reconnects_total", nil), "reconnects_total counts the first connection")
 }
+
+// A subscription of a durable ends while its handler holds messages (the
+// app did not handle them): they wait, kept alive, for the next
+// subscription of the durable, and the consumer still has them
+// ack-pending. The series of that topic and consumer stay, so what they
+// read must stay true: consumer_ack_pending_messages is the consumer's
+// num_ack_pending, and held_messages counts messages "waiting for" daprd
+// and not yet settled. They must not read 0 while the consumer has 3
+// messages ack-pending that the component keeps for the next subscription.
+func TestGaugesStayTrueAfterASubscriptionEnds(t *testing.T) {
+	ns := natstest.Start(t)
+	_, js := natstest.Client(t, ns)
+	ps, m := instrumented(t, ns.ClientURL(), map[string]string{"consumerID": "app", "maxInFlight": "3", "concurrency": "parallel"})
+	h := m.Handler()
+	subCtx, endSub := context.WithCancel(t.Context())
+	var got atomic.Int32
+	require.NoError(t, ps.Subscribe(subCtx, pubsub.SubscribeRequest{Topic: "orders"}, func(ctx context.Context, _ *pubsub.NewMessage) error {
+		got.Add(1)
+		<-ctx.Done()
+		return ctx.Err()
+	}))
+	natstest.WaitConsumer(t, js, "orders", "app-orders")
+	for i := range 3 {
+		require.NoError(t, ps.Publish(t.Context(), &pubsub.PublishRequest{Topic: "orders", Data: []byte(fmt.Sprint(i))}))
+	}
+	sub := map[string]string{"topic": "orders", "consumer": "app-orders"}
+	require.Eventually(t, func() bool {
+		f := scrape(t, h)
+		return got.Load() == 3 && value(f, "held_messages", sub) == 3 && value(f, "consumer_ack_pending_messages", sub) == 3
+	}, waitFor, 20*time.Millisecond, "the app did not get the 3 messages")
+
+	endSub()
+	require.Eventually(t, func() bool { return value(scrape(t, h), "subscriptions", sub) == 0 }, waitFor, 20*time.Millisecond, "the subscription did not end")
+	cons, err := js.Consumer(t.Context(), "orders", "app-orders")
+	require.NoError(t, err)
+	info, err := cons.Info(t.Context())
+	require.NoError(t, err)
+	require.Equal(t, 3, info.NumAckPending, "the consumer no longer has the 3 messages ack-pending")
+	f := scrape(t, h)
+	if v := value(f, "consumer_ack_pending_messages", sub); v != -1 {
+		assert.Equal(t, float64(info.NumAckPending), v, "consumer_ack_pending_messages after the subscription ended")
+	}
+	if v := value(f, "held_messages", sub); v != -1 {
+		assert.Equal(t, 3.0, v, "held_messages after the subscription ended, while its 3 messages wait for the next one")
+	}
+}
