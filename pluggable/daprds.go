@@ -108,31 +108,9 @@ func (s *Server) takeInstancesLocked(pid int) map[instanceKey]*jetstream.PubSub 
 		if k.pid == pid {
 			out[k] = ps
 			delete(s.instances, k)
-			delete(s.counting, k)
 		}
 	}
 	return out
-}
-
-// continueCountsLocked has ps, the instance of k now, continue the counters
-// of the instance k had when they were last shown or used: an Init of the
-// same Component replaced that one, and the series keep their labels, so
-// they must not go back (see jetstream.PubSub.ContinueCounts). It runs as
-// an instance is looked up for a call and at each scrape, so the first
-// call or scrape after the Init joins them; an instance replaced before
-// either is left out, having done nothing daprd asked of it. s.mu is held.
-func (s *Server) continueCountsLocked(k instanceKey, ps *jetstream.PubSub) {
-	prev := s.counting[k]
-	if prev == ps {
-		return
-	}
-	if prev != nil {
-		ps.ContinueCounts(prev)
-	}
-	if s.counting == nil {
-		s.counting = map[instanceKey]*jetstream.PubSub{}
-	}
-	s.counting[k] = ps
 }
 
 // closeInstances closes the instances of a daprd that exited. Their

@@ -52,9 +52,6 @@ type Server struct {
 	watchers sync.WaitGroup
 	// metrics, if set, records each instance's publishes.
 	metrics *metrics.Metrics
-	// counting is the instance of each key whose counters were last shown
-	// or used (see continueCountsLocked).
-	counting map[instanceKey]*jetstream.PubSub
 }
 
 // instanceKey names an instance: the Component name daprd gave it, and the
@@ -110,7 +107,6 @@ func (s *Server) instance(ctx context.Context) (*jetstream.PubSub, instanceKey, 
 	if !ok {
 		return nil, key, status.Errorf(codes.FailedPrecondition, "component %s is not initialized: call Init first", key)
 	}
-	s.continueCountsLocked(key, ps)
 	return ps, key, nil
 }
 
@@ -144,6 +140,9 @@ func (s *Server) Init(ctx context.Context, req *proto.PubSubInitRequest) (*proto
 	}
 	old := s.instances[key]
 	s.instances[key] = ps
+	// The series keep their labels, so the counters go on from the old
+	// instance's rather than back to 0.
+	ps.ContinueCounts(old)
 	// A slow Init can outlive the daprd that asked for it: its last
 	// connection may have closed meanwhile, with nothing left to notice
 	// that it exited and close this instance.
@@ -545,7 +544,6 @@ func (s *Server) metricsInstances() []metrics.Instance {
 	keys := make([]instanceKey, 0, len(s.instances))
 	pss := make([]*jetstream.PubSub, 0, len(s.instances))
 	for k, ps := range s.instances {
-		s.continueCountsLocked(k, ps)
 		keys, pss = append(keys, k), append(pss, ps)
 	}
 	s.mu.Unlock()
