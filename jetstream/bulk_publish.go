@@ -30,6 +30,7 @@ func (p *PubSub) BulkPublish(ctx context.Context, req *pubsub.BulkPublishRequest
 		return p.bulkPublishAtomic(ctx, js, streams, req)
 	}
 	b, need := p.newBulkEntries(req)
+	b.asked = time.Now()
 	pending := b.pending()
 	if len(pending) > 0 {
 		if err := p.notConnected(); err != nil {
@@ -44,7 +45,7 @@ func (p *PubSub) BulkPublish(ctx context.Context, req *pubsub.BulkPublishRequest
 	var stream string
 	if len(pending) > 0 {
 		if stream, err = prepare(ctx, streams, req.Topic, need); err != nil {
-			err = classify("bulk publish to", req.Topic, p.whileDown(err))
+			err = classify("bulk publish to", req.Topic, p.whileDown(p.explainDenied("bulk publish to", req.Topic, err, b.asked)))
 			return pubsub.NewBulkPublishResponse(req.Entries, err), err
 		}
 	}
@@ -68,6 +69,7 @@ type bulkEntries struct {
 	msgs   []*nats.Msg // nil for an entry that is not valid
 	acks   []*natsjs.PubAck
 	failed []error
+	asked  time.Time // when the call began
 	sent   time.Time // when entries were last sent
 }
 
@@ -155,6 +157,10 @@ func (p *PubSub) bulkResponse(ctx context.Context, streams *streams, b *bulkEntr
 	refused := newRefusals(ctx, streams, req.Topic)
 	for i, err := range b.failed {
 		if err == nil {
+			continue
+		}
+		if denied := p.explainDenied("publish to", req.Topic, err, b.asked); denied != err {
+			resp.FailedEntries = append(resp.FailedEntries, pubsub.BulkPublishResponseFailedEntry{EntryId: req.Entries[i].EntryId, Error: denied})
 			continue
 		}
 		if mayBeDown(err) {

@@ -1,7 +1,6 @@
 package jetstream
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"regexp"
@@ -55,14 +54,14 @@ func (d *denials) note(err error) {
 	d.last[m[1]] = now
 }
 
-// since lists, sorted, the subjects starting with prefix that were refused
-// at t or later.
-func (d *denials) since(t time.Time, prefix string) []string {
+// since lists, sorted, the subjects starting with prefix, or equal to
+// topic, that were refused at t or later.
+func (d *denials) since(t time.Time, prefix, topic string) []string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var out []string
 	for subject, at := range d.last {
-		if !at.Before(t) && strings.HasPrefix(subject, prefix) {
+		if !at.Before(t) && (strings.HasPrefix(subject, prefix) || subject == topic) {
 			out = append(out, subject)
 		}
 	}
@@ -71,18 +70,18 @@ func (d *denials) since(t time.Time, prefix string) []string {
 }
 
 // explainDenied returns the refusal behind err when err is a JetStream API
-// call, made at asked, that timed out after NATS reported that it does not
-// allow this connection to publish to a JetStream API subject: neither
-// waiting longer nor retrying helps, only a permission. Any other err is
-// returned as it is.
+// call or a publish to topic, made at asked, that timed out after NATS
+// reported that it does not allow this connection to publish to a JetStream
+// API subject or to topic: neither waiting longer nor retrying helps, only a
+// permission. Any other err is returned as it is.
 func (p *PubSub) explainDenied(op, topic string, err error, asked time.Time) error {
-	if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
+	if !waitedForAck(err) {
 		return err
 	}
 	p.mu.Lock()
 	prefix := p.apiPrefix
 	p.mu.Unlock()
-	subjects := p.denials.since(asked, prefix)
+	subjects := p.denials.since(asked, prefix, topic)
 	if len(subjects) == 0 {
 		return err
 	}

@@ -41,6 +41,7 @@ func (p *PubSub) Publish(ctx context.Context, req *pubsub.PublishRequest) (err e
 	var ack *natsjs.PubAck
 	var sent time.Time
 	defer func() { p.countPublish(req.Topic, sent, ack, err) }()
+	asked := time.Now()
 	contentType := ""
 	if req.ContentType != nil {
 		contentType = *req.ContentType
@@ -55,7 +56,7 @@ func (p *PubSub) Publish(ctx context.Context, req *pubsub.PublishRequest) (err e
 	for retried := false; ; retried = true {
 		stream, err := prepare(ctx, streams, req.Topic, need)
 		if err != nil {
-			return classify("publish to", req.Topic, p.whileDown(err))
+			return classify("publish to", req.Topic, p.whileDown(p.explainDenied("publish to", req.Topic, err, asked)))
 		}
 		if need.schedule {
 			routeSchedule(msg, stream)
@@ -68,6 +69,9 @@ func (p *PubSub) Publish(ctx context.Context, req *pubsub.PublishRequest) (err e
 		if streamChanged(err) && !retried {
 			streams.forget(req.Topic)
 			continue
+		}
+		if denied := p.explainDenied("publish to", req.Topic, err, asked); denied != err {
+			return denied
 		}
 		err = explainExpectation(err, req.Topic, req.Metadata, storedIn(ctx, streams, req.Topic))
 		err = newRefusals(ctx, streams, req.Topic).explain(err)

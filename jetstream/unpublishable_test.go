@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/dapr/components-contrib/pubsub"
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/assert"
@@ -164,4 +165,44 @@ func TestPublishAfterTheStreamWasDeletedWhileACoreSubscriberListens(t *testing.T
 	name, err := js.StreamNameBySubject(ctx(t), "watched")
 	require.NoError(t, err, "no stream holds the topic")
 	assert.NotZero(t, msgCount(t, js, name))
+}
+
+// The NATS user may not publish to the topic, or to the JetStream API the
+// publish needs to find its stream. NATS tells only nats.go's error handler,
+// and the publish would wait out its deadline with "context deadline
+// exceeded". It must instead say which subject NATS refused and which
+// permission to grant, and not be retriable: waiting longer cannot help.
+func TestPublishDeniedPermission(t *testing.T) {
+	t.Parallel()
+	ns := natstest.Start(t, func(o *server.Options) {
+		o.Users = []*server.User{{Username: "app", Password: "secret", Permissions: &server.Permissions{
+			Publish: &server.SubjectPermission{Deny: []string{"secret.>", "$JS.API.STREAM.NAMES"}},
+		}}}
+	})
+	user := map[string]string{"user": "app", "password": "secret"}
+	ps, _ := open(t, ns.ClientURL(), user)
+	_, err := ps.js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "SECRET", Subjects: []string{"secret.>"}})
+	require.NoError(t, err)
+	user["streamName"] = "SECRET" // found without $JS.API.STREAM.NAMES
+	named, _ := open(t, ns.ClientURL(), user)
+	for topic, refused := range map[string]string{"secret.plans": `"secret.plans"`, "hidden": `"$JS.API.STREAM.NAMES"`} {
+		ps := ps
+		if topic == "secret.plans" {
+			ps = named
+		}
+		pctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+		err := ps.Publish(pctx, &pubsub.PublishRequest{Topic: topic, Data: []byte("x")})
+		cancel()
+		require.Error(t, err, topic)
+		t.Log(err)
+		assert.Equal(t, KindRejected, KindOf(err), topic)
+		assert.Contains(t, err.Error(), "NATS does not allow this connection to publish to "+refused, topic)
+
+		pctx, cancel = context.WithTimeout(t.Context(), 2*time.Second)
+		_, err = ps.BulkPublish(pctx, &pubsub.BulkPublishRequest{Topic: topic, Entries: textEntries("b", 2)})
+		cancel()
+		require.Error(t, err, topic)
+		assert.Equal(t, KindRejected, KindOf(err), "bulk to %s: %v", topic, err)
+		assert.Contains(t, err.Error(), "NATS does not allow this connection to publish to "+refused, topic)
+	}
 }
