@@ -60,7 +60,9 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for _, in := range c.m.instances() {
-		collectInstance(ch, in)
+		if in.NotServing == "" {
+			collectInstance(ch, in)
+		}
 	}
 }
 

@@ -30,8 +30,9 @@ func (m *Metrics) Handler() http.Handler {
 	return mux
 }
 
-// NotReady lists what keeps the component from being ready: an instance
-// that is not connected to NATS, or a subscription that Ping reports as
+// NotReady lists what keeps the component from being ready: a Component
+// that daprd calls and this process never initialised, an instance that is
+// not connected to NATS, or a subscription that Ping reports as
 // failing (see SubscriptionStats.Stuck): its error cannot be fixed by
 // retrying, or has kept it from delivering for 10 s. A subscription that
 // retries after a passing error, or waits on purpose (paused), is ready.
@@ -40,6 +41,10 @@ func (m *Metrics) NotReady() []string {
 	now := time.Now()
 	for _, in := range m.instances() {
 		who := fmt.Sprintf("instance %q (daprd %s)", in.Name, in.Daprd)
+		if in.NotServing != "" {
+			problems = append(problems, who+": "+in.NotServing)
+			continue
+		}
 		if st := in.Stats.Connection.State; st != "connected" {
 			if st == "" {
 				st = "not connected yet"

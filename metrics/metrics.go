@@ -26,6 +26,10 @@ type Instance struct {
 	Name  string
 	Daprd string
 	Stats jetstream.Stats
+	// NotServing says why every call of the daprd to this Component fails,
+	// when they do: this process never initialised it. Such an instance has
+	// no Stats.
+	NotServing string
 }
 
 // Source lists the instances at the time of a scrape.

@@ -50,8 +50,15 @@ func (s *Server) watchIfDisconnectedLocked(pid int) {
 	go s.watchExit(pid)
 }
 
+// hasInstancesLocked reports whether daprd process pid has instances, or
+// calls Components this process never initialised.
 func (s *Server) hasInstancesLocked(pid int) bool {
 	for k := range s.instances {
+		if k.pid == pid {
+			return true
+		}
+	}
+	for k := range s.uninitialized {
 		if k.pid == pid {
 			return true
 		}
@@ -108,6 +115,11 @@ func (s *Server) takeInstancesLocked(pid int) map[instanceKey]*jetstream.PubSub 
 		if k.pid == pid {
 			out[k] = ps
 			delete(s.instances, k)
+		}
+	}
+	for k := range s.uninitialized {
+		if k.pid == pid {
+			delete(s.uninitialized, k)
 		}
 	}
 	return out

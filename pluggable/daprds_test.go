@@ -18,8 +18,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	grpcmd "google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
 	"github.com/dapr-nats/jetstream-pubsub/metrics"
@@ -416,13 +418,8 @@ func TestDaprdExitDuringInitLeavesNoInstance(t *testing.T) {
 // forever. The series the collector makes go; the PubAck latency
 // histogram's must too.
 func TestMetricsOfAnExitedDaprdGoAway(t *testing.T) {
-	ns := natstest.Start(t)
-	sp := startShared(t)
-	m := metrics.New()
-	sp.srv.UseMetrics(m)
-	d := sp.daprd(props(ns.ClientURL()))
+	m, _, d, pid := measuredDaprd(t)
 	require.NoError(t, d.publish("orders", "x"))
-	pid := strconv.Itoa(d.proc.Process.Pid)
 	// series lists the families that have a series of that daprd.
 	series := func() []string {
 		fams, err := m.Registry().Gather()
@@ -456,13 +453,7 @@ func TestMetricsOfAnExitedDaprdGoAway(t *testing.T) {
 // labels, a counter going backwards within one process, while the PubAck
 // histogram of the same publishes keeps counting: the two disagree.
 func TestPublishCountersSurviveReInit(t *testing.T) {
-	ns := natstest.Start(t)
-	sp := startShared(t)
-	m := metrics.New()
-	sp.srv.UseMetrics(m)
-	md := props(ns.ClientURL())
-	d := sp.daprd(md)
-	pid := strconv.Itoa(d.proc.Process.Pid)
+	m, md, d, pid := measuredDaprd(t)
 	// sample is the value of family name's series of this daprd's ok
 	// publishes to orders; -1 when there is none.
 	sample := func(name string) float64 {
@@ -498,4 +489,54 @@ func TestPublishCountersSurviveReInit(t *testing.T) {
 	require.NoError(t, d.publish("orders", "after"))
 	assert.Equal(t, 4.0, sample("jetstream_pubsub_puback_seconds"))
 	assert.Equal(t, 4.0, sample("jetstream_pubsub_publish_total"), "publish_total of daprd %s went back after the Component was initialised again", pid)
+}
+
+// The component process restarted (its container was OOM-killed, say) while
+// daprd kept running: daprd initialises a Component only when it starts, so
+// its calls now reach a process that never saw its Init, and its
+// subscriptions ended for good. The call must say so and what to do, and the
+// readiness probe must fail naming the Component and the daprd, so that the
+// pod shows why its app can neither publish nor receive; until daprd
+// initialises the Component again, or exits.
+func TestCallsOfADaprdThisProcessNeverInitialised(t *testing.T) {
+	m, md, d, pid := measuredDaprd(t)
+	require.Empty(t, m.NotReady())
+
+	lost := grpcmd.AppendToOutgoingContext(context.Background(), InstanceHeader, "orders")
+	_, err := d.client.Publish(lost, &proto.PublishRequest{PubsubName: "orders", Topic: "orders", Data: []byte("x")})
+	require.Error(t, err)
+	t.Log(err)
+	assert.Equal(t, codes.FailedPrecondition, status.Code(err))
+	assert.Contains(t, err.Error(), "restart daprd")
+	notReady := strings.Join(m.NotReady(), "\n")
+	assert.Contains(t, notReady, `instance "orders" (daprd `+pid+`)`)
+	assert.Contains(t, notReady, "restart daprd")
+
+	_, err = d.client.Init(lost, &proto.PubSubInitRequest{Metadata: &proto.MetadataRequest{Properties: md}})
+	require.NoError(t, err)
+	assert.Empty(t, m.NotReady(), "ready once daprd initialised the Component again")
+
+	ghost := grpcmd.AppendToOutgoingContext(context.Background(), InstanceHeader, "ghost")
+	_, err = d.client.Features(ghost, &proto.FeaturesRequest{})
+	require.Error(t, err)
+	require.NotEmpty(t, m.NotReady())
+	require.NoError(t, d.proc.Process.Kill())
+	_ = d.proc.Wait()
+	require.NoError(t, d.conn.Close())
+	assert.Eventually(t, func() bool { return len(m.NotReady()) == 0 }, 15*time.Second, 20*time.Millisecond,
+		"still not ready after the daprd exited: %v", m.NotReady())
+}
+
+// measuredDaprd starts a nats-server, a component process that keeps
+// metrics, and one daprd that initialised Component "pubsub" with md. pid is
+// the daprd's process id, as the series label it.
+func measuredDaprd(t *testing.T) (m *metrics.Metrics, md map[string]string, d *fakeDaprd, pid string) {
+	t.Helper()
+	ns := natstest.Start(t)
+	sp := startShared(t)
+	m = metrics.New()
+	sp.srv.UseMetrics(m)
+	md = props(ns.ClientURL())
+	d = sp.daprd(md)
+	return m, md, d, strconv.Itoa(d.proc.Process.Pid)
 }

@@ -52,6 +52,10 @@ type Server struct {
 	watchers sync.WaitGroup
 	// metrics, if set, records each instance's publishes.
 	metrics *metrics.Metrics
+	// uninitialized holds the Components daprds called without an Init in
+	// this process (see notInitialized), until they are initialised or the
+	// daprd exits.
+	uninitialized map[instanceKey]bool
 }
 
 // instanceKey names an instance: the Component name daprd gave it, and the
@@ -72,7 +76,7 @@ func (k instanceKey) String() string {
 func NewServer(l logger.Logger) *Server {
 	return &Server{
 		log: l, instances: map[instanceKey]*jetstream.PubSub{}, pulls: map[*pull]struct{}{},
-		conns: map[int]int{}, watching: map[int]bool{}, stop: make(chan struct{}),
+		conns: map[int]int{}, watching: map[int]bool{}, stop: make(chan struct{}), uninitialized: map[instanceKey]bool{},
 	}
 }
 
@@ -105,10 +109,20 @@ func (s *Server) instance(ctx context.Context) (*jetstream.PubSub, instanceKey, 
 	defer s.mu.Unlock()
 	ps, ok := s.instances[key]
 	if !ok {
-		return nil, key, status.Errorf(codes.FailedPrecondition, "component %s is not initialized: call Init first", key)
+		if key.name != "" {
+			s.uninitialized[key] = true
+		}
+		return nil, key, status.Errorf(codes.FailedPrecondition, "component %s is not initialized: %s", key, notInitialized)
 	}
 	return ps, key, nil
 }
+
+// notInitialized says why a daprd calls a Component that this process has
+// not initialised, and what to do. daprd initialises its Components, and
+// opens its subscriptions, only when it starts: when the component process
+// restarts under a running daprd (its container was OOM-killed, say), every
+// call of that daprd fails until daprd restarts too.
+const notInitialized = "daprd initialises a Component only when it starts, so this component process started (or restarted) after daprd did; restart daprd (in Kubernetes, the pod) so that it initialises the Component and subscribes again, or call Init first"
 
 // Init creates (or re-creates) the instance named by the call's metadata.
 func (s *Server) Init(ctx context.Context, req *proto.PubSubInitRequest) (*proto.PubSubInitResponse, error) {
@@ -140,6 +154,7 @@ func (s *Server) Init(ctx context.Context, req *proto.PubSubInitRequest) (*proto
 	}
 	old := s.instances[key]
 	s.instances[key] = ps
+	delete(s.uninitialized, key)
 	// The series keep their labels, so the counters go on from the old
 	// instance's rather than back to 0.
 	ps.ContinueCounts(old)
@@ -546,10 +561,17 @@ func (s *Server) metricsInstances() []metrics.Instance {
 	for k, ps := range s.instances {
 		keys, pss = append(keys, k), append(pss, ps)
 	}
+	var missing []instanceKey
+	for k := range s.uninitialized {
+		missing = append(missing, k)
+	}
 	s.mu.Unlock()
-	out := make([]metrics.Instance, len(keys))
+	out := make([]metrics.Instance, len(keys), len(keys)+len(missing))
 	for i, k := range keys {
 		out[i] = metrics.Instance{Name: k.name, Daprd: strconv.Itoa(k.pid), Stats: pss[i].Stats()}
+	}
+	for _, k := range missing {
+		out = append(out, metrics.Instance{Name: k.name, Daprd: strconv.Itoa(k.pid), NotServing: "not initialized in this component process: " + notInitialized})
 	}
 	return out
 }
