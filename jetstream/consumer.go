@@ -332,6 +332,9 @@ func (s *subscription) reconcile(ctx context.Context, js natsjs.JetStream, strea
 	if have.FilterSubject == want.FilterSubject && managedDiff(have, want) == "" && !have.HeadersOnly {
 		return c, nil
 	}
+	if have.PriorityPolicy == natsjs.PriorityPolicyPinned && want.PriorityPolicy != natsjs.PriorityPolicyPinned {
+		s.dropPin(ctx, js, stream, have)
+	}
 	updated, err := js.UpdateConsumer(ctx, stream, managedOver(have, want))
 	if err == nil {
 		return updated, nil
@@ -352,6 +355,32 @@ func (s *subscription) reconcile(ctx context.Context, js natsjs.JetStream, strea
 	s.driftNoted = managedDiff(have, want) // said here already
 	s.mu.Unlock()
 	return c, nil
+}
+
+// dropPin lets durable have, pinned, serve any request before its policy
+// changes: JetStream keeps a consumer's pin when its priority policy
+// changes, and then serves only requests that name the pin id, which no
+// replica sends once the policy is not pinned, until pinnedTTL passes. So
+// the durable goes to overflow first, which pins no one, keeping its
+// groups, and then each group is unpinned. Should this fail, the change
+// still goes ahead, and the pin ends after pinnedTTL.
+func (s *subscription) dropPin(ctx context.Context, js natsjs.JetStream, stream string, have natsjs.ConsumerConfig) {
+	step := have
+	step.PriorityPolicy = natsjs.PriorityPolicyOverflow
+	_, err := js.UpdateConsumer(ctx, stream, step)
+	var st natsjs.Stream
+	if err == nil {
+		st, err = js.Stream(ctx, stream)
+	}
+	for _, group := range have.PriorityGroups {
+		if err == nil {
+			err = st.UnpinConsumer(ctx, have.Durable, group)
+		}
+	}
+	if err != nil {
+		s.log.Warnf("topic %q: unpinning consumer %q on stream %q before its priority policy changes: %v; replicas wait for its pinnedTTL (%s)",
+			s.topic, have.Durable, stream, err, have.PinnedTTL)
+	}
 }
 
 // managedDiff words how the settings of consumer have that this component

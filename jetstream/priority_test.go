@@ -245,3 +245,70 @@ func TestDurableSetBackByAnOldReplicaIsReported(t *testing.T) {
 	require.NoError(t, updated.Ping(ctx(t)), "a difference is no failure")
 	require.Equal(t, 1, strings.Count(log.String(), "has settings other than this subscription's"))
 }
+
+// A rollback of a rolling update that turned priorityPolicy pinned on: the
+// replicas of the previous version (without a priority policy) set the
+// durable back to none, and the pinned replica of the rolled-back version
+// goes away. What is published then must reach the remaining replicas at
+// once, not only after the pin JetStream still keeps runs out.
+func TestPinnedRemovedInARollbackKeepsDelivering(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	got := make(chan string, 100)
+	pinned, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "deliverAll": "true", "priorityPolicy": "pinned"})
+	subscribe(t, pinned, "roll", nil, tagged("pinned", got))
+	publish(t, pinned, "roll", "0", nil)
+	require.Equal(t, "pinned:0", recv(t, got, waitFor))
+
+	old, _ := open(t, otherPodURL(ns), map[string]string{"consumerID": "app", "deliverAll": "true"})
+	subscribe(t, old, "roll", nil, tagged("old", got))
+	require.Eventually(t, func() bool {
+		info, err := consumerInfo(js, "roll", "app-roll")
+		return err == nil && info.Config.PriorityPolicy == natsjs.PriorityPolicyNone
+	}, waitFor, tick, "the rolled-back replica did not set the durable back")
+	require.NoError(t, pinned.Close())
+
+	start := time.Now()
+	for i := 1; i <= 10; i++ {
+		publish(t, old, "roll", fmt.Sprint(i), nil)
+	}
+	for i := 1; i <= 10; i++ {
+		require.Equal(t, fmt.Sprint("old:", i), recv(t, got, waitShort), "delivery stalled after the rollback")
+	}
+	t.Logf("the rolled-back replica delivered %s after the pinned one closed", time.Since(start).Round(100*time.Millisecond))
+}
+
+// A rolling update from priorityPolicy pinned to overflow: the new replica
+// sets the durable to overflow while an old replica, still running, holds
+// the pin. Once the old replica follows the durable (it logs the
+// difference), both pull as the durable has it, without a pin, and what is
+// published must reach one of them at once.
+func TestPinnedToOverflowKeepsDelivering(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	got := make(chan string, 100)
+	old, oldLog := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "deliverAll": "true", "priorityPolicy": "pinned"})
+	subscribe(t, old, "roll", nil, tagged("old", got))
+	publish(t, old, "roll", "0", nil)
+	require.Equal(t, "old:0", recv(t, got, waitFor))
+
+	updated, _ := open(t, otherPodURL(ns), map[string]string{"consumerID": "app", "deliverAll": "true", "priorityPolicy": "overflow"})
+	subscribe(t, updated, "roll", nil, tagged("new", got))
+	require.Eventually(t, func() bool {
+		info, err := consumerInfo(js, "roll", "app-roll")
+		return err == nil && info.Config.PriorityPolicy == natsjs.PriorityPolicyOverflow
+	}, waitFor, tick, "the new replica did not set the durable to overflow")
+	publish(t, updated, "roll", "1", nil)
+	recv(t, got, waitFor)
+	require.Eventually(t, func() bool {
+		return strings.Contains(oldLog.String(), "priorityPolicy overflow (this subscription: pinned)")
+	}, waitFor, tick, "the old replica did not follow the durable")
+
+	start := time.Now()
+	for i := 2; i <= 10; i++ {
+		publish(t, updated, "roll", fmt.Sprint(i), nil)
+		_, data, _ := cut(recv(t, got, waitShort))
+		require.Equal(t, fmt.Sprint(i), data)
+	}
+	t.Logf("9 messages delivered in %s once the old replica followed the durable", time.Since(start).Round(100*time.Millisecond))
+}
