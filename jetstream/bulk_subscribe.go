@@ -82,6 +82,10 @@ func (s *subscription) batch(in <-chan *Delivery, maxN int, maxWait time.Duratio
 			}
 			flush()
 		case <-s.ctx.Done():
+			// The app never saw this batch: its messages go on as unseen.
+			for _, d := range batch {
+				s.unhand(d)
+			}
 			return
 		}
 	}

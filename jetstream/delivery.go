@@ -179,6 +179,7 @@ func (d *Delivery) Settle(handlerErr error) error {
 // is handed on as a message the app never saw, without using up a delivery.
 func (d *Delivery) settleHandled(handlerErr error) {
 	if handlerErr != nil && errors.Is(handlerErr, context.Canceled) && d.sub.ctx.Err() != nil {
+		d.sub.unhand(d)
 		return
 	}
 	_ = d.Settle(handlerErr)

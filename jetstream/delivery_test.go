@@ -254,6 +254,43 @@ func TestSubscribeDeliveriesCancelHandsHeldOver(t *testing.T) {
 	}
 }
 
+// A handler that gives up because its subscription ended (it returns its
+// context's error) has not handled its message: behaviour.md says the
+// message goes to the next subscription "like a message the app never saw,
+// without using up a delivery". An app that ends and starts its
+// subscription again a few times while that message is in its handler must
+// still get it, also at maxDeliver 1, where a delivery used up loses it.
+func TestCancelledHandlerUsesUpNoDeliveryAcrossRestarts(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "maxDeliver": "1", "deliverAll": "true"})
+	publish(t, ps, "restarts", "m", nil)
+	for i := 1; i <= 5; i++ {
+		entered := make(chan string, 1)
+		subCtx, cancel := context.WithCancel(t.Context())
+		require.NoError(t, ps.Subscribe(subCtx, pubsub.SubscribeRequest{Topic: "restarts"}, func(ctx context.Context, m *pubsub.NewMessage) error {
+			entered <- string(m.Data)
+			<-ctx.Done()
+			return ctx.Err()
+		}))
+		select {
+		case <-entered:
+		case <-time.After(waitFor):
+			cancel()
+			info, err := consumerInfo(js, "restarts", "app-restarts")
+			require.NoError(t, err)
+			t.Fatalf("subscription %d never got the message that the %d before it gave up on unhandled (context canceled); the durable has %d pending, %d ack pending, %d redelivered, ack floor %d: the message was given back as a failed delivery on its last allowed delivery",
+				i, i-1, info.NumPending, info.NumAckPending, info.NumRedelivered, info.AckFloor.Stream)
+		}
+		cancel()
+		require.Eventually(t, func() bool {
+			ps.mu.Lock()
+			defer ps.mu.Unlock()
+			return len(ps.subs) == 0
+		}, waitFor, tick, "subscription %d did not end", i)
+	}
+}
+
 func TestPauseResume(t *testing.T) {
 	t.Parallel()
 	ns, js := startNATS(t)
@@ -425,6 +462,65 @@ func TestBulkSubscribeEndWhileHandlerRuns(t *testing.T) {
 		info, err := consumerInfo(js, "bulkend", "app-bulkend")
 		require.NoError(t, err)
 		t.Fatalf("the messages the ended subscription's handler gave up on (context canceled) never reached the next subscription; the durable has %d pending, %d ack pending, ack floor %d: the interrupted delivery was counted as a failure and was the last one",
+			info.NumPending, info.NumAckPending, info.AckFloor.Stream)
+	}
+}
+
+// A bulk subscription that ends while a message waits in a batch that is
+// not full and not yet due: the app never saw that message, so it goes to
+// the next subscription of the durable without using up a delivery. An app
+// that ends and starts its bulk subscription a few times before the batch
+// is due must still get the message, also at maxDeliver 1.
+func TestBulkSubscribeUnsentBatchUsesUpNoDeliveryAcrossRestarts(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "maxDeliver": "1", "deliverAll": "true"})
+	publish(t, ps, "bulkrestarts", "m", nil)
+	never := func(context.Context, *pubsub.BulkMessage) ([]pubsub.BulkSubscribeResponseEntry, error) {
+		t.Error("the handler got a batch before it was due")
+		return nil, nil
+	}
+	for i := 1; i <= 4; i++ {
+		subCtx, cancel := context.WithCancel(t.Context())
+		require.NoError(t, ps.BulkSubscribe(subCtx, pubsub.SubscribeRequest{
+			Topic: "bulkrestarts", BulkSubscribeConfig: pubsub.BulkSubscribeConfig{MaxMessagesCount: 10, MaxAwaitDurationMs: 60000},
+		}, never))
+		// The message is in the batch, which waits for more or for 60s.
+		require.Eventually(t, func() bool {
+			ps.mu.Lock()
+			defer ps.mu.Unlock()
+			for s := range ps.subs {
+				s.mu.Lock()
+				n := s.handedOn
+				s.mu.Unlock()
+				return n == 1
+			}
+			return false
+		}, waitFor, tick, "subscription %d never put the message in a batch", i)
+		cancel()
+		require.Eventually(t, func() bool {
+			ps.mu.Lock()
+			defer ps.mu.Unlock()
+			return len(ps.subs) == 0
+		}, waitFor, tick, "subscription %d did not end", i)
+	}
+
+	got := make(chan string, 10)
+	require.NoError(t, ps.BulkSubscribe(t.Context(), pubsub.SubscribeRequest{
+		Topic: "bulkrestarts", BulkSubscribeConfig: pubsub.BulkSubscribeConfig{MaxMessagesCount: 10, MaxAwaitDurationMs: 100},
+	}, func(_ context.Context, msg *pubsub.BulkMessage) ([]pubsub.BulkSubscribeResponseEntry, error) {
+		for _, e := range msg.Entries {
+			got <- string(e.Event)
+		}
+		return nil, nil
+	}))
+	select {
+	case m := <-got:
+		assert.Equal(t, "m", m)
+	case <-time.After(waitFor):
+		info, err := consumerInfo(js, "bulkrestarts", "app-bulkrestarts")
+		require.NoError(t, err)
+		t.Fatalf("the message never reached the app: 4 bulk subscriptions ended while it waited, unseen, in a batch not yet due, and the durable has %d pending, %d ack pending, ack floor %d: it was given back as a failed delivery on its last allowed delivery",
 			info.NumPending, info.NumAckPending, info.AckFloor.Stream)
 	}
 }

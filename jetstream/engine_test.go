@@ -106,6 +106,52 @@ func TestPauseKeepsUnseenMessages(t *testing.T) {
 	}
 }
 
+// A subscription made while the instance is paused (the app subscribes again
+// between Pause and Resume) takes over what an ended subscription of its
+// consumer left, and holds it for Resume like any message the app has not
+// seen: behaviour.md gives such messages back only after 30 s of pause. They
+// must not go back to JetStream at once, which uses up a delivery of each.
+func TestSubscribeWhilePausedKeepsHandedOverMessages(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, buf := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "maxDeliver": "3", "maxInFlight": "10"})
+	sctx, cancel := context.WithCancel(t.Context())
+	held := make(chan *Delivery, 10)
+	done, err := ps.SubscribeDeliveries(sctx, pubsub.SubscribeRequest{Topic: "pausedsub"}, func(d *Delivery) error {
+		held <- d // never settled
+		return nil
+	})
+	require.NoError(t, err)
+	for i := range 3 {
+		publish(t, ps, "pausedsub", fmt.Sprintf("m%d", i), nil)
+	}
+	for range 3 {
+		recv(t, held, waitFor)
+	}
+	cancel()
+	closedWithin(t, done, waitFor, "the first subscription ending")
+
+	require.NoError(t, ps.Pause(ctx(t)))
+	got := make(chan *Delivery, 10)
+	_, err = ps.SubscribeDeliveries(t.Context(), pubsub.SubscribeRequest{Topic: "pausedsub"}, func(d *Delivery) error {
+		got <- d
+		return d.Ack()
+	})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return strings.Contains(buf.String(), "took over 3 messages") }, waitFor, tick,
+		"the paused subscription did not take over what the ended one held")
+	// Well short of 30 s of pause, nothing may go back.
+	assert.Never(t, func() bool { return strings.Contains(buf.String(), "back to JetStream") }, 2*time.Second, tick,
+		"the messages went back to JetStream as soon as the paused subscription took them over")
+	require.NoError(t, ps.Resume(ctx(t)))
+	for range 3 {
+		d := recv(t, got, waitFor)
+		assert.Equal(t, uint64(1), d.Deliveries, "%s: delivered again by JetStream, not handed over", d.Data)
+	}
+	info := settledConsumer(t, js, "pausedsub", "app-pausedsub")
+	assert.Equal(t, uint64(3), info.Delivered.Consumer, "nothing was redelivered")
+}
+
 // A subscription that ends with messages its handler never saw hands them
 // to the next subscription of the same consumer, without using up
 // maxDeliver: daprd's stream broke, or daprd restarted.

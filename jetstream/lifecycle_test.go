@@ -184,3 +184,44 @@ func TestCloseDuringAnOutage(t *testing.T) {
 	t.Logf("Close took %s while NATS was away", took)
 	assert.Less(t, took, 2500*time.Millisecond, "Close waited for NATS")
 }
+
+// Close while a BulkPublish waits for its acknowledgements: the call must
+// end soon after Close returns, and report as failed only entries that were
+// not stored, since the caller retries those (daprd answers 500 and the app
+// publishes them again). An entry stored and reported failed is stored twice
+// by that retry.
+func TestCloseWhileBulkPublishing(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := newInstance(t)
+	require.NoError(t, ps.Init(t.Context(), pubsub.Metadata{Base: contribmd.Base{Properties: map[string]string{"natsURL": ns.ClientURL()}}}))
+	t.Cleanup(func() { _ = ps.Close() })
+	publish(t, ps, "closebulk", "first", nil)
+	const n = 3000
+	entries := make([]pubsub.BulkMessageEntry, n)
+	for i := range entries {
+		entries[i] = pubsub.BulkMessageEntry{EntryId: fmt.Sprint(i), Event: []byte(fmt.Sprint(i)), ContentType: "text/plain"}
+	}
+	type result struct {
+		resp pubsub.BulkPublishResponse
+		err  error
+		at   time.Time
+	}
+	res := make(chan result, 1)
+	go func() {
+		r, err := ps.BulkPublish(context.Background(), &pubsub.BulkPublishRequest{PubsubName: "test", Topic: "closebulk", Entries: entries})
+		res <- result{r, err, time.Now()}
+	}()
+	// Entries are being stored: the BulkPublish is under way.
+	require.Eventually(t, func() bool { c := count(js, "closebulk"); return c > 1 && c != ^uint64(0) }, waitFor, time.Millisecond)
+	require.NoError(t, ps.Close())
+	closed := time.Now()
+
+	r := recv(t, res, 45*time.Second)
+	stored := msgCount(t, js, "closebulk") - 1
+	t.Logf("BulkPublish returned %s after Close did: %d of %d entries reported failed, %d stored; error: %v",
+		r.at.Sub(closed).Round(10*time.Millisecond), len(r.resp.FailedEntries), n, stored, r.err)
+	assert.Less(t, r.at.Sub(closed), waitShort, "BulkPublish kept waiting for acknowledgements after Close returned")
+	assert.Equal(t, uint64(n-len(r.resp.FailedEntries)), stored,
+		"entries reported failed were stored: %d stored, %d reported failed of %d", stored, len(r.resp.FailedEntries), n)
+}

@@ -34,10 +34,11 @@ const (
 // Publish stores one message. Each call waits for its own acknowledgement,
 // but concurrent calls share the connection's asynchronous publish pipeline.
 func (p *PubSub) Publish(ctx context.Context, req *pubsub.PublishRequest) (err error) {
-	_, js, streams, err := p.state()
+	_, js, streams, done, err := p.publishState()
 	if err != nil {
 		return err
 	}
+	defer done()
 	var ack *natsjs.PubAck
 	var sent time.Time
 	defer func() { p.countPublish(req.Topic, sent, ack, err) }()

@@ -54,6 +54,10 @@ type PubSub struct {
 	closed  bool
 	closing chan struct{} // closed when Close starts
 	wg      sync.WaitGroup
+	// publishing counts the Publish and BulkPublish calls under way, which
+	// Close lets finish before it drains the connection: draining drops
+	// the acknowledgements they wait for.
+	publishing pending
 	// noAdvisories logs, once, that NATS refuses the subscriptions to
 	// JetStream's notices of abandoned messages.
 	noAdvisories sync.Once
@@ -382,6 +386,9 @@ func (p *PubSub) endClose(nc *nats.Conn) error {
 	if nc == nil {
 		return nil
 	}
+	if !waitUpTo(p.publishing.idle(), drainTimeout) {
+		p.log.Warnf("publishes still waiting for their acknowledgement after %s; closing anyway, and they fail, although JetStream may have stored their messages", drainTimeout)
+	}
 	desk.unregister(p)
 	if !nc.IsConnected() {
 		// Nothing buffered can reach a server that is not there.
@@ -434,9 +441,25 @@ func (p *PubSub) stateWhileClosing() (natsjs.JetStream, *streams, error) {
 	return p.js, p.streams, nil
 }
 
+// publishState is state for a publish, which counts as under way until
+// done is called; done is nil when err is not.
+func (p *PubSub) publishState() (cfg *metadata.Config, js natsjs.JetStream, s *streams, done func(), err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if cfg, js, s, err = p.stateLocked(); err != nil {
+		return nil, nil, nil, nil, err
+	}
+	p.publishing.add()
+	return cfg, js, s, p.publishing.done, nil
+}
+
 func (p *PubSub) state() (*metadata.Config, natsjs.JetStream, *streams, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	return p.stateLocked()
+}
+
+func (p *PubSub) stateLocked() (*metadata.Config, natsjs.JetStream, *streams, error) {
 	switch {
 	case p.closed:
 		return nil, nil, nil, ErrClosed

@@ -171,7 +171,11 @@ func (p *PubSub) subscribe(ctx context.Context, req pubsub.SubscribeRequest, fn 
 	}
 	p.subs[s] = struct{}{}
 	p.wg.Add(1)
-	s.paused = p.paused
+	if s.paused = p.paused; s.paused {
+		// What it takes over from an ended subscription waits for Resume
+		// from now, as in any pause.
+		s.pausedAt = time.Now()
+	}
 	p.mu.Unlock()
 
 	if before != nil {
@@ -367,15 +371,17 @@ func (s *subscription) dispatch() {
 		d := s.unseen[0]
 		s.unseen[0] = nil
 		s.unseen = s.unseen[1:]
+		// Numbered before fn runs: an in-process handler may run, and give
+		// the message up (see unhand), inside it.
+		s.handedOn++
+		d.handedOn = s.handedOn
 		s.mu.Unlock()
 
 		handed := s.deliver(d)
 
 		s.mu.Lock()
-		if handed {
-			s.handedOn++
-			d.handedOn = s.handedOn
-		} else {
+		if !handed {
+			d.handedOn = 0
 			s.unseen = append([]*Delivery{d}, s.unseen...)
 			s.fnFailed = true
 		}
@@ -681,6 +687,15 @@ func (s *subscription) handOver() {
 	}
 	s.mu.Unlock()
 	s.pass(cs, taken)
+}
+
+// unhand marks d as never handed on: the handler returned without handling
+// it, as its subscription ended. A message the app did not handle cannot
+// have made daprd stop, and must not count towards maxEndsFirstInLine.
+func (s *subscription) unhand(d *Delivery) {
+	s.mu.Lock()
+	d.handedOn = 0
+	s.mu.Unlock()
 }
 
 // firstInLine is, of the unsettled messages taken from an ending
