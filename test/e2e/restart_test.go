@@ -255,6 +255,48 @@ func TestRestartComponentAndDaprd(t *testing.T) {
 	})
 }
 
+// TestComponentRestartedUnderDaprd: the component process restarts (its
+// container was killed for memory, say) while daprd runs on. daprd's
+// client dials the socket again, and the new process never saw daprd's
+// Init: each publish must fail with what happened and the fix (restart
+// daprd), and once daprd restarts everything works again.
+func TestComponentRestartedUnderDaprd(t *testing.T) {
+	eachVersion(t, func(t *testing.T, v string) {
+		e := newEnv(t, v)
+		n := e.startNode("comprestart")
+		if _, err := n.Tweet(e.ctx, tag(t)+" before", "", ""); err != nil {
+			t.Fatal(err)
+		}
+		if err := n.StopComponent(20 * time.Second); err != nil {
+			t.Errorf("the component did not stop cleanly: %v", err)
+		}
+		if err := n.StartComponent(); err != nil {
+			t.Fatal(err)
+		}
+		var last error
+		waitUntil(t, 15*time.Second, func() string {
+			_, last = n.Tweet(e.ctx, tag(t)+" after", "", "")
+			if last == nil || !strings.Contains(last.Error(), "restart daprd") {
+				return fmt.Sprintf("a publish through daprd after the component restarted: %v", last)
+			}
+			return ""
+		})
+		t.Logf("daprd %s, publish after the component restarted: %.300s", v, last)
+		if err := n.StopDaprd(30 * time.Second); err != nil {
+			t.Errorf("daprd did not stop cleanly: %v", err)
+		}
+		if err := n.StartDaprd(); err != nil {
+			t.Fatal(err)
+		}
+		if err := n.WaitDaprdHealthy(e.ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := n.Tweet(e.ctx, tag(t)+" after daprd restarted", "", ""); err != nil {
+			t.Fatalf("publish after daprd restarted: %v", err)
+		}
+	})
+}
+
 // TestShutdownPausesDelivery (daprd 1.18): SIGTERM reaches daprd, started
 // with --dapr-block-shutdown-duration as in Kubernetes, while the app handles
 // an event slowly. daprd pauses its subscriptions (Pause on the component) and
