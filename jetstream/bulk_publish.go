@@ -160,7 +160,7 @@ func (p *PubSub) bulkResponse(ctx context.Context, streams *streams, b *bulkEntr
 		if err == nil {
 			continue
 		}
-		if denied := p.explainDenied("publish to", req.Topic, err, b.asked); denied != err {
+		if denied := p.denied("publish to", req.Topic, err, b.asked); denied != nil {
 			resp.FailedEntries = append(resp.FailedEntries, pubsub.BulkPublishResponseFailedEntry{EntryId: req.Entries[i].EntryId, Error: denied})
 			continue
 		}

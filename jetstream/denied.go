@@ -75,15 +75,23 @@ func (d *denials) since(t time.Time, prefix, topic string) []string {
 // API subject or to topic: neither waiting longer nor retrying helps, only a
 // permission. Any other err is returned as it is.
 func (p *PubSub) explainDenied(op, topic string, err error, asked time.Time) error {
+	if denied := p.denied(op, topic, err, asked); denied != nil {
+		return denied
+	}
+	return err
+}
+
+// denied is the refusal explainDenied finds behind err, or nil.
+func (p *PubSub) denied(op, topic string, err error, asked time.Time) error {
 	if !waitedForAck(err) {
-		return err
+		return nil
 	}
 	p.mu.Lock()
 	prefix := p.apiPrefix
 	p.mu.Unlock()
 	subjects := p.denials.since(asked, prefix, topic)
 	if len(subjects) == 0 {
-		return err
+		return nil
 	}
 	quoted := make([]string, len(subjects))
 	for i, s := range subjects {

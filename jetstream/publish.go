@@ -71,7 +71,7 @@ func (p *PubSub) Publish(ctx context.Context, req *pubsub.PublishRequest) (err e
 			streams.forget(req.Topic)
 			continue
 		}
-		if denied := p.explainDenied("publish to", req.Topic, err, asked); denied != err {
+		if denied := p.denied("publish to", req.Topic, err, asked); denied != nil {
 			return denied
 		}
 		err = explainExpectation(err, req.Topic, req.Metadata, storedIn(ctx, streams, req.Topic))
