@@ -48,7 +48,7 @@ func deadLetterLoop(topic string, consumerCfg metadata.Consumer) error {
 	}
 	dl := consumerCfg.DeadLetterFor(exampleSubject(topic))
 	if metadata.SubjectCovers(topic, dl) {
-		return fmt.Errorf("%w: deadLetterSubject %q: topic %q covers %q, so failed messages would come back to this subscription; choose a subject outside the topic, such as dead.{topic}",
+		return fmt.Errorf("%w: deadLetterSubject %q: topic %q covers %q, so failed messages would come back to this subscription; choose a subject outside the topic (the topic's own dead letters cannot go under it), or set deadLetterSubject to \"\" in this subscription's metadata to keep dead letters of its messages off",
 			ErrInvalidRequest, consumerCfg.DeadLetterSubject, topic, dl)
 	}
 	return nil
@@ -138,10 +138,13 @@ func (s *subscription) deadLetter(d *Delivery, cause error) {
 	subject := s.consumerCfg.DeadLetterFor(d.Metadata[MetadataSubject])
 	msg := deadLetterMsg(subject, d, cause)
 	retry := s.newDeadLetterRetry()
-	var logged time.Time
+	reported := false
 	for {
 		err := s.publishDeadLetter(msg)
 		if err == nil {
+			if reported {
+				s.report(nil)
+			}
 			break
 		}
 		if d.Settled() {
@@ -149,11 +152,11 @@ func (s *subscription) deadLetter(d *Delivery, cause error) {
 				s.topic, d.Sequence, d.Metadata[MetadataStream], subject, err)
 			return
 		}
-		if time.Since(logged) >= deadLetterLogEvery {
-			logged = time.Now()
-			s.log.Errorf("topic %q: publishing the message at sequence %d of stream %q to dead-letter subject %q: %v; it is held, and tried again until that works",
-				s.topic, d.Sequence, d.Metadata[MetadataStream], subject, err)
-		}
+		// The message keeps its place of maxInFlight meanwhile: with a
+		// refusal that lasts, the subscription delivers less, or nothing, and
+		// Ping and the readiness probe say why, as for any other problem.
+		s.report(s.deadLetterProblem(d, subject, err))
+		reported = true
 		if !retry.wait() {
 			if !d.Settled() {
 				s.log.Errorf("topic %q: the subscription ended before the message at sequence %d of stream %q reached dead-letter subject %q",
@@ -171,6 +174,17 @@ func (s *subscription) deadLetter(d *Delivery, cause error) {
 	if err := d.answer(s.p, []byte("+TERM dead-lettered to "+subject)); err != nil {
 		s.log.Warnf("topic %q: terminating the message at sequence %d after its dead letter: %v", s.topic, d.Sequence, err)
 	}
+}
+
+// deadLetterProblem words why the dead letter of d cannot be published to
+// subject, with its kind: a refusal that lasts (the stream takes no message
+// that large, say) fails Ping at once.
+func (s *subscription) deadLetterProblem(d *Delivery, subject string, err error) error {
+	if _, _, streams, serr := s.p.state(); serr == nil {
+		err = newRefusals(s.ctx, streams, subject).explain(err)
+	}
+	return classify("dead-letter to", subject, fmt.Errorf("the message at sequence %d of stream %q, held until it is stored there (tried again in the background): %w",
+		d.Sequence, d.Metadata[MetadataStream], err))
 }
 
 // deadLetterRetry paces the attempts to publish a dead letter: the wait

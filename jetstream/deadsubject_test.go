@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/dapr/components-contrib/pubsub"
 	"github.com/nats-io/nats.go"
@@ -244,4 +245,70 @@ func TestDeadLetterAfterItsStreamWasDeleted(t *testing.T) {
 	publish(t, ps, "jobs", "second", nil)
 	require.Eventually(t, func() bool { return count(js, dead) == 1 }, waitFor, tick, "the second dead letter never reached a dead-letter stream created again")
 	settledConsumer(t, js, "jobs", "app-jobs")
+}
+
+// The dead-letter stream refuses the dead letter for good: its
+// max_msg_size is smaller than the message (nats stream edit
+// --max-msg-size). The original is held, as it should be, but then the
+// subscription, with maxInFlight 1, delivers nothing more: Ping, and so the
+// readiness probe, must say so, naming the dead-letter subject, as it does
+// for any other problem that keeps a subscription from delivering.
+func TestDeadLetterRefusedForGoodFailsPing(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "DEAD", Subjects: []string{"dead.>"}, MaxMsgSize: 64})
+	require.NoError(t, err)
+	ps, log := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "maxDeliver": "1", "maxInFlight": "1", "deadLetterSubject": "dead.{topic}"})
+	var calls atomic.Int32
+	subscribe(t, ps, "big", nil, alwaysFailing(&calls, "no"))
+	publish(t, ps, "big", strings.Repeat("x", 200), nil)
+	publish(t, ps, "big", "next", nil)
+	require.Eventually(t, func() bool { return strings.Contains(log.String(), "dead.big") }, waitFor, tick, "the refused dead letter is logged")
+	assert.Equal(t, int32(1), calls.Load(), "the held message keeps the next one back")
+	require.Eventually(t, func() bool { return ps.Ping(ctx(t)) != nil }, stuckAfter+waitShort, tick,
+		"Ping passes while the subscription has delivered nothing for %s, its one place held by a dead letter that the stream refuses", stuckAfter+waitShort)
+	err = ps.Ping(ctx(t))
+	t.Log(err)
+	assert.Contains(t, err.Error(), "dead.big")
+}
+
+// An app's error text longer than the Dead-Letter-Error header keeps, in a
+// language written with more than one byte a character, is cut to the
+// header's bound between characters: a header value cut inside a UTF-8
+// sequence is not valid text, and protobuf, which carries the metadata to
+// daprd and to gRPC apps, refuses strings that are not valid UTF-8.
+func TestDeadLetterErrorCutBetweenCharacters(t *testing.T) {
+	t.Parallel()
+	ns, _ := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "maxDeliver": "1", "deadLetterSubject": "dead.{topic}"})
+	var calls atomic.Int32
+	why := "x" + strings.Repeat("é", maxDeadLetterError)
+	subscribe(t, ps, "intl", nil, alwaysFailing(&calls, why))
+	dl, dead := collect()
+	subscribe(t, ps, "dead.intl", nil, dl)
+	publish(t, ps, "intl", "o1", nil)
+	m := recv(t, dead, waitFor)
+	text := m.Metadata[HeaderDeadLetterError]
+	assert.True(t, strings.HasPrefix(text, "xéé"), "%.20q", text)
+	assert.True(t, utf8.ValidString(text), "Dead-Letter-Error is not valid UTF-8; it ends in %q", text[max(0, len(text)-8):])
+}
+
+// With the component's deadLetterSubject dead.{topic}, an app subscribes to
+// its dead letters with the topic dead.>, which covers dead.dead.x, and is
+// refused. The error must name a fix that works: not dead.{topic}, the very
+// subject refused, but a subject outside the topic or turning dead letters
+// off for this subscription (subscription metadata deadLetterSubject: "",
+// which is accepted).
+func TestDeadLetterLoopRefusalNamesAFixThatWorks(t *testing.T) {
+	t.Parallel()
+	ns, _ := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "deadLetterSubject": "dead.{topic}"})
+	h, _ := collect()
+	err := ps.Subscribe(ctx(t), pubsub.SubscribeRequest{Topic: "dead.>"}, h)
+	require.Error(t, err)
+	t.Log(err)
+	assert.Equal(t, KindInvalid, KindOf(err))
+	assert.NotContains(t, err.Error(), "such as dead.{topic}", "the fix offered is the subject refused")
+	assert.Contains(t, err.Error(), `""`, "the error does not say that deadLetterSubject \"\" in the subscription metadata turns dead letters off for it")
+	require.NoError(t, ps.Subscribe(ctx(t), pubsub.SubscribeRequest{Topic: "dead.>", Metadata: map[string]string{"deadLetterSubject": ""}}, h))
 }

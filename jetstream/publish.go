@@ -132,13 +132,18 @@ func withDown(err, down error) error {
 
 // needs is what a publish asks of its stream besides storing the topic.
 type needs struct {
-	ttl      bool // a per-message TTL
-	schedule bool // a delayed message
+	ttl      bool      // a per-message TTL
+	schedule bool      // a delayed message
+	until    time.Time // when the latest delayed message reaches its topic
 }
 
 // and is what n and o need together.
 func (n needs) and(o needs) needs {
-	return needs{ttl: n.ttl || o.ttl, schedule: n.schedule || o.schedule}
+	until := n.until
+	if o.until.After(until) {
+		until = o.until
+	}
+	return needs{ttl: n.ttl || o.ttl, schedule: n.schedule || o.schedule, until: until}
 }
 
 // prepare makes sure a stream stores topic and accepts what the publish
@@ -169,7 +174,7 @@ func prepareKnown(ctx context.Context, s *streams, topic string, need needs) (st
 		}
 	}
 	if need.schedule {
-		if err := s.ensureSchedules(ctx, name); err != nil {
+		if err := s.ensureSchedules(ctx, name, need.until); err != nil {
 			return "", err
 		}
 	}
@@ -265,9 +270,10 @@ func (p *PubSub) newMsg(topic string, data []byte, md map[string]string, content
 	if need.ttl, err = setTTL(msg, md); err != nil {
 		return nil, needs{}, err
 	}
-	if need.schedule, err = setScheduleFromMetadata(msg, md); err != nil {
+	if need.until, err = setScheduleFromMetadata(msg, md); err != nil {
 		return nil, needs{}, err
 	}
+	need.schedule = !need.until.IsZero()
 	if err := fitsMaxPayload(msg, limit); err != nil {
 		return nil, needs{}, err
 	}
@@ -325,19 +331,19 @@ func setTTL(msg *nats.Msg, md map[string]string) (bool, error) {
 // maxTTLSeconds is the longest TTL a duration holds, in seconds.
 const maxTTLSeconds = math.MaxInt64 / int64(time.Second)
 
-// setScheduleFromMetadata delays msg as the metadata asks, and reports
-// whether it does.
-func setScheduleFromMetadata(msg *nats.Msg, md map[string]string) (bool, error) {
+// setScheduleFromMetadata delays msg as the metadata asks, and returns
+// until when; the zero time when it does not.
+func setScheduleFromMetadata(msg *nats.Msg, md map[string]string) (time.Time, error) {
 	at, err := scheduledFor(md, time.Now())
 	if err != nil || at.IsZero() {
-		return false, err
+		return time.Time{}, err
 	}
 	if e := expectations(md); len(e) > 0 {
-		return false, fmt.Errorf("%w: metadata %s cannot be combined with %s: JetStream checks an expectation when it stores the schedule, not when the message reaches the topic, so the check cannot guard that append; publish without a delay to append on a condition",
+		return time.Time{}, fmt.Errorf("%w: metadata %s cannot be combined with %s: JetStream checks an expectation when it stores the schedule, not when the message reaches the topic, so the check cannot guard that append; publish without a delay to append on a condition",
 			ErrInvalidRequest, scheduleKey(md), e[0].key)
 	}
 	setSchedule(msg, at)
-	return true, nil
+	return at, nil
 }
 
 // fitsMaxPayload checks msg, headers included, against the server's

@@ -2,6 +2,7 @@ package jetstream
 
 import (
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -51,7 +52,7 @@ func scheduledFor(md map[string]string, now time.Time) (time.Time, error) {
 		if !at.After(now) {
 			return time.Time{}, nil
 		}
-		return at, nil
+		return at, beyondScheduler(MetadataScheduledSendTime, sendTime, at)
 	case hasAfter:
 		d, err := time.ParseDuration(after)
 		if err != nil {
@@ -60,9 +61,25 @@ func scheduledFor(md map[string]string, now time.Time) (time.Time, error) {
 		if d <= 0 {
 			return time.Time{}, fmt.Errorf("%w: metadata %s = %q: use a duration of more than 0, such as 30s", ErrInvalidRequest, MetadataDeliverAfter, after)
 		}
-		return now.Add(d), nil
+		at := now.Add(d)
+		return at, beyondScheduler(MetadataDeliverAfter, after, at)
 	}
 	return time.Time{}, nil
+}
+
+// latestSchedule is the last time nats-server's scheduler can hold: it
+// counts nanoseconds since 1970 in an int64, which ends in April 2262, and a
+// later time wraps around to the past and fires at once.
+var latestSchedule = time.Unix(0, math.MaxInt64).Add(-24 * time.Hour)
+
+// beyondScheduler refuses a delay to at, set by metadata key = value, past
+// latestSchedule.
+func beyondScheduler(key, value string, at time.Time) error {
+	if !at.After(latestSchedule) {
+		return nil
+	}
+	return fmt.Errorf("%w: metadata %s = %q is after %s, the latest time NATS can delay a message to: give an earlier time",
+		ErrInvalidRequest, key, value, latestSchedule.UTC().Format(time.RFC3339))
 }
 
 // scheduleKey returns which delay key md sets, for error messages.

@@ -3,6 +3,7 @@ package jetstream
 import (
 	"context"
 	"fmt"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -321,4 +322,93 @@ func TestDelayedPublishAfterRetentionTurnedInterest(t *testing.T) {
 		return
 	}
 	assert.Equal(t, "after", recv(t, got, waitFor).data, "the delayed publish was acknowledged and never delivered")
+}
+
+// An operator bounds the topic's stream with a max_age shorter than a delay
+// (nats stream edit --max-age). JetStream would remove the waiting schedule
+// at max_age, before its time, so a delayed publish either fails, naming
+// max_age, or reaches the subscriber: never acknowledged and then gone.
+func TestDelayedPublishLongerThanMaxAge(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "AGED", Subjects: []string{"aged"}, MaxAge: 2 * time.Second})
+	require.NoError(t, err)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app"})
+	h, got := collectArrivals()
+	subscribe(t, ps, "aged", nil, h)
+	waitConsumer(t, js, "AGED", "app-aged")
+
+	err = ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "aged", Data: []byte("late"), Metadata: map[string]string{"deliverAfter": "4s"}})
+	if err != nil {
+		t.Log(err)
+		assert.Contains(t, err.Error(), "max_age")
+		return
+	}
+	assert.Equal(t, "late", recv(t, got, 10*time.Second).data, "the delayed publish was acknowledged and never delivered")
+}
+
+// JetStream refuses message schedules on a stream with discard new (nats
+// stream add --discard new, or streamDiscard: new), and refuses to turn them
+// on for one with deny_purge (nats stream add --deny-purge). A delayed
+// publish to such a stream can never succeed, so it is refused as such, like
+// one to an interest stream, naming the stream, its setting and the delay
+// key, rather than reported as a passing unavailability that daprd retries
+// for ever.
+func TestDelayedPublishToStreamThatRefusesSchedules(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), nil)
+	for _, c := range []struct {
+		cfg     natsjs.StreamConfig
+		setting string
+	}{
+		{natsjs.StreamConfig{Name: "BOUNDED", Subjects: []string{"bounded"}, MaxMsgs: 100, Discard: natsjs.DiscardNew}, "discard"},
+		{natsjs.StreamConfig{Name: "KEPT", Subjects: []string{"kept"}, DenyPurge: true}, "purge"},
+	} {
+		_, err := js.CreateStream(ctx(t), c.cfg)
+		require.NoError(t, err)
+		topic := c.cfg.Subjects[0]
+		err = ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: topic, Data: []byte("x"), Metadata: map[string]string{"deliverAfter": "1h"}})
+		require.Error(t, err, topic)
+		t.Log(err)
+		assert.Equal(t, KindRejected, KindOf(err), "%s: a refusal that retrying cannot change", topic)
+		assert.ErrorIs(t, err, ErrSchedulesNotAllowed, topic)
+		for _, s := range []string{c.cfg.Name, c.setting, "deliverAfter"} {
+			assert.Contains(t, err.Error(), s, topic)
+		}
+		assert.Zero(t, msgCount(t, js, c.cfg.Name), topic)
+	}
+}
+
+// A time too far ahead for nats-server's scheduler, which counts in
+// nanoseconds since 1970 and so ends in April 2262 (a scheduledSendTime of
+// 9999-12-31 as "hold it", a deliverAfter of the longest duration), must
+// not reach the topic at once: the publish fails, naming the key and the
+// latest time accepted, or the message waits.
+func TestDelayedDeliveryBeyondTheSchedulersRange(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app"})
+	h, got := collectArrivals()
+	subscribe(t, ps, "far", nil, h)
+	waitConsumer(t, js, "far", "app-far")
+	for _, md := range []map[string]string{
+		{"scheduledSendTime": "9999-12-31T23:59:59Z"},
+		{"deliverAfter": time.Duration(math.MaxInt64).String()},
+	} {
+		err := ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "far", Data: []byte(fmt.Sprint(md)), Metadata: md})
+		if err != nil {
+			t.Log(err)
+			assert.Equal(t, KindInvalid, KindOf(err), "%v: %v", md, err)
+			for k, v := range md {
+				assert.Contains(t, err.Error(), k)
+				assert.Contains(t, err.Error(), v)
+			}
+		}
+	}
+	select {
+	case a := <-got:
+		t.Fatalf("the message delayed by %s reached the topic at once", a.data)
+	case <-time.After(2 * time.Second):
+	}
 }

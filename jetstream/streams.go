@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/dapr/kit/logger"
 	natsjs "github.com/nats-io/nats.go/jetstream"
@@ -315,13 +316,12 @@ func (s *streams) ensureTTL(ctx context.Context, name string) error {
 // acknowledged and never delivered. The stream is read for every delayed
 // publish, since an operator may turn its retention to interest at any
 // time (nats stream edit).
-func (s *streams) ensureSchedules(ctx context.Context, name string) error {
+func (s *streams) ensureSchedules(ctx context.Context, name string, until time.Time) error {
 	subjects := scheduleSubjects(name)
 	return s.ensureConfig(ctx, name, nil, fmt.Sprintf("allow message schedules, with the subject %q,", subjects),
 		func(cfg *natsjs.StreamConfig) (bool, error) {
-			if cfg.Retention == natsjs.InterestPolicy {
-				return false, fmt.Errorf("%w: stream %q has interest retention, on which JetStream drops a delayed message while it waits, since no consumer is interested in its schedule subject; publish delayed messages (scheduledSendTime, deliverAfter) to a stream with limits or workqueue retention",
-					ErrSchedulesNotAllowed, name)
+			if why := holdsNoSchedule(*cfg, until); why != "" {
+				return false, fmt.Errorf("%w: stream %q %s", ErrSchedulesNotAllowed, name, why)
 			}
 			changed := !cfg.AllowMsgSchedules
 			cfg.AllowMsgSchedules = true
@@ -335,6 +335,23 @@ func (s *streams) ensureSchedules(ctx context.Context, name string) error {
 			return fmt.Errorf("%w: stream %q cannot hold delayed messages (scheduledSendTime, deliverAfter): set allow_msg_schedules on the stream and add the subject %q to it, or set autoProvision to true",
 				ErrSchedulesNotAllowed, name, subjects)
 		})
+}
+
+// holdsNoSchedule says why a stream of config c cannot keep a delayed
+// message until it reaches its topic at until, or "" when it can.
+func holdsNoSchedule(c natsjs.StreamConfig, until time.Time) string {
+	switch {
+	case c.Retention == natsjs.InterestPolicy:
+		return "has interest retention, on which JetStream drops a delayed message while it waits, since no consumer is interested in its schedule subject; publish delayed messages (scheduledSendTime, deliverAfter) to a stream with limits or workqueue retention"
+	case c.Discard == natsjs.DiscardNew && !c.AllowMsgSchedules:
+		return "has discard policy new, with which JetStream refuses message schedules; publish delayed messages (scheduledSendTime, deliverAfter) to a stream with discard old (streamDiscard: old when the component creates it)"
+	case c.DenyPurge && !c.AllowMsgSchedules:
+		return "has deny_purge set, and JetStream does not turn message schedules on for such a stream; create it with allow_msg_schedules, or publish delayed messages (scheduledSendTime, deliverAfter) to another stream"
+	case c.MaxAge > 0 && time.Until(until) > c.MaxAge:
+		return fmt.Sprintf("keeps messages for at most %s (its max_age, which streamMaxAge sets when the component creates it), and a delayed message waits in it until %s, so JetStream would remove it before its time; delay it less, or raise the stream's max_age",
+			c.MaxAge, until.UTC().Format(time.RFC3339))
+	}
+	return ""
 }
 
 // ensureAtomic makes sure the stream allows atomic batch publish.
