@@ -104,25 +104,31 @@ func (s *streams) info(ctx context.Context, topic string) *natsjs.StreamInfo {
 // errors that name it; natsjs.ErrStreamNotFound when no stream does. The
 // stream known for the topic may be out of date without any publish
 // failing: an operator may have moved the topic to another stream, and
-// publishes follow the subject there. A known stream that is gone or no
-// longer holds the topic is forgotten, so that the next publish looks again.
+// publishes follow the subject there. The known stream is forgotten, so that
+// the next publish looks again, only when a look-up by the topic agrees that
+// it is gone or holds the topic no more: while a cluster elects leaders, a
+// stream may be reported missing for a moment.
 func (s *streams) current(ctx context.Context, topic string) (*natsjs.StreamInfo, error) {
-	if name, ok := s.cached(topic); ok {
-		st, err := s.js.Stream(ctx, name)
+	known, isKnown := s.cached(topic)
+	if isKnown {
+		st, err := s.js.Stream(ctx, known)
 		switch {
 		case err == nil && covers(st.CachedInfo().Config.Subjects, topic):
 			return st.CachedInfo(), nil
 		case err != nil && !errors.Is(err, natsjs.ErrStreamNotFound):
 			return nil, err
 		}
-		s.forget(topic)
 	}
 	_, info, err := s.lookup(ctx, topic)
 	switch {
 	case errors.Is(err, ErrNoStream), err == nil && info == nil:
+		s.forget(topic)
 		return nil, natsjs.ErrStreamNotFound
 	case err != nil:
 		return nil, err
+	}
+	if isKnown && info.Config.Name != known {
+		s.forget(topic)
 	}
 	return info, nil
 }
