@@ -60,6 +60,9 @@ type consumerState struct {
 	// consumer pause); zero when it is not paused.
 	pausedUntil time.Time
 	refreshed   time.Time
+	// unread is set while NATS does not allow reading the consumer's info,
+	// so the counts above are not current.
+	unread bool
 	// drained is set when the last held message was settled: the next
 	// refresh comes at the busy rate, so that the pending counts show the
 	// drain instead of what they were at the last busy refresh.
@@ -500,7 +503,11 @@ func (s *subscription) refresh(now time.Time) {
 func (s *subscription) verify(cs *consumerState) {
 	ctx, cancel := context.WithTimeout(s.ctx, verifyTimeout)
 	defer cancel()
+	asked := time.Now()
 	info, err := cs.handle.Info(ctx)
+	if err == nil {
+		s.reportRead(nil)
+	}
 	switch {
 	case err == nil && !filtersTopic(info.Config, s.topic):
 		s.refilter(ctx, cs, info.Config)
@@ -510,7 +517,7 @@ func (s *subscription) verify(cs *consumerState) {
 		s.mu.Lock()
 		wasPaused := cs.pausedUntil
 		cs.update(info)
-		cs.refreshed, cs.drained = time.Now(), false
+		cs.refreshed, cs.drained, cs.unread = time.Now(), false, false
 		s.floor.serverFloor(cs.stream, cs.streamCreated, info.AckFloor.Stream)
 		s.mu.Unlock()
 		s.noteDrift(cs, info.Config)
@@ -519,9 +526,16 @@ func (s *subscription) verify(cs *consumerState) {
 	case errors.Is(err, natsjs.ErrConsumerNotFound), errors.Is(err, natsjs.ErrStreamNotFound):
 		s.gone(err)
 	default:
+		// Delivery goes on without the read, so a denial fails neither
+		// Ping nor the readiness probe; but it is named, and the counts it
+		// can no longer read are not reported as current.
+		denied := s.p.denied("read the consumer of", s.topic, err, asked)
 		s.mu.Lock()
-		cs.refreshed = time.Now()
+		cs.refreshed, cs.unread = time.Now(), denied != nil
 		s.mu.Unlock()
+		if denied != nil {
+			s.reportRead(denied)
+		}
 	}
 }
 
@@ -794,11 +808,19 @@ type problem struct {
 
 // report logs a subscription problem, again at most every reportEvery while
 // it persists, and its recovery.
-func (s *subscription) report(err error) {
+func (s *subscription) report(err error) { s.reportOn(&s.problem, err) }
+
+// reportDeadLetter is report for the problem of publishing a dead letter.
+func (s *subscription) reportDeadLetter(err error) { s.reportOn(&s.deadProblem, err) }
+
+// reportRead is report for the problem of reading the consumer's info back.
+func (s *subscription) reportRead(err error) { s.reportOn(&s.readProblem, err) }
+
+// reportOn is report for pr, one of s's problems.
+func (s *subscription) reportOn(pr *problem, err error) {
 	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	pr := &s.problem
 	switch {
 	case err == nil && pr.err != "":
 		s.log.Infof("topic %q: recovered", s.topic)
@@ -828,11 +850,13 @@ func (s *subscription) report(err error) {
 func (s *subscription) failing(now time.Time) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	pr := s.problem
-	if !pr.stuck(now) {
-		return ""
+	var why []string
+	for _, pr := range []problem{s.problem, s.deadProblem} {
+		if pr.stuck(now) {
+			why = append(why, fmt.Sprintf("topic %q: %s (for %s)", s.topic, pr.err, now.Sub(pr.since).Round(time.Second)))
+		}
 	}
-	return fmt.Sprintf("topic %q: %s (for %s)", s.topic, pr.err, now.Sub(pr.since).Round(time.Second))
+	return strings.Join(why, "; ")
 }
 
 // stuck reports whether pr fails Ping and the readiness probe: retrying

@@ -188,6 +188,55 @@ func TestAbandonedWithoutAdvisoryPermission(t *testing.T) {
 	require.NotContains(t, log.String(), "level=warn")
 }
 
+// An operator takes $JS.API.CONSUMER.INFO away from the NATS user while a
+// subscription runs (a reloaded server authorization, or a new user JWT).
+// Delivery goes on, but every read of the consumer, once a second while
+// messages are held, now waits verifyTimeout for an answer that never comes,
+// and its failure is dropped: the log has only nats.go's "permissions
+// violation", naming no topic, and the consumer's counts
+// (consumer_ack_pending_messages) stay what they were before, 0 here while
+// 4 messages are ack-pending. The subscription must name the refused
+// subject for its topic, and not report counts it can no longer read.
+func TestConsumerInfoDeniedWhileSubscribed(t *testing.T) {
+	t.Parallel()
+	var opts *server.Options
+	ns := natstest.Start(t, func(o *server.Options) {
+		o.Users = []*server.User{{Username: "app", Password: "secret"}}
+		opts = o
+	})
+	ps, log := open(t, ns.ClientURL(), map[string]string{"user": "app", "password": "secret", "consumerID": "app"})
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) }) // before Close
+	held := make(chan struct{}, 4)
+	subscribe(t, ps, "orders", map[string]string{"concurrency": "parallel"}, func(ctx context.Context, _ *pubsub.NewMessage) error {
+		held <- struct{}{}
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return nil
+	})
+	denied := opts.Clone()
+	denied.Users = []*server.User{{Username: "app", Password: "secret", Permissions: &server.Permissions{
+		Publish: &server.SubjectPermission{Deny: []string{"$JS.API.CONSUMER.INFO.>"}},
+	}}}
+	for i := range 4 {
+		if i == 1 { // once the subscription delivers
+			require.NoError(t, ns.ReloadOptions(denied))
+		}
+		publish(t, ps, "orders", "x", nil)
+		recv(t, held, waitFor)
+	}
+	assert.Eventually(t, func() bool {
+		return strings.Contains(log.String(), `topic \"orders\"`) &&
+			strings.Contains(log.String(), `does not allow this connection to publish to \"$JS.API.CONSUMER.INFO.orders.app-orders\"`)
+	}, waitFor, tick, "the refused consumer info is not named for its topic")
+	for _, st := range ps.Stats().Subscriptions {
+		assert.False(t, st.ConsumerKnown && st.NumAckPending != 4,
+			"topic %q: the consumer's counts read %d ack-pending while 4 are, as if still read back", st.Topic, st.NumAckPending)
+	}
+}
+
 // A status that ends a pull request without a description is still worded.
 func TestPullRefusalWording(t *testing.T) {
 	for _, tc := range []struct{ status, desc, want string }{

@@ -140,10 +140,11 @@ func (s *subscription) deadLetter(d *Delivery, cause error) {
 	retry := s.newDeadLetterRetry()
 	reported := false
 	for {
+		asked := time.Now()
 		err := s.publishDeadLetter(msg)
 		if err == nil {
 			if reported {
-				s.report(nil)
+				s.reportDeadLetter(nil)
 			}
 			break
 		}
@@ -155,7 +156,7 @@ func (s *subscription) deadLetter(d *Delivery, cause error) {
 		// The message keeps its place of maxInFlight meanwhile: with a
 		// refusal that lasts, the subscription delivers less, or nothing, and
 		// Ping and the readiness probe say why, as for any other problem.
-		s.report(s.deadLetterProblem(d, subject, err))
+		s.reportDeadLetter(s.deadLetterProblem(d, subject, err, asked))
 		reported = true
 		if !retry.wait() {
 			if !d.Settled() {
@@ -176,11 +177,14 @@ func (s *subscription) deadLetter(d *Delivery, cause error) {
 	}
 }
 
-// deadLetterProblem words why the dead letter of d cannot be published to
-// subject, with its kind: a refusal that lasts (the stream takes no message
-// that large, say) fails Ping at once.
-func (s *subscription) deadLetterProblem(d *Delivery, subject string, err error) error {
-	if _, _, streams, serr := s.p.state(); serr == nil {
+// deadLetterProblem words why the dead letter of d, tried at asked, cannot
+// be published to subject, with its kind: a refusal that lasts (the stream
+// takes no message that large, or NATS does not allow this user to publish
+// there or to look its stream up) fails Ping at once.
+func (s *subscription) deadLetterProblem(d *Delivery, subject string, err error, asked time.Time) error {
+	if denied := s.p.denied("dead-letter to", subject, err, asked); denied != nil {
+		err = denied
+	} else if _, _, streams, serr := s.p.state(); serr == nil {
 		err = newRefusals(s.ctx, streams, subject).explain(err)
 	}
 	return classify("dead-letter to", subject, fmt.Errorf("the message at sequence %d of stream %q, held until it is stored there (tried again in the background): %w",

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/dapr/components-contrib/pubsub"
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/assert"
@@ -270,6 +272,63 @@ func TestDeadLetterRefusedForGoodFailsPing(t *testing.T) {
 	err = ps.Ping(ctx(t))
 	t.Log(err)
 	assert.Contains(t, err.Error(), "dead.big")
+}
+
+// The NATS user may not publish to the dead-letter subject, or read the
+// stream that stores it ($JS.API.STREAM.INFO.<stream>). NATS drops such a
+// publish or API request without an answer and tells only nats.go's error
+// handler, so every attempt waits deadLetterTimeout (5 s) and reports
+// "context deadline exceeded", which Ping repeats only after stuckAfter. As
+// for a publish or a subscription's consumer, the problem must name the
+// refused subject and the permission to grant, and fail Ping (and so the
+// readiness probe) as soon as it is known, since retrying cannot fix it.
+func TestDeadLetterDeniedPermissionFailsPing(t *testing.T) {
+	t.Parallel()
+	for _, denied := range []string{"dead.work", "$JS.API.STREAM.INFO.DEAD"} {
+		t.Run(denied, func(t *testing.T) {
+			t.Parallel()
+			ns := natstest.Start(t, func(o *server.Options) {
+				o.Users = []*server.User{{Username: "app", Password: "secret", Permissions: &server.Permissions{
+					Publish: &server.SubjectPermission{Deny: []string{denied}},
+				}}}
+			})
+			ps, _ := open(t, ns.ClientURL(), map[string]string{"user": "app", "password": "secret", "consumerID": "app", "maxDeliver": "1", "deadLetterSubject": "dead.{topic}"})
+			_, err := ps.js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "DEAD", Subjects: []string{"dead.>"}})
+			require.NoError(t, err)
+			var calls atomic.Int32
+			subscribe(t, ps, "work", nil, alwaysFailing(&calls, "no"))
+			publish(t, ps, "work", "job", nil)
+			require.Eventually(t, func() bool { return calls.Load() == 1 }, waitFor, tick, "the message was not delivered")
+			failed := time.Now()
+			var pingErr error
+			require.Eventually(t, func() bool { pingErr = ps.Ping(ctx(t)); return pingErr != nil }, deadLetterTimeout+stuckAfter+waitShort, tick,
+				"Ping passes while the dead letter is refused: each attempt reports \"context deadline exceeded\", which the pull clears as recovered")
+			t.Logf("after %s: %v", time.Since(failed).Round(time.Second), pingErr)
+			assert.Contains(t, pingErr.Error(), "NATS does not allow this connection to publish to "+strconv.Quote(denied), "Ping does not name the refused subject")
+			assert.Less(t, time.Since(failed), deadLetterTimeout+stuckAfter/2, "Ping failed only once the problem lasted stuckAfter, as for one that retrying may fix")
+		})
+	}
+}
+
+// While a dead letter is refused, the subscription goes on pulling (it has
+// room in maxInFlight), and each pull request that expires or heartbeat
+// that arrives clears the subscription's one problem, logging "recovered",
+// although the dead letter is still refused and its message held. Ping, and
+// so the readiness probe, must keep failing until the dead letter is
+// stored, not pass between two attempts.
+func TestDeadLetterRefusalNotClearedByThePull(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "DEAD", Subjects: []string{"dead.>"}, MaxMsgSize: 64})
+	require.NoError(t, err)
+	ps, log := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "maxDeliver": "1", "deadLetterSubject": "dead.{topic}"})
+	var calls atomic.Int32
+	subscribe(t, ps, "big", nil, alwaysFailing(&calls, "no"))
+	publish(t, ps, "big", strings.Repeat("x", 200), nil)
+	require.Eventually(t, func() bool { return ps.Ping(ctx(t)) != nil }, waitFor, tick, "Ping never reported the refused dead letter")
+	assert.Never(t, func() bool { return ps.Ping(ctx(t)) == nil }, 2*time.Second, tick,
+		"Ping passes again while the dead letter is still refused")
+	assert.False(t, strings.Contains(log.String(), `topic \"big\": recovered`), "the refused dead letter was logged as recovered")
 }
 
 // An app's error text longer than the Dead-Letter-Error header keeps, in a

@@ -381,11 +381,13 @@ func (s *subscription) addLive(t *statsSum, now time.Time) {
 			v.OldestHeld = age
 		}
 	}
-	if cs := s.consumer; cs != nil {
+	if cs := s.consumer; cs != nil && !cs.unread {
 		v.NumPending, v.NumAckPending, v.ConsumerKnown = cs.numPending, cs.numAckPending, true
 	}
-	if pr := s.problem; pr.err != "" && (v.Problem == "" || (pr.stuck(now) && !v.Stuck)) {
-		v.Problem, v.ProblemSince, v.Permanent, v.Stuck = pr.err, pr.since, pr.permanent, pr.stuck(now)
+	for _, pr := range []problem{s.problem, s.deadProblem} {
+		if pr.err != "" && (v.Problem == "" || (pr.stuck(now) && !v.Stuck)) {
+			v.Problem, v.ProblemSince, v.Permanent, v.Stuck = pr.err, pr.since, pr.permanent, pr.stuck(now)
+		}
 	}
 }
 

@@ -108,6 +108,13 @@ type subscription struct {
 	retryWait   time.Duration
 	floor       resumePoint
 	problem     problem
+	// deadProblem is why a dead letter cannot be published: apart from
+	// problem, which a working pull clears while the dead letter, and the
+	// message it holds, still wait.
+	deadProblem problem
+	// readProblem is why the consumer's info cannot be read back. Delivery
+	// goes on without it, so it fails neither Ping nor the readiness probe.
+	readProblem problem
 	pinID       string // the pin JetStream gave this subscription (priorityPolicy pinned)
 	// lastFailures holds the sequences of the last lastSeen messages whose
 	// last allowed delivery failed here (noteLast), lastNext where the next
