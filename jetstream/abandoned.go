@@ -55,10 +55,22 @@ func (s *subscription) listenAbandoned(stream, durable string) *nats.Subscriptio
 	if nc == nil || durable == "" {
 		return nil
 	}
+	if cfg, _, _, err := s.p.state(); err == nil && cfg.Connection.APIPrefix != "" {
+		s.p.importedAdvisories.Do(func() {
+			s.log.Infof("JetStream is reached through apiPrefix %q, so its advisories are published in the account that has JetStream: unless this account imports %s> from it, a message that JetStream stops delivering after maxDeliver, with no last failure seen here, is neither dead-lettered nor logged", cfg.Connection.APIPrefix, abandonedPrefix)
+		})
+	}
 	sub, err := nc.QueueSubscribe(abandonedSubject(stream, durable), abandonedGroup(durable, s.consumerCfg.DeadLetterSubject), func(m *nats.Msg) {
 		var a maxDeliveriesAdvisory
 		if json.Unmarshal(m.Data, &a) == nil && a.StreamSeq > 0 {
-			s.abandoned(a)
+			// Each on its own, as the last failures seen here are: a dead
+			// letter that its stream keeps refusing must not hold up the
+			// notices behind it, whose messages JetStream has dropped too.
+			s.deadLetters.add()
+			go func() {
+				defer s.deadLetters.done()
+				s.abandoned(a)
+			}()
 		}
 	})
 	if err != nil {
@@ -108,43 +120,50 @@ func (s *subscription) abandoned(a maxDeliveriesAdvisory) {
 		return
 	}
 	retry := s.newDeadLetterRetry()
-	var logged time.Time
+	key := deadLetterKey(a.Stream, a.StreamSeq)
 	for {
-		err := s.deadLetterStored(a)
+		asked := time.Now()
+		subject, err := s.deadLetterStored(a)
 		if err == nil {
+			s.reportDeadLetter(key, nil)
 			return
 		}
-		if time.Since(logged) >= deadLetterLogEvery {
-			logged = time.Now()
-			s.log.Errorf("topic %q: JetStream stopped delivering the message at sequence %d of stream %q after %d deliveries; publishing it to the dead-letter subject: %v; trying again",
-				s.topic, a.StreamSeq, a.Stream, a.Deliveries, err)
-		}
+		// Like a held dead letter, one refused for good fails Ping and the
+		// readiness probe, although no message is held: it is kept only
+		// in its stream, where limits may remove it.
+		s.reportDeadLetter(key, s.deadLetterProblem(subject, err, asked, fmt.Sprintf(
+			"the message at sequence %d of stream %q, which JetStream stopped delivering after %d deliveries", a.StreamSeq, a.Stream, a.Deliveries)))
 		if !retry.wait() {
+			s.forgetDeadLetter(key)
+			s.log.Errorf("topic %q: the subscription ended before the message at sequence %d of stream %q, which JetStream stopped delivering, reached the dead-letter subject",
+				s.topic, a.StreamSeq, a.Stream)
 			return
 		}
 	}
 }
 
 // deadLetterStored reads the message a names from its stream and publishes
-// it to the dead-letter subject.
-func (s *subscription) deadLetterStored(a maxDeliveriesAdvisory) error {
+// it to the dead-letter subject, which it returns. Until the message is
+// read, that is the subject of the subscription's topic.
+func (s *subscription) deadLetterStored(a maxDeliveriesAdvisory) (string, error) {
+	subject := s.consumerCfg.DeadLetterFor(s.topic)
 	_, js, _, err := s.p.state()
 	if err != nil {
-		return err
+		return subject, err
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, apiTimeout)
 	defer cancel()
 	st, err := js.Stream(ctx, a.Stream)
 	if err != nil {
-		return err
+		return subject, err
 	}
 	raw, err := st.GetMsg(ctx, a.StreamSeq)
 	if err != nil {
-		return fmt.Errorf("reading it from the stream: %w", err)
+		return subject, fmt.Errorf("reading it from the stream: %w", err)
 	}
-	subject := s.consumerCfg.DeadLetterFor(raw.Subject)
+	subject = s.consumerCfg.DeadLetterFor(raw.Subject)
 	cause := fmt.Errorf("JetStream stopped delivering it after %d deliveries, the consumer's maxDeliver", a.Deliveries)
 	msg := deadLetterOf(subject, origin{subject: raw.Subject, stream: a.Stream, streamCreated: st.CachedInfo().Created,
 		sequence: a.StreamSeq, consumer: a.Consumer, deliveries: a.Deliveries}, raw.Data, raw.Header, cause)
-	return s.publishDeadLetter(msg)
+	return subject, s.publishDeadLetter(msg)
 }

@@ -327,6 +327,10 @@ func restoredStale(info *natsjs.ConsumerInfo, want natsjs.ConsumerConfig) bool {
 func (s *subscription) reconcile(ctx context.Context, js natsjs.JetStream, stream string, c natsjs.Consumer, want natsjs.ConsumerConfig) (natsjs.Consumer, error) {
 	have := c.CachedInfo().Config
 	want.DeliverPolicy, want.OptStartSeq, want.OptStartTime = have.DeliverPolicy, have.OptStartSeq, have.OptStartTime
+	if have.MemoryStorage != want.MemoryStorage {
+		s.log.Warnf("topic %q: consumer %q on stream %q was created with memoryStorage %v, and JetStream cannot change the storage of a consumer, so memoryStorage %v does not apply to it; delete the consumer (nats consumer rm %s %s) so that it is created again, or set another consumerID",
+			s.topic, want.Durable, stream, have.MemoryStorage, want.MemoryStorage, stream, want.Durable)
+	}
 	want.MemoryStorage = have.MemoryStorage
 	if have.AckPolicy != want.AckPolicy {
 		return nil, &Error{Op: "subscribe to", Topic: s.topic, Kind: KindRejected, Err: fmt.Errorf(
@@ -810,8 +814,45 @@ type problem struct {
 // it persists, and its recovery.
 func (s *subscription) report(err error) { s.reportOn(&s.problem, err) }
 
-// reportDeadLetter is report for the problem of publishing a dead letter.
-func (s *subscription) reportDeadLetter(err error) { s.reportOn(&s.deadProblem, err) }
+// reportDeadLetter is report for the problem of publishing the dead letter
+// of the message key names: each has its own, so that one stored does not
+// clear another still refused.
+func (s *subscription) reportDeadLetter(key string, err error) {
+	s.mu.Lock()
+	pr := s.deadProblems[key]
+	if pr == nil && err != nil {
+		pr = &problem{}
+		if s.deadProblems == nil {
+			s.deadProblems = make(map[string]*problem)
+		}
+		s.deadProblems[key] = pr
+	}
+	s.mu.Unlock()
+	if pr == nil {
+		return
+	}
+	s.reportOn(pr, err)
+	if err == nil {
+		s.forgetDeadLetter(key)
+	}
+}
+
+// forgetDeadLetter drops the problem of the dead letter key names, without
+// a word: the message went to another subscription, or this one ended.
+func (s *subscription) forgetDeadLetter(key string) {
+	s.mu.Lock()
+	delete(s.deadProblems, key)
+	s.mu.Unlock()
+}
+
+// problemsLocked are s's problems; s.mu is held.
+func (s *subscription) problemsLocked() []problem {
+	all := []problem{s.problem}
+	for _, pr := range s.deadProblems {
+		all = append(all, *pr)
+	}
+	return all
+}
 
 // reportRead is report for the problem of reading the consumer's info back.
 func (s *subscription) reportRead(err error) { s.reportOn(&s.readProblem, err) }
@@ -851,7 +892,7 @@ func (s *subscription) failing(now time.Time) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var why []string
-	for _, pr := range []problem{s.problem, s.deadProblem} {
+	for _, pr := range s.problemsLocked() {
 		if pr.stuck(now) {
 			why = append(why, fmt.Sprintf("topic %q: %s (for %s)", s.topic, pr.err, now.Sub(pr.since).Round(time.Second)))
 		}

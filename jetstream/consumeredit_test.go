@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/dapr/components-contrib/pubsub"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -165,6 +168,35 @@ func TestMaxDeliverLoweredByOperator(t *testing.T) {
 	}
 }
 
+// After an operator lowered max_deliver, JetStream gives up on two
+// messages; the dead-letter stream refuses the first for good (larger than
+// its max_msg_size). The second, which it takes, must still be
+// dead-lettered: JetStream has dropped it, and nothing else records it. And
+// the refused one must fail Ping and so the readiness probe, naming the
+// dead-letter subject, as a refused dead letter of a last failure seen here
+// does (TestDeadLetterRefusedForGoodFailsPing).
+func TestAbandonedDeadLetterRefusedForGood(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ordersStream(t, js)
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "DEAD", Subjects: []string{"dead.>"}, MaxMsgSize: 1024})
+	require.NoError(t, err)
+	ps, log := open(t, ns.ClientURL(), map[string]string{"autoProvision": "false", "consumerID": "app", "maxDeliver": "10", "deadLetterSubject": "dead.{topic}"})
+	fails, _ := failing(100)
+	subscribe(t, ps, "orders.a", nil, fails)
+	require.Eventually(t, func() bool { return strings.Contains(log.String(), "subscribed to topic") }, waitFor, tick, "log: %s", log)
+	editConsumer(t, js, "ORDERS", ordersDurable, func(c *natsjs.ConsumerConfig) { c.MaxDeliver = 2 })
+	publish(t, ps, "orders.a", strings.Repeat("x", 2000), nil)
+	require.Eventually(t, func() bool {
+		return strings.Contains(log.String(), `sequence 1 of stream \"ORDERS\", which JetStream stopped delivering`)
+	}, waitFor, tick, "log: %s", log)
+	publish(t, ps, "orders.a", "small", nil)
+	assert.Eventually(t, func() bool { return count(js, "DEAD") == 1 }, waitFor, tick,
+		"the message at sequence 2, which the dead-letter stream takes, waits behind the refused one for ever")
+	assert.Eventually(t, func() bool { return ps.Ping(ctx(t)) != nil }, stuckAfter+waitShort, tick,
+		"Ping passes while a dead letter of a message JetStream gave up on is refused for good")
+}
+
 // A connection that may not subscribe to JetStream's advisories still
 // delivers, and says once what it cannot do without them.
 func TestAbandonedWithoutAdvisoryPermission(t *testing.T) {
@@ -237,6 +269,63 @@ func TestConsumerInfoDeniedWhileSubscribed(t *testing.T) {
 	}
 }
 
+// JetStream in another account, reached through an imported API (apiPrefix),
+// as nats-server's cross-account JetStream setup has it. JetStream's
+// MAX_DELIVERIES advisory is published in that account, where this
+// connection does not see it: a message JetStream gives up on (here after an
+// operator lowered max_deliver below the deliveries it had) is neither
+// dead-lettered nor logged, and nothing says that such messages go
+// unnoticed, as it does when permissions deny the advisory subject.
+func TestAbandonedThroughAnImportedAPI(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "nats.conf")
+	require.NoError(t, os.WriteFile(conf, fmt.Appendf(nil, `
+listen: "127.0.0.1:-1"
+jetstream: {store_dir: %q}
+accounts: {
+  JS: {
+    jetstream: enabled
+    users: [{user: js, password: js}]
+    exports: [{service: "$JS.API.>", response_type: stream}, {service: "$JS.ACK.>"}]
+  }
+  APP: {
+    users: [{user: app, password: app}]
+    imports: [
+      {service: {account: JS, subject: "$JS.API.>"}, to: "JS.hub.API.>"}
+      {service: {account: JS, subject: "$JS.ACK.>"}}
+    ]
+  }
+}
+`, filepath.Join(dir, "store")), 0o600))
+	o, err := server.ProcessConfigFile(conf)
+	require.NoError(t, err)
+	o.NoLog, o.NoSigs = true, true
+	ns := natstest.Run(t, o)
+	t.Cleanup(func() { natstest.Stop(ns) })
+	nc, err := nats.Connect(ns.ClientURL(), nats.UserInfo("js", "js"))
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	js, err := natsjs.New(nc)
+	require.NoError(t, err)
+	ordersStream(t, js)
+
+	ps, log := open(t, ns.ClientURL(), map[string]string{"user": "app", "password": "app", "apiPrefix": "JS.hub.API",
+		"autoProvision": "false", "consumerID": "app", "maxDeliver": "10", "nakDelay": "1s"})
+	fails, got := failing(100)
+	subscribe(t, ps, "orders.a", nil, fails)
+	natstest.WaitConsumer(t, js, "ORDERS", ordersDurable)
+	_, err = js.Publish(ctx(t), "orders.a", []byte("poison"))
+	require.NoError(t, err)
+	recv(t, got, waitFor)
+	recv(t, got, waitFor)
+	editConsumer(t, js, "ORDERS", ordersDurable, func(c *natsjs.ConsumerConfig) { c.MaxDeliver = 2 })
+	nothing(t, got, 2*time.Second) // JetStream gave up on it instead of the third delivery
+	require.Eventually(t, func() bool {
+		return strings.Contains(log.String(), "message at sequence 1 of stream") || strings.Contains(log.String(), "MAX_DELIVERIES")
+	}, waitFor, tick, "the message JetStream gave up on is neither logged nor said to go unnoticed")
+}
+
 // A status that ends a pull request without a description is still worded.
 func TestPullRefusalWording(t *testing.T) {
 	for _, tc := range []struct{ status, desc, want string }{
@@ -285,6 +374,32 @@ func TestRollingUpdateKeepsOperatorConsumerSettings(t *testing.T) {
 	assert.Equal(t, "payments", info.Config.Metadata["owner"])
 	assert.Equal(t, 50, info.Config.MaxRequestBatch)
 	assert.Equal(t, 10*time.Second, info.Config.MaxRequestExpires)
+}
+
+// A hot reload turns memoryStorage on. JetStream cannot change the storage
+// of an existing durable ("storage type can not be updated"), so the
+// durable keeps its file storage: the log must say so, naming the setting
+// and the fix, as it does for the settings JetStream refuses to update,
+// rather than leave the operator believing the change took effect.
+func TestMemoryStorageChangeOfAnExistingDurableIsReported(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ordersStream(t, js)
+	first, _ := open(t, ns.ClientURL(), map[string]string{"autoProvision": "false", "consumerID": "app"})
+	h, _ := collect()
+	sctx, cancel := context.WithCancel(t.Context())
+	require.NoError(t, first.Subscribe(sctx, pubsub.SubscribeRequest{Topic: "orders.a"}, h))
+	natstest.WaitConsumer(t, js, "ORDERS", ordersDurable)
+	cancel()
+
+	second, log := open(t, ns.ClientURL(), map[string]string{"autoProvision": "false", "consumerID": "app", "memoryStorage": "true"})
+	subscribe(t, second, "orders.a", nil, h)
+	require.Eventually(t, func() bool { return strings.Contains(log.String(), "subscribed to topic") }, waitFor, tick, "log: %s", log)
+	info, err := consumerInfo(js, "ORDERS", ordersDurable)
+	require.NoError(t, err)
+	require.False(t, info.Config.MemoryStorage, "JetStream changed the storage after all")
+	assert.Contains(t, log.String(), "memoryStorage", "the durable keeps file storage, and nothing says so")
+	assert.Contains(t, log.String(), "nats consumer rm ORDERS "+ordersDurable)
 }
 
 // A consumer an operator paused (nats consumer pause) delivers nothing until

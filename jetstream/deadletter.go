@@ -35,8 +35,6 @@ const (
 	// longest wait between attempts.
 	deadLetterRetryMin = 100 * time.Millisecond
 	deadLetterRetryMax = 5 * time.Second
-	// deadLetterLogEvery spaces out the log of attempts that keep failing.
-	deadLetterLogEvery = 30 * time.Second
 )
 
 // deadLetterLoop refuses a dead-letter subject that the subscription's own
@@ -138,17 +136,16 @@ func (s *subscription) deadLetter(d *Delivery, cause error) {
 	subject := s.consumerCfg.DeadLetterFor(d.Metadata[MetadataSubject])
 	msg := deadLetterMsg(subject, d, cause)
 	retry := s.newDeadLetterRetry()
-	reported := false
+	key := deadLetterKey(d.Metadata[MetadataStream], d.Sequence)
 	for {
 		asked := time.Now()
 		err := s.publishDeadLetter(msg)
 		if err == nil {
-			if reported {
-				s.reportDeadLetter(nil)
-			}
+			s.reportDeadLetter(key, nil)
 			break
 		}
 		if d.Settled() {
+			s.forgetDeadLetter(key)
 			s.log.Warnf("topic %q: stopped publishing the message at sequence %d of stream %q to dead-letter subject %q: it was handed to another subscription, or given back as its subscription ended (%v)",
 				s.topic, d.Sequence, d.Metadata[MetadataStream], subject, err)
 			return
@@ -156,9 +153,10 @@ func (s *subscription) deadLetter(d *Delivery, cause error) {
 		// The message keeps its place of maxInFlight meanwhile: with a
 		// refusal that lasts, the subscription delivers less, or nothing, and
 		// Ping and the readiness probe say why, as for any other problem.
-		s.reportDeadLetter(s.deadLetterProblem(d, subject, err, asked))
-		reported = true
+		s.reportDeadLetter(key, s.deadLetterProblem(subject, err, asked, fmt.Sprintf(
+			"the message at sequence %d of stream %q, held until it is stored there", d.Sequence, d.Metadata[MetadataStream])))
 		if !retry.wait() {
+			s.forgetDeadLetter(key)
 			if !d.Settled() {
 				s.log.Errorf("topic %q: the subscription ended before the message at sequence %d of stream %q reached dead-letter subject %q",
 					s.topic, d.Sequence, d.Metadata[MetadataStream], subject)
@@ -177,18 +175,24 @@ func (s *subscription) deadLetter(d *Delivery, cause error) {
 	}
 }
 
-// deadLetterProblem words why the dead letter of d, tried at asked, cannot
-// be published to subject, with its kind: a refusal that lasts (the stream
-// takes no message that large, or NATS does not allow this user to publish
-// there or to look its stream up) fails Ping at once.
-func (s *subscription) deadLetterProblem(d *Delivery, subject string, err error, asked time.Time) error {
+// deadLetterKey names the message at seq of stream among those whose dead
+// letters are under way.
+func deadLetterKey(stream string, seq uint64) string {
+	return stream + "/" + strconv.FormatUint(seq, 10)
+}
+
+// deadLetterProblem words why the dead letter of the message described by
+// which, tried at asked, cannot be published to subject, with its kind: a
+// refusal that lasts (the stream takes no message that large, or NATS does
+// not allow this user to publish there or to look its stream up) fails Ping
+// at once.
+func (s *subscription) deadLetterProblem(subject string, err error, asked time.Time, which string) error {
 	if denied := s.p.denied("dead-letter to", subject, err, asked); denied != nil {
 		err = denied
 	} else if _, _, streams, serr := s.p.state(); serr == nil {
 		err = newRefusals(s.ctx, streams, subject).explain(err)
 	}
-	return classify("dead-letter to", subject, fmt.Errorf("the message at sequence %d of stream %q, held until it is stored there (tried again in the background): %w",
-		d.Sequence, d.Metadata[MetadataStream], err))
+	return classify("dead-letter to", subject, fmt.Errorf("%s (tried again in the background): %w", which, err))
 }
 
 // deadLetterRetry paces the attempts to publish a dead letter: the wait

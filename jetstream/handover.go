@@ -34,6 +34,10 @@ type handoverTerms struct {
 	ackWait    time.Duration
 	ackNone    bool
 	maxDeliver int // the consumer's; 0 or less: no limit
+	// created is when JetStream created the consumer: an instance that
+	// reaches the account another way (another spelling of the URL,
+	// rotated credentials) and sees this very consumer can keep them.
+	created time.Time
 	// statsConsumer is the consumer label of the subscription that left the
 	// messages: their keep-alives count there, in the stats of the instance
 	// sending them.
@@ -98,23 +102,36 @@ func (h *handoverDesk) register(p *PubSub) {
 }
 
 // unregister removes p as a keeper. When p was the last instance on its
-// account, nobody could take or settle the waiting messages any more: they
-// go back to JetStream through p, before its connection closes.
+// connection key, the waiting messages go to an instance that reaches the
+// same consumer another way (a Component initialised again with another
+// natsURL or credentials for the same account); when there is none, nobody
+// could take or settle them any more, and they go back to JetStream through
+// p, before its connection closes.
 func (h *handoverDesk) unregister(p *PubSub) {
 	h.mu.Lock()
 	delete(h.keepers[p.connKey], p)
-	var orphans []waiting
+	orphaned := map[handoverKey][]waiting{}
+	var others []*PubSub
 	if len(h.keepers[p.connKey]) == 0 {
 		delete(h.keepers, p.connKey)
 		for k, ws := range h.waiting {
 			if k.conn == p.connKey {
-				orphans = append(orphans, ws...)
+				orphaned[k] = ws
 				delete(h.waiting, k)
 			}
+		}
+		for conn := range h.keepers {
+			others = append(others, h.anyKeeper(conn))
 		}
 	}
 	h.stopIfIdleLocked()
 	h.mu.Unlock()
+	var orphans []waiting
+	for k, ws := range orphaned {
+		if !h.adopt(k, ws, others) {
+			orphans = append(orphans, ws...)
+		}
+	}
 	lost := 0
 	for _, w := range orphans {
 		if w.outlasts() {
@@ -125,6 +142,32 @@ func (h *handoverDesk) unregister(p *PubSub) {
 	if lost > 0 {
 		p.log.Warnf("%d messages that waited for a subscriber were given back as the last instance on their connection closed, although JetStream will not deliver them again (on their last allowed delivery, or with ackPolicy none)", lost)
 	}
+}
+
+// adopt moves ws, waiting for consumer k, to the first of others that sees
+// the same consumer; false when none does.
+func (h *handoverDesk) adopt(k handoverKey, ws []waiting, others []*PubSub) bool {
+	for _, q := range others {
+		if !q.seesConsumer(k.stream, k.consumer, ws[0].created) {
+			continue
+		}
+		to := handoverKey{conn: q.connKey, stream: k.stream, consumer: k.consumer}
+		h.mu.Lock()
+		_, keeps := h.keepers[q.connKey][q]
+		if keeps {
+			h.waiting[to] = append(h.waiting[to], ws...)
+		}
+		quit := h.startTickingLocked()
+		h.mu.Unlock()
+		if quit != nil {
+			go h.tick(quit)
+		}
+		if keeps {
+			q.log.Infof("%d messages of consumer %q on stream %q wait here for the next subscriber, left by an instance that reached NATS another way", len(ws), k.consumer, k.stream)
+			return true
+		}
+	}
+	return false
 }
 
 // waitsOnlyOn reports whether messages wait for a consumer on p's account
@@ -156,11 +199,7 @@ func (h *handoverDesk) leave(k handoverKey, ds []*Delivery, terms handoverTerms,
 		}
 		h.waiting[k] = append(h.waiting[k], w)
 	}
-	var quit chan struct{}
-	if !h.ticking && len(h.waiting) > 0 {
-		h.ticking, h.quit = true, make(chan struct{})
-		quit = h.quit
-	}
+	quit := h.startTickingLocked()
 	h.mu.Unlock()
 	for _, w := range back {
 		p.log.Warnf("message %d of stream %q was the first one daprd had not answered when %d subscriptions ended, as a message that makes daprd crash would be; giving it back to JetStream as a failed delivery", w.d.Sequence, k.stream, w.d.endsFirstInLine)
@@ -200,6 +239,16 @@ func (h *handoverDesk) tick(quit <-chan struct{}) {
 			return
 		}
 	}
+}
+
+// startTickingLocked returns the quit channel of a ticker to start when
+// messages wait and none runs, or nil. h.mu is held.
+func (h *handoverDesk) startTickingLocked() chan struct{} {
+	if h.ticking || len(h.waiting) == 0 {
+		return nil
+	}
+	h.ticking, h.quit = true, make(chan struct{})
+	return h.quit
 }
 
 // stopIfIdleLocked stops the ticker when nothing waits. h.mu is held.

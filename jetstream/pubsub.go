@@ -61,6 +61,9 @@ type PubSub struct {
 	// noAdvisories logs, once, that NATS refuses the subscriptions to
 	// JetStream's notices of abandoned messages.
 	noAdvisories sync.Once
+	// importedAdvisories logs, once, that with an imported JetStream API
+	// those notices come only if the account imports them too.
+	importedAdvisories sync.Once
 	// denials are the subjects NATS refused this connection to publish to.
 	denials denials
 	// stats counts what the instance does; observer, if set, is told each
@@ -147,6 +150,19 @@ func apiPrefix(c metadata.Connection) string {
 		return strings.TrimSuffix(c.APIPrefix, ".") + "."
 	}
 	return natsjs.DefaultAPIPrefix
+}
+
+// seesConsumer reports whether p's JetStream has consumer name on stream,
+// created at created: the very consumer, not one of the same name elsewhere.
+func (p *PubSub) seesConsumer(stream, name string, created time.Time) bool {
+	_, js, _, err := p.state()
+	if err != nil || created.IsZero() {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), verifyTimeout)
+	defer cancel()
+	c, err := js.Consumer(ctx, stream, name)
+	return err == nil && c.CachedInfo().Created.Equal(created)
 }
 
 // reconnected tells every subscription that NATS came back: the pull

@@ -384,7 +384,7 @@ func (s *subscription) addLive(t *statsSum, now time.Time) {
 	if cs := s.consumer; cs != nil && !cs.unread {
 		v.NumPending, v.NumAckPending, v.ConsumerKnown = cs.numPending, cs.numAckPending, true
 	}
-	for _, pr := range []problem{s.problem, s.deadProblem} {
+	for _, pr := range s.problemsLocked() {
 		if pr.err != "" && (v.Problem == "" || (pr.stuck(now) && !v.Stuck)) {
 			v.Problem, v.ProblemSince, v.Permanent, v.Stuck = pr.err, pr.since, pr.permanent, pr.stuck(now)
 		}

@@ -108,10 +108,11 @@ type subscription struct {
 	retryWait   time.Duration
 	floor       resumePoint
 	problem     problem
-	// deadProblem is why a dead letter cannot be published: apart from
+	// deadProblems is why each dead letter that cannot be published is
+	// refused, by message (deadLetterKey): apart from
 	// problem, which a working pull clears while the dead letter, and the
 	// message it holds, still wait.
-	deadProblem problem
+	deadProblems map[string]*problem
 	// readProblem is why the consumer's info cannot be read back. Delivery
 	// goes on without it, so it fails neither Ping nor the readiness probe.
 	readProblem problem
@@ -746,6 +747,7 @@ func (s *subscription) pass(cs *consumerState, taken []*Delivery) {
 	}
 	desk.leave(s.handoverKey(cs), taken, handoverTerms{
 		ackWait: cs.shortestAckWait(), ackNone: cs.ackPolicy == natsjs.AckNonePolicy, maxDeliver: cs.maxDeliver, statsConsumer: s.statsConsumer(),
+		created: cs.handle.CachedInfo().Created,
 	}, s.p)
 }
 

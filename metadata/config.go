@@ -183,7 +183,9 @@ func Parse(props map[string]string) (*Config, error) {
 // ForSubscription returns the consumer settings for one subscription: the
 // component's, overridden by the consumer keys in the subscription metadata.
 // If the subscription sets any of deliverPolicy, deliverAll, startSequence or
-// startTime, the component's values for those four are dropped first.
+// startTime, the component's values for those four are dropped first; if it
+// sets priorityPolicy, so are the component's pinnedTTL and minPending where
+// they do not apply to that policy.
 func (c *Config) ForSubscription(sub map[string]string) (Consumer, error) {
 	override := pick(sub, consumerFields)
 	if len(override) == 0 {
@@ -206,6 +208,17 @@ func (c *Config) ForSubscription(sub map[string]string) (Consumer, error) {
 	}
 	for k, v := range override {
 		merged[k] = v
+	}
+	// A subscription's own priorityPolicy takes the Component's pinnedTTL
+	// and minPending only where they apply to it; the subscription could
+	// not remove them otherwise.
+	if policy, ok := override["priorityPolicy"]; ok {
+		policy = strings.ToLower(strings.TrimSpace(policy))
+		for field, appliesTo := range map[string]string{"pinnedTTL": "pinned", "minPending": "overflow"} {
+			if _, own := override[field]; !own && policy != appliesTo {
+				delete(merged, field)
+			}
+		}
 	}
 	p, err := decode(merged)
 	if err != nil {

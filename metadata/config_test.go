@@ -1236,6 +1236,31 @@ func TestForSubscription(t *testing.T) {
 		assert.Equal(t, time.Unix(1700000000, 0).UTC(), c.StartTime)
 		assert.False(t, c.StartAtSubscribe)
 	})
+	// A subscription can opt its topic out of the Component's priority
+	// policy, or choose the other one: the Component's pinnedTTL and
+	// minPending then no longer apply to it. Otherwise they refuse the
+	// subscription, whose author cannot remove them.
+	t.Run("priorityPolicy drops the component's pinnedTTL and minPending", func(t *testing.T) {
+		for _, tc := range []struct {
+			component map[string]string
+			sub       string
+			want      jetstream.PriorityPolicy
+			wantTTL   time.Duration
+		}{
+			{map[string]string{"priorityPolicy": "pinned", "pinnedTTL": "10s"}, "none", jetstream.PriorityPolicyNone, 0},
+			{map[string]string{"priorityPolicy": "pinned", "pinnedTTL": "10s"}, "overflow", jetstream.PriorityPolicyOverflow, 0},
+			{map[string]string{"priorityPolicy": "overflow", "minPending": "5"}, "pinned", jetstream.PriorityPolicyPinned, DefaultPinnedTTL},
+			{map[string]string{"priorityPolicy": "pinned", "pinnedTTL": "10s"}, "pinned", jetstream.PriorityPolicyPinned, 10 * time.Second},
+		} {
+			tc.component["consumerID"] = "app"
+			cfg := mustParse(t, with(tc.component))
+			c, err := cfg.ForSubscription(map[string]string{"priorityPolicy": tc.sub})
+			require.NoError(t, err, "component %v, subscription priorityPolicy %s", tc.component, tc.sub)
+			assert.Equal(t, tc.want, c.PriorityPolicy)
+			assert.Equal(t, tc.wantTTL, c.PinnedTTL)
+			assert.Zero(t, c.MinPending)
+		}
+	})
 	t.Run("startTime in milliseconds", func(t *testing.T) {
 		cfg := mustParse(t, with(map[string]string{"startTime": "1700000000"}))
 		for _, v := range []string{"1700000000000", "1700000000000000", "253402300800"} {

@@ -5,6 +5,7 @@ package pluggable
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"strings"
@@ -619,10 +620,11 @@ func TestInvalidUTF8FromNATSIsDelivered(t *testing.T) {
 
 // Messages that daprd never read must reach the next stream of the same
 // consumer without using up maxDeliver, when daprd's stream breaks or the
-// Component is initialised again. Large messages stay inside the component,
-// held back by gRPC flow control.
+// Component is initialised again, also by a hot reload that names the same
+// NATS server another way in natsURL (a DNS name for its address, say).
+// Large messages stay inside the component, held back by gRPC flow control.
 func TestUnreadMessagesReachTheNextStream(t *testing.T) {
-	for _, how := range []string{"stream cut", "re-Init"} {
+	for _, how := range []string{"stream cut", "re-Init", "re-Init with natsURL spelled another way"} {
 		for _, maxDeliver := range []string{"1", "3"} {
 			for _, size := range []int{16, 512 << 10} {
 				t.Run(fmt.Sprintf("%s/maxDeliver=%s/size=%d", how, maxDeliver, size), func(t *testing.T) {
@@ -653,10 +655,15 @@ func TestUnreadMessagesReachTheNextStream(t *testing.T) {
 						return err == nil && info.NumPending == 0
 					}, 10*time.Second, 20*time.Millisecond, "the component did not fetch the backlog")
 
-					if how == "stream cut" {
+					switch how {
+					case "stream cut":
 						cancel()
-					} else {
+					case "re-Init":
 						daprClient(t, c, "pubsub", md)
+					default:
+						reloaded := maps.Clone(md)
+						reloaded["natsURL"] = strings.Replace(ns.ClientURL(), "127.0.0.1", "localhost", 1)
+						daprClient(t, c, "pubsub", reloaded)
 					}
 					next, cancelNext := rawPull(t, c, "pubsub", "unread", nil)
 					defer cancelNext()
