@@ -721,7 +721,12 @@ func (s *subscription) gone(why error) {
 }
 
 // drop forgets the consumer and the topic's stream, and wakes housekeeping
-// to set both up again. It returns the consumer dropped, if any.
+// to set both up again. It returns the consumer dropped, if any. The next
+// consumer starts no later than the last time this one's stream was seen
+// holding the topic, whatever the deliver policy, unless the resume point
+// says where: a stream lost with the server's store, or replaced, is made
+// again while the subscription is away, and what was published to it
+// meanwhile is new to the subscription.
 func (s *subscription) drop() *consumerState {
 	s.mu.Lock()
 	cs := s.consumer
@@ -730,6 +735,9 @@ func (s *subscription) drop() *consumerState {
 		return nil
 	}
 	s.consumer = nil
+	if s.movedSince.IsZero() {
+		s.movedSince = cs.coveredAt
+	}
 	s.outstanding = 0
 	s.retryAt, s.retryWait = time.Time{}, retryMin
 	s.mu.Unlock()

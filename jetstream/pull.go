@@ -296,6 +296,7 @@ func (s *subscription) checkPull(now time.Time) {
 		s.mu.Unlock()
 		return
 	}
+	back := s.resetPull
 	s.resetPull = false
 	s.outstanding = 0
 	s.requestsEndedLocked()
@@ -304,11 +305,38 @@ func (s *subscription) checkPull(now time.Time) {
 	if silent {
 		s.log.Debugf("topic %q: pull requests went unanswered; pulling again", s.topic)
 	}
+	if back && s.streamReplaced(cs) {
+		return
+	}
 	// Pull at once: reading the consumer back may wait for the election of
 	// its new leader. Then check that the server still has the consumer: it
 	// may have lost it with its state.
 	s.pullIfRoom()
 	s.verify(cs)
+}
+
+// streamReplaced reports, before the pull starts over, whether the
+// consumer's stream was made again while requests may have been lost (NATS
+// was away): a server that lost its store, or an operator, made it again,
+// and a durable of the same name on it, made again by another replica,
+// takes pull requests as if nothing happened, while its sequences now name
+// other messages. The subscription is then set up again on the new stream,
+// so that the messages of the old one it holds are told apart from them.
+// A stream that cannot be read is left to verify.
+func (s *subscription) streamReplaced(cs *consumerState) bool {
+	_, js, _, err := s.p.state()
+	if err != nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, verifyTimeout)
+	defer cancel()
+	st, err := js.Stream(ctx, cs.stream)
+	if err != nil || cs.streamCreated.IsZero() || st.CachedInfo().Created.Equal(cs.streamCreated) {
+		return false
+	}
+	streamsSeen.saw(streamKey{conn: s.p.connKey, stream: cs.stream}, st.CachedInfo().Created)
+	s.gone(fmt.Errorf("stream %q was made again while NATS was away", cs.stream))
+	return true
 }
 
 // heldCopyLocked returns the unsettled message this subscription holds that

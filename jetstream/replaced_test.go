@@ -3,12 +3,16 @@ package jetstream
 import (
 	"context"
 	"fmt"
+	"net"
 	"sync"
 	"testing"
 
 	"github.com/dapr/components-contrib/pubsub"
+	"github.com/nats-io/nats-server/v2/server"
 	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
+
+	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
 )
 
 func publishRaw(t *testing.T, js natsjs.JetStream, subject, prefix string, n int) {
@@ -123,4 +127,121 @@ func TestMessagesHandedOverFromAReplacedStreamKeepTheResumePoint(t *testing.T) {
 	for i := range 10 {
 		require.Equal(t, fmt.Sprintf("q%d", i), string(recv(t, got, waitShort).Data))
 	}
+}
+
+// restartWiped stops ns, started with opts, and starts another nats-server
+// in its place: the same address, another server name, and an empty store,
+// as when the JetStream volume of a NATS pod was lost. The instances given
+// are closed before the new server stops, while NATS is still up.
+func restartWiped(t *testing.T, ns *server.Server, opts *server.Options, instances ...*PubSub) natsjs.JetStream {
+	t.Helper()
+	o := *opts
+	o.Port = ns.Addr().(*net.TCPAddr).Port
+	o.StoreDir = t.TempDir()
+	o.ServerName = "replacement"
+	natstest.Stop(ns)
+	back := natstest.Run(t, &o)
+	t.Cleanup(func() {
+		for _, ps := range instances {
+			_ = ps.Close()
+		}
+		natstest.Stop(back)
+	})
+	_, js := natstest.Client(t, back)
+	return js
+}
+
+// publishWhenBack publishes data once the instance is connected again:
+// a publish reported as failed was not stored.
+func publishWhenBack(t *testing.T, ps *PubSub, topic, data string) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		return ps.Publish(ctx(t), &pubsub.PublishRequest{PubsubName: "test", Topic: topic, Data: []byte(data)}) == nil
+	}, waitFor, tick, "publish of %s after the restart", data)
+}
+
+// nats-server comes back with an empty store while a subscription with
+// deliverPolicy new is cut off from it. A publisher (another pod) goes on,
+// and auto-provisioning makes the stream again for it. The subscription
+// then makes its durable again: what was published after the restart, and
+// so after the subscription was made, is new to it and must arrive, as it
+// does for a topic moved to another stream.
+func TestDeliverNewAfterTheStoreWasWiped(t *testing.T) {
+	t.Parallel()
+	var opts *server.Options
+	ns := natstest.Start(t, func(o *server.Options) { opts = o })
+	_, js := natstest.Client(t, ns)
+	px := newProxy(t, ns.Addr().String())
+	sub, _ := open(t, px.url(), map[string]string{"consumerID": "app", "deliverPolicy": "new", "reconnectWait": "100ms"})
+	pub, _ := open(t, ns.ClientURL(), map[string]string{"reconnectWait": "100ms"})
+	h, got := collect()
+	subscribe(t, sub, "wiped", nil, h)
+	waitConsumer(t, js, "wiped", "app-wiped")
+	publish(t, pub, "wiped", "before", nil)
+	require.Equal(t, "before", string(recv(t, got, waitFor).Data))
+
+	px.cut()
+	restartWiped(t, ns, opts, sub, pub)
+	publishWhenBack(t, pub, "wiped", "after")
+	px.restore()
+	require.Equal(t, "after", string(recv(t, got, waitFor).Data), "a message published after the restart never arrived")
+}
+
+// Two replicas share a durable. nats-server comes back with an empty store
+// while replica A is cut off from it, its app still working on messages of
+// the old stream. Replica B makes the stream and the durable again, and
+// goes away. A then reconnects to a durable of the same name and gets new
+// messages at the sequences of those it holds: they are other messages, and
+// a new one whose handler fails must be delivered again, not taken for a
+// copy of the old message A holds at its sequence.
+func TestReplicaBackAfterAWipedRestartTellsTheNewStreamApart(t *testing.T) {
+	t.Parallel()
+	var opts *server.Options
+	ns := natstest.Start(t, func(o *server.Options) { opts = o })
+	px := newProxy(t, ns.Addr().String())
+	props := map[string]string{"consumerID": "app", "reconnectWait": "100ms"}
+	a, _ := open(t, px.url(), props)
+	b, _ := open(t, otherPodURL(ns), props)
+	var mu sync.Mutex
+	held := 0
+	seen := map[string]int{}
+	_, err := a.SubscribeDeliveries(t.Context(), pubsub.SubscribeRequest{Topic: "wiped"}, func(d *Delivery) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if d.Data[0] == 'm' { // the old stream's: the app is still at work on them
+			held++
+			return nil
+		}
+		seen[string(d.Data)]++
+		if seen[string(d.Data)] == 1 {
+			return d.Nak()
+		}
+		return d.Ack()
+	})
+	require.NoError(t, err)
+	_, js := natstest.Client(t, ns)
+	waitConsumer(t, js, "wiped", "app-wiped")
+	publishRaw(t, js, "wiped", "m", 5) // sequences 1-5 of the old stream
+	require.Eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return held == 5 }, waitFor, tick)
+
+	px.cut()
+	js = restartWiped(t, ns, opts, a, b)
+	bctx, leave := context.WithCancel(t.Context())
+	left, err := b.SubscribeDeliveries(bctx, pubsub.SubscribeRequest{Topic: "wiped"}, func(d *Delivery) error { return d.Ack() })
+	require.NoError(t, err)
+	waitConsumer(t, js, "wiped", "app-wiped")
+	leave()
+	closedWithin(t, left, waitFor, "B's subscription ended")
+	publishRaw(t, js, "wiped", "p", 5) // sequences 1-5 of the new stream
+	px.restore()
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for i := range 5 {
+			if seen[fmt.Sprintf("p%d", i)] < 2 {
+				return false
+			}
+		}
+		return true
+	}, waitFor, tick, "a new message whose first delivery failed was not delivered again")
 }
