@@ -94,21 +94,30 @@ func (p *PubSub) countBatch(topic string, sent time.Time, n int, err error) {
 // publishBatch makes sure the stream of topic takes msgs, and publishes them
 // as one atomic batch.
 func publishBatch(ctx context.Context, js natsjs.JetStream, streams *streams, topic string, need needs, msgs []*nats.Msg) error {
-	stream, err := prepare(ctx, streams, topic, need)
+	lctx, done := untilLost(ctx, js.Conn())
+	defer done()
+	stream, err := prepare(lctx, streams, topic, need)
 	if err == nil {
-		err = streams.ensureAtomic(ctx, stream)
+		err = streams.ensureAtomic(lctx, stream)
 	}
 	if err != nil {
-		return err
+		return lostConnection(ctx, lctx, err)
 	}
 	for _, m := range msgs {
 		if isSchedule(m) {
 			routeSchedule(m, stream)
 		}
 	}
-	_, err = jetstreamext.PublishMsgBatch(ctx, js, msgs)
+	_, err = jetstreamext.PublishMsgBatch(lctx, js, msgs)
+	if endedByLoss(ctx, lctx, err) {
+		return errBatchConnectionLost
+	}
 	return err
 }
+
+// errBatchConnectionLost ends an atomic bulk whose connection to NATS
+// dropped while it waited for JetStream's answer.
+var errBatchConnectionLost = fmt.Errorf("%w, so the atomic bulk may be stored or not (all of it or none); with CloudEvent ids or msgId, publishing it again is refused as a duplicate if it was stored", errConnectionLost)
 
 // batchable refuses what JetStream does not check in an atomic batch.
 func batchable(md map[string]string) error {
@@ -202,6 +211,8 @@ func explainBatch(err error, req *pubsub.BulkPublishRequest, stored func() strin
 	n := len(req.Entries)
 	var apiErr *natsjs.APIError
 	switch {
+	case errors.Is(err, errConnectionLost):
+		return err
 	case errors.As(err, &apiErr) && apiErr.ErrorCode == jetstreamext.JSErrCodeBatchPublishExceedsLimit:
 		_, limit, _ := strings.Cut(apiErr.Description, ": ")
 		return fmt.Errorf("%w: the bulk has %d entries, and nats-server takes at most %s in one atomic batch (max_batch_size in its jetstream limits); split the bulk, or publish it without %s; nothing was stored",

@@ -4,11 +4,17 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/dapr/components-contrib/pubsub"
 	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/synadia-io/orbit.go/jetstreamext"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
 )
 
 func textEntries(prefix string, n int) []pubsub.BulkMessageEntry {
@@ -256,4 +262,41 @@ func TestBulkPublishAtomicTooLarge(t *testing.T) {
 		}
 		assert.Equal(t, uint64(1), msgCount(t, js, "sized"))
 	}
+}
+
+// NATS goes away as an atomic bulk of 1000 entries commits: the commit is
+// lost with the connection, and NATS comes back with its store at once. No
+// server can answer that commit now, on the connection made since, yet the
+// call waits for its deadline (nats.go leaves a request whose connection
+// dropped waiting), and then fails as DeadlineExceeded. It must fail as soon
+// as the connection is lost, as Unavailable, saying that the bulk may be
+// stored or not, as nats.go does for the acknowledgements of a plain
+// publish.
+func TestBulkPublishAtomicCutByAnOutage(t *testing.T) {
+	t.Parallel()
+	ns, o := startRestartable(t)
+	px := newProxy(t, ns.Addr().String())
+	ps, _ := open(t, px.url(), map[string]string{"reconnectWait": "100ms"})
+	_, err := ps.BulkPublish(ctx(t), &pubsub.BulkPublishRequest{Topic: "atomout", Entries: textEntries("a", 1), Metadata: atomicBulk})
+	require.NoError(t, err)
+
+	lost := px.dropFrom(jetstreamext.BatchCommitHeader + ": 1\r\n")
+	entries := textEntries("b", 1000)
+	res := bulkPublishing(ctx(t), ps, &pubsub.BulkPublishRequest{Topic: "atomout", Entries: entries, Metadata: atomicBulk})
+	closedWithin(t, lost, waitFor, "the commit")
+	natstest.Stop(ns)
+	back := runAgain(t, o)
+	stopped := time.Now()
+	r := recv(t, res, 30*time.Second)
+	took := time.Since(stopped)
+	_, js := natstest.Client(t, back)
+	stored := msgCount(t, js, "atomout") - 1
+	t.Logf("atomic BulkPublish returned %s after NATS went away: %d entries reported failed, %d stored; error: %v",
+		took.Round(10*time.Millisecond), len(r.resp.FailedEntries), stored, r.err)
+	assert.Zero(t, stored, "all or none")
+	require.Error(t, r.err)
+	assert.Less(t, took, waitShort, "the atomic bulk waited for its deadline after the connection was lost")
+	assert.Len(t, r.resp.FailedEntries, len(entries), "every entry fails")
+	assert.Equal(t, codes.Unavailable, status.Code(r.err), "%v", r.err)
+	assert.Contains(t, r.err.Error(), "may be stored or not")
 }

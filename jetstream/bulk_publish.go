@@ -45,7 +45,7 @@ func (p *PubSub) BulkPublish(ctx context.Context, req *pubsub.BulkPublishRequest
 	// up, and each entry keeps its own error.
 	var stream string
 	if len(pending) > 0 {
-		if stream, err = prepare(ctx, streams, req.Topic, need); err != nil {
+		if stream, err = prepareUntilLost(ctx, js.Conn(), streams, req.Topic, need); err != nil {
 			err = classify("bulk publish to", req.Topic, p.whileDown(p.explainDenied("bulk publish to", req.Topic, err, b.asked)))
 			return pubsub.NewBulkPublishResponse(req.Entries, err), err
 		}
@@ -120,17 +120,38 @@ func (b *bulkEntries) fail(idx []int, err error) {
 func (b *bulkEntries) send(ctx context.Context, js natsjs.JetStream, stream string, idx []int) []int {
 	futures := make([]natsjs.PubAckFuture, len(b.msgs))
 	b.sent = time.Now()
-	for _, i := range idx {
+	nc := js.Conn()
+	awaited := 0 // the entries of idx whose answers were awaited
+	answer := func(i int) {
+		if b.failed[i] == nil {
+			b.acks[i], b.failed[i] = await(ctx, nc, futures[i])
+		}
+	}
+	for k, i := range idx {
+		// Below the pipeline's limit, by waiting for this bulk's earliest
+		// answers: nats.go holds a publish back at the limit, and lets it
+		// go when the connection drops, into its reconnect buffer, which
+		// sends it once NATS is back, after this call reported it failed.
+		for awaited < k && js.PublishAsyncPending() >= maxPendingPublishes {
+			answer(idx[awaited])
+			awaited++
+		}
 		if isSchedule(b.msgs[i]) {
 			routeSchedule(b.msgs[i], stream)
 		}
+		// Nor is a publish sent while the connection is down: it would
+		// wait in that buffer too.
+		if !nc.IsConnected() {
+			b.failed[i] = fmt.Errorf("not sent: %w", nats.ErrDisconnected)
+			continue
+		}
 		futures[i], b.failed[i] = publishAsync(ctx, js, b.msgs[i])
+	}
+	for _, i := range idx[awaited:] {
+		answer(i)
 	}
 	var again []int
 	for _, i := range idx {
-		if b.failed[i] == nil {
-			b.acks[i], b.failed[i] = await(ctx, futures[i])
-		}
 		if streamChanged(b.failed[i]) {
 			again = append(again, i)
 		}

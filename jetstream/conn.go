@@ -234,11 +234,15 @@ func unretriable(cause error, url string) error {
 	return nil
 }
 
+// maxPendingPublishes is how many publishes may wait for their
+// acknowledgements at once, on one connection.
+const maxPendingPublishes = 4096
+
 // newJetStream is the JetStream context for the domain or API prefix the
 // settings name.
 func newJetStream(nc *nats.Conn, c metadata.Connection) (natsjs.JetStream, error) {
 	opts := []natsjs.JetStreamOpt{
-		natsjs.WithPublishAsyncMaxPending(4096),
+		natsjs.WithPublishAsyncMaxPending(maxPendingPublishes),
 		natsjs.WithPublishAsyncTimeout(30 * time.Second),
 	}
 	var js natsjs.JetStream

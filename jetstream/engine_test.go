@@ -1,9 +1,9 @@
 package jetstream
 
 import (
+	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"strings"
 	"sync"
@@ -359,6 +359,8 @@ type proxy struct {
 	mu     sync.Mutex
 	conns  []net.Conn
 	open   bool
+	marker []byte        // see dropFrom
+	held   chan struct{} // closed when marker was seen
 }
 
 func newProxy(t *testing.T, target string) *proxy {
@@ -393,9 +395,52 @@ func (p *proxy) serve() {
 		}
 		p.conns = append(p.conns, c, up)
 		p.mu.Unlock()
-		go func() { _, _ = io.Copy(up, c); _ = up.Close() }()
-		go func() { _, _ = io.Copy(c, up); _ = c.Close() }()
+		go func() { p.forward(up, c); _ = up.Close() }()
+		go func() { p.forward(c, up); _ = c.Close() }()
 	}
+}
+
+// forward passes on what src sends to dst, until a read holds the marker of
+// dropFrom: from then on, what src sends is lost.
+func (p *proxy) forward(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	dropping := false
+	for {
+		n, err := src.Read(buf)
+		if n > 0 && !dropping {
+			if dropping = p.drops(buf[:n]); !dropping {
+				if _, err := dst.Write(buf[:n]); err != nil {
+					return
+				}
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// drops reports whether b holds the marker of dropFrom, which it then
+// disarms.
+func (p *proxy) drops(b []byte) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.marker == nil || !bytes.Contains(b, p.marker) {
+		return false
+	}
+	p.marker = nil
+	close(p.held)
+	return true
+}
+
+// dropFrom makes the proxy lose what one side of a connection sends, from
+// the first read that contains marker on, as when NATS went away before the
+// client noticed; the channel is closed then.
+func (p *proxy) dropFrom(marker string) <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.marker, p.held = []byte(marker), make(chan struct{})
+	return p.held
 }
 
 // cut drops every connection and refuses new ones until restore.

@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
+	"github.com/synadia-io/orbit.go/jetstreamext"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -160,7 +161,12 @@ func classifyKind(err error) Kind {
 		return KindRejected
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled),
 		// Room comes back as messages leave the account's streams.
-		isAPIError(err, errCodeAccountResourcesExceeded):
+		isAPIError(err, errCodeAccountResourcesExceeded),
+		// The rest of an atomic batch sent on reconnect, to a server that
+		// lost its beginning with the connection (an entry too large is
+		// told apart before this): nothing is stored, and it may be sent
+		// again.
+		isAPIError(err, jetstreamext.JSErrCodeBatchPublishIncomplete):
 		return KindUnavailable
 	case isAPIError(err, errCodeReplicasNotSupported):
 		// A lone server never takes more replicas, however often asked.

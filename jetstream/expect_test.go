@@ -8,6 +8,8 @@ import (
 	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
 )
 
 // Optimistic concurrency: the expected* publish metadata become JetStream's
@@ -143,4 +145,37 @@ func TestExpectedLastMsgIDOfAPlainNATSPublish(t *testing.T) {
 	t.Log(err)
 	assert.NotContains(t, err.Error(), `does not hold: the stream's last message has msgId "m1"`, "the error contradicts itself")
 	assert.Contains(t, err.Error(), "expectedLastSequence", "the error names what an app can use instead")
+}
+
+// NATS goes away after it stored an append guarded by
+// expectedLastSubjectSequence, before its acknowledgement reached the
+// component, and comes back with its store. The publish cannot know whether
+// the append was stored, and must say so: an app told only that NATS was
+// not connected retries (Unavailable invites it), and its own append then
+// fails the check, FailedPrecondition, as if another writer had appended.
+func TestPublishExpectationAckLostInAnOutage(t *testing.T) {
+	t.Parallel()
+	ns, o := startRestartable(t)
+	px := newProxy(t, ns.Addr().String())
+	ps, _ := open(t, px.url(), map[string]string{"reconnectWait": "100ms"})
+	publish(t, ps, "expout", "opened", nil)
+
+	lost := px.dropFrom(`{"stream":"expout","seq":2`)
+	md := map[string]string{"expectedLastSubjectSequence": "1"}
+	res := make(chan error, 1)
+	go func() {
+		res <- ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "expout", Data: []byte("deposit"), Metadata: md})
+	}()
+	closedWithin(t, lost, waitFor, "the acknowledgement")
+	natstest.Stop(ns)
+	back := runAgain(t, o)
+	err := recv(t, res, waitFor)
+	_, js := natstest.Client(t, back)
+	require.Equal(t, uint64(2), msgCount(t, js, "expout"), "JetStream stored the append")
+	t.Logf("Publish: %v", err)
+	require.Error(t, err)
+	require.Eventually(t, func() bool { return ps.conn().IsConnected() }, waitFor, tick)
+	retry := ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "expout", Data: []byte("deposit"), Metadata: md})
+	t.Logf("the retry: %v", retry)
+	assert.Contains(t, err.Error(), "may be stored", "the publish was stored, and its error does not say that it may have been")
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -236,4 +237,41 @@ func removeStream(t *testing.T, ns *server.Server, js natsjs.JetStream, name str
 	require.DirExists(t, files)
 	require.NoError(t, js.DeleteStream(ctx(t), name))
 	require.Eventually(t, func() bool { _, err := os.Stat(files); return os.IsNotExist(err) }, waitFor, tick, "the files of stream %s stay", name)
+}
+
+// startRestartable runs nats-server as startNATS does, and returns the
+// options that start it again on the same port with the same store, as
+// after an outage.
+func startRestartable(t *testing.T) (*server.Server, server.Options) {
+	t.Helper()
+	var opts *server.Options
+	ns := natstest.Start(t, func(o *server.Options) { opts = o })
+	o := *opts
+	o.Port = ns.Addr().(*net.TCPAddr).Port
+	return ns, o
+}
+
+// runAgain starts nats-server with o, from startRestartable, until the test
+// ends.
+func runAgain(t *testing.T, o server.Options) *server.Server {
+	t.Helper()
+	ns := natstest.Run(t, &o)
+	t.Cleanup(func() { natstest.Stop(ns) })
+	return ns
+}
+
+// bulkResult is the outcome of a BulkPublish made in the background.
+type bulkResult struct {
+	resp pubsub.BulkPublishResponse
+	err  error
+}
+
+// bulkPublishing makes req on ps in the background, with c.
+func bulkPublishing(c context.Context, ps *PubSub, req *pubsub.BulkPublishRequest) <-chan bulkResult {
+	res := make(chan bulkResult, 1)
+	go func() {
+		r, err := ps.BulkPublish(c, req)
+		res <- bulkResult{r, err}
+	}()
+	return res
 }

@@ -55,7 +55,7 @@ func (p *PubSub) Publish(ctx context.Context, req *pubsub.PublishRequest) (err e
 		return classify("publish to", req.Topic, err)
 	}
 	for retried := false; ; retried = true {
-		stream, err := prepare(ctx, streams, req.Topic, need)
+		stream, err := prepareUntilLost(ctx, js.Conn(), streams, req.Topic, need)
 		if err != nil {
 			return classify("publish to", req.Topic, p.whileDown(p.explainDenied("publish to", req.Topic, err, asked)))
 		}
@@ -65,7 +65,7 @@ func (p *PubSub) Publish(ctx context.Context, req *pubsub.PublishRequest) (err e
 		sent = time.Now()
 		f, err := publishAsync(ctx, js, msg)
 		if err == nil {
-			ack, err = await(ctx, f)
+			ack, err = await(ctx, js.Conn(), f)
 		}
 		if streamChanged(err) && !retried {
 			streams.forget(req.Topic)
@@ -159,6 +159,75 @@ func prepare(ctx context.Context, s *streams, topic string, need needs) (string,
 	return name, err
 }
 
+// errConnectionLost ends a call whose connection to NATS dropped while it
+// waited for an answer: no server answers a request on the connection made
+// since, and nats.go would wait for the deadline.
+var errConnectionLost = errors.New("the connection to NATS was lost before JetStream answered")
+
+// untilLost returns ctx, cancelled with errConnectionLost once nc loses its
+// connection; done stops watching.
+func untilLost(ctx context.Context, nc *nats.Conn) (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	ch := nc.StatusChanged(nats.RECONNECTING, nats.DISCONNECTED, nats.CLOSED)
+	exited := make(chan struct{})
+	go func() {
+		defer close(exited)
+		select {
+		case _, ok := <-ch:
+			if ok {
+				cancel(errConnectionLost)
+			}
+		case <-ctx.Done():
+		}
+	}()
+	if !nc.IsConnected() {
+		cancel(errConnectionLost)
+	}
+	return ctx, func() {
+		nc.RemoveStatusListener(ch)
+		cancel(nil)
+		<-exited
+	}
+}
+
+// lostConnection returns errConnectionLost for err, the outcome of a call
+// made with lctx from untilLost, when the lost connection ended it rather
+// than ctx.
+func lostConnection(ctx, lctx context.Context, err error) error {
+	if endedByLoss(ctx, lctx, err) {
+		return errConnectionLost
+	}
+	return err
+}
+
+// endedByLoss reports whether the lost connection, not ctx, ended the call
+// made with lctx, from untilLost, that failed with err.
+func endedByLoss(ctx, lctx context.Context, err error) bool {
+	return err != nil && ctx.Err() == nil && errors.Is(context.Cause(lctx), errConnectionLost)
+}
+
+// prepareUntilLost is prepare, ended as soon as the connection to NATS is
+// lost.
+func prepareUntilLost(ctx context.Context, nc *nats.Conn, s *streams, topic string, need needs) (string, error) {
+	if !s.asksNATS(topic, need) {
+		return prepare(ctx, s, topic, need)
+	}
+	pctx, done := untilLost(ctx, nc)
+	defer done()
+	name, err := prepare(pctx, s, topic, need)
+	return name, lostConnection(ctx, pctx, err)
+}
+
+// asksNATS reports whether prepare sends a request for a publish to topic
+// that needs need: not once the topic's stream and what the publish needs of
+// it are known, as for every publish after the first but delayed ones.
+func (s *streams) asksNATS(topic string, need needs) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	name, ok := s.known[topic]
+	return !ok || need.schedule || (need.ttl && !s.ttl[name])
+}
+
 // prepareKnown is prepare, with what is known of the topic's stream.
 func prepareKnown(ctx context.Context, s *streams, topic string, need needs) (string, error) {
 	name, err := s.ensure(ctx, topic)
@@ -194,23 +263,39 @@ func publishAsync(ctx context.Context, js natsjs.JetStream, msg *nats.Msg) (nats
 // await waits for the answer to a publish, until ctx is done. An answer
 // that is there when ctx is done counts: select picks among ready cases at
 // random, and a stored message reported as failed would be stored again by
-// a retry.
-func await(ctx context.Context, f natsjs.PubAckFuture) (*natsjs.PubAck, error) {
+// a retry. A publish still unanswered while the connection to nc is down
+// may wait in nats.go's reconnect buffer, which sends it once NATS is back:
+// its error says that it may be stored.
+func await(ctx context.Context, nc *nats.Conn, f natsjs.PubAckFuture) (*natsjs.PubAck, error) {
 	select {
 	case ack := <-f.Ok():
 		return ack, nil
 	case err := <-f.Err():
-		return nil, err
+		return nil, lostAfterSent(err)
 	case <-ctx.Done():
 	}
 	select {
 	case ack := <-f.Ok():
 		return ack, nil
 	case err := <-f.Err():
-		return nil, err
+		return nil, lostAfterSent(err)
 	default:
+		if !nc.IsConnected() {
+			return nil, fmt.Errorf("waiting for the JetStream acknowledgement: %w; the connection to NATS was lost, and the message may still be sent once NATS is back, so it may be stored or not; publishing it again with the same CloudEvent id or msgId stores it once", ctx.Err())
+		}
 		return nil, fmt.Errorf("waiting for the JetStream acknowledgement: %w", ctx.Err())
 	}
+}
+
+// lostAfterSent explains nats.ErrDisconnected from the answer to a publish:
+// nats.go fails every publish still waiting for its acknowledgement when the
+// connection drops, also one that JetStream stored and whose
+// acknowledgement was lost with the connection.
+func lostAfterSent(err error) error {
+	if !errors.Is(err, nats.ErrDisconnected) {
+		return err
+	}
+	return fmt.Errorf("%w: the connection to NATS was lost before JetStream acknowledged the message, so it may be stored or not; publishing it again with the same CloudEvent id or msgId stores it once, and an expected* check would then fail against it", err)
 }
 
 func isNoStream(err error) bool {

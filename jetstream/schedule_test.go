@@ -13,6 +13,10 @@ import (
 	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
 )
 
 // arrival is a delivered message and when the handler saw it.
@@ -411,4 +415,36 @@ func TestDelayedDeliveryBeyondTheSchedulersRange(t *testing.T) {
 		t.Fatalf("the message delayed by %s reached the topic at once", a.data)
 	case <-time.After(2 * time.Second):
 	}
+}
+
+// NATS goes away while a delayed publish reads its stream's settings, and
+// comes back at once. No server answers that read on the connection made
+// since, so the publish must fail soon as Unavailable, naming the lost
+// connection, rather than wait for its deadline and fail as
+// DeadlineExceeded.
+func TestDelayedPublishWhenNATSGoesAwayDuringItsStreamRead(t *testing.T) {
+	t.Parallel()
+	ns, o := startRestartable(t)
+	px := newProxy(t, ns.Addr().String())
+	ps, _ := open(t, px.url(), map[string]string{"reconnectWait": "100ms"})
+	delayed := map[string]string{"deliverAfter": "1h"}
+	publish(t, ps, "schedout", "first", delayed)
+
+	lost := px.dropFrom("$JS.API.STREAM.INFO.schedout")
+	res := make(chan error, 1)
+	go func() {
+		res <- ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "schedout", Data: []byte("second"), Metadata: delayed})
+	}()
+	closedWithin(t, lost, waitFor, "the read of the stream")
+	natstest.Stop(ns)
+	back := runAgain(t, o)
+	stopped := time.Now()
+	err := recv(t, res, 30*time.Second)
+	took := time.Since(stopped)
+	_, js := natstest.Client(t, back)
+	t.Logf("Publish returned %s after NATS went away: %v", took.Round(10*time.Millisecond), err)
+	require.Error(t, err)
+	assert.Equal(t, uint64(1), msgCount(t, js, "schedout"), "nothing was sent")
+	assert.Less(t, took, waitShort, "the publish waited for its deadline after the connection was lost")
+	assert.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
 }

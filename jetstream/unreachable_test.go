@@ -254,3 +254,77 @@ func TestUnreachableWarningWhenHandshakeFails(t *testing.T) {
 	n := accepted()
 	assert.InDelta(t, n, counted, 2, "%d connections were refused in the handshake, the error counts %d", n, counted)
 }
+
+// NATS goes away in the middle of a large BulkPublish, and the call's
+// deadline passes before it is back. The call reports entries failed, and
+// daprd answers 500 so that the app publishes them again: none of them may be
+// stored later, when NATS comes back, unless its error said that it may be,
+// or that retry stores them twice (the entries have no id to de-duplicate
+// them by). The acknowledgements stop reaching the component first, so that
+// the call is surely still sending when NATS goes away. NATS is first
+// brought back on another port, which the component does not know, to read
+// what it stored before it went away: the entries in flight then. Only then
+// does it come back where the component reconnects.
+func TestBulkPublishFailedInAnOutageIsNotStoredLater(t *testing.T) {
+	t.Parallel()
+	ns, o := startRestartable(t)
+	px := newProxy(t, ns.Addr().String())
+	ps, _ := open(t, px.url(), map[string]string{"reconnectWait": "100ms"})
+	publish(t, ps, "midbulk", "first", nil)
+
+	const n = 20000
+	pad := strings.Repeat("x", 256)
+	entries := make([]pubsub.BulkMessageEntry, n)
+	for i := range entries {
+		entries[i] = pubsub.BulkMessageEntry{EntryId: fmt.Sprint(i), Event: []byte(fmt.Sprint(i, pad)), ContentType: "text/plain"}
+	}
+	acksLost := px.dropFrom(`{"stream":"midbulk","seq":2`)
+	c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	t.Cleanup(cancel)
+	res := bulkPublishing(c, ps, &pubsub.BulkPublishRequest{PubsubName: "test", Topic: "midbulk", Entries: entries})
+	closedWithin(t, acksLost, waitFor, "the first entry's acknowledgement")
+	natstest.Stop(ns)
+	r := recv(t, res, 30*time.Second)
+	failed := len(r.resp.FailedEntries)
+	t.Logf("BulkPublish: %d of %d entries reported failed; error: %v", failed, n, r.err)
+
+	// NATS back where the component does not look: what it stored before.
+	aside := o
+	aside.Port = -1
+	probe := natstest.Run(t, &aside)
+	_, pjs := natstest.Client(t, probe)
+	before := msgCount(t, pjs, "midbulk") - 1
+	natstest.Stop(probe)
+
+	back := runAgain(t, o)
+	_, bjs := natstest.Client(t, back)
+	require.Eventually(t, func() bool { return ps.conn().IsConnected() }, waitFor, tick)
+	// Whatever the component still had to send went out before this.
+	publish(t, ps, "midbulk", "last", nil)
+	after := msgCount(t, bjs, "midbulk") - 2
+	t.Logf("stored before the outage: %d; stored in all: %d", before, after)
+	assert.LessOrEqual(t, uint64(n-failed), before, "entries reported stored were not stored")
+	// Each entry stored since was reported failed: its error must have said
+	// that it may be stored.
+	why := map[string]error{}
+	for _, f := range r.resp.FailedEntries {
+		why[f.EntryId] = f.Error
+	}
+	st, err := bjs.Stream(ctx(t), "midbulk")
+	require.NoError(t, err)
+	unsaid := 0
+	for seq := before + 2; seq <= after+1; seq++ {
+		m, err := st.GetMsg(ctx(t), seq)
+		require.NoError(t, err)
+		id := strings.TrimRight(string(m.Data), "x")
+		if e := why[id]; e == nil || !strings.Contains(e.Error(), "may be stored") {
+			if unsaid++; unsaid == 1 {
+				t.Logf("entry %s, stored once NATS was back, was reported: %v", id, e)
+			}
+		}
+	}
+	assert.Zero(t, unsaid,
+		"%d entries that BulkPublish reported failed, without saying that they may be stored, were stored once NATS was back, after the call had returned; the retry the failure asks for stores them twice",
+		unsaid)
+	require.NoError(t, ps.Close())
+}
