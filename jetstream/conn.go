@@ -136,6 +136,9 @@ func readable(field, path string) error {
 func (p *PubSub) connEvents(conns *connWatch, firstErr chan<- error) []nats.Option {
 	return []nats.Option{
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			// Counted without an error too: nats.go reports none for a
+			// reconnect forced on it.
+			p.answers.lost()
 			// Without an error, the connection was closed on purpose.
 			if err != nil {
 				conns.lost(err)

@@ -205,6 +205,7 @@ func (s *subscription) ensureConsumer(ctx context.Context) (*consumerState, erro
 	if err != nil {
 		return nil, err
 	}
+	lost := s.p.answers.losses.Load()
 	st, err := js.Stream(ctx, stream)
 	if err != nil {
 		if errors.Is(err, natsjs.ErrStreamNotFound) {
@@ -216,7 +217,7 @@ func (s *subscription) ensureConsumer(ctx context.Context) (*consumerState, erro
 		return nil, err
 	}
 	created := st.CachedInfo().Created
-	streamsSeen.saw(streamKey{conn: s.p.connKey, stream: stream}, created)
+	s.p.answers.streamRead(streamKey{conn: s.p.connKey, stream: stream}, created, lost)
 	want := s.consumerConfig(stream, created)
 	if st.CachedInfo().Config.Retention == natsjs.WorkQueuePolicy {
 		if err := s.forWorkQueue(&want, stream); err != nil {

@@ -44,6 +44,12 @@ type Delivery struct {
 	// since under the same name (see incarnations).
 	stream        streamKey
 	streamCreated time.Time
+	// mark tells whether the stream was read back since NATS was last
+	// away, for the instance that received the message (see answerGate).
+	mark *streamMark
+	// keepAliveHeld is set while a keep-alive for the message waits in
+	// the answerGate.
+	keepAliveHeld atomic.Bool
 
 	Topic       string
 	Data        []byte
@@ -101,6 +107,7 @@ func newDelivery(s *subscription, msg *nats.Msg) *Delivery {
 		d.Sequence, d.Deliveries = meta.Sequence.Stream, meta.NumDelivered
 		d.stream = streamKey{conn: s.p.connKey, stream: meta.Stream}
 		d.streamCreated = streamsSeen.current(d.stream)
+		d.mark = s.p.answers.mark(meta.Stream)
 		md[MetadataStream] = meta.Stream
 		md[MetadataConsumer] = meta.Consumer
 		md[MetadataSequence] = strconv.FormatUint(meta.Sequence.Stream, 10)
@@ -118,7 +125,7 @@ func newDelivery(s *subscription, msg *nats.Msg) *Delivery {
 // copy cannot settle what the new owner now holds.
 func (d *Delivery) handedTo(s *subscription) *Delivery {
 	c := &Delivery{
-		sub: s, reply: d.reply, stream: d.stream, streamCreated: d.streamCreated,
+		sub: s, reply: d.reply, stream: d.stream, streamCreated: d.streamCreated, mark: d.mark,
 		Topic: d.Topic, Data: d.Data, Metadata: d.Metadata, ContentType: d.ContentType,
 		Sequence: d.Sequence, Deliveries: d.Deliveries, endsFirstInLine: d.endsFirstInLine, leftBy: d.leftBy, header: d.header, received: d.received,
 	}
@@ -225,17 +232,27 @@ func (d *Delivery) keepAlive(p *PubSub, now time.Time) {
 
 // answer sends body (an ack, a nak, a keep-alive or a term) to JetStream
 // for d through p, unless d's stream has been replaced by another of the
-// same name: there the same ack subject would settle another message.
+// same name: there the same ack subject would settle another message. While
+// NATS is away, and after it comes back until d's stream is read back, the
+// answer waits in p.answers rather than in nats.go's reconnect buffer, which
+// would send it before the stream could be told apart.
 func (d *Delivery) answer(p *PubSub, body []byte) error {
 	stale, first := streamsSeen.replaced(d.stream, d.streamCreated)
-	if !stale {
-		return p.reply(d.reply, body)
+	if stale {
+		if first {
+			p.log.Warnf("stream %q was deleted and made again while messages of the old one were held; what the app does with those is not sent to JetStream, since it would settle the messages with the same sequences in the new stream",
+				d.stream.stream)
+		}
+		return nil
 	}
-	if first {
-		p.log.Warnf("stream %q was deleted and made again while messages of the old one were held; what the app does with those is not sent to JetStream, since it would settle the messages with the same sequences in the new stream",
-			d.stream.stream)
+	nc := p.conn()
+	if nc == nil {
+		return ErrClosed
 	}
-	return nil
+	if !p.answers.mayAnswer(d, nc) {
+		return p.answers.hold(d, body, nc)
+	}
+	return nc.Publish(d.reply, body)
 }
 
 func nakWithDelay(delay time.Duration) []byte {

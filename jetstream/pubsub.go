@@ -64,6 +64,9 @@ type PubSub struct {
 	// importedAdvisories logs, once, that with an imported JetStream API
 	// those notices come only if the account imports them too.
 	importedAdvisories sync.Once
+	// answers keeps acks, naks and keep-alives from reaching a stream made
+	// again while NATS was away (see answerGate).
+	answers *answerGate
 	// denials are the subjects NATS refused this connection to publish to.
 	denials denials
 	// stats counts what the instance does; observer, if set, is told each
@@ -84,7 +87,7 @@ func New(l logger.Logger) *PubSub {
 	if l == nil {
 		l = logger.NewLogger("nats-jetstream")
 	}
-	return &PubSub{log: l, subs: map[*subscription]struct{}{}, closing: make(chan struct{}), stats: newStats()}
+	return &PubSub{log: l, subs: map[*subscription]struct{}{}, closing: make(chan struct{}), stats: newStats(), answers: newAnswerGate()}
 }
 
 // NewPubSub is New with the signature of components-contrib's constructors.
@@ -136,6 +139,8 @@ func (p *PubSub) Init(ctx context.Context, md pubsub.Metadata) error {
 	p.streams = newStreams(js, cfg.Stream, p.log)
 	p.apiPrefix = apiPrefix(cfg.Connection)
 	p.connKey = connKey(cfg.Connection)
+	p.wg.Add(1)
+	go p.answers.run(p)
 	desk.register(p)
 	return nil
 }
@@ -406,6 +411,9 @@ func (p *PubSub) endClose(nc *nats.Conn) error {
 		p.log.Warnf("publishes still waiting for their acknowledgement after %s; closing anyway, and they fail, although JetStream may have stored their messages", drainTimeout)
 	}
 	desk.unregister(p)
+	if n := p.answers.drop(); n > 0 {
+		p.log.Warnf("%d answers to JetStream (acks, naks, keep-alives) waited for NATS to come back, or for their stream to be read back after it did, and are not sent as the instance closes; JetStream delivers their messages again once their ackWait ends", n)
+	}
 	if !nc.IsConnected() {
 		// Nothing buffered can reach a server that is not there.
 		nc.Close()

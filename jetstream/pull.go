@@ -322,7 +322,8 @@ func (s *subscription) checkPull(now time.Time) {
 // takes pull requests as if nothing happened, while its sequences now name
 // other messages. The subscription is then set up again on the new stream,
 // so that the messages of the old one it holds are told apart from them.
-// A stream that cannot be read is left to verify.
+// A stream that cannot be read is left to verify. A stream read is told
+// to p.answers too: answers for its messages need not wait any more.
 func (s *subscription) streamReplaced(cs *consumerState) bool {
 	_, js, _, err := s.p.state()
 	if err != nil {
@@ -330,11 +331,16 @@ func (s *subscription) streamReplaced(cs *consumerState) bool {
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, verifyTimeout)
 	defer cancel()
+	lost := s.p.answers.losses.Load()
 	st, err := js.Stream(ctx, cs.stream)
-	if err != nil || cs.streamCreated.IsZero() || st.CachedInfo().Created.Equal(cs.streamCreated) {
+	if err != nil {
 		return false
 	}
-	streamsSeen.saw(streamKey{conn: s.p.connKey, stream: cs.stream}, st.CachedInfo().Created)
+	created := st.CachedInfo().Created
+	s.p.answers.streamRead(streamKey{conn: s.p.connKey, stream: cs.stream}, created, lost)
+	if cs.streamCreated.IsZero() || created.Equal(cs.streamCreated) {
+		return false
+	}
 	s.gone(fmt.Errorf("stream %q was made again while NATS was away", cs.stream))
 	return true
 }

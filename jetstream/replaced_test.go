@@ -245,3 +245,112 @@ func TestReplicaBackAfterAWipedRestartTellsTheNewStreamApart(t *testing.T) {
 		return true
 	}, waitFor, tick, "a new message whose first delivery failed was not delivered again")
 }
+
+// As above, but replica B stays, and A's app finishes the old messages
+// while A is still cut off: nats.go keeps the acks and sends them as soon as
+// it reconnects, before A can see that the stream was made again. They must
+// not settle B's new messages at the same sequences.
+func TestAcksKeptThroughAWipedRestartLeaveTheNewStreamAlone(t *testing.T) {
+	t.Parallel()
+	var opts *server.Options
+	ns := natstest.Start(t, func(o *server.Options) { opts = o })
+	px := newProxy(t, ns.Addr().String())
+	a, _ := open(t, px.url(), map[string]string{"consumerID": "app", "reconnectWait": "100ms"})
+	b, _ := open(t, otherPodURL(ns), map[string]string{"consumerID": "app", "reconnectWait": "100ms"})
+	var mu sync.Mutex
+	var old []*Delivery
+	tries := map[string]int{}
+	gate := make(chan struct{})
+	handled := func(data string) error { // the first attempt at a new message fails, once A's acks are in
+		mu.Lock()
+		tries[data]++
+		n := tries[data]
+		mu.Unlock()
+		if n > 1 {
+			return nil
+		}
+		<-gate
+		return fmt.Errorf("first attempt at %s fails", data)
+	}
+	_, err := a.SubscribeDeliveries(t.Context(), pubsub.SubscribeRequest{Topic: "wiped"}, func(d *Delivery) error {
+		if d.Data[0] == 'm' {
+			mu.Lock()
+			defer mu.Unlock()
+			old = append(old, d)
+			return nil
+		}
+		go func() { _ = d.Settle(handled(string(d.Data))) }()
+		return nil
+	})
+	require.NoError(t, err)
+	_, js := natstest.Client(t, ns)
+	waitConsumer(t, js, "wiped", "app-wiped")
+	publishRaw(t, js, "wiped", "m", 5) // sequences 1-5 of the old stream
+	require.Eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(old) == 5 }, waitFor, tick)
+
+	px.cut()
+	require.Eventually(t, func() bool { return !a.conn().IsConnected() }, waitShort, tick)
+	js = restartWiped(t, ns, opts, a, b)
+	subscribe(t, b, "wiped", map[string]string{"concurrency": "parallel"}, func(_ context.Context, m *pubsub.NewMessage) error { return handled(string(m.Data)) })
+	waitConsumer(t, js, "wiped", "app-wiped")
+	publishRaw(t, js, "wiped", "p", 5) // sequences 1-5 of the new stream
+	require.Eventually(t, func() bool {
+		i, err := consumerInfo(js, "wiped", "app-wiped")
+		return err == nil && i != nil && i.NumAckPending == 5
+	}, waitFor, tick, "the new messages are not delivered to B")
+	mu.Lock()
+	for _, d := range old {
+		require.NoError(t, d.Ack())
+	}
+	mu.Unlock()
+	px.restore()
+	require.Eventually(t, func() bool { return a.conn().IsConnected() }, waitFor, tick)
+	require.NoError(t, a.conn().Flush())
+	close(gate)
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for i := range 5 {
+			if tries[fmt.Sprintf("p%d", i)] < 2 {
+				return false
+			}
+		}
+		return true
+	}, waitFor, tick, "a new message whose first attempt failed was not delivered again: acks of the old stream settled it")
+}
+
+// In an ordinary outage nats-server comes back with its store. The acks the
+// app made while NATS was away wait for the stream to be read back, then
+// settle the messages they were made for: none is delivered again.
+func TestAcksMadeInAnOutageAreSentOnceTheStreamIsReadBack(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	px := newProxy(t, ns.Addr().String())
+	ps, log := open(t, px.url(), map[string]string{"consumerID": "app", "reconnectWait": "100ms"})
+	var mu sync.Mutex
+	var held []*Delivery
+	_, err := ps.SubscribeDeliveries(t.Context(), pubsub.SubscribeRequest{Topic: "outack"}, func(d *Delivery) error {
+		mu.Lock()
+		defer mu.Unlock()
+		held = append(held, d)
+		return nil
+	})
+	require.NoError(t, err)
+	waitConsumer(t, js, "outack", "app-outack")
+	publishRaw(t, js, "outack", "m", 5)
+	require.Eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(held) == 5 }, waitFor, tick)
+
+	px.cut()
+	require.Eventually(t, func() bool { return !ps.conn().IsConnected() }, waitShort, tick)
+	mu.Lock()
+	for _, d := range held {
+		require.NoError(t, d.Ack())
+	}
+	mu.Unlock()
+	px.restore()
+	require.Eventually(t, func() bool {
+		i, err := consumerInfo(js, "outack", "app-outack")
+		return err == nil && i != nil && i.NumAckPending == 0 && i.AckFloor.Stream == 5
+	}, waitFor, tick, "the acks made while NATS was away were not sent once it was back")
+	require.NotContains(t, log.String(), "made again")
+}
