@@ -319,6 +319,36 @@ func TestExistingStreamIsExtended(t *testing.T) {
 	assert.Equal(t, []string{"EXT"}, streamNames(t, js))
 }
 
+// Old and new replicas of a rolling update share a stream (streamName) and
+// extend it at once with the topics they publish to: each extension reads
+// the stream's subjects and writes them back with its topic, and may undo
+// one made meanwhile by the other replica, or by another call of the same
+// one. Every publish must still be stored, not fail with "no response from
+// stream", and so must the next publish to each topic.
+func TestConcurrentExtensionsKeepEachOthersSubjects(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "EXT", Subjects: []string{"ext.seed"}})
+	require.NoError(t, err)
+	replicas := []*PubSub{}
+	for range 2 {
+		ps, _ := open(t, ns.ClientURL(), map[string]string{"streamName": "EXT"})
+		replicas = append(replicas, ps)
+	}
+	errs := make(chan error, 20)
+	for round := 1; round <= 2; round++ {
+		for i := range cap(errs) {
+			go func() {
+				errs <- replicas[i%2].Publish(ctx(t), &pubsub.PublishRequest{Topic: fmt.Sprintf("ext.t%d", i), Data: []byte("x")})
+			}()
+		}
+		for range cap(errs) {
+			assert.NoError(t, recv(t, errs, waitFor), "round %d", round)
+		}
+		assert.Equal(t, uint64(round*cap(errs)), streamInfo(t, js, "EXT").State.Msgs, "round %d", round)
+	}
+}
+
 // A subscription to a wildcard after publishes to subjects it covers: the
 // stream created for those subjects takes the wildcard in their place,
 // keeping its messages; with streamName, the named stream does.

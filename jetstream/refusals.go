@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/nats-io/nats.go"
@@ -229,14 +230,15 @@ func outOfStorage(err error) error {
 // createRefusal explains why JetStream refused to create stream cfg, when
 // its answer alone does not say what to change; "" when there is nothing to
 // add.
-func createRefusal(ctx context.Context, js natsjs.JetStream, err error, cfg natsjs.StreamConfig) string {
+// named says that streamName named the stream.
+func createRefusal(ctx context.Context, js natsjs.JetStream, err error, cfg natsjs.StreamConfig, named bool) string {
 	var apiErr *natsjs.APIError
 	if !errors.As(err, &apiErr) {
 		return ""
 	}
 	switch apiErr.ErrorCode {
 	case errCodeSubjectOverlap:
-		return "; the subjects overlap another stream: set streamName to that stream"
+		return overlapRefusal(ctx, js, cfg, named)
 	case errCodeReplicasNotSupported:
 		return fmt.Sprintf("; streamReplicas is %d, and nats-server runs alone, without a JetStream cluster: set streamReplicas to 1, or run a cluster of at least %d servers", cfg.Replicas, cfg.Replicas)
 	case errCodeStorageExceeded, errCodeMemoryExceeded:
@@ -287,4 +289,42 @@ func unanswered(err error) string {
 		return ""
 	}
 	return "; JetStream did not answer in time: it may be electing leaders (after servers restarted) or be overloaded, and a later attempt may succeed"
+}
+
+// overlapRefusal names the streams whose subjects overlap those of cfg,
+// which JetStream refused to create, and what to do.
+func overlapRefusal(ctx context.Context, js natsjs.JetStream, cfg natsjs.StreamConfig, named bool) string {
+	var in []string
+	list := js.ListStreams(ctx)
+	for info := range list.Info() {
+		if slices.ContainsFunc(info.Config.Subjects, func(have string) bool {
+			return slices.ContainsFunc(cfg.Subjects, func(want string) bool { return subjectsOverlap(have, want) })
+		}) {
+			in = append(in, fmt.Sprintf("%q (subjects %v)", info.Config.Name, info.Config.Subjects))
+		}
+	}
+	other := "another stream"
+	if len(in) > 0 {
+		other = "stream " + strings.Join(in, ", stream ")
+	}
+	if !named {
+		return fmt.Sprintf("; the subjects overlap %s: set streamName to that stream", other)
+	}
+	return fmt.Sprintf("; the subjects %v (streamSubjects and the topic) overlap %s: move those subjects to %q with nats stream edit, or remove that stream once nothing uses it, or set streamName and streamSubjects to that stream",
+		cfg.Subjects, other, cfg.Name)
+}
+
+// subjectsOverlap reports whether some subject matches both a and b, which
+// may hold wildcards.
+func subjectsOverlap(a, b string) bool {
+	at, bt := strings.Split(a, "."), strings.Split(b, ".")
+	for i := 0; i < len(at) && i < len(bt); i++ {
+		if at[i] == ">" || bt[i] == ">" {
+			return true
+		}
+		if at[i] != bt[i] && at[i] != "*" && bt[i] != "*" {
+			return false
+		}
+	}
+	return len(at) == len(bt)
 }

@@ -2,9 +2,12 @@ package jetstream
 
 import (
 	"context"
+	"fmt"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/dapr/components-contrib/pubsub"
 	natsjs "github.com/nats-io/nats.go/jetstream"
@@ -126,4 +129,100 @@ func TestDeadLetterIntoInterestStream(t *testing.T) {
 	dl, dead := collect()
 	subscribe(t, ps, "dead.tasks", nil, dl)
 	assert.Equal(t, "t1", string(recv(t, dead, waitFor).Data))
+}
+
+// A rolling update changes streamSubjects of a stream that exists (from
+// orders.* to orders.>): the stream is left as it is, and the new replica's
+// log says that its subjects differ from what streamSubjects asks for, as it
+// does for every other stream* key.
+func TestExistingStreamSubjectsDifferenceLogged(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	old, _ := open(t, ns.ClientURL(), map[string]string{"streamName": "ORDERS", "streamSubjects": "orders.*"})
+	publish(t, old, "orders.new", "1", nil)
+	updated, log := open(t, ns.ClientURL(), map[string]string{"streamName": "ORDERS", "streamSubjects": "orders.>"})
+	publish(t, updated, "orders.new", "2", nil)
+	assert.Equal(t, []string{"orders.*"}, streamInfo(t, js, "ORDERS").Config.Subjects, "the stream is left as it is")
+	assert.Contains(t, log.String(), "streamSubjects", "nothing says that streamSubjects is not applied")
+}
+
+// A rolling update sets streamName on an app whose topic the old replicas'
+// stream holds. JetStream refuses the named stream with the topic (its
+// subject overlaps), and the new replica uses the old stream instead: its
+// log must say that streamName is not followed for the topic, naming the
+// stream that holds it and the fix, and where that stream differs from the
+// stream* keys given.
+func TestStreamNameWhoseTopicAnotherStreamHolds(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	old, _ := open(t, ns.ClientURL(), nil)
+	publish(t, old, "orders", "1", nil)
+	updated, log := open(t, ns.ClientURL(), map[string]string{"streamName": "SHOP", "streamMaxAge": "1h"})
+	publish(t, updated, "orders", "2", nil)
+	assert.Equal(t, uint64(2), msgCount(t, js, "orders"), "both replicas publish into the old stream")
+	text := log.String()
+	for _, s := range []string{`streamName asks for stream \"SHOP\"`, `stream \"orders\" holds topic`, "max age 0s where streamMaxAge asks for 1h0m0s"} {
+		assert.Contains(t, text, s)
+	}
+}
+
+// A rolling update gathers an app's topics in one stream (streamName ALL,
+// streamSubjects app.>) while the old replicas' stream for app.x exists:
+// JetStream refuses ALL, whose subjects overlap it. The new replica's
+// publish to a topic no stream holds yet fails, and the error must name the
+// stream in the way and the setting, not tell an operator who has set
+// streamName to set it.
+func TestStreamSubjectsOverlappingAnOldStreamNamed(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	old, _ := open(t, ns.ClientURL(), nil)
+	publish(t, old, "app.x", "1", nil)
+	held, err := js.StreamNameBySubject(ctx(t), "app.x")
+	require.NoError(t, err)
+	updated, _ := open(t, ns.ClientURL(), map[string]string{"streamName": "ALL", "streamSubjects": "app.>"})
+	err = updated.Publish(ctx(t), &pubsub.PublishRequest{Topic: "app.y", Data: []byte("2")})
+	require.Error(t, err)
+	t.Log(err)
+	assert.ErrorContains(t, err, strconv.Quote(held), "the error names the stream whose subjects overlap")
+	assert.ErrorContains(t, err, "streamSubjects")
+	assert.NotContains(t, err.Error(), "set streamName to that stream", "streamName is set")
+}
+
+// A publisher's Component and a subscriber's Component with other stream
+// settings provision a topic's stream at the same moment: JetStream keeps
+// the one created first, and the other instance must say, as it does when
+// it finds the stream made earlier, that the stream differs from its
+// settings.
+func TestStreamProvisionedAtOnceWithOtherSettingsLogged(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	logs := map[time.Duration]*logBuffer{}
+	var instances []*PubSub
+	for _, age := range []time.Duration{time.Hour, 24 * time.Hour} {
+		ps, log := open(t, ns.ClientURL(), map[string]string{"streamMaxAge": age.String()})
+		instances, logs[age] = append(instances, ps), log
+	}
+	const topics = 10
+	errs := make(chan error, 2*topics)
+	for i := range topics {
+		for _, ps := range instances {
+			go func() {
+				errs <- ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: fmt.Sprintf("race%d", i), Data: []byte("x")})
+			}()
+		}
+	}
+	for range cap(errs) {
+		require.NoError(t, recv(t, errs, waitFor))
+	}
+	unnamed := map[time.Duration][]string{}
+	for i := range topics {
+		name := fmt.Sprintf("race%d", i)
+		won := streamInfo(t, js, name).Config.MaxAge
+		for age, log := range logs {
+			if age != won && !strings.Contains(log.String(), fmt.Sprintf(`stream \"%s\" exists with settings other than`, name)) {
+				unnamed[age] = append(unnamed[age], name)
+			}
+		}
+	}
+	assert.Empty(t, unnamed, "streams whose max age differs from the instance's streamMaxAge, with no warning")
 }

@@ -27,10 +27,11 @@ func (s *streams) noteDifferences(have natsjs.StreamConfig) {
 }
 
 // wanted is the configuration a stream created now would get, apart from
-// its name and subjects.
+// its name and the topic among its subjects.
 func (s *streams) wanted() natsjs.StreamConfig {
 	return natsjs.StreamConfig{
-		Storage: s.cfg.Storage, Replicas: s.cfg.Replicas, MaxAge: s.cfg.MaxAge, MaxMsgs: s.cfg.MaxMsgs,
+		Subjects: s.cfg.Subjects,
+		Storage:  s.cfg.Storage, Replicas: s.cfg.Replicas, MaxAge: s.cfg.MaxAge, MaxMsgs: s.cfg.MaxMsgs,
 		MaxBytes: s.cfg.MaxBytes, Duplicates: s.cfg.DuplicateWindow, Retention: s.cfg.Retention,
 		Discard: s.cfg.Discard, MaxMsgSize: s.cfg.MaxMsgSize, MaxMsgsPerSubject: s.cfg.MaxMsgsPerSubject,
 		Compression: s.cfg.Compression, Placement: s.cfg.Placement,
@@ -47,6 +48,11 @@ func streamDifferences(have, want natsjs.StreamConfig, given []string) []string 
 		if slices.Contains(given, key) && h != w {
 			diffs = append(diffs, fmt.Sprintf("%s %s where %s asks for %s", what, h, key, w))
 		}
+	}
+	// The stream may hold more subjects (topics added to it), but must take
+	// every one that streamSubjects names.
+	if slices.Contains(given, "streamSubjects") && slices.ContainsFunc(want.Subjects, func(subj string) bool { return !covers(have.Subjects, subj) }) {
+		diffs = append(diffs, fmt.Sprintf("subjects %v where streamSubjects asks for %v", have.Subjects, want.Subjects))
 	}
 	differ("streamStorage", "storage", have.Storage, want.Storage)
 	differ("streamReplicas", "replicas", have.Replicas, want.Replicas)

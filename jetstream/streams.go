@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"time"
@@ -28,12 +29,29 @@ type streams struct {
 	batch map[string]bool   // stream -> allows atomic batches
 	shut  map[string]error  // stream -> why it takes no publish, if so
 	noted map[string]bool   // stream -> its differences were logged
+
+	strayed map[string]bool // topic -> a stream other than streamName's holding it was logged
+
+	// updating lets one change of a stream's config run at a time: each
+	// reads the config and writes it back whole, and would undo another
+	// one made in between.
+	updating sync.Mutex
 }
+
+const (
+	// extendTries bounds the attempts to add a topic to a stream whose
+	// subjects other instances change at the same time.
+	extendTries = 5
+	// extendBackOff is the most an attempt waits after another
+	// instance's change undid the one before.
+	extendBackOff = 50 * time.Millisecond
+)
 
 func newStreams(js natsjs.JetStream, cfg metadata.Stream, log logger.Logger) *streams {
 	return &streams{
 		js: js, cfg: cfg, log: log,
 		known: map[string]string{}, ttl: map[string]bool{}, batch: map[string]bool{}, shut: map[string]error{}, noted: map[string]bool{},
+		strayed: map[string]bool{},
 	}
 }
 
@@ -196,7 +214,7 @@ func (s *streams) create(ctx context.Context, name, topic string) (*natsjs.Strea
 	}
 	// Another instance may have created it meanwhile.
 	if existing, lerr := s.js.Stream(ctx, name); lerr == nil {
-		info := existing.CachedInfo()
+		info := s.instead(existing.CachedInfo(), name, topic)
 		if covers(info.Config.Subjects, topic) {
 			return info, nil
 		}
@@ -206,16 +224,16 @@ func (s *streams) create(ctx context.Context, name, topic string) (*natsjs.Strea
 	// for a subscription to orders.> while this publish to orders.new looked.
 	if found, lerr := s.js.StreamNameBySubject(ctx, topic); lerr == nil {
 		if st, lerr := s.js.Stream(ctx, found); lerr == nil && covers(st.CachedInfo().Config.Subjects, topic) {
-			return st.CachedInfo(), nil
+			return s.instead(st.CachedInfo(), name, topic), nil
 		}
 	}
 	// Or, for a wildcard topic, one stream that holds subjects it covers,
 	// such as one created for a publish to orders.new while this
 	// subscription to orders.> looked: the topic takes their place.
 	if info := s.coveredBy(ctx, topic); info != nil {
-		return s.extend(ctx, info, topic)
+		return s.extend(ctx, s.instead(info, name, topic), topic)
 	}
-	return nil, fmt.Errorf("create stream %q for subjects %v: %w%s", name, subjects, err, createRefusal(ctx, s.js, err, cfg))
+	return nil, fmt.Errorf("create stream %q for subjects %v: %w%s", name, subjects, err, createRefusal(ctx, s.js, err, cfg, s.cfg.Name != ""))
 }
 
 func (s *streams) extend(ctx context.Context, info *natsjs.StreamInfo, topic string) (*natsjs.StreamInfo, error) {
@@ -223,18 +241,83 @@ func (s *streams) extend(ctx context.Context, info *natsjs.StreamInfo, topic str
 		return nil, fmt.Errorf("%w: stream %q has subjects %v, none of which includes %q; add it to the stream, or set autoProvision to true",
 			ErrNoStream, info.Config.Name, info.Config.Subjects, topic)
 	}
-	cfg := info.Config
-	// A wildcard topic replaces the subjects it covers, which JetStream
-	// would refuse as overlapping: orders.> takes the place of orders.new.
+	s.updating.Lock()
+	defer s.updating.Unlock()
+	name := info.Config.Name
+	// Read again: the subjects may have changed since info was read.
+	current, err := s.read(ctx, name, topic)
+	for try := 1; err == nil && !covers(current.Config.Subjects, topic); try++ {
+		if try > extendTries {
+			return nil, fmt.Errorf("add subject %q to stream %q: other instances changing its subjects at the same time undid it %d times; publish again", topic, name, extendTries)
+		}
+		if try > 1 {
+			// JetStream has no compare-and-set for a stream's config:
+			// another replica that read the subjects before this change
+			// and wrote them back with its own topic undid it. A pause
+			// sets the replicas apart.
+			if err := sleepCtx(ctx, rand.N(extendBackOff)); err != nil {
+				return nil, fmt.Errorf("add subject %q to stream %q: %w", topic, name, err)
+			}
+		}
+		cfg := withTopic(current.Config, topic)
+		if _, err := s.js.UpdateStream(ctx, cfg); err != nil {
+			return nil, fmt.Errorf("add subject %q to stream %q: %w; if other streams hold subjects that %q covers, keep them in one stream and set streamName to it",
+				topic, name, err, topic)
+		}
+		s.infof("added subject %q to stream %q, whose subjects are now %v", topic, name, cfg.Subjects)
+		current, err = s.read(ctx, name, topic)
+	}
+	return current, err
+}
+
+// read returns the info of stream name, which topic needs.
+func (s *streams) read(ctx context.Context, name, topic string) (*natsjs.StreamInfo, error) {
+	st, err := s.js.Stream(ctx, name)
+	if err != nil {
+		return nil, fmt.Errorf("add subject %q to stream %q: %w", topic, name, err)
+	}
+	return st.CachedInfo(), nil
+}
+
+// withTopic is cfg with topic among its subjects. A wildcard topic replaces
+// the subjects it covers, which JetStream would refuse as overlapping:
+// orders.> takes the place of orders.new.
+func withTopic(cfg natsjs.StreamConfig, topic string) natsjs.StreamConfig {
 	cfg.Subjects = slices.DeleteFunc(slices.Clone(cfg.Subjects), func(s string) bool { return metadata.SubjectCovers(topic, s) })
 	cfg.Subjects = append(cfg.Subjects, topic)
-	st, err := s.js.UpdateStream(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("add subject %q to stream %q: %w; if other streams hold subjects that %q covers, keep them in one stream and set streamName to it",
-			topic, cfg.Name, err, topic)
+	return cfg
+}
+
+// sleepCtx waits d, or until ctx is done.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
-	s.infof("added subject %q to stream %q, whose subjects are now %v", topic, cfg.Name, cfg.Subjects)
-	return st.CachedInfo(), nil
+}
+
+// instead notes, for a stream that takes topic although this instance
+// meant to create stream name, where it differs from the stream* settings,
+// as for one found existing; and, when it is not the stream streamName
+// names, that streamName is not followed for the topic. It returns info.
+func (s *streams) instead(info *natsjs.StreamInfo, name, topic string) *natsjs.StreamInfo {
+	s.noteDifferences(info.Config)
+	if s.cfg.Name == "" || info.Config.Name == name || s.log == nil {
+		return info
+	}
+	s.mu.Lock()
+	noted := s.strayed[topic]
+	s.strayed[topic] = true
+	s.mu.Unlock()
+	if !noted {
+		s.log.Warnf("streamName asks for stream %q, but stream %q holds topic %q (its subjects %v), so JetStream refuses %q with it: the topic's messages go to %q; to gather the topic in %q, move its subject there with nats stream edit, or set streamName to %q",
+			name, info.Config.Name, topic, info.Config.Subjects, name, info.Config.Name, name, info.Config.Name)
+	}
+	return info
 }
 
 // infof logs what auto-provisioning changed, so that an operator can see
@@ -277,6 +360,8 @@ func (s *streams) ensureConfig(ctx context.Context, name string, known map[strin
 	if ok {
 		return nil
 	}
+	s.updating.Lock()
+	defer s.updating.Unlock()
 	st, err := s.js.Stream(ctx, name)
 	if err != nil {
 		return fmt.Errorf("look up stream %q: %w", name, err)

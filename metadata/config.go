@@ -668,6 +668,7 @@ func givenStreamKeys(p *Properties) []string {
 		key string
 		set bool
 	}{
+		{"streamSubjects", len(p.StreamSubjects) > 0},
 		{"streamStorage", p.StreamStorage != ""}, {"streamReplicas", p.StreamReplicas != nil},
 		{"streamMaxAge", p.StreamMaxAge != 0}, {"streamMaxMsgs", p.StreamMaxMsgs != nil},
 		{"streamMaxBytes", p.StreamMaxBytes != nil}, {"streamDuplicateWindow", p.StreamDuplicateWindow != 0},
