@@ -41,13 +41,26 @@ func main() {
 		os.Exit(2)
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		<-signals
+		stop()
+		// The drain can take long when NATS or daprd does not answer: a
+		// second signal is someone who will not wait for it.
+		sig := <-signals
+		log.Warnf("received %s during the drain: exiting at once; what daprd had not acknowledged goes back to JetStream after its ackWait", sig)
+		os.Exit(1)
+	}()
 	var m *metrics.Metrics
 	if *metricsAddr != "" {
 		m = metrics.New()
+		// Served until the process exits, not only until SIGTERM: the drain
+		// and what it gives back stay visible.
 		go func() {
-			if err := m.Serve(ctx, *metricsAddr); err != nil {
+			if err := m.Serve(context.Background(), *metricsAddr); err != nil {
 				log.Errorf("metrics: %v", err)
 			}
 		}()

@@ -9,8 +9,10 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -56,15 +58,7 @@ func TestMetricsEndpointAndJSONLogs(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, stream.Send(&proto.PullMessagesRequest{AckMessageId: m.GetId()}))
 
-	get := func(path string) (int, string) {
-		resp, err := http.Get("http://" + addr + path)
-		if err != nil {
-			return 0, err.Error()
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
-	}
+	get := func(path string) (int, string) { return httpGet(addr, path) }
 	code, _ := get("/readyz")
 	assert.Equal(t, http.StatusOK, code)
 	me := strconv.Itoa(os.Getpid())
@@ -116,4 +110,54 @@ func completeLines(out string) []string {
 		return nil
 	}
 	return strings.Split(out[:end], "\n")
+}
+
+// httpGet is the status and body of GET path on addr, or 0 and the error.
+func httpGet(addr, path string) (int, string) {
+	resp, err := http.Get("http://" + addr + path)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestMetricsServedWhileDraining sends SIGTERM while daprd holds a message:
+// for as long as the process drains, /healthz and /metrics still answer, so
+// that the messages it gives back at shutdown
+// (jetstream_pubsub_given_back_total{reason="shutdown"}) can be scraped.
+func TestMetricsServedWhileDraining(t *testing.T) {
+	ns := natstest.Start(t)
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(natstest.FreePortT(t)))
+	sockets := t.TempDir()
+	socket := filepath.Join(sockets, "nats-js-drainmetrics.sock")
+	p := startBinary(t, sockets, socket, "-socket-name", "nats-js-drainmetrics", "-metrics-addr", addr, "-drain-timeout", "5s")
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	defer conn.Close()
+	client := proto.NewPubSubClient(conn)
+	ctx := grpcmd.AppendToOutgoingContext(context.Background(), "x-component-instance", "pubsub")
+	_, err = client.Init(ctx, &proto.PubSubInitRequest{Metadata: &proto.MetadataRequest{Properties: map[string]string{
+		"natsURL": ns.ClientURL(), "consumerID": "app",
+	}}})
+	require.NoError(t, err)
+	stream, err := client.PullMessages(ctx)
+	require.NoError(t, err)
+	require.NoError(t, stream.Send(&proto.PullMessagesRequest{Topic: &proto.Topic{Name: "drainmetered"}}))
+	_, err = client.Publish(ctx, &proto.PublishRequest{Topic: "drainmetered", Data: []byte("m")})
+	require.NoError(t, err)
+	_, err = stream.Recv() // held, never acknowledged: the drain lasts its 5 s
+	require.NoError(t, err)
+	code, _ := httpGet(addr, "/healthz")
+	require.Equal(t, http.StatusOK, code)
+
+	require.NoError(t, p.Signal(syscall.SIGTERM))
+	_, err = p.WaitForOutput(10*time.Second, regexp.MustCompile("shutting down: pausing delivery"))
+	require.NoError(t, err, "the drain did not begin")
+	code, body := httpGet(addr, "/healthz")
+	require.True(t, p.Running(), "the process exited before the check")
+	assert.Equal(t, http.StatusOK, code, "/healthz while the process drains: %s", body)
+	code, body = httpGet(addr, "/metrics")
+	assert.Equal(t, http.StatusOK, code, "/metrics while the process drains: %s", body)
 }

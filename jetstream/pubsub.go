@@ -27,6 +27,9 @@ import (
 const (
 	// drainTimeout bounds how long Close waits for nats.go to flush and drain.
 	drainTimeout = 10 * time.Second
+	// minDrain is the least time the NATS connection is given to drain
+	// at Close, after the publishes under way were answered.
+	minDrain = 500 * time.Millisecond
 	// pingTimeout bounds Ping when its context has no deadline.
 	pingTimeout = 5 * time.Second
 )
@@ -346,13 +349,18 @@ func (p *PubSub) subscriptionsLocked() []*subscription {
 // JetStream), drains the connection and returns when everything has stopped.
 // The error says why the connection could not be drained; it is closed
 // anyway. A second Close returns nil.
-func (p *PubSub) Close() error {
+func (p *PubSub) Close() error { return p.CloseWithin(drainTimeout) }
+
+// CloseWithin is Close, with the wait for publishes under way and the drain
+// of the NATS connection bounded by d together, so that a process shutting
+// down meets its own bound whatever NATS does.
+func (p *PubSub) CloseWithin(d time.Duration) error {
 	nc, ok := p.beginClose()
 	if !ok {
 		return nil
 	}
 	p.wg.Wait()
-	return p.endClose(nc)
+	return p.endClose(nc, time.Now().Add(d))
 }
 
 // Retire closes p as Close does, for an instance whose daprd has gone. What
@@ -376,13 +384,13 @@ func (p *PubSub) Retire(stop <-chan struct{}) error {
 	for desk.waitsOnlyOn(p) {
 		select {
 		case <-stop:
-			return p.endClose(nc)
+			return p.endClose(nc, time.Now().Add(drainTimeout))
 		case <-deadline.C:
-			return p.endClose(nc)
+			return p.endClose(nc, time.Now().Add(drainTimeout))
 		case <-poll.C:
 		}
 	}
-	return p.endClose(nc)
+	return p.endClose(nc, time.Now().Add(drainTimeout))
 }
 
 // beginClose marks p closed and stops its subscriptions; false when p was
@@ -402,24 +410,27 @@ func (p *PubSub) beginClose() (*nats.Conn, bool) {
 }
 
 // endClose leaves the handover desk and drains the connection, once the
-// subscriptions have ended.
-func (p *PubSub) endClose(nc *nats.Conn) error {
+// subscriptions have ended, by deadline.
+func (p *PubSub) endClose(nc *nats.Conn, deadline time.Time) error {
 	if nc == nil {
 		return nil
 	}
-	if !waitUpTo(p.publishing.idle(), drainTimeout) {
-		p.log.Warnf("publishes still waiting for their acknowledgement after %s; closing anyway, and they fail, although JetStream may have stored their messages", drainTimeout)
+	started := time.Now()
+	answered := waitUpTo(p.publishing.idle(), time.Until(deadline))
+	if !answered {
+		p.log.Warnf("publishes still waiting for their acknowledgement after %s; closing anyway, and they fail, although JetStream may have stored their messages", time.Since(started).Round(time.Millisecond))
 	}
 	desk.unregister(p)
 	if n := p.answers.drop(); n > 0 {
 		p.log.Warnf("%d answers to JetStream (acks, naks, keep-alives) waited for NATS to come back, or for their stream to be read back after it did, and are not sent as the instance closes; JetStream delivers their messages again once their ackWait ends", n)
 	}
-	if !nc.IsConnected() {
-		// Nothing buffered can reach a server that is not there.
+	if !nc.IsConnected() || !answered {
+		// Nothing buffered can reach a server that is not there, or that
+		// answers nothing: draining would wait for it in vain.
 		nc.Close()
 		return nil
 	}
-	return drain(nc, drainTimeout)
+	return drain(nc, max(time.Until(deadline), minDrain))
 }
 
 // drain has nc deliver what its subscriptions hold and flush what it

@@ -153,6 +153,7 @@ func Run(ctx context.Context, o Options) error {
 	case <-ctx.Done():
 	}
 	o.Logger.Info("shutting down: pausing delivery and draining in-flight messages")
+	stopBy := time.Now().Add(o.DrainTimeout + shutdownGrace)
 	srv.Shutdown(o.DrainTimeout)
 
 	stopped := make(chan struct{})
@@ -162,7 +163,7 @@ func Run(ctx context.Context, o Options) error {
 	}()
 	select {
 	case <-stopped:
-	case <-time.After(5 * time.Second):
+	case <-time.After(time.Until(stopBy)):
 		gs.Stop()
 		<-stopped
 	}

@@ -454,10 +454,21 @@ func (s *Server) settle(p *pull, topic string, req *proto.PullMessagesRequest) {
 	}
 }
 
-// Shutdown stops taking new subscriptions, pauses every instance, waits up to
-// drain for daprd to acknowledge what it already has, then closes every
-// instance: what is still unacknowledged goes back to JetStream.
+// closeGrace bounds closing the instances at shutdown, after the drain: the
+// wait for publishes under way and the drain of each NATS connection,
+// side by side. It leaves room in shutdownGrace for gRPC to stop.
+const closeGrace = 3 * time.Second
+
+// shutdownGrace is how long after the drain a shutdown may take: closing
+// the instances, then stopping gRPC.
+const shutdownGrace = 5 * time.Second
+
+// Shutdown stops taking new subscriptions, pauses every instance, waits
+// until drain has passed since it began for daprd to acknowledge what it
+// already has, then closes every instance within closeGrace: what is still
+// unacknowledged goes back to JetStream.
 func (s *Server) Shutdown(drain time.Duration) {
+	deadline := time.Now().Add(drain)
 	s.mu.Lock()
 	if !s.draining {
 		close(s.stop)
@@ -480,7 +491,6 @@ func (s *Server) Shutdown(drain time.Duration) {
 		}()
 	}
 	paused.Wait()
-	deadline := time.Now().Add(drain)
 	for time.Now().Before(deadline) && s.pendingAcks() > 0 {
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -495,7 +505,7 @@ func (s *Server) Shutdown(drain time.Duration) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_ = ps.Close()
+			_ = ps.CloseWithin(closeGrace)
 		}()
 	}
 	wg.Wait()

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"strconv"
 	"syscall"
 	"testing"
@@ -150,4 +151,116 @@ func TestFaultSIGTERMDaprdNotReading(t *testing.T) {
 	}
 	t.Logf("FAULT daprd-not-reading: %d messages of %d KiB held, exit 0 after %s (drain %s), all %d at a new subscriber within %s of exit (ackWait 60s)",
 		held, size>>10, took.Round(10*time.Millisecond), drain, len(got), fetched.Round(10*time.Millisecond))
+}
+
+// frozenNATSShutdown starts nats-server and the component with drain, and
+// for each of instances Components opens a daprd stream that holds every
+// message it gets (held of them), then freezes nats-server with SIGSTOP: its
+// TCP connections stay open, but nothing answers, as when NATS hangs or the
+// network drops what it sends. Each instance then has a publish waiting for a
+// PubAck that never comes. nats-server goes on at the end of the test.
+func frozenNATSShutdown(t *testing.T, ctx context.Context, name string, instances int, drain time.Duration) *procComponent {
+	t.Helper()
+	const held = 5
+	ns := procStartNATS(t, "nats-"+name, "-sd", t.TempDir())
+	comp := procNewComponent(t, faultSocketDir(t), "faults-"+name, "-drain-timeout", drain.String())
+	comp.startServing(t, 30*time.Second)
+	c := faultGRPC(t, comp.socket)
+	stats := &faultStats{}
+	for n := range instances {
+		instance, topic := "pubsub"+strconv.Itoa(n), "faults."+name+"."+strconv.Itoa(n)
+		if err := faultGRPCInit(ctx, c, instance, map[string]string{"natsURL": ns.url(), "consumerID": name, "ackWait": "60s"}); err != nil {
+			t.Fatalf("Init %s: %v", instance, err)
+		}
+		l := newFaultLedger(topic, held+1)
+		pull := faultStartPull(t, ctx, c, instance, topic, nil, l, func() bool { return false })
+		faultWaitConsumer(t, ns.url(), name, topic)
+		for i := range held {
+			if err := faultGRPCPublish(ctx, c, instance, topic, l, i, stats); err != nil {
+				t.Fatalf("publish %d to %s: %v", i, topic, err)
+			}
+		}
+		natstest.AwaitT(t, 20*time.Second, "daprd holds the messages of "+topic, func() error {
+			if n := pull.heldCount(); n < held {
+				return fmt.Errorf("%d held", n)
+			}
+			return nil
+		})
+	}
+	if err := ns.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatalf("SIGSTOP nats-server: %v", err)
+	}
+	t.Cleanup(func() { _ = ns.Signal(syscall.SIGCONT) })
+	for n := range instances {
+		go func() {
+			pctx, cancel := context.WithTimeout(faultInstance(ctx, "pubsub"+strconv.Itoa(n)), time.Minute)
+			defer cancel()
+			_, _ = c.Publish(pctx, &proto.PublishRequest{Topic: "faults." + name + "." + strconv.Itoa(n), Data: []byte("unanswered")})
+		}()
+	}
+	return comp
+}
+
+// TestFaultSIGTERMNATSFrozen sends SIGTERM to the component while NATS
+// accepts its bytes but answers nothing, daprd holds unacknowledged
+// messages, and a publish waits for its PubAck, for one Component and for
+// several: the component still exits within the drain bound plus gRPC's stop
+// grace, as it promises whatever the peers do (and as
+// terminationGracePeriodSeconds in deploy/ relies on), a bound for the
+// process, not for each instance.
+func TestFaultSIGTERMNATSFrozen(t *testing.T) {
+	const (
+		drain = 2 * time.Second
+		grace = 5 * time.Second // the gRPC server's stop grace
+	)
+	for _, instances := range []int{1, 3} {
+		t.Run(strconv.Itoa(instances), func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			comp := frozenNATSShutdown(t, ctx, "frozen"+strconv.Itoa(instances), instances, drain)
+			sigAt := time.Now()
+			if err := comp.Signal(syscall.SIGTERM); err != nil {
+				t.Fatalf("SIGTERM: %v", err)
+			}
+			bound := drain + grace + 2*time.Second
+			exited, err := comp.Wait(2 * time.Minute)
+			took := time.Since(sigAt)
+			if !exited {
+				t.Fatalf("the component still runs 2m after SIGTERM while NATS does not answer")
+			}
+			if err != nil {
+				t.Errorf("the component exited with %v, want status 0", err)
+			}
+			if took > bound {
+				t.Errorf("with %d Components, exit took %s after SIGTERM while NATS does not answer, more than the drain bound %s plus the stop grace %s (and 2 s slack)", instances, took.Round(10*time.Millisecond), drain, grace)
+			}
+		})
+	}
+}
+
+// TestFaultSecondSignalForcesExit sends SIGTERM while NATS answers nothing,
+// so that the graceful shutdown hangs, then SIGINT (an operator's Ctrl-C, or
+// a supervisor giving up): the second signal ends the process at once.
+func TestFaultSecondSignalForcesExit(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	comp := frozenNATSShutdown(t, ctx, "second", 1, 2*time.Second)
+	if err := comp.Signal(syscall.SIGTERM); err != nil {
+		t.Fatalf("SIGTERM: %v", err)
+	}
+	if _, err := comp.WaitForOutput(10*time.Second, regexp.MustCompile("shutting down: pausing delivery")); err != nil {
+		t.Fatalf("the drain did not begin: %v", err)
+	}
+	secondAt := time.Now()
+	if err := comp.Signal(syscall.SIGINT); err != nil {
+		t.Fatalf("SIGINT: %v", err)
+	}
+	exited, _ := comp.Wait(2 * time.Minute)
+	took := time.Since(secondAt)
+	if !exited {
+		t.Fatalf("the component still runs 2m after a second signal")
+	}
+	if took > 2*time.Second {
+		t.Errorf("exit took %s after a second signal during the drain; it should end the process at once", took.Round(10*time.Millisecond))
+	}
 }
