@@ -61,8 +61,8 @@ func setExpectation(msg *nats.Msg, topic, key, value string) error {
 		}
 		msg.Header[header] = []string{value}
 	case MetadataExpectedLastMsgID:
-		if value == "" {
-			return bad("use the msgId the last message was published with")
+		if value == "" || strings.ContainsAny(value, "\r\n") {
+			return bad("use the msgId the last message was published with, which has no line break")
 		}
 		msg.Header[natsjs.ExpectedLastMsgIDHeader] = []string{scopedMsgID(topic, value)}
 	case MetadataExpectedStream:

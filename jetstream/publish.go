@@ -376,6 +376,9 @@ func setHeaders(msg *nats.Msg, md map[string]string) error {
 			}
 			continue
 		}
+		if strings.EqualFold(k, MetadataMsgID) && strings.ContainsAny(v, "\r\n") {
+			return fmt.Errorf("%w: metadata %s = %q has a line break, which a NATS header cannot carry (nats.go would store another id): use an id without one", ErrInvalidRequest, MetadataMsgID, v)
+		}
 		if reservedKey(k) {
 			continue
 		}

@@ -495,6 +495,10 @@ func TestInvalidRequests(t *testing.T) {
 		{Topic: "orders.*", Data: []byte("x")},
 		{Topic: "orders", Data: []byte("x"), Metadata: map[string]string{"bad": "a\r\nb"}},
 		{Topic: "orders", Data: []byte("x"), Metadata: map[string]string{"bad key": "v"}},
+		// nats.go turns a line break in a header value into a space, so
+		// these ids would be stored as other ids: "a\r\nb" as "a  b".
+		{Topic: "orders", Data: []byte("x"), Metadata: map[string]string{"msgId": "a\r\nb"}},
+		{Topic: "orders", Data: []byte("x"), Metadata: map[string]string{"expectedLastMsgId": "a\nb"}},
 	} {
 		err := ps.Publish(ctx(t), req)
 		require.Error(t, err, "%+v", req)

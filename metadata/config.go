@@ -270,6 +270,12 @@ func pick(props map[string]string, keys []string) map[string]string {
 func decode(props map[string]string) (Properties, error) {
 	var p Properties
 	outOfRange := secondsOutOfRange(props)
+	for k, err := range emptyTypedValues(props) {
+		if outOfRange == nil {
+			outOfRange = map[string]error{}
+		}
+		outOfRange[k] = err
+	}
 	var err error
 	if len(outOfRange) == 0 {
 		if err = kitmd.DecodeMetadata(props, &p); err == nil {
@@ -338,6 +344,26 @@ func secondsOutOfRange(props map[string]string) map[string]error {
 				fmt.Sprintf("a duration such as 30s or 24h, or a whole number of seconds, at most %d seconds (292 years)", maxSeconds))
 			break
 		}
+	}
+	return out
+}
+
+// emptyTypedValues finds the keys of props that are not text and whose
+// value is empty. Dapr's decoder reads "" as 0 or false, which is not the
+// field's default (autoProvision "" would turn provisioning off), and an
+// error about the 0 would show a value nobody typed.
+func emptyTypedValues(props map[string]string) map[string]error {
+	var out map[string]error
+	for k, v := range props {
+		name, t := fieldType(k)
+		if v != "" || t == nil || t.Kind() == reflect.String || t == reflect.TypeFor[[]string]() {
+			continue
+		}
+		if out == nil {
+			out = map[string]error{}
+		}
+		_, accepted := describeField(name)
+		out[k] = fieldErr(name, "", "is empty", accepted+"; remove the key for the default")
 	}
 	return out
 }
@@ -515,19 +541,14 @@ func parseStream(p *Properties) (Stream, error) {
 	}
 	var errs []error
 	add := func(err error) { errs = append(errs, err) }
+	var err error
 
 	if s.Name != "" && !ValidName(s.Name) {
 		add(fieldErr("streamName", s.Name, "is not a valid stream name", "letters, digits, - and _, without spaces, dots, *, >, / or \\, at most 255 characters"))
 	}
 	givenBool(&s.AutoProvision, p.AutoProvision)
-	for _, subj := range p.StreamSubjects {
-		subj = strings.TrimSpace(subj)
-		if err := ValidSubject(subj, true); err != nil {
-			add(fieldErr("streamSubjects", subj, err.Error(), "NATS subjects such as orders.> or TWITTERCLONE.*, comma-separated"))
-			continue
-		}
-		s.Subjects = append(s.Subjects, subj)
-	}
+	s.Subjects, err = parseStreamSubjects(p.StreamSubjects)
+	add(err)
 	if len(s.Subjects) > 0 && s.Name == "" {
 		add(conflict("streamSubjects needs the stream it configures", "set streamName too", "streamSubjects", "streamName"))
 	}
@@ -547,6 +568,60 @@ func parseStream(p *Properties) (Stream, error) {
 	return s, errors.Join(errs...)
 }
 
+// parseStreamSubjects checks streamSubjects, split at its commas, against
+// what JetStream refuses in the subjects of a stream it creates.
+func parseStreamSubjects(list []string) ([]string, error) {
+	const accepted = "NATS subjects such as orders.> or TWITTERCLONE.*, comma-separated, each once and none overlapping another"
+	var subjects []string
+	var errs []error
+	for _, subj := range list {
+		subj = strings.TrimSpace(subj)
+		if subj == "" && len(list) > 1 {
+			errs = append(errs, fieldErr("streamSubjects", strings.Join(list, ","), "has an entry that is empty (a leading, trailing or double comma)", accepted))
+			continue
+		}
+		if err := ValidSubject(subj, true); err != nil {
+			errs = append(errs, fieldErr("streamSubjects", subj, err.Error(), accepted))
+			continue
+		}
+		if problem := reservedSubject(subj); problem != "" {
+			errs = append(errs, fieldErr("streamSubjects", subj, problem, accepted))
+			continue
+		}
+		for _, prev := range subjects {
+			switch {
+			case prev == subj:
+				errs = append(errs, fieldErr("streamSubjects", subj, "is given more than once", accepted))
+			case SubjectsCollide(prev, subj):
+				errs = append(errs, fieldErr("streamSubjects", subj, fmt.Sprintf("overlaps %s: JetStream refuses a stream whose subjects overlap; keep the wider one", prev), accepted))
+			default:
+				continue
+			}
+			break
+		}
+		subjects = append(subjects, subj)
+	}
+	return subjects, errors.Join(errs...)
+}
+
+// reservedSubject says why JetStream refuses subj in a stream that
+// acknowledges publishes, or returns "".
+func reservedSubject(subj string) string {
+	for _, api := range []string{"$JS.>", "$JSC.>", "$NRG.>"} {
+		if SubjectsCollide(subj, api) && !SubjectCovers("$JS.EVENT.>", subj) {
+			return "overlaps JetStream's own API subjects ($JS.>, $JSC.>, $NRG.>), which JetStream refuses in a stream that acknowledges publishes"
+		}
+	}
+	if SubjectsCollide(subj, "$SYS.>") && !SubjectCovers("$SYS.ACCOUNT.>", subj) {
+		return "overlaps the system account's subjects ($SYS.>), which JetStream refuses in a stream that acknowledges publishes"
+	}
+	return ""
+}
+
+// minStreamWindow is the shortest age limit and duplicate window JetStream
+// accepts.
+const minStreamWindow = 100 * time.Millisecond
+
 // parseStreamLimits reads the age, message and byte limits, and the
 // duplicate window, which the age limit bounds.
 func parseStreamLimits(p *Properties, s *Stream) error {
@@ -554,6 +629,8 @@ func parseStreamLimits(p *Properties, s *Stream) error {
 	add := func(err error) { errs = append(errs, err) }
 	if s.MaxAge < 0 {
 		add(fieldErr("streamMaxAge", s.MaxAge.String(), "must not be negative", "a duration such as 24h, or 0 for no limit"))
+	} else if s.MaxAge > 0 && s.MaxAge < minStreamWindow {
+		add(fieldErr("streamMaxAge", s.MaxAge.String(), "is too short", "100ms or more, or 0 for no limit"))
 	}
 	limit := func(field string, v *int64, dst *int64) {
 		if v == nil {
@@ -569,6 +646,8 @@ func parseStreamLimits(p *Properties, s *Stream) error {
 	limit("streamMaxBytes", p.StreamMaxBytes, &s.MaxBytes)
 	if p.StreamDuplicateWindow < 0 {
 		add(fieldErr("streamDuplicateWindow", p.StreamDuplicateWindow.String(), "must not be negative", "a duration such as 2m"))
+	} else if p.StreamDuplicateWindow > 0 && p.StreamDuplicateWindow < minStreamWindow {
+		add(fieldErr("streamDuplicateWindow", p.StreamDuplicateWindow.String(), "is too short", "100ms or more, such as 2m"))
 	} else if p.StreamDuplicateWindow > 0 {
 		s.DuplicateWindow = p.StreamDuplicateWindow
 	} else if s.MaxAge > 0 && s.MaxAge < s.DuplicateWindow {
@@ -693,6 +772,11 @@ func parseConsumer(p *Properties) (Consumer, error) {
 	var errs []error
 	add := func(err error) { errs = append(errs, err) }
 
+	for _, base := range []struct{ field, value string }{{"durableName", p.DurableName}, {"queueGroupName", p.QueueGroupName}} {
+		if base.value != "" && strings.TrimSpace(base.value) == "" {
+			add(fieldErr(base.field, base.value, "is blank", "a name such as orders-worker, or remove the key to use the next of durableName, queueGroupName and consumerID"))
+		}
+	}
 	add(parseDeliver(p, &c))
 	add(parseAck(p, &c))
 	add(parseInFlight(p, &c))

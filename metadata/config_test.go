@@ -272,8 +272,8 @@ var validCases = []validCase{
 	{"bulkPublishAtomic absent", map[string]string{}, func(t *testing.T, c *Config) {
 		assert.False(t, c.Publish.BulkAtomic, "off by default")
 	}},
-	{"streamSubjects", map[string]string{"streamName": "ORDERS", "streamSubjects": "orders.>, orders.*.new ,ORDERS"}, func(t *testing.T, c *Config) {
-		assert.Equal(t, []string{"orders.>", "orders.*.new", "ORDERS"}, c.Stream.Subjects)
+	{"streamSubjects", map[string]string{"streamName": "ORDERS", "streamSubjects": "orders.>, payments.*.new ,ORDERS"}, func(t *testing.T, c *Config) {
+		assert.Equal(t, []string{"orders.>", "payments.*.new", "ORDERS"}, c.Stream.Subjects)
 	}},
 	{"streamStorage memory", map[string]string{"streamStorage": "memory"}, func(t *testing.T, c *Config) {
 		assert.Equal(t, jetstream.MemoryStorage, c.Stream.Storage)
@@ -683,6 +683,29 @@ func TestParseFieldErrors(t *testing.T) {
 		{"deliverPolicy by_start_sequence alone", with(map[string]string{"deliverPolicy": "by_start_sequence"}), "deliverPolicy", "needs a start sequence", "set startSequence too"},
 		{"deliverPolicy time alone", with(map[string]string{"deliverPolicy": "time"}), "deliverPolicy", "needs a start time", "set startTime too"},
 		{"deliverPolicy byStartTime alone", with(map[string]string{"deliverPolicy": "byStartTime"}), "deliverPolicy", "needs a start time", "set startTime too"},
+		// An empty value of a typed field is not its default: Dapr's decoder
+		// reads it as 0 or false, so autoProvision "" turned provisioning off
+		// and the others were reported as "0", which nobody typed.
+		{"autoProvision empty", with(map[string]string{"autoProvision": ""}), "autoProvision", "is empty", "true or false"},
+		{"streamReplicas empty", with(map[string]string{"streamReplicas": ""}), "streamReplicas", "is empty", "a whole number"},
+		{"streamMaxMsgs empty", with(map[string]string{"streamMaxMsgs": ""}), "streamMaxMsgs", "is empty", "a whole number"},
+		{"startSequence empty", with(map[string]string{"startSequence": ""}), "startSequence", "is empty", "a whole number, 0 or more"},
+		{"maxAckPending empty", with(map[string]string{"maxAckPending": ""}), "maxAckPending", "is empty", "a whole number"},
+		{"ackWait empty", with(map[string]string{"ackWait": ""}), "ackWait", "is empty", "a duration such as 500ms"},
+		{"pinnedTTL empty", with(map[string]string{"priorityPolicy": "pinned", "pinnedTTL": "", "consumerID": "app"}), "pinnedTTL", "is empty", "a duration such as 500ms"},
+		// A blank durable base would win over consumerID: every app id would
+		// share one durable and compete for messages instead of each getting all.
+		{"durableName blank", with(map[string]string{"durableName": " ", "consumerID": "app"}), "durableName", "is blank", "remove the key"},
+		{"queueGroupName blank", with(map[string]string{"queueGroupName": "\t", "consumerID": "app"}), "queueGroupName", "is blank", "remove the key"},
+		// JetStream refuses these when the stream is created, at the first
+		// publish, with an error that names no metadata key.
+		{"streamSubjects twice", with(map[string]string{"streamName": "S", "streamSubjects": "orders.new,orders.new"}), "streamSubjects", "more than once", "NATS subjects"},
+		{"streamSubjects overlapping", with(map[string]string{"streamName": "S", "streamSubjects": "orders.>,orders.new"}), "streamSubjects", "overlaps", "NATS subjects"},
+		{"streamSubjects everything", with(map[string]string{"streamName": "S", "streamSubjects": ">"}), "streamSubjects", "JetStream", "NATS subjects"},
+		{"streamSubjects JetStream API", with(map[string]string{"streamName": "S", "streamSubjects": "$JS.API.>"}), "streamSubjects", "JetStream", "NATS subjects"},
+		{"streamSubjects system account", with(map[string]string{"streamName": "S", "streamSubjects": "$SYS.>"}), "streamSubjects", "system", "NATS subjects"},
+		{"streamMaxAge under 100ms", with(map[string]string{"streamMaxAge": "50ms"}), "streamMaxAge", "is too short", "100ms or more, or 0 for no limit"},
+		{"streamDuplicateWindow under 100ms", with(map[string]string{"streamDuplicateWindow": "10ms"}), "streamDuplicateWindow", "is too short", "100ms or more"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -702,6 +725,13 @@ func TestParseFieldErrorEchoesTheValue(t *testing.T) {
 	require.Error(t, err)
 	assert.Equal(t, `metadata field "startTime" = "1700000000000": looks like milliseconds, not seconds (as seconds it is after the year 9999); `+
 		`accepted: a Unix time in seconds, such as 1700000000 (2023-11-14T22:13:20Z)`, err.Error())
+
+	// An empty entry of a list is shown with the list it is in.
+	for _, subjects := range []string{"orders.>,", "a,,b", "a, ,b"} {
+		_, err = Parse(with(map[string]string{"streamName": "S", "streamSubjects": subjects}))
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), fmt.Sprintf(`metadata field "streamSubjects" = %q: `, subjects))
+	}
 
 	_, err = Parse(map[string]string{})
 	require.Error(t, err)

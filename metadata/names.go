@@ -140,6 +140,22 @@ func tokensCover(pt, st []string) bool {
 	return len(pt) == len(st)
 }
 
+// SubjectsCollide reports whether some subject is matched by both a and b
+// (either may contain wildcards).
+func SubjectsCollide(a, b string) bool {
+	at, bt := strings.Split(a, "."), strings.Split(b, ".")
+	for i := 0; i < len(at) && i < len(bt); i++ {
+		switch {
+		case at[i] == ">" || bt[i] == ">":
+			return true
+		case at[i] == "*" || bt[i] == "*" || at[i] == bt[i]:
+		default:
+			return false
+		}
+	}
+	return len(at) == len(bt)
+}
+
 // SubjectsCover reports whether every subject matched by sub is matched by
 // at least one of patterns, which may share it out between them: orders.*
 // and orders.*.> together cover orders.>, though neither does alone.
