@@ -51,6 +51,9 @@ func (p *PubSub) bulkPublishAtomic(ctx context.Context, js natsjs.JetStream, str
 		if err == nil {
 			err = batchable(md)
 		}
+		if err == nil {
+			err = fitsBatch(msg, p.maxPayload())
+		}
 		if err != nil {
 			return failedByEntry(req, i, err)
 		}
@@ -162,6 +165,26 @@ func explainFullForBatch(ctx context.Context, err error, s *streams, req *pubsub
 const batchHeaderRoom = len(jetstreamext.BatchIDHeader) + 4 + 22 +
 	len(jetstreamext.BatchSeqHeader) + 4 + 4 +
 	len(jetstreamext.BatchCommitHeader) + 4 + 3
+
+// fitsBatch checks msg, an entry of an atomic batch, against the server's
+// max_payload (none when limit is 0) with the headers the batch adds to it:
+// newMsg checked it without them, and nats.go would fail the batch midway
+// with only "maximum payload exceeded".
+func fitsBatch(msg *nats.Msg, limit int64) error {
+	if limit <= 0 {
+		return nil
+	}
+	room := int64(batchHeaderRoom)
+	if len(msg.Header) == 0 {
+		room += int64(len("NATS/1.0\r\n\r\n"))
+	}
+	size := int64(msg.Size() - len(msg.Subject))
+	if size+room <= limit {
+		return nil
+	}
+	return fmt.Errorf("%w: the entry is %d bytes (%d of data), headers included, and the atomic batch adds up to %d bytes of headers to each entry, which exceeds the server's max_payload of %d bytes; send a smaller entry, publish the bulk without %s, or raise max_payload in the nats-server configuration",
+		nats.ErrMaxPayload, size, len(msg.Data), room, limit, MetadataBulkPublishAtomic)
+}
 
 // tooLargeEntry finds the entry that made JetStream end an atomic batch as
 // incomplete because, with the batch's headers, it exceeds the stream's

@@ -264,6 +264,34 @@ func TestBulkPublishAtomicTooLarge(t *testing.T) {
 	}
 }
 
+// The same for the server's max_payload, on a stream without a
+// max_msg_size: an entry that a plain publish takes, but that the batch's
+// headers take over max_payload, fails the atomic bulk with the entry, its
+// size, the limit and the fix named, as an entry over max_msg_size does;
+// not with nats.go's bare "maximum payload exceeded", which names none.
+func TestBulkPublishAtomicEntryOverMaxPayloadWithTheBatchHeaders(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), nil)
+	limit := ps.maxPayload()
+	big := make([]byte, limit-60)
+	require.NoError(t, ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "payload", Data: big}), "a plain publish takes the entry")
+	entries := textEntries("k", 3)
+	entries[1].Event = big
+	resp, err := ps.BulkPublish(ctx(t), &pubsub.BulkPublishRequest{Topic: "payload", Entries: entries, Metadata: atomicBulk})
+	require.Error(t, err)
+	t.Log(err)
+	assert.Equal(t, KindInvalid, KindOf(err))
+	for _, s := range []string{`"k1"`, "max_payload", fmt.Sprint(limit), fmt.Sprint(len(big)), "nothing was stored"} {
+		assert.Contains(t, err.Error(), s)
+	}
+	require.Len(t, resp.FailedEntries, 3)
+	for _, f := range resp.FailedEntries {
+		assert.ErrorContains(t, f.Error, `"k1"`, "entry %q", f.EntryId)
+	}
+	assert.Equal(t, uint64(1), msgCount(t, js, "payload"))
+}
+
 // NATS goes away as an atomic bulk of 1000 entries commits: the commit is
 // lost with the connection, and NATS comes back with its store at once. No
 // server can answer that commit now, on the connection made since, yet the

@@ -2,6 +2,7 @@ package jetstream
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -44,11 +45,19 @@ func (p *PubSub) BulkPublish(ctx context.Context, req *pubsub.BulkPublishRequest
 	// With no valid entry (an invalid topic, say) there is no stream to look
 	// up, and each entry keeps its own error.
 	var stream string
-	if len(pending) > 0 {
-		if stream, err = prepareUntilLost(ctx, js.Conn(), streams, req.Topic, need); err != nil {
-			err = classify("bulk publish to", req.Topic, p.whileDown(p.explainDenied("bulk publish to", req.Topic, err, b.asked)))
-			return pubsub.NewBulkPublishResponse(req.Entries, err), err
+	for len(pending) > 0 {
+		if stream, err = prepareUntilLost(ctx, js.Conn(), streams, req.Topic, need); err == nil {
+			break
 		}
+		if b.refuseNeeding(pending, err) {
+			// The stream cannot take what some entries need (a delay, a
+			// TTL): those fail, named, and the others are stored as they
+			// would be on their own.
+			pending, need = b.stillPending()
+			continue
+		}
+		err = classify("bulk publish to", req.Topic, p.whileDown(p.explainDenied("bulk publish to", req.Topic, err, b.asked)))
+		return pubsub.NewBulkPublishResponse(req.Entries, err), err
 	}
 	defer p.countBulk(b)
 	if again := b.send(ctx, js, stream, pending); len(again) > 0 {
@@ -68,6 +77,7 @@ func (p *PubSub) BulkPublish(ctx context.Context, req *pubsub.BulkPublishRequest
 type bulkEntries struct {
 	req    *pubsub.BulkPublishRequest
 	msgs   []*nats.Msg // nil for an entry that is not valid
+	needs  []needs     // what each entry needs of its stream
 	acks   []*natsjs.PubAck
 	failed []error
 	asked  time.Time // when the call began
@@ -80,6 +90,7 @@ func (p *PubSub) newBulkEntries(req *pubsub.BulkPublishRequest) (*bulkEntries, n
 	b := &bulkEntries{
 		req:    req,
 		msgs:   make([]*nats.Msg, len(req.Entries)),
+		needs:  make([]needs, len(req.Entries)),
 		acks:   make([]*natsjs.PubAck, len(req.Entries)),
 		failed: make([]error, len(req.Entries)),
 	}
@@ -90,7 +101,7 @@ func (p *PubSub) newBulkEntries(req *pubsub.BulkPublishRequest) (*bulkEntries, n
 			b.failed[i] = invalid("publish to", req.Topic, fmt.Errorf("entry %q: %w", e.EntryId, err))
 			continue
 		}
-		b.msgs[i] = msg
+		b.msgs[i], b.needs[i] = msg, n
 		need = need.and(n)
 	}
 	return b, need
@@ -105,6 +116,35 @@ func (b *bulkEntries) pending() []int {
 		}
 	}
 	return idx
+}
+
+// refuseNeeding fails the entries of pending that need what err, from
+// preparing their stream, says the stream cannot take (per-message TTL or
+// message schedules), each naming itself, and reports whether any did.
+func (b *bulkEntries) refuseNeeding(pending []int, err error) bool {
+	ttl, schedule := errors.Is(err, ErrTTLNotAllowed), errors.Is(err, ErrSchedulesNotAllowed)
+	refused := false
+	for _, i := range pending {
+		if (ttl && b.needs[i].ttl) || (schedule && b.needs[i].schedule) {
+			b.failed[i] = classify("publish to", b.req.Topic, fmt.Errorf("entry %q: %w", b.req.Entries[i].EntryId, err))
+			refused = true
+		}
+	}
+	return refused
+}
+
+// stillPending lists the entries that have a message to send and have not
+// failed, and what they need of their stream.
+func (b *bulkEntries) stillPending() ([]int, needs) {
+	var need needs
+	idx := make([]int, 0, len(b.msgs))
+	for i, m := range b.msgs {
+		if m != nil && b.failed[i] == nil {
+			idx = append(idx, i)
+			need = need.and(b.needs[i])
+		}
+	}
+	return idx, need
 }
 
 // fail fails the entries idx with err.
@@ -204,7 +244,9 @@ func (p *PubSub) bulkResponse(ctx context.Context, streams *streams, b *bulkEntr
 	return resp, nil
 }
 
-// entryMetadata is the request's metadata with entry i's own on top.
+// entryMetadata is the request's metadata with entry i's own on top. Keys
+// are read in any case, so a request key that the entry sets in another
+// case ("msgId" and "msgid") is left out: the entry's own value wins.
 func entryMetadata(req *pubsub.BulkPublishRequest, i int) map[string]string {
 	e := req.Entries[i]
 	if len(e.Metadata) == 0 {
@@ -212,7 +254,9 @@ func entryMetadata(req *pubsub.BulkPublishRequest, i int) map[string]string {
 	}
 	md := make(map[string]string, len(req.Metadata)+len(e.Metadata))
 	for k, v := range req.Metadata {
-		md[k] = v
+		if _, own := lookupFold(e.Metadata, k); !own {
+			md[k] = v
+		}
 	}
 	for k, v := range e.Metadata {
 		md[k] = v

@@ -344,6 +344,9 @@ func (p *PubSub) newMsg(topic string, data []byte, md map[string]string, content
 		setTraceContext(msg, ce, md)
 	}
 	if id := msgID(ce, isCE, md); id != "" {
+		if err := validMsgID(id, ce, isCE, md); err != nil {
+			return nil, needs{}, err
+		}
 		// Scoped to the topic, the id also keeps apart a dead letter from its
 		// original in the same stream: daprd publishes a failed message to
 		// its dead-letter topic with the delivery's data and metadata, so
@@ -363,6 +366,25 @@ func (p *PubSub) newMsg(topic string, data []byte, md map[string]string, content
 		return nil, needs{}, err
 	}
 	return msg, need, nil
+}
+
+// validMsgID refuses a de-duplication id that a NATS header cannot carry as
+// it is: nats.go trims spaces and tabs at the end of a header value and
+// turns line breaks into spaces, so "a " would be stored as the id of "a",
+// and a different message with it dropped as a duplicate.
+func validMsgID(id string, ce cloudEvent, isCE bool, md map[string]string) error {
+	if !strings.ContainsAny(id, "\r\n") && !strings.HasSuffix(id, " ") && !strings.HasSuffix(id, "\t") {
+		return nil
+	}
+	source := "metadata " + MetadataCloudEventID
+	switch {
+	case metadataFold(md, MetadataMsgID) != "":
+		source = "metadata " + MetadataMsgID
+	case isCE && ce.ID != "":
+		source = "the CloudEvent id"
+	}
+	return fmt.Errorf("%w: %s %q cannot be a de-duplication id: a NATS header drops spaces and tabs at its end and turns line breaks into spaces, so it would be taken for another id and the message dropped as a duplicate; use an id without line breaks and without spaces at its end",
+		ErrInvalidRequest, source, id)
 }
 
 // setHeaders copies the publish metadata into the headers of msg, except

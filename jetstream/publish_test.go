@@ -720,6 +720,66 @@ func TestPublishDedupScopeIsUnambiguous(t *testing.T) {
 	assert.Equal(t, uint64(2), msgCount(t, js, "SHOP"), "a distinct message on another topic was dropped as a duplicate")
 }
 
+// Ids are opaque strings, and only a publish again with the same id is
+// dropped. nats.go writes a header value trimmed of spaces and tabs at its
+// ends and with line breaks turned into spaces, so a Nats-Msg-Id of "a " or
+// "a\nb" is stored as that of "a" or "a b": a different message with such an
+// id must not be reported published and dropped as a duplicate. Each of
+// these publishes is stored, or refused as invalid, naming the key.
+func TestPublishMsgIDsThatNATSHeadersRewriteStayApart(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), nil)
+	publishes := []struct {
+		data string
+		md   map[string]string
+	}{
+		{"plain", map[string]string{"msgId": "a"}},
+		{"trailing space", map[string]string{"msgId": "a "}},
+		{"trailing tab", map[string]string{"msgId": "a\t"}},
+		{"spaced", map[string]string{"msgId": "a b"}},
+		{"line break", map[string]string{"msgId": "a\nb"}},
+		{"carriage return", map[string]string{"msgId": "a\rb"}},
+		{`{"specversion":"1.0","id":"evt-1","source":"s","type":"t"}`, nil},
+		{`{"specversion":"1.0","id":"evt-1 ","source":"s","type":"t"}`, nil},
+	}
+	stored := uint64(0)
+	for _, p := range publishes {
+		err := ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "ids", Data: []byte(p.data), Metadata: p.md})
+		if err != nil {
+			t.Log(err)
+			assert.Equal(t, KindInvalid, KindOf(err), "%q: %v", p.data, err)
+			assert.Contains(t, err.Error(), "id", "%q: the error names the id", p.data)
+			continue
+		}
+		stored++
+		assert.Equal(t, stored, msgCount(t, js, "ids"), "%q was reported published, and dropped as a duplicate of another id", p.data)
+		stored = msgCount(t, js, "ids")
+	}
+}
+
+// In a BulkPublish, an entry's own metadata is on top of the request's, and
+// publish keys are read in any case: an entry's "msgid" must win over the
+// request's "msgId", as its "msgId" does, or every entry gets the request's
+// id and all but the first are dropped as duplicates while the call reports
+// success.
+func TestBulkPublishEntryMetadataWinsInAnyCase(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), nil)
+	for _, key := range []string{"msgId", "msgid", "MSGID"} {
+		topic := "entrywins" + key
+		entries := textEntries("e", 3)
+		for i := range entries {
+			entries[i].Metadata = map[string]string{key: fmt.Sprint("own-", i)}
+		}
+		resp, err := ps.BulkPublish(ctx(t), &pubsub.BulkPublishRequest{Topic: topic, Entries: entries, Metadata: map[string]string{"msgId": "request-wide"}})
+		require.NoError(t, err)
+		assert.Empty(t, resp.FailedEntries)
+		assert.Equal(t, uint64(3), msgCount(t, js, topic), "entries with their own %s: reported published, and dropped as duplicates of the request's msgId", key)
+	}
+}
+
 // daprd cancels a publish whose caller went away or whose resiliency
 // timeout passed. A Publish or BulkPublish that reports the cancellation
 // must not have stored what it reports failed: raw payloads have no id, so

@@ -226,6 +226,45 @@ func TestDelayedDeliveryStreamRefusals(t *testing.T) {
 	assert.Zero(t, info.State.Msgs)
 }
 
+// A BulkPublish that is not atomic stores each entry on its own: an entry
+// that needs what the stream refuses (a delay on a stream that does not
+// allow schedules, or has interest retention; a TTL on a stream without
+// per-message TTL) fails, named, and the plain entries of the same bulk are
+// stored, as they would be on their own.
+func TestBulkPublishStoresThePlainEntriesWhenTheStreamRefusesADelayedOne(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "PLAIN", Subjects: []string{"plain.>"}})
+	require.NoError(t, err)
+	_, err = js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "INTEREST", Subjects: []string{"interest.>"}, Retention: natsjs.InterestPolicy})
+	require.NoError(t, err)
+	// An interest stream keeps what a consumer has yet to take.
+	_, err = js.CreateConsumer(ctx(t), "INTEREST", natsjs.ConsumerConfig{Durable: "keeper", AckPolicy: natsjs.AckExplicitPolicy})
+	require.NoError(t, err)
+	manual, _ := open(t, ns.ClientURL(), map[string]string{"autoProvision": "false"})
+	auto, _ := open(t, ns.ClientURL(), nil)
+	for _, c := range []struct {
+		ps     *PubSub
+		topic  string
+		stream string
+		md     map[string]string
+	}{
+		{manual, "plain.delayed", "PLAIN", map[string]string{"deliverAfter": "1h"}},
+		{manual, "plain.ttl", "PLAIN", map[string]string{"ttlInSeconds": "60"}},
+		{auto, "interest.delayed", "INTEREST", map[string]string{"deliverAfter": "1h"}},
+	} {
+		before := msgCount(t, js, c.stream)
+		entries := textEntries("d", 3)
+		entries[1].Metadata = c.md
+		resp, err := c.ps.BulkPublish(ctx(t), &pubsub.BulkPublishRequest{Topic: c.topic, Entries: entries})
+		require.Error(t, err, c.topic)
+		t.Log(err)
+		assert.Contains(t, err.Error(), `"d1"`, "%s: the error names the entry", c.topic)
+		assert.Equal(t, []string{"d1"}, failedIDs(t, resp), "%s: only the entry the stream cannot take fails", c.topic)
+		assert.Equal(t, before+2, msgCount(t, js, c.stream), "%s: the plain entries are stored", c.topic)
+	}
+}
+
 // Why interest retention is refused: JetStream acknowledges a schedule on an
 // interest stream but does not keep it, since no consumer is interested in
 // its subject, so the message would never be delivered.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -135,7 +136,11 @@ func Run(ctx context.Context, o Options) error {
 	// When all workers are busy, gRPC starts a goroutine as before.
 	// The codec encodes and decodes the messages of the hot path without
 	// protobuf's reflection (see codec).
-	gs := grpc.NewServer(grpc.NumStreamWorkers(64), grpc.ForceServerCodecV2(newCodec()))
+	// A request may be as large as daprd sends it: daprd limits what it takes
+	// (--max-body-size) and its client sends without a limit, so gRPC's
+	// default 4 MiB would refuse a BulkPublish of entries that each fit
+	// NATS's max_payload, as ResourceExhausted, before any entry is read.
+	gs := grpc.NewServer(grpc.NumStreamWorkers(64), grpc.ForceServerCodecV2(newCodec()), grpc.MaxRecvMsgSize(math.MaxInt32))
 	proto.RegisterPubSubServer(gs, srv)
 	reflection.Register(gs)
 

@@ -351,6 +351,38 @@ func TestBulkPublishReportsTheBadEntry(t *testing.T) {
 	}
 }
 
+// A BulkPublish whose entries each fit the server's max_payload (1 MB) is
+// stored, whatever its total: daprd's client sends it whole, with no limit
+// of its own, so gRPC's default 4 MiB limit on what the component receives
+// must not refuse it as ResourceExhausted, with no word on the fix, before
+// any entry is looked at.
+func TestBulkPublishLargerThanGRPCsDefaultLimit(t *testing.T) {
+	ns := natstest.Start(t)
+	c := startComponent(t, "nats-jetstream")
+	cl := daprClient(t, c, "pubsub", props(ns.ClientURL()))
+	bp, ok := cl.(pubsub.BulkPublisher)
+	require.True(t, ok)
+	entries := make([]pubsub.BulkMessageEntry, 5)
+	for i := range entries {
+		entries[i] = pubsub.BulkMessageEntry{EntryId: fmt.Sprint("e", i), Event: make([]byte, 900_000), ContentType: "application/octet-stream"}
+	}
+	resp, err := bp.BulkPublish(context.Background(), &pubsub.BulkPublishRequest{Topic: "large", Entries: entries})
+	require.NoError(t, err, "code %s", status.Code(err))
+	assert.Empty(t, resp.FailedEntries)
+	assert.EqualValues(t, 5, storedMsgs(t, ns, "large"))
+}
+
+// storedMsgs is the number of messages stream holds.
+func storedMsgs(t *testing.T, ns *server.Server, stream string) uint64 {
+	t.Helper()
+	_, js := natstest.Client(t, ns)
+	st, err := js.Stream(context.Background(), stream)
+	require.NoError(t, err)
+	info, err := st.Info(context.Background())
+	require.NoError(t, err)
+	return info.State.Msgs
+}
+
 // rawPull opens PullMessages with the generated client, as daprd does, to
 // send frames daprd's client never sends.
 func rawPull(t *testing.T, c *component, instance, topic string, md map[string]string) (proto.PubSub_PullMessagesClient, context.CancelFunc) {
