@@ -170,6 +170,14 @@ func (s *subscription) consumerConfig(stream string, created time.Time) natsjs.C
 	if c.AckPolicy != natsjs.AckNonePolicy {
 		cfg.AckWait, cfg.MaxDeliver, cfg.BackOff, cfg.MaxAckPending = c.AckWait, c.MaxDeliver, c.BackOff, c.MaxAckPending
 	}
+	if c.AckPolicy == natsjs.AckAllPolicy {
+		// An ack acknowledges every earlier message of the durable too, so
+		// JetStream must hand out no later message while one is unanswered:
+		// not to another replica, nor while a failed one waits out its NAK
+		// delay. Either would be acknowledged before the failed one came
+		// again, and that one lost.
+		cfg.MaxAckPending = 1
+	}
 	if cfg.Durable == "" {
 		cfg.InactiveThreshold = 5 * time.Minute
 	}

@@ -5,6 +5,7 @@ import (
 
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -102,6 +103,59 @@ func TestSameConsumerIDCompetes(t *testing.T) {
 		assert.Equal(t, 1, c, k)
 	}
 	assert.Len(t, consumerInfos(t, js, "jobs"), 1)
+}
+
+// With ackPolicy all, acknowledging a message acknowledges every earlier one
+// of the durable too. Replicas of an app share the durable, each with its one
+// message in flight: when one replica fails the earlier message and another
+// handles a later one, the failed message must still come again.
+func TestAckAllFailureOnOneReplicaIsRedelivered(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	props := map[string]string{"consumerID": "workers", "ackPolicy": "all", "deliverAll": "true"}
+	ps1, _ := open(t, ns.ClientURL(), props)
+	ps2, _ := open(t, ns.ClientURL(), props)
+	publish(t, ps1, "acks", "first", nil)
+	publish(t, ps1, "acks", "second", nil)
+
+	got := make(chan *Delivery, 10)
+	keep := func(d *Delivery) error { got <- d; return nil }
+	_, err := ps1.SubscribeDeliveries(t.Context(), pubsub.SubscribeRequest{Topic: "acks"}, keep)
+	require.NoError(t, err)
+	first := recv(t, got, waitFor)
+	require.Equal(t, "first", string(first.Data))
+	_, err = ps2.SubscribeDeliveries(t.Context(), pubsub.SubscribeRequest{Topic: "acks"}, keep)
+	require.NoError(t, err)
+	// The second replica asks for messages, and gets the later one at once,
+	// unless JetStream holds it back while the first one is unanswered.
+	require.Eventually(t, func() bool {
+		i, err := consumerInfo(js, "acks", "workers-acks")
+		return len(got) > 0 || (err == nil && i != nil && i.NumWaiting > 0)
+	}, waitFor, tick, "the second replica neither got the later message nor asked for it")
+	var handled []string
+	select {
+	case d := <-got:
+		require.NoError(t, d.Ack())
+		handled = append(handled, string(d.Data))
+	case <-time.After(3 * time.Second): // a window for the later message to show, not a wait
+	}
+	require.NoError(t, first.Nak())
+
+	deadline := time.After(waitFor)
+	for !slices.Contains(handled, "first") || !slices.Contains(handled, "second") {
+		select {
+		case d := <-got:
+			require.NoError(t, d.Ack())
+			handled = append(handled, string(d.Data))
+		case <-deadline:
+			i, err := consumerInfo(js, "acks", "workers-acks")
+			require.NoError(t, err)
+			t.Fatalf("the message one replica failed never came again after another replica acknowledged %v: the durable has ack floor %d, %d pending, %d ack pending; JetStream took the later ack (ackPolicy all) for the failed message too",
+				handled, i.AckFloor.Stream, i.NumPending, i.NumAckPending)
+		}
+	}
+	assert.ElementsMatch(t, []string{"first", "second"}, handled)
+	settledConsumer(t, js, "acks", "workers-acks")
 }
 
 func TestDifferentConsumerIDsEachReceiveAll(t *testing.T) {

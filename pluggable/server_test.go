@@ -188,6 +188,40 @@ func TestNakRedelivers(t *testing.T) {
 	assert.Equal(t, "2", box.all()[0].Metadata["jetstream-deliveries"])
 }
 
+// With ackPolicy all, acknowledging a message acknowledges every earlier one
+// too. A message the app fails comes again after nakDelay; meanwhile the next
+// one is delivered and handled, and its ack must not take the failed one
+// along.
+func TestAckAllFailedMessageComesAgainAfterNakDelay(t *testing.T) {
+	ns := natstest.Start(t)
+	c := startComponent(t, "nats-jetstream")
+	cl := daprClient(t, c, "pubsub", props(ns.ClientURL(), "consumerID", "app", "ackPolicy", "all", "nakDelay", "1s", "deliverAll", "true"))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for _, data := range []string{"first", "second"} {
+		require.NoError(t, cl.Publish(ctx, &pubsub.PublishRequest{Topic: "allacks", Data: []byte(data)}))
+	}
+	var failed atomic.Bool
+	box := newInbox()
+	require.NoError(t, cl.Subscribe(ctx, pubsub.SubscribeRequest{Topic: "allacks"}, box.handler(func(m *pubsub.NewMessage) error {
+		if string(m.Data) == "first" && failed.CompareAndSwap(false, true) {
+			return fmt.Errorf("app failed")
+		}
+		return nil
+	})))
+	handled := func() []string {
+		var out []string
+		for _, m := range box.all() {
+			out = append(out, string(m.Data))
+		}
+		return out
+	}
+	if !assert.Eventually(t, func() bool { return box.len() == 2 }, 15*time.Second, 20*time.Millisecond) {
+		t.Fatalf("the message the app failed never came again; the app handled only %v: the ack of the later message acknowledged it too (ackPolicy all) while it waited out nakDelay", handled())
+	}
+	assert.ElementsMatch(t, []string{"first", "second"}, handled())
+}
+
 func TestHeadersBothWays(t *testing.T) {
 	ns := natstest.Start(t)
 	c := startComponent(t, "nats-jetstream")
