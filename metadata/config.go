@@ -442,6 +442,15 @@ func parseConnection(p *Properties) (Connection, error) {
 		c.ConnectTimeout = DefaultConnectTimeout
 	}
 	add(checkAuth(c))
+	if c.Domain != "" && !ValidName(c.Domain) {
+		// nats.go puts it into the API subjects as one token: $JS.<domain>.API.
+		add(fieldErr("domain", c.Domain, "is not a JetStream domain", "the domain of the JetStream servers (their jetstream.domain): letters, digits, - and _, without spaces, dots or wildcards"))
+	}
+	if c.APIPrefix != "" {
+		if err := ValidSubject(strings.TrimSuffix(c.APIPrefix, "."), false); err != nil {
+			add(fieldErr("apiPrefix", c.APIPrefix, "is not a subject prefix: "+err.Error(), "a subject prefix such as JS.acc.API, where the account imports the JetStream API"))
+		}
+	}
 	if c.Domain != "" && c.APIPrefix != "" {
 		add(conflict("both choose the JetStream API subject prefix", "set domain for a JetStream domain, or apiPrefix for an imported API, not both", "domain", "apiPrefix"))
 	}
