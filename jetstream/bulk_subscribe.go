@@ -21,6 +21,10 @@ var errStopped = errors.New("subscription stopped")
 // for Resume.
 const pausedBatchRecheck = 100 * time.Millisecond
 
+// pausedBatchGiveBackCheck is how often a batch looks whether it has been
+// paused for handoverTimeout.
+const pausedBatchGiveBackCheck = time.Second
+
 // BulkSubscribe implements pubsub.BulkSubscriber: messages are handed to the
 // handler in batches of up to MaxMessagesCount, or whatever arrived within
 // MaxAwaitDurationMs of the first. Each entry is acked or naked by its own
@@ -57,6 +61,9 @@ func (s *subscription) batch(in <-chan *Delivery, maxN int, maxWait time.Duratio
 	timer := time.NewTimer(maxWait)
 	timer.Stop()
 	defer timer.Stop()
+	// Looks for a pause long enough that what waits in the batch goes back.
+	pauseCheck := time.NewTicker(pausedBatchGiveBackCheck)
+	defer pauseCheck.Stop()
 	flush := func() {
 		timer.Stop()
 		if len(batch) > 0 {
@@ -65,14 +72,33 @@ func (s *subscription) batch(in <-chan *Delivery, maxN int, maxWait time.Duratio
 		}
 	}
 	for {
+		// A full batch takes no more: it waits for Resume below.
+		limit := s.batchLimit(maxN)
+		next := in
+		if len(batch) >= limit {
+			next = nil
+		}
 		select {
-		case d := <-in:
+		case d := <-next:
 			batch = append(batch, d)
 			if len(batch) == 1 {
 				timer.Reset(maxWait)
 			}
-			if len(batch) >= maxN {
+			if len(batch) >= limit {
+				if s.isPaused() {
+					// A message handed on before Pause, received once the
+					// handler returned, fills the batch: it waits for Resume
+					// as a due batch does.
+					timer.Reset(pausedBatchRecheck)
+					continue
+				}
 				flush()
+			}
+		case now := <-pauseCheck.C:
+			if len(batch) > 0 {
+				if batch = s.expirePausedBatch(batch, now); len(batch) == 0 {
+					timer.Stop()
+				}
 			}
 		case <-timer.C:
 			if s.isPaused() {
@@ -89,6 +115,49 @@ func (s *subscription) batch(in <-chan *Delivery, maxN int, maxWait time.Duratio
 			return
 		}
 	}
+}
+
+// expirePausedBatch gives back what waits in batch, which the app has not
+// seen, once the subscription has been paused for handoverTimeout, as
+// expirePaused does for the messages not yet handed on, so that another
+// subscriber gets them. What giving back would lose stays, for Resume. It
+// returns what stays in the batch.
+func (s *subscription) expirePausedBatch(batch []*Delivery, now time.Time) []*Delivery {
+	s.mu.Lock()
+	if !s.paused || now.Sub(s.pausedAt) < handoverTimeout {
+		s.mu.Unlock()
+		return batch
+	}
+	var back []*Delivery
+	kept := batch[:0]
+	for _, d := range batch {
+		if s.lostIfGivenBackLocked(d) {
+			kept = append(kept, d)
+		} else {
+			back = append(back, d)
+		}
+	}
+	s.mu.Unlock()
+	if len(back) > 0 {
+		s.log.Warnf("topic %q: paused for %s; giving %d messages of a bulk batch not yet handed to the app back to JetStream", s.topic, handoverTimeout, len(back))
+	}
+	for _, d := range back {
+		_ = d.giveBack(GivenBackPause)
+	}
+	return kept
+}
+
+// batchLimit is how many entries a batch can get: maxN, or fewer when the
+// consumer's maxAckPending, as the server has it now, is lower (an operator
+// lowered it, and the subscription follows the consumer): JetStream hands
+// out no more, and a batch waiting for more would wait out maxWait.
+func (s *subscription) batchLimit(maxN int) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.consumer != nil && s.consumer.maxAckPending > 0 {
+		return max(1, min(maxN, s.consumer.maxAckPending))
+	}
+	return maxN
 }
 
 func (s *subscription) handleBatch(batch []*Delivery, md map[string]string, handler pubsub.BulkHandler) {

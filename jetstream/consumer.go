@@ -43,6 +43,9 @@ type consumerState struct {
 	ackWait       time.Duration
 	backOff       []time.Duration
 	maxDeliver    int
+	// maxAckPending is the consumer's, as the server has it (an operator
+	// may lower it below maxInFlight); 0 or less is no limit.
+	maxAckPending int
 	// priority is the consumer's priority policy, and group its priority
 	// group, which pull requests must name.
 	priority natsjs.PriorityPolicy
@@ -98,6 +101,7 @@ func (cs *consumerState) update(info *natsjs.ConsumerInfo) {
 	cs.ackWait = info.Config.AckWait
 	cs.backOff = info.Config.BackOff
 	cs.maxDeliver = info.Config.MaxDeliver
+	cs.maxAckPending = info.Config.MaxAckPending
 	cs.maxRequestBatch, cs.maxRequestExpires = info.Config.MaxRequestBatch, info.Config.MaxRequestExpires
 	cs.maxWaiting = info.Config.MaxWaiting
 	cs.numPending, cs.numAckPending = info.NumPending, info.NumAckPending

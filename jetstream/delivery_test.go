@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/dapr/components-contrib/pubsub"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -641,4 +642,168 @@ func TestBulkSubscribePartialBatchWaitsForResume(t *testing.T) {
 	}
 	require.NoError(t, ps.Resume(ctx(t)))
 	assert.ElementsMatch(t, []string{"p0", "p1"}, recv(t, batches, waitFor))
+}
+
+// bulkRecorder counts what a bulk handler gets; fail decides an entry's
+// error from its data and how often it was seen (counting this time).
+type bulkRecorder struct {
+	mu     sync.Mutex
+	counts map[string]int
+	ok     map[string]bool
+	sizes  []int
+}
+
+func newBulkRecorder() *bulkRecorder {
+	return &bulkRecorder{counts: map[string]int{}, ok: map[string]bool{}}
+}
+
+func (r *bulkRecorder) handler(fail func(data string, seen int) error, before func()) pubsub.BulkHandler {
+	return func(_ context.Context, msg *pubsub.BulkMessage) ([]pubsub.BulkSubscribeResponseEntry, error) {
+		if before != nil {
+			before()
+		}
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.sizes = append(r.sizes, len(msg.Entries))
+		out := make([]pubsub.BulkSubscribeResponseEntry, len(msg.Entries))
+		var failed error
+		for i, e := range msg.Entries {
+			data := string(e.Event)
+			r.counts[data]++
+			out[i].EntryId = e.EntryId
+			if fail != nil {
+				out[i].Error = fail(data, r.counts[data])
+			}
+			if out[i].Error != nil {
+				failed = out[i].Error
+			} else {
+				r.ok[data] = true
+			}
+		}
+		return out, failed
+	}
+}
+
+func (r *bulkRecorder) okCount() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.ok)
+}
+
+// Pause while a batch of maxMessagesCount 1 is in the handler, with more
+// messages already received: once the handler returns, it gets nothing
+// more until Resume, as with larger batches (a due batch waits for Resume)
+// and with Subscribe.
+func TestBulkSubscribeSingleEntryBatchesWaitForResume(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "deliverAll": "true"})
+	var pausing, pauseReturned atomic.Bool
+	whilePaused := make(chan string, 100)
+	entered := make(chan struct{}, 100)
+	release := make(chan struct{})
+	var once sync.Once
+	r := newBulkRecorder()
+	require.NoError(t, ps.BulkSubscribe(t.Context(), pubsub.SubscribeRequest{
+		Topic: "bulkone", BulkSubscribeConfig: pubsub.BulkSubscribeConfig{MaxMessagesCount: 1, MaxAwaitDurationMs: 100},
+	}, func(c context.Context, msg *pubsub.BulkMessage) ([]pubsub.BulkSubscribeResponseEntry, error) {
+		entered <- struct{}{}
+		first := false
+		once.Do(func() { first = true; <-release })
+		if !first && pausing.Load() {
+			whilePaused <- fmt.Sprintf("%s (Pause returned: %v)", msg.Entries[0].Event, pauseReturned.Load())
+		}
+		return r.handler(nil, nil)(c, msg)
+	}))
+	require.Eventually(t, func() bool { i, _ := consumerInfo(js, "bulkone", "app-bulkone"); return i != nil }, waitFor, tick)
+	for i := range 4 {
+		publish(t, ps, "bulkone", fmt.Sprintf("o%d", i), nil)
+	}
+	recv(t, entered, waitFor)
+	require.Eventually(t, func() bool {
+		i, err := consumerInfo(js, "bulkone", "app-bulkone")
+		return err == nil && i.NumAckPending == 4
+	}, waitFor, tick)
+	pausing.Store(true)
+	paused := make(chan error, 1)
+	go func() { err := ps.Pause(ctx(t)); pauseReturned.Store(true); paused <- err }()
+	require.NoError(t, recv(t, paused, waitFor))
+	close(release) // the app finishes the batch it had before Pause
+	select {
+	case m := <-whilePaused:
+		t.Fatalf("the handler got %s while paused: a batch of maxMessagesCount 1 is handed on as soon as it is full, without the pause check a due batch gets", m)
+	case <-time.After(2 * time.Second): // a window for a delivery while paused to show
+	}
+	pausing.Store(false)
+	require.NoError(t, ps.Resume(ctx(t)))
+	require.Eventually(t, func() bool { return r.okCount() == 4 }, waitFor, tick)
+}
+
+// An operator lowers the durable's maxAckPending below maxInFlight while a
+// bulk subscription runs (nats consumer edit --max-pending 5); the
+// subscription follows the consumer. JetStream hands out no more than 5
+// messages at a time, so a batch of 5 is as full as it gets: it must go to
+// the handler then, not wait out maxAwaitDurationMs each time.
+func TestBulkSubscribeLoweredMaxAckPendingIsNotHeldBack(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "deliverAll": "true"})
+	r := newBulkRecorder()
+	require.NoError(t, ps.BulkSubscribe(t.Context(), pubsub.SubscribeRequest{
+		Topic: "bulkmaxack", BulkSubscribeConfig: pubsub.BulkSubscribeConfig{MaxMessagesCount: 100, MaxAwaitDurationMs: 3000},
+	}, r.handler(nil, nil)))
+	var info *natsjs.ConsumerInfo
+	require.Eventually(t, func() bool { info, _ = consumerInfo(js, "bulkmaxack", "app-bulkmaxack"); return info != nil }, waitFor, tick)
+	cfg := info.Config
+	cfg.MaxAckPending = 5
+	_, err := js.UpdateConsumer(ctx(t), "bulkmaxack", cfg)
+	require.NoError(t, err)
+	const n = 30
+	start := time.Now()
+	for i := range n {
+		publish(t, ps, "bulkmaxack", fmt.Sprintf("k%d", i), nil)
+	}
+	require.Eventually(t, func() bool { return r.okCount() == n }, 60*time.Second, tick)
+	took := time.Since(start)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	assert.Less(t, took, 6*time.Second, "%d messages took %s in batches %v: with the durable's maxAckPending at 5, each batch waited out maxAwaitDurationMs (3s) for entries JetStream would not hand out", n, took.Round(100*time.Millisecond), r.sizes)
+}
+
+// Pause while messages wait in a bulk batch not yet due: the app has not
+// seen them, so after 30 s of pause they go back to JetStream, as unseen
+// messages do, and another replica of the app gets them.
+func TestBulkSubscribePausedBatchGoesBackAfterHandoverTimeout(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	a, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "deliverAll": "true"})
+	require.NoError(t, a.BulkSubscribe(t.Context(), pubsub.SubscribeRequest{
+		Topic: "bulkpausedback", BulkSubscribeConfig: pubsub.BulkSubscribeConfig{MaxMessagesCount: 10, MaxAwaitDurationMs: 60000},
+	}, func(context.Context, *pubsub.BulkMessage) ([]pubsub.BulkSubscribeResponseEntry, error) {
+		t.Error("the paused replica's handler got a batch")
+		return nil, nil
+	}))
+	require.Eventually(t, func() bool { i, _ := consumerInfo(js, "bulkpausedback", "app-bulkpausedback"); return i != nil }, waitFor, tick)
+	publish(t, a, "bulkpausedback", "b0", nil)
+	publish(t, a, "bulkpausedback", "b1", nil)
+	require.Eventually(t, func() bool {
+		i, err := consumerInfo(js, "bulkpausedback", "app-bulkpausedback")
+		return err == nil && i.NumAckPending == 2
+	}, waitFor, tick)
+	require.NoError(t, a.Pause(ctx(t)))
+
+	b, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "deliverAll": "true"})
+	h, got := collect()
+	subscribe(t, b, "bulkpausedback", nil, h)
+	deadline := time.After(handoverTimeout + waitFor)
+	seen := map[string]bool{}
+	for len(seen) < 2 {
+		select {
+		case m := <-got:
+			seen[string(m.Data)] = true
+		case <-deadline:
+			i, _ := consumerInfo(js, "bulkpausedback", "app-bulkpausedback")
+			t.Fatalf("the messages waiting, unseen, in the paused replica's bulk batch never went back to JetStream after %s of pause (another replica got %v; the durable has %d ack pending)", handoverTimeout, seen, i.NumAckPending)
+		}
+	}
 }
