@@ -547,8 +547,10 @@ func (s *subscription) verify(cs *consumerState) {
 		// Ping nor the readiness probe; but it is named, and the counts it
 		// can no longer read are not reported as current.
 		denied := s.p.denied("read the consumer of", s.topic, err, asked)
+		// A read that fails otherwise (NATS away, a timeout) learns
+		// nothing either: counts unread since a denial stay unread.
 		s.mu.Lock()
-		cs.refreshed, cs.unread = time.Now(), denied != nil
+		cs.refreshed, cs.unread = time.Now(), cs.unread || denied != nil
 		s.mu.Unlock()
 		if denied != nil {
 			s.reportRead(denied)

@@ -224,10 +224,16 @@ func (d *Delivery) due(now time.Time, ackWait time.Duration) bool {
 }
 
 // keepAlive tells JetStream through nc that the message is still being
-// worked on, restarting its ack wait.
-func (d *Delivery) keepAlive(p *PubSub, now time.Time) {
+// worked on, restarting its ack wait. It reports whether it sent one, or
+// queued one for NATS to come back: not when one already waits for that,
+// so that in_progress_total counts the keep-alives that reach JetStream.
+func (d *Delivery) keepAlive(p *PubSub, now time.Time) bool {
 	d.touched.Store(now.UnixNano())
+	if d.keepAliveHeld.Load() {
+		return false
+	}
 	_ = d.answer(p, progressBody)
+	return true
 }
 
 // answer sends body (an ack, a nak, a keep-alive or a term) to JetStream

@@ -305,8 +305,9 @@ func (h *handoverDesk) sweep(now time.Time) bool {
 			j.keeper.log.Warnf("message %d of stream %q waited %s for a subscriber after its subscription ended; giving it back to JetStream", j.w.d.Sequence, j.w.d.Metadata[MetadataStream], handoverTimeout)
 			j.w.giveBack(j.keeper, GivenBackStreamEnd)
 		default:
-			j.w.d.keepAlive(j.keeper, now)
-			j.keeper.stats.subscription(j.w.d.Topic, j.w.statsConsumer).inProgress.Add(1)
+			if j.w.d.keepAlive(j.keeper, now) {
+				j.keeper.stats.subscription(j.w.d.Topic, j.w.statsConsumer).inProgress.Add(1)
+			}
 		}
 	}
 	return more

@@ -472,9 +472,10 @@ func (s *subscription) keepAlive(now time.Time) time.Duration {
 	}
 	s.mu.Unlock()
 	for _, d := range due {
-		d.keepAlive(s.p, now)
+		if d.keepAlive(s.p, now) {
+			s.counters.inProgress.Add(1)
+		}
 	}
-	s.counters.inProgress.Add(uint64(len(due)))
 	return next
 }
 

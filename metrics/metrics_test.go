@@ -17,6 +17,7 @@ import (
 	"github.com/dapr/components-contrib/pubsub"
 	"github.com/dapr/kit/logger"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -356,4 +357,134 @@ func TestGaugesStayTrueAfterASubscriptionEnds(t *testing.T) {
 	if v := value(f, "held_messages", sub); v != -1 {
 		assert.Equal(t, 3.0, v, "held_messages after the subscription ended, while its 3 messages wait for the next one")
 	}
+}
+
+// in_progress_total counts "the keep-alives sent". While NATS is away, the
+// keep-alives of a message the app holds wait in the component, one per
+// message, until NATS is back: the counter must follow what reaches
+// JetStream, not each keep-alive that came due while none could be sent.
+func TestInProgressCountsKeepAlivesSentThroughAnOutage(t *testing.T) {
+	var opts *server.Options
+	ns := natstest.Start(t, func(o *server.Options) { opts = o })
+	port := ns.Addr().(*net.TCPAddr).Port
+	ps, m := instrumented(t, ns.ClientURL(), map[string]string{"consumerID": "app", "ackWait": "1s", "reconnectWait": "1s"})
+	h := m.Handler()
+	release := make(chan struct{})
+	defer close(release)
+	var got atomic.Int32
+	require.NoError(t, ps.Subscribe(t.Context(), pubsub.SubscribeRequest{Topic: "orders"}, func(ctx context.Context, _ *pubsub.NewMessage) error {
+		got.Add(1)
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return nil
+	}))
+	sub := map[string]string{"topic": "orders", "consumer": "app-orders"}
+	require.Eventually(t, func() bool { return value(scrape(t, h), "subscriptions", sub) == 1 }, waitFor, 20*time.Millisecond)
+	require.NoError(t, ps.Publish(t.Context(), &pubsub.PublishRequest{Topic: "orders", Data: []byte("slow")}))
+	require.Eventually(t, func() bool { return got.Load() == 1 }, waitFor, 20*time.Millisecond)
+
+	// A plain client sees each keep-alive the component sends.
+	// It comes back from the outage before the component does.
+	nc, err := nats.Connect(ns.ClientURL(), nats.ReconnectWait(20*time.Millisecond), nats.ReconnectJitter(0, 0), nats.MaxReconnects(-1))
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	var seen atomic.Int64
+	_, err = nc.Subscribe("$JS.ACK.>", func(msg *nats.Msg) {
+		if strings.HasPrefix(string(msg.Data), "+WPI") {
+			seen.Add(1)
+		}
+	})
+	require.NoError(t, err)
+	require.NoError(t, nc.Flush())
+	require.Eventually(t, func() bool { return seen.Load() >= 1 }, waitFor, 20*time.Millisecond, "no keep-alive before the outage")
+
+	counted := func() float64 { return value(scrape(t, h), "in_progress_total", sub) }
+	c0, s0 := counted(), seen.Load()
+	natstest.Stop(ns)
+	require.Eventually(t, func() bool {
+		return value(scrape(t, h), "connection_state", map[string]string{"state": "reconnecting"}) == 1
+	}, waitFor, 20*time.Millisecond)
+	// With an ackWait of 1s a keep-alive comes due every half second; one
+	// waits for NATS, the others are never sent.
+	assert.Never(t, func() bool { return counted()-c0 > 2 }, 6*time.Second, 20*time.Millisecond,
+		"in_progress_total rises while NATS is away and no keep-alive can be sent")
+	o := opts.Clone()
+	o.Port = port
+	ns = natstest.Run(t, o)
+	t.Cleanup(func() { natstest.Stop(ns) })
+	require.Eventually(t, func() bool { return seen.Load() > s0 }, waitFor, 20*time.Millisecond, "no keep-alive after NATS came back")
+	// Both go on together once NATS is back: at some moment the counter's
+	// rise equals what JetStream received, unless it counted keep-alives
+	// that were never sent.
+	caughtUp := assert.Eventually(t, func() bool {
+		return counted()-c0 <= float64(seen.Load()-s0)
+	}, 5*time.Second, 20*time.Millisecond)
+	if !caughtUp {
+		t.Errorf("in_progress_total rose by %v across the outage while %d keep-alives reached NATS", counted()-c0, seen.Load()-s0)
+	}
+}
+
+// The NATS user may no longer read the consumer's info
+// ($JS.API.CONSUMER.INFO is denied): the consumer gauges go rather than
+// show an old figure, and must stay gone while the permission is missing,
+// also when a later read fails for another reason (NATS away a moment):
+// that read learnt nothing new either.
+func TestConsumerGaugesStayGoneWhileTheConsumerCannotBeRead(t *testing.T) {
+	var opts *server.Options
+	ns := natstest.Start(t, func(o *server.Options) {
+		o.Users = []*server.User{{Username: "app", Password: "pw"}}
+		opts = o
+	})
+	port := ns.Addr().(*net.TCPAddr).Port
+	ps, m := instrumented(t, ns.ClientURL(), map[string]string{"consumerID": "app", "user": "app", "password": "pw", "maxInFlight": "2",
+		"concurrency": "parallel", "reconnectWait": "100ms"})
+	h := m.Handler()
+	release := make(chan struct{})
+	defer close(release)
+	var got atomic.Int32
+	require.NoError(t, ps.Subscribe(t.Context(), pubsub.SubscribeRequest{Topic: "orders"}, func(ctx context.Context, _ *pubsub.NewMessage) error {
+		got.Add(1)
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return nil
+	}))
+	sub := map[string]string{"topic": "orders", "consumer": "app-orders"}
+	require.Eventually(t, func() bool { return value(scrape(t, h), "subscriptions", sub) == 1 }, waitFor, 20*time.Millisecond)
+	for i := range 4 {
+		require.NoError(t, ps.Publish(t.Context(), &pubsub.PublishRequest{Topic: "orders", Data: []byte(fmt.Sprint(i))}))
+	}
+	require.Eventually(t, func() bool { return got.Load() == 2 }, waitFor, 20*time.Millisecond)
+	require.Eventually(t, func() bool { return value(scrape(t, h), "consumer_ack_pending_messages", sub) == 2 }, waitFor, 50*time.Millisecond)
+	// The operator takes the permission away.
+	denied := opts.Clone()
+	denied.Users = []*server.User{{Username: "app", Password: "pw", Permissions: &server.Permissions{
+		Publish: &server.SubjectPermission{Deny: []string{"$JS.API.CONSUMER.INFO.>"}},
+	}}}
+	require.NoError(t, ns.ReloadOptions(denied))
+	gone := func() bool {
+		f := scrape(t, h)
+		return value(f, "consumer_pending_messages", sub) == -1 && value(f, "consumer_ack_pending_messages", sub) == -1
+	}
+	require.Eventually(t, gone, waitFor, 50*time.Millisecond, "the consumer gauges stay while the consumer cannot be read")
+
+	// NATS goes away a moment, and comes back with the same permissions.
+	natstest.Stop(ns)
+	require.Eventually(t, func() bool {
+		return value(scrape(t, h), "connection_state", map[string]string{"state": "reconnecting"}) == 1
+	}, waitFor, 20*time.Millisecond)
+	require.Never(t, func() bool { return !gone() }, 4*time.Second, 50*time.Millisecond,
+		"the consumer gauges came back, with the figures from before the denial, while NATS is away")
+	o := denied.Clone()
+	o.Port = port
+	ns = natstest.Run(t, o)
+	t.Cleanup(func() { natstest.Stop(ns) })
+	require.Eventually(t, func() bool {
+		return value(scrape(t, h), "connection_state", map[string]string{"state": "connected"}) == 1
+	}, waitFor, 20*time.Millisecond)
+	require.Never(t, func() bool { return !gone() }, 8*time.Second, 50*time.Millisecond,
+		"the consumer gauges came back, with the figures from before the denial, while the consumer still cannot be read")
 }
