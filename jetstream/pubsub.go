@@ -212,11 +212,18 @@ func (p *PubSub) conn() *nats.Conn {
 	return p.nc
 }
 
-// reply publishes an acknowledgement body to a message's reply subject.
+// reply turns down a message on arrival, publishing body to its reply
+// subject. Not while NATS is away: nats.go would keep it and send it on
+// reconnect, before the message's stream is read back, when the same reply
+// subject may name another message of a stream made again. A turn-down not
+// sent costs nothing: the message comes again after its ack wait.
 func (p *PubSub) reply(subject string, body []byte) error {
 	nc := p.conn()
 	if nc == nil {
 		return ErrClosed
+	}
+	if !nc.IsConnected() {
+		return nats.ErrConnectionReconnecting
 	}
 	return nc.Publish(subject, body)
 }

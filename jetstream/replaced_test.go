@@ -354,3 +354,20 @@ func TestAcksMadeInAnOutageAreSentOnceTheStreamIsReadBack(t *testing.T) {
 	}, waitFor, tick, "the acks made while NATS was away were not sent once it was back")
 	require.NotContains(t, log.String(), "made again")
 }
+
+// A message turned down on arrival (its data unreadable, or not for the
+// topic) is sent again after its ack wait anyway. A turn-down made while
+// NATS is away is not kept for the reconnect: nats.go would send it before
+// the stream is read back, to a stream that may be another by then.
+func TestTurndownsAreNotKeptForTheReconnect(t *testing.T) {
+	t.Parallel()
+	ns, _ := startNATS(t)
+	px := newProxy(t, ns.Addr().String())
+	ps, _ := open(t, px.url(), map[string]string{"reconnectWait": "100ms"})
+	px.cut()
+	require.Eventually(t, func() bool { return !ps.conn().IsConnected() }, waitShort, tick)
+	_ = ps.reply("$JS.ACK.turned.down.1.1.1.1.1", nakWithDelay(notForTopicDelay))
+	buffered, err := ps.conn().Buffered()
+	require.NoError(t, err)
+	require.Zero(t, buffered, "a turn-down waits in nats.go's reconnect buffer")
+}
