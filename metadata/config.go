@@ -213,7 +213,7 @@ func (c *Config) ForSubscription(sub map[string]string) (Consumer, error) {
 	// and minPending only where they apply to it; the subscription could
 	// not remove them otherwise.
 	if policy, ok := override["priorityPolicy"]; ok {
-		policy = strings.ToLower(strings.TrimSpace(policy))
+		policy = choice(policy)
 		for field, appliesTo := range map[string]string{"pinnedTTL": "pinned", "minPending": "overflow"} {
 			if _, own := override[field]; !own && policy != appliesTo {
 				delete(merged, field)
@@ -561,7 +561,7 @@ func parseStream(p *Properties) (Stream, error) {
 	if len(s.Subjects) > 0 && s.Name == "" {
 		add(conflict("streamSubjects needs the stream it configures", "set streamName too", "streamSubjects", "streamName"))
 	}
-	switch strings.ToLower(p.StreamStorage) {
+	switch choice(p.StreamStorage) {
 	case "", "file":
 	case "memory":
 		s.Storage = jetstream.MemoryStorage
@@ -700,7 +700,7 @@ func parseStreamPolicies(p *Properties, s *Stream) error {
 	var errs []error
 	add := func(err error) { errs = append(errs, err) }
 	s.MaxMsgSize, s.MaxMsgsPerSubject = -1, -1
-	switch strings.ToLower(strings.TrimSpace(p.StreamRetention)) {
+	switch choice(p.StreamRetention) {
 	case "", "limits":
 	case "interest":
 		s.Retention = jetstream.InterestPolicy
@@ -709,7 +709,7 @@ func parseStreamPolicies(p *Properties, s *Stream) error {
 	default:
 		add(fieldErr("streamRetention", p.StreamRetention, "is not a retention policy", "limits, interest or workqueue"))
 	}
-	switch strings.ToLower(strings.TrimSpace(p.StreamDiscard)) {
+	switch choice(p.StreamDiscard) {
 	case "", "old":
 	case "new":
 		s.Discard = jetstream.DiscardNew
@@ -730,7 +730,7 @@ func parseStreamPolicies(p *Properties, s *Stream) error {
 			s.MaxMsgsPerSubject = *v
 		}
 	}
-	switch strings.ToLower(strings.TrimSpace(p.StreamCompression)) {
+	switch choice(p.StreamCompression) {
 	case "", "none":
 	case "s2":
 		s.Compression = jetstream.S2Compression
@@ -837,7 +837,7 @@ func durableBase(p *Properties) string {
 func parseAck(p *Properties, c *Consumer) error {
 	var errs []error
 	add := func(err error) { errs = append(errs, err) }
-	switch strings.ToLower(p.AckPolicy) {
+	switch choice(p.AckPolicy) {
 	case "", "explicit":
 	case "all":
 		c.AckPolicy = jetstream.AckAllPolicy
@@ -912,7 +912,7 @@ func checkMaxInFlight(c Consumer) error {
 
 // parseConcurrency reads whether handlers run one at a time or in parallel.
 func parseConcurrency(p *Properties, c *Consumer) error {
-	switch strings.ToLower(p.Concurrency) {
+	switch choice(p.Concurrency) {
 	case "", "single":
 	case "parallel":
 		c.Parallel = true
@@ -943,7 +943,7 @@ func parseDeadLetter(p *Properties, c *Consumer) error {
 func parsePriority(p *Properties, c *Consumer) error {
 	var errs []error
 	add := func(err error) { errs = append(errs, err) }
-	switch strings.ToLower(strings.TrimSpace(p.PriorityPolicy)) {
+	switch choice(p.PriorityPolicy) {
 	case "", "none":
 	case "pinned":
 		c.PriorityPolicy, c.PinnedTTL = jetstream.PriorityPolicyPinned, DefaultPinnedTTL
@@ -1096,7 +1096,7 @@ func checkStartTime(v int64) error {
 // deliverPolicyName is the canonical name of a deliverPolicy value, of the
 // several spellings each policy accepts; "" when none was given.
 func deliverPolicyName(v string) (string, error) {
-	switch policy := strings.ToLower(v); policy {
+	switch policy := choice(v); policy {
 	case "", "all", "last", "new":
 		return policy, nil
 	case "sequence", "by_start_sequence", "bystartsequence":
@@ -1296,3 +1296,7 @@ func escapeUserInfoCommas(u string) string {
 	}
 	return u[:start] + strings.ReplaceAll(authority[:at], ",", "%2C") + u[start+at:]
 }
+
+// choice is the canonical spelling of a value chosen from a list: lower
+// case, without the spaces a templated or quoted YAML value may carry.
+func choice(v string) string { return strings.ToLower(strings.TrimSpace(v)) }

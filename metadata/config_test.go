@@ -943,6 +943,28 @@ func TestParseReportsEveryProblem(t *testing.T) {
 	})
 }
 
+// Every value chosen from a list is read the same with spaces around it, as
+// a templated or quoted YAML value may have them.
+func TestParseChoicesIgnoreSurroundingSpaces(t *testing.T) {
+	choices := map[string]string{
+		"ackPolicy": "none", "concurrency": "parallel", "deliverPolicy": "new", "streamStorage": "memory",
+		"streamRetention": "interest", "streamDiscard": "new", "streamCompression": "s2", "priorityPolicy": "overflow",
+	}
+	for key, value := range choices {
+		t.Run(key, func(t *testing.T) {
+			props := map[string]string{key: value}
+			if key == "priorityPolicy" {
+				props["minPending"], props["consumerID"] = "10", "app"
+			}
+			want := mustParse(t, with(props))
+			props[key] = " " + value + "\n"
+			got := mustParse(t, with(props))
+			assert.Equal(t, want.Stream, got.Stream)
+			assert.Equal(t, want.Consumer, got.Consumer)
+		})
+	}
+}
+
 func TestParseCaseInsensitiveKeys(t *testing.T) {
 	cfg := mustParse(t, map[string]string{
 		"NATSURL":         "nats://upper:4222",
