@@ -370,10 +370,11 @@ func (s *subscription) reconcile(ctx context.Context, js natsjs.JetStream, strea
 			"consumer %q on stream %q filters %q, not %q, and JetStream refused to change it (%v); delete the consumer (nats consumer rm %s %s) or set another consumerID",
 			want.Durable, stream, have.FilterSubject, want.FilterSubject, err, stream, want.Durable)}
 	}
-	s.log.Warnf("consumer %q on stream %q keeps its settings (ackWait %s, maxDeliver %d, maxAckPending %d, backOff %v), which this subscription follows: %v",
-		want.Durable, stream, have.AckWait, have.MaxDeliver, have.MaxAckPending, have.BackOff, err)
+	diff := managedDiff(have, want)
+	s.log.Warnf("topic %q: consumer %q on stream %q keeps its settings, which this subscription follows, as JetStream refused to change them (%v): %s; set them with nats consumer edit %s %s where JetStream allows it, delete the consumer (nats consumer rm %s %s) so that it is created again, or set the metadata back",
+		s.topic, want.Durable, stream, err, diff, stream, want.Durable, stream, want.Durable)
 	s.mu.Lock()
-	s.driftNoted = managedDiff(have, want) // said here already
+	s.driftNoted = diff // said here already
 	s.mu.Unlock()
 	return c, nil
 }
@@ -406,7 +407,9 @@ func (s *subscription) dropPin(ctx context.Context, js natsjs.JetStream, stream 
 
 // managedDiff words how the settings of consumer have that this component
 // manages, bar its filter, differ from want's; "" when they do not. The
-// server takes a backOff's first step as the ack wait.
+// server takes a backOff's first step as the ack wait. Replicas count, as
+// managedOver sets them: a rolling update that changes only them must still
+// update the durable.
 func managedDiff(have, want natsjs.ConsumerConfig) string {
 	if len(want.BackOff) > 0 {
 		want.AckWait = want.BackOff[0]
@@ -431,6 +434,11 @@ func managedDiff(have, want natsjs.ConsumerConfig) string {
 		differs("priorityPolicy", priorityName(have.PriorityPolicy), priorityName(want.PriorityPolicy))
 	} else if have.PinnedTTL != want.PinnedTTL {
 		differs("pinnedTTL", have.PinnedTTL, want.PinnedTTL)
+	}
+	// Replicas are managed only where the metadata sets them: 0 leaves an
+	// operator's choice (or the stream's count) alone.
+	if want.Replicas > 0 && have.Replicas != want.Replicas {
+		differs("replicas", have.Replicas, want.Replicas)
 	}
 	return strings.Join(diffs, ", ")
 }

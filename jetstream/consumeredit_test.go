@@ -638,3 +638,33 @@ func runningOrders(t *testing.T) (natsjs.JetStream, *PubSub, *logBuffer, chan *p
 	require.Equal(t, "before", string(recv(t, got, waitFor).Data))
 	return js, ps, log, got
 }
+
+// A rolling update sets replicas for the durable (here more than the single
+// server can hold, as a cluster that lost nodes would refuse them). The
+// durable's other settings are unchanged, and the update must still be made,
+// or the log must name replicas, what the durable has and what the
+// metadata asks for: a new durable with them is refused, and an existing one
+// must not silently keep its old replica count.
+func TestConsumerReplicasChangedByRollingUpdate(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ordersStream(t, js)
+	first, _ := open(t, ns.ClientURL(), map[string]string{"autoProvision": "false", "consumerID": "app"})
+	h, got := collect()
+	sctx, cancel := context.WithCancel(t.Context())
+	require.NoError(t, first.Subscribe(sctx, pubsub.SubscribeRequest{Topic: "orders.a"}, h))
+	natstest.WaitConsumer(t, js, "ORDERS", ordersDurable)
+	cancel()
+
+	second, log := open(t, ns.ClientURL(), map[string]string{"autoProvision": "false", "consumerID": "app", "replicas": "3"})
+	subscribe(t, second, "orders.a", nil, h)
+	require.Eventually(t, func() bool { return strings.Contains(log.String(), "subscribed to topic") }, waitFor, tick, "log: %s", log)
+	publish(t, second, "orders.a", "after", nil)
+	assert.Equal(t, "after", string(recv(t, got, waitFor).Data), "the durable keeps delivering")
+	info, err := consumerInfo(js, "ORDERS", ordersDurable)
+	require.NoError(t, err)
+	if info.Config.Replicas != 3 {
+		assert.Contains(t, log.String(), "replicas", "the durable keeps %d replicas, and nothing says so", info.Config.Replicas)
+		assert.Contains(t, log.String(), "nats consumer edit ORDERS "+ordersDurable)
+	}
+}
