@@ -226,3 +226,18 @@ func TestStreamProvisionedAtOnceWithOtherSettingsLogged(t *testing.T) {
 	}
 	assert.Empty(t, unnamed, "streams whose max age differs from the instance's streamMaxAge, with no warning")
 }
+
+// A rolling update lifts the age limit (streamMaxAge 1h becomes 0, which the
+// docs give as no limit): the stream the old replicas made keeps dropping
+// messages after an hour, and the new replica's log must say so, as it does
+// for any other value of a stream* key the stream does not have.
+func TestStreamMaxAgeLiftedOnExistingStreamLogged(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	old, _ := open(t, ns.ClientURL(), map[string]string{"streamMaxAge": "1h"})
+	publish(t, old, "aged", "1", nil)
+	updated, log := open(t, ns.ClientURL(), map[string]string{"streamMaxAge": "0"})
+	publish(t, updated, "aged", "2", nil)
+	assert.Equal(t, time.Hour, streamInfo(t, js, "aged").Config.MaxAge, "the stream is left as it is")
+	assert.Contains(t, log.String(), "max age 1h0m0s where streamMaxAge asks for", "nothing says that the age limit stays")
+}

@@ -546,8 +546,9 @@ func parsePublish(p *Properties) Publish {
 func parseStream(p *Properties) (Stream, error) {
 	s := Stream{
 		Name: p.StreamName, AutoProvision: true, Storage: jetstream.FileStorage, Replicas: 1,
-		MaxAge: p.StreamMaxAge, MaxMsgs: -1, MaxBytes: -1, DuplicateWindow: DefaultDuplicateWindow,
+		MaxMsgs: -1, MaxBytes: -1, DuplicateWindow: DefaultDuplicateWindow,
 	}
+	given(&s.MaxAge, p.StreamMaxAge)
 	var errs []error
 	add := func(err error) { errs = append(errs, err) }
 	var err error
@@ -758,7 +759,7 @@ func givenStreamKeys(p *Properties) []string {
 	}{
 		{"streamSubjects", len(p.StreamSubjects) > 0},
 		{"streamStorage", p.StreamStorage != ""}, {"streamReplicas", p.StreamReplicas != nil},
-		{"streamMaxAge", p.StreamMaxAge != 0}, {"streamMaxMsgs", p.StreamMaxMsgs != nil},
+		{"streamMaxAge", p.StreamMaxAge != nil}, {"streamMaxMsgs", p.StreamMaxMsgs != nil},
 		{"streamMaxBytes", p.StreamMaxBytes != nil}, {"streamDuplicateWindow", p.StreamDuplicateWindow != 0},
 		{"streamRetention", p.StreamRetention != ""}, {"streamDiscard", p.StreamDiscard != ""},
 		{"streamMaxMsgSize", p.StreamMaxMsgSize != nil}, {"streamMaxMsgsPerSubject", p.StreamMaxMsgsPerSubject != nil},

@@ -33,22 +33,22 @@ type Properties struct {
 	ConnectTimeout time.Duration `mapstructure:"connectTimeout"`
 
 	// Stream provisioning.
-	StreamName              string        `mapstructure:"streamName"`
-	AutoProvision           *Bool         `mapstructure:"autoProvision"`
-	StreamSubjects          []string      `mapstructure:"streamSubjects"`
-	StreamStorage           string        `mapstructure:"streamStorage"`
-	StreamReplicas          *int          `mapstructure:"streamReplicas"`
-	StreamMaxAge            time.Duration `mapstructure:"streamMaxAge"`
-	StreamMaxMsgs           *int64        `mapstructure:"streamMaxMsgs"`
-	StreamMaxBytes          *int64        `mapstructure:"streamMaxBytes"`
-	StreamDuplicateWindow   time.Duration `mapstructure:"streamDuplicateWindow"`
-	StreamRetention         string        `mapstructure:"streamRetention"`
-	StreamDiscard           string        `mapstructure:"streamDiscard"`
-	StreamMaxMsgSize        *int64        `mapstructure:"streamMaxMsgSize"`
-	StreamMaxMsgsPerSubject *int64        `mapstructure:"streamMaxMsgsPerSubject"`
-	StreamCompression       string        `mapstructure:"streamCompression"`
-	StreamPlacementCluster  string        `mapstructure:"streamPlacementCluster"`
-	StreamPlacementTags     []string      `mapstructure:"streamPlacementTags"`
+	StreamName              string         `mapstructure:"streamName"`
+	AutoProvision           *Bool          `mapstructure:"autoProvision"`
+	StreamSubjects          []string       `mapstructure:"streamSubjects"`
+	StreamStorage           string         `mapstructure:"streamStorage"`
+	StreamReplicas          *int           `mapstructure:"streamReplicas"`
+	StreamMaxAge            *time.Duration `mapstructure:"streamMaxAge"`
+	StreamMaxMsgs           *int64         `mapstructure:"streamMaxMsgs"`
+	StreamMaxBytes          *int64         `mapstructure:"streamMaxBytes"`
+	StreamDuplicateWindow   time.Duration  `mapstructure:"streamDuplicateWindow"`
+	StreamRetention         string         `mapstructure:"streamRetention"`
+	StreamDiscard           string         `mapstructure:"streamDiscard"`
+	StreamMaxMsgSize        *int64         `mapstructure:"streamMaxMsgSize"`
+	StreamMaxMsgsPerSubject *int64         `mapstructure:"streamMaxMsgsPerSubject"`
+	StreamCompression       string         `mapstructure:"streamCompression"`
+	StreamPlacementCluster  string         `mapstructure:"streamPlacementCluster"`
+	StreamPlacementTags     []string       `mapstructure:"streamPlacementTags"`
 
 	// Publish.
 	BulkPublishAtomic *Bool `mapstructure:"bulkPublishAtomic"`
