@@ -241,3 +241,25 @@ func TestStreamMaxAgeLiftedOnExistingStreamLogged(t *testing.T) {
 	assert.Equal(t, time.Hour, streamInfo(t, js, "aged").Config.MaxAge, "the stream is left as it is")
 	assert.Contains(t, log.String(), "max age 1h0m0s where streamMaxAge asks for", "nothing says that the age limit stays")
 }
+
+// A hot reload asks for memory storage and a shorter age limit than the
+// stream the old metadata created has. The log's fix must work for each:
+// JetStream refuses to change the storage of a stream that exists (nats
+// stream edit fails), and a lower age limit applied with nats stream edit
+// removes at once the older messages, those no consumer has had yet
+// included, so the warning must say so rather than only suggest the edit.
+func TestExistingStreamDifferencesNameAWorkingFix(t *testing.T) {
+	t.Parallel()
+	ns, _ := startNATS(t)
+	old, _ := open(t, ns.ClientURL(), map[string]string{"streamMaxAge": "24h"})
+	publish(t, old, "kept", "1", nil)
+	updated, log := open(t, ns.ClientURL(), map[string]string{"streamStorage": "memory", "streamMaxAge": "1h"})
+	publish(t, updated, "kept", "2", nil)
+	text := log.String()
+	for _, s := range []string{"storage file where streamStorage asks for memory", "max age 24h0m0s where streamMaxAge asks for 1h0m0s"} {
+		require.Contains(t, text, s)
+	}
+	assert.Contains(t, text, "JetStream cannot change the storage", "nats stream edit is refused for storage, and nothing says so")
+	assert.Contains(t, text, "nats stream rm kept", "no fix that works for storage")
+	assert.Contains(t, text, "not yet delivered", "nothing says that lowering the limit removes messages no consumer has had")
+}

@@ -20,10 +20,58 @@ func (s *streams) noteDifferences(have natsjs.StreamConfig) {
 	if noted || s.log == nil {
 		return
 	}
-	if diffs := streamDifferences(have, s.wanted(), s.cfg.Given); len(diffs) > 0 {
-		s.log.Warnf("stream %q exists with settings other than the metadata asks for: %s; the component leaves existing streams as they are: change them with nats stream edit where JetStream allows it, or drop those keys",
-			have.Name, strings.Join(diffs, ", "))
+	want := s.wanted()
+	if diffs := streamDifferences(have, want, s.cfg.Given); len(diffs) > 0 {
+		s.log.Warnf("stream %q exists with settings other than the metadata asks for: %s; the component leaves existing streams as they are: %s",
+			have.Name, strings.Join(diffs, ", "), differencesFix(have, want, s.cfg.Given))
 	}
+}
+
+// differencesFix words what an operator can do about the differences of
+// have from want: nats stream edit cannot change some of them, and a
+// lowered limit edited in removes messages whether delivered or not.
+func differencesFix(have, want natsjs.StreamConfig, given []string) string {
+	fix := "change them with nats stream edit " + have.Name + ", or drop those keys"
+	if fixed := unchangeable(have, want, given); fixed != "" {
+		fix = fmt.Sprintf("JetStream cannot change the %s of a stream that exists, so to get it, stop publishing to it, let the consumers take what it holds, delete it (nats stream rm %s) and let the component create it again; change the others with nats stream edit %s, or drop those keys",
+			fixed, have.Name, have.Name)
+	}
+	if lowered := lowered(have, want, given); len(lowered) > 0 {
+		fix += fmt.Sprintf(". Lowering the %s of a stream removes at once the messages over the new limit, those not yet delivered to every consumer included: let the consumers catch up first",
+			strings.Join(lowered, ", "))
+	}
+	return fix
+}
+
+// unchangeable names the settings given that differ and that JetStream
+// refuses to update: the storage, and a retention to or from workqueue.
+func unchangeable(have, want natsjs.StreamConfig, given []string) string {
+	var names []string
+	if slices.Contains(given, "streamStorage") && have.Storage != want.Storage {
+		names = append(names, "storage")
+	}
+	if slices.Contains(given, "streamRetention") && have.Retention != want.Retention &&
+		(have.Retention == natsjs.WorkQueuePolicy || want.Retention == natsjs.WorkQueuePolicy) {
+		names = append(names, "retention to or from workqueue")
+	}
+	return strings.Join(names, " or the ")
+}
+
+// lowered names the limits given that are tighter than the stream's: the
+// ones whose edit drops stored messages.
+func lowered(have, want natsjs.StreamConfig, given []string) []string {
+	var names []string
+	tighter := func(key, what string, h, w int64) {
+		// 0 or less is no limit.
+		if slices.Contains(given, key) && w > 0 && (h <= 0 || w < h) {
+			names = append(names, what)
+		}
+	}
+	tighter("streamMaxAge", "max age", int64(have.MaxAge), int64(want.MaxAge))
+	tighter("streamMaxMsgs", "max messages", have.MaxMsgs, want.MaxMsgs)
+	tighter("streamMaxBytes", "max bytes", have.MaxBytes, want.MaxBytes)
+	tighter("streamMaxMsgsPerSubject", "max messages per subject", have.MaxMsgsPerSubject, want.MaxMsgsPerSubject)
+	return names
 }
 
 // wanted is the configuration a stream created now would get, apart from
