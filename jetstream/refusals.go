@@ -294,24 +294,30 @@ func unanswered(err error) string {
 // overlapRefusal names the streams whose subjects overlap those of cfg,
 // which JetStream refused to create, and what to do.
 func overlapRefusal(ctx context.Context, js natsjs.JetStream, cfg natsjs.StreamConfig, named bool) string {
-	var in []string
-	list := js.ListStreams(ctx)
-	for info := range list.Info() {
-		if slices.ContainsFunc(info.Config.Subjects, func(have string) bool {
-			return slices.ContainsFunc(cfg.Subjects, func(want string) bool { return subjectsOverlap(have, want) })
-		}) {
-			in = append(in, fmt.Sprintf("%q (subjects %v)", info.Config.Name, info.Config.Subjects))
-		}
-	}
 	other := "another stream"
-	if len(in) > 0 {
-		other = "stream " + strings.Join(in, ", stream ")
+	if in := overlapping(ctx, js, cfg.Subjects, cfg.Name); len(in) > 0 {
+		other = strings.Join(in, ", ")
 	}
 	if !named {
 		return fmt.Sprintf("; the subjects overlap %s: set streamName to that stream", other)
 	}
 	return fmt.Sprintf("; the subjects %v (streamSubjects and the topic) overlap %s: move those subjects to %q with nats stream edit, or remove that stream once nothing uses it, or set streamName and streamSubjects to that stream",
 		cfg.Subjects, other, cfg.Name)
+}
+
+// overlapping words each stream but except whose subjects overlap subjects:
+// stream "ORDERS" (subjects [orders.>]).
+func overlapping(ctx context.Context, js natsjs.JetStream, subjects []string, except string) []string {
+	var in []string
+	list := js.ListStreams(ctx)
+	for info := range list.Info() {
+		if info.Config.Name != except && slices.ContainsFunc(info.Config.Subjects, func(have string) bool {
+			return slices.ContainsFunc(subjects, func(want string) bool { return subjectsOverlap(have, want) })
+		}) {
+			in = append(in, fmt.Sprintf("stream %q (subjects %v)", info.Config.Name, info.Config.Subjects))
+		}
+	}
+	return in
 }
 
 // subjectsOverlap reports whether some subject matches both a and b, which

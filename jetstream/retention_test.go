@@ -263,3 +263,29 @@ func TestExistingStreamDifferencesNameAWorkingFix(t *testing.T) {
 	assert.Contains(t, text, "nats stream rm kept", "no fix that works for storage")
 	assert.Contains(t, text, "not yet delivered", "nothing says that lowering the limit removes messages no consumer has had")
 }
+
+// As TestStreamNameWhoseTopicAnotherStreamHolds, but the stream that
+// streamName names exists already (an operator made it for other topics).
+// JetStream refuses to add the topic to it, as another stream holds the
+// topic: the new replica must keep publishing into that stream and say so,
+// naming both streams, as it does when streamName's stream does not exist
+// yet, rather than fail every publish during the rolling update.
+func TestStreamNameExistingWhileAnotherStreamHoldsTheTopic(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "SHOP", Subjects: []string{"shop.>"}})
+	require.NoError(t, err)
+	old, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app"})
+	h, got := collect()
+	subscribe(t, old, "orders", nil, h)
+	publish(t, old, "orders", "1", nil)
+	assert.Equal(t, "1", string(recv(t, got, waitFor).Data))
+
+	updated, log := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "streamName": "SHOP"})
+	subscribe(t, updated, "orders", nil, h)
+	require.NoError(t, updated.Publish(ctx(t), &pubsub.PublishRequest{Topic: "orders", Data: []byte("2")}), "log:\n%s", log)
+	assert.Equal(t, "2", string(recv(t, got, waitFor).Data))
+	assert.Equal(t, uint64(2), msgCount(t, js, "orders"), "both replicas publish into the old stream")
+	assert.Contains(t, log.String(), `streamName asks for stream \"SHOP\"`)
+	assert.Contains(t, log.String(), `stream \"orders\" holds topic`)
+}

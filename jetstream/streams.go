@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -261,13 +262,35 @@ func (s *streams) extend(ctx context.Context, info *natsjs.StreamInfo, topic str
 		}
 		cfg := withTopic(current.Config, topic)
 		if _, err := s.js.UpdateStream(ctx, cfg); err != nil {
-			return nil, fmt.Errorf("add subject %q to stream %q: %w; if other streams hold subjects that %q covers, keep them in one stream and set streamName to it",
-				topic, name, err, topic)
+			return s.extendRefused(ctx, name, topic, err)
 		}
 		s.infof("added subject %q to stream %q, whose subjects are now %v", topic, name, cfg.Subjects)
 		current, err = s.read(ctx, name, topic)
 	}
 	return current, err
+}
+
+// extendRefused handles JetStream's refusal to add topic to stream name.
+// When another stream holds the topic already, as when a rolling update sets
+// streamName to a stream that exists while the old replicas' stream holds
+// the topic, that stream takes the topic's messages, as in create, and the
+// log says so: failing every publish and subscription of the new replicas
+// would stop the app. Otherwise the error names the streams in the way.
+func (s *streams) extendRefused(ctx context.Context, name, topic string, err error) (*natsjs.StreamInfo, error) {
+	if !isAPIError(err, errCodeSubjectOverlap) {
+		return nil, fmt.Errorf("add subject %q to stream %q: %w", topic, name, err)
+	}
+	if found, lerr := s.js.StreamNameBySubject(ctx, topic); lerr == nil && found != name {
+		if st, lerr := s.js.Stream(ctx, found); lerr == nil && covers(st.CachedInfo().Config.Subjects, topic) {
+			return s.instead(st.CachedInfo(), name, topic), nil
+		}
+	}
+	in := overlapping(ctx, s.js, []string{topic}, name)
+	if len(in) == 0 {
+		in = []string{"another stream"}
+	}
+	return nil, fmt.Errorf("add subject %q to stream %q: %w; %q overlaps the subjects of %s: keep those subjects and the topic in one stream (nats stream edit), and set streamName to it",
+		topic, name, err, topic, strings.Join(in, ", "))
 }
 
 // read returns the info of stream name, which topic needs.
