@@ -654,16 +654,7 @@ func parseStreamLimits(p *Properties, s *Stream) error {
 	}
 	limit("streamMaxMsgs", p.StreamMaxMsgs, &s.MaxMsgs)
 	limit("streamMaxBytes", p.StreamMaxBytes, &s.MaxBytes)
-	if p.StreamDuplicateWindow < 0 {
-		add(fieldErr("streamDuplicateWindow", p.StreamDuplicateWindow.String(), "must not be negative", "a duration such as 2m"))
-	} else if p.StreamDuplicateWindow > 0 && p.StreamDuplicateWindow < minStreamWindow {
-		add(fieldErr("streamDuplicateWindow", p.StreamDuplicateWindow.String(), "is too short", "100ms or more, such as 2m"))
-	} else if p.StreamDuplicateWindow > 0 {
-		s.DuplicateWindow = p.StreamDuplicateWindow
-	} else if s.MaxAge > 0 && s.MaxAge < s.DuplicateWindow {
-		// As the server does: an unset window is capped at the age limit.
-		s.DuplicateWindow = s.MaxAge
-	}
+	add(parseDuplicateWindow(p.StreamDuplicateWindow, s))
 	if s.MaxAge > 0 && s.DuplicateWindow > s.MaxAge {
 		add(conflict("the duplicate window cannot be longer than the age limit", "shorten streamDuplicateWindow or lengthen streamMaxAge", "streamDuplicateWindow", "streamMaxAge"))
 	}
@@ -760,7 +751,7 @@ func givenStreamKeys(p *Properties) []string {
 		{"streamSubjects", len(p.StreamSubjects) > 0},
 		{"streamStorage", p.StreamStorage != ""}, {"streamReplicas", p.StreamReplicas != nil},
 		{"streamMaxAge", p.StreamMaxAge != nil}, {"streamMaxMsgs", p.StreamMaxMsgs != nil},
-		{"streamMaxBytes", p.StreamMaxBytes != nil}, {"streamDuplicateWindow", p.StreamDuplicateWindow != 0},
+		{"streamMaxBytes", p.StreamMaxBytes != nil}, {"streamDuplicateWindow", p.StreamDuplicateWindow != nil},
 		{"streamRetention", p.StreamRetention != ""}, {"streamDiscard", p.StreamDiscard != ""},
 		{"streamMaxMsgSize", p.StreamMaxMsgSize != nil}, {"streamMaxMsgsPerSubject", p.StreamMaxMsgsPerSubject != nil},
 		{"streamCompression", p.StreamCompression != ""},
@@ -803,6 +794,27 @@ func parseConsumer(p *Properties) (Consumer, error) {
 	add(parsePriority(p, &c))
 	add(parseDeadLetter(p, &c))
 	return c, errors.Join(errs...)
+}
+
+// parseDuplicateWindow reads streamDuplicateWindow into s, whose MaxAge is
+// read already. JetStream has no window of 0: it would take the default, so
+// 0 is refused rather than taken for "off".
+func parseDuplicateWindow(v *time.Duration, s *Stream) error {
+	switch {
+	case v == nil:
+		if s.MaxAge > 0 && s.MaxAge < s.DuplicateWindow {
+			// As the server does: an unset window is capped at the age limit.
+			s.DuplicateWindow = s.MaxAge
+		}
+	case *v < 0:
+		return fieldErr("streamDuplicateWindow", v.String(), "must not be negative", "a duration such as 2m")
+	case *v < minStreamWindow:
+		return fieldErr("streamDuplicateWindow", v.String(), "is too short",
+			"100ms or more, such as 2m; JetStream always drops duplicates within a window, so remove the key for the default (2m, or streamMaxAge when shorter)")
+	default:
+		s.DuplicateWindow = *v
+	}
+	return nil
 }
 
 // given copies a value the metadata set into dst, and reports whether there

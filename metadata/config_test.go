@@ -711,6 +711,7 @@ func TestParseFieldErrors(t *testing.T) {
 		{"streamSubjects system account", with(map[string]string{"streamName": "S", "streamSubjects": "$SYS.>"}), "streamSubjects", "system", "NATS subjects"},
 		{"streamMaxAge under 100ms", with(map[string]string{"streamMaxAge": "50ms"}), "streamMaxAge", "is too short", "100ms or more, or 0 for no limit"},
 		{"streamDuplicateWindow under 100ms", with(map[string]string{"streamDuplicateWindow": "10ms"}), "streamDuplicateWindow", "is too short", "100ms or more"},
+		{"streamDuplicateWindow 0", with(map[string]string{"streamDuplicateWindow": "0"}), "streamDuplicateWindow", "is too short", "remove the key for the default"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -41,7 +41,7 @@ type Properties struct {
 	StreamMaxAge            *time.Duration `mapstructure:"streamMaxAge"`
 	StreamMaxMsgs           *int64         `mapstructure:"streamMaxMsgs"`
 	StreamMaxBytes          *int64         `mapstructure:"streamMaxBytes"`
-	StreamDuplicateWindow   time.Duration  `mapstructure:"streamDuplicateWindow"`
+	StreamDuplicateWindow   *time.Duration `mapstructure:"streamDuplicateWindow"`
 	StreamRetention         string         `mapstructure:"streamRetention"`
 	StreamDiscard           string         `mapstructure:"streamDiscard"`
 	StreamMaxMsgSize        *int64         `mapstructure:"streamMaxMsgSize"`
