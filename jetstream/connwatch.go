@@ -1,6 +1,7 @@
 package jetstream
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -56,6 +57,28 @@ func (e *notConnectedError) Error() string {
 		fmt.Fprintf(&b, ": retrying every %s; %s", e.retry, connHint(e.last))
 	}
 	return b.String()
+}
+
+// steadyNotConnected is a notConnectedError without the figures that change
+// while the outage lasts (how long, how many attempts, the last error). A
+// subscription logs its problem again whenever the text changes and counts
+// how long it lasts from then, so it reports this form: once, lasting until
+// NATS is back. The connection's own warnings follow the attempts.
+type steadyNotConnected struct{ *notConnectedError }
+
+func (e steadyNotConnected) Error() string {
+	return fmt.Sprintf("NATS at %s is not connected (state %s, tried every %s); %s",
+		e.url, e.state, e.retry, connHint(e.last))
+}
+
+// steady turns an error of notConnected into its steadyNotConnected form;
+// other errors are returned as they are.
+func steady(err error) error {
+	var e *notConnectedError
+	if !errors.As(err, &e) {
+		return err
+	}
+	return steadyNotConnected{e}
 }
 
 // connHint says what to check, given the last connection error.

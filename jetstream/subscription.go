@@ -267,11 +267,21 @@ func (s *subscription) poke() {
 
 // setUp finds or creates the consumer and starts pulling.
 func (s *subscription) setUp() {
+	// Without a connection the look-ups would only wait out apiTimeout and
+	// be reported as JetStream not answering (leader elections, load), which
+	// sends an operator the wrong way: say that NATS is away, and how long.
+	// reconnected brings the next attempt forward once it is back.
+	if err := s.p.notConnected(); err != nil {
+		s.report(steady(err))
+		s.backOff()
+		return
+	}
 	asked := time.Now()
 	cs, err := s.ensureConsumer(s.ctx)
 	if err != nil {
 		if s.ctx.Err() == nil {
-			s.report(s.p.explainDenied("subscribe to", s.topic, err, asked))
+			// The connection may have dropped during the look-ups.
+			s.report(s.p.whileDown(s.p.explainDenied("subscribe to", s.topic, err, asked)))
 			s.backOff()
 		}
 		return

@@ -328,3 +328,34 @@ func TestBulkPublishFailedInAnOutageIsNotStoredLater(t *testing.T) {
 		unsaid)
 	require.NoError(t, ps.Close())
 }
+
+// A subscription made while NATS is unreachable says so at once, naming NATS
+// and what to check, and once (the figures of the outage are the
+// connection's own warnings); not that JetStream did not answer, which would
+// point at leader elections. When NATS comes up, it subscribes and delivers.
+func TestSubscribeWhileNATSUnreachableSaysSo(t *testing.T) {
+	t.Parallel()
+	port := unusedPort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	ps, buf := open(t, url, map[string]string{"reconnectWait": "100ms"})
+	h, got := collect()
+	subscribe(t, ps, "TWITTERCLONE.tweets", nil, h)
+
+	waiting := `topic \"TWITTERCLONE.tweets\": NATS at ` + url + " is not connected" // quotes escaped in the log
+	require.Eventually(t, func() bool { return countLines(buf, waiting) == 1 }, failFast, tick,
+		"the subscription did not say that it waits for NATS")
+	// Several attempts, backing off up to retryMax, say nothing new.
+	require.Never(t, func() bool { return countLines(buf, waiting) > 1 }, 2*retryMax, tick,
+		"the subscription repeated that NATS is not connected at each attempt")
+	log := buf.String()
+	assert.NotContains(t, log, "did not answer in time")
+	assert.Contains(t, log, "natsURL", "the log says what to check")
+
+	ns := natstest.Start(t, func(o *server.Options) { o.Port = port })
+	require.Eventually(t, func() bool { return countLines(buf, `topic \"TWITTERCLONE.tweets\": recovered`) == 1 }, waitFor, tick,
+		"the subscription did not recover once NATS was up")
+	_, js := natstest.Client(t, ns)
+	_, err := js.Publish(ctx(t), "TWITTERCLONE.tweets", []byte("hi"))
+	require.NoError(t, err)
+	assert.Equal(t, "hi", string(recv(t, got, waitFor).Data))
+}

@@ -98,6 +98,7 @@ type env struct {
 	t       *testing.T
 	version string
 	ns      *server.Server
+	natsDir string              // ns's store, kept through an outage
 	js      jetstream.JetStream // a plain client, to check what the component did
 	ctx     context.Context
 	nodes   int // nodes made so far, to name their log folders
@@ -105,15 +106,20 @@ type env struct {
 
 func newEnv(t *testing.T, version string) *env {
 	t.Helper()
-	ns, err := stack.StartNATS(t.TempDir())
+	natsDir := t.TempDir()
+	ns, err := stack.StartNATS(natsDir)
 	if err != nil {
 		t.Fatal(err)
 	}
+	e := &env{t: t, version: version, ns: ns, natsDir: natsDir}
+	// e.ns, not ns: an outage replaces the server (see restartNATS).
 	t.Cleanup(func() {
-		ns.Shutdown()
-		ns.WaitForShutdown()
+		e.ns.Shutdown()
+		e.ns.WaitForShutdown()
 	})
-	nc, err := nats.Connect(ns.ClientURL())
+	// Reconnecting for ever and quickly, so that checks made after an
+	// outage see the server as soon as it is back.
+	nc, err := nats.Connect(ns.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +130,8 @@ func newEnv(t *testing.T, version string) *env {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	return &env{t: t, version: version, ns: ns, js: js, ctx: ctx}
+	e.js, e.ctx = js, ctx
+	return e
 }
 
 // nodeOpt adjusts a node's configuration.

@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net"
 	"regexp"
 	"strings"
 	"sync"
@@ -25,10 +26,11 @@ type poster struct {
 	stop   chan struct{}
 	done   chan struct{}
 
-	mu      sync.Mutex
-	ok      map[string]time.Time // text -> when the publish was acknowledged
-	failed  int
-	lastErr error
+	mu        sync.Mutex
+	ok        map[string]time.Time // text -> when the publish was acknowledged
+	failed    int
+	lastErr   error
+	lastErrAt time.Time
 }
 
 func startPoster(n *stack.Node, prefix string) *poster {
@@ -50,7 +52,7 @@ func startPoster(n *stack.Node, prefix string) *poster {
 				p.ok[text] = time.Now()
 			} else {
 				p.failed++
-				p.lastErr = err
+				p.lastErr, p.lastErrAt = err, time.Now()
 			}
 			p.mu.Unlock()
 		}
@@ -77,6 +79,26 @@ func (p *poster) waitMore(t *testing.T, n int) {
 		}
 		return ""
 	})
+}
+
+// lastError is the error of the latest failed post, and when it came.
+func (p *poster) lastError() (error, time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.lastErr, p.lastErrAt
+}
+
+// firstOKAfter is when the first post acknowledged after t0 was, if any.
+func (p *poster) firstOKAfter(t0 time.Time) (time.Time, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var first time.Time
+	for _, at := range p.ok {
+		if at.After(t0) && (first.IsZero() || at.Before(first)) {
+			first = at
+		}
+	}
+	return first, !first.IsZero()
 }
 
 func (p *poster) finish() (map[string]time.Time, int) {
@@ -195,15 +217,7 @@ func TestRestartDaprd(t *testing.T) {
 		}
 		// Another producer publishes while daprd is down: the durable keeps
 		// these for the app.
-		backlog := map[string]time.Time{}
-		for i := range 5 {
-			text := fmt.Sprintf("%s while down %d", tag(t), i)
-			ce := fmt.Sprintf(`{"specversion":"1.0","id":"down-%d","source":"nats","type":"tweet","datacontenttype":"application/json","data":{"id":"down-%d","text":%q}}`, i, i, text)
-			if _, err := e.js.Publish(e.ctx, stack.TopicCreated, []byte(ce)); err != nil {
-				t.Fatal(err)
-			}
-			backlog[text] = time.Now()
-		}
+		backlog := publishBacklog(t, e, 5)
 		if err := n.StartDaprd(); err != nil {
 			t.Fatal(err)
 		}
@@ -219,6 +233,22 @@ func TestRestartDaprd(t *testing.T) {
 		}
 		checkResumed(t, e, n, posted, stoppedAt, before)
 	})
+}
+
+// publishBacklog publishes count tweets straight to JetStream, as another
+// producer would, and returns their texts with when they were stored.
+func publishBacklog(t *testing.T, e *env, count int) map[string]time.Time {
+	t.Helper()
+	backlog := map[string]time.Time{}
+	for i := range count {
+		text := fmt.Sprintf("%s while down %d", tag(t), i)
+		ce := fmt.Sprintf(`{"specversion":"1.0","id":"down-%d","source":"nats","type":"tweet","datacontenttype":"application/json","data":{"id":"down-%d","text":%q}}`, i, i, text)
+		if _, err := e.js.Publish(e.ctx, stack.TopicCreated, []byte(ce)); err != nil {
+			t.Fatal(err)
+		}
+		backlog[text] = time.Now()
+	}
+	return backlog
 }
 
 // TestRestartComponentAndDaprd: the component and daprd restart together
@@ -476,4 +506,319 @@ func checkNoDeadLetters(t *testing.T, e *env, n *stack.Node) {
 	if ci.NumAckPending != 0 || ci.NumPending != 0 {
 		t.Errorf("consumer %s: %d unacknowledged, %d undelivered", ci.Name, ci.NumAckPending, ci.NumPending)
 	}
+}
+
+// stopNATS shuts the scenario's nats-server down, as in an outage, and
+// returns its port for restartNATS (a stopped server no longer has one).
+func (e *env) stopNATS() int {
+	port := e.ns.Addr().(*net.TCPAddr).Port
+	e.ns.Shutdown()
+	e.ns.WaitForShutdown()
+	return port
+}
+
+// restartNATS brings the nats-server back on port after an outage, with the
+// same store, so its streams and consumers are those from before.
+func (e *env) restartNATS(port int) {
+	e.t.Helper()
+	ns, err := stack.StartNATSOn(e.natsDir, port)
+	if err != nil {
+		e.t.Fatalf("nats-server on port %d again: %v", port, err)
+	}
+	e.ns = ns
+}
+
+// natsOutage describes one run of outageScenario.
+type natsOutage struct {
+	// length is how long NATS stays away, counted from its shutdown.
+	length time.Duration
+	// restartComponent also restarts the component process during the
+	// outage, before daprd comes back.
+	restartComponent bool
+}
+
+// outageScenario: the app publishes without pause; daprd stops, another
+// producer leaves a backlog in JetStream, then NATS goes away. While NATS is
+// down daprd starts again (with the component restarted too, if asked), so
+// its Init and subscriptions reach the component with no NATS behind it.
+// daprd must become healthy, publishes must fail saying that NATS is not
+// reachable, and once NATS is back publishing must work again within
+// seconds, every accepted tweet and the backlog must reach the app, and the
+// durable must resume where it was.
+func outageScenario(t *testing.T, e *env, n *stack.Node, o natsOutage) {
+	t.Helper()
+	before := consumerInfo(t, e, n.AppID, stack.TopicCreated)
+	p := startPoster(n, tag(t))
+	p.waitMore(t, 30)
+
+	stoppedAt := time.Now()
+	if err := n.StopDaprd(30 * time.Second); err != nil {
+		t.Errorf("daprd did not stop cleanly: %v", err)
+	}
+	backlog := publishBacklog(t, e, 5)
+	port := e.stopNATS()
+	downAt := time.Now()
+	if o.restartComponent {
+		if err := n.StopComponent(20 * time.Second); err != nil {
+			t.Errorf("the component did not stop cleanly: %v", err)
+		}
+		if err := n.StartComponent(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	timeoutsBefore := len(unanswered.FindAllStringIndex(n.Component.Output(), -1))
+	if err := n.StartDaprd(); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.WaitDaprdHealthy(e.ctx); err != nil {
+		t.Fatalf("daprd started while NATS is down: %v", err)
+	}
+	t.Logf("daprd healthy %s after it started with NATS down", time.Since(downAt).Round(time.Millisecond))
+	checkOutagePublishError(t, p, downAt)
+	waitSubscriptionSaysNATSDown(t, n, stack.TopicCreated)
+
+	time.Sleep(time.Until(downAt.Add(o.length))) // the outage itself
+	if c := len(unanswered.FindAllStringIndex(n.Component.Output(), -1)); c != timeoutsBefore {
+		t.Errorf("the component logged %d JetStream timeouts during the outage, which was NATS being unreachable:\n%s", c-timeoutsBefore, n.Component.Tail(20))
+	}
+	e.restartNATS(port)
+	upAt := time.Now()
+	t.Logf("NATS back after %s", upAt.Sub(downAt).Round(time.Millisecond))
+	waitUntil(t, 30*time.Second, func() string {
+		if _, ok := p.firstOKAfter(upAt); !ok {
+			err, _ := p.lastError()
+			return fmt.Sprintf("no publish has succeeded since NATS came back; last error: %v", err)
+		}
+		return ""
+	})
+	first, _ := p.firstOKAfter(upAt)
+	t.Logf("publishing works again %s after NATS came back", first.Sub(upAt).Round(time.Millisecond))
+	if d := first.Sub(upAt); d > 5*time.Second {
+		t.Errorf("publishing worked again only %s after NATS came back, want within 5s", d.Round(time.Millisecond))
+	}
+	p.waitMore(t, 30)
+	posted, failed := p.finish()
+	t.Logf("%d posts succeeded, %d failed while daprd or NATS was down", len(posted), failed)
+	for text, at := range backlog {
+		posted[text] = at
+	}
+	checkResumed(t, e, n, posted, stoppedAt, before)
+}
+
+// checkOutagePublishError waits until a publish through daprd, made after
+// daprd is back, fails saying that NATS is not connected.
+func checkOutagePublishError(t *testing.T, p *poster, downAt time.Time) {
+	t.Helper()
+	since := time.Now()
+	var last error
+	waitUntil(t, 20*time.Second, func() string {
+		err, at := p.lastError()
+		last = err
+		if err == nil || at.Before(since) || !strings.Contains(err.Error(), "NATS") {
+			return fmt.Sprintf("no publish through daprd has failed naming NATS since daprd is back; last error: %v", err)
+		}
+		return ""
+	})
+	t.Logf("a publish while NATS is down (%s after it went): %.400s", time.Since(downAt).Round(time.Millisecond), last)
+}
+
+// unanswered matches the component's log of a JetStream call that timed
+// out, which points at JetStream itself (leader elections, load).
+var unanswered = regexp.MustCompile(`JetStream did not answer in time`)
+
+// waitSubscriptionSaysNATSDown waits until the component logs that daprd's
+// subscription to topic waits for NATS, naming NATS and that it is not
+// connected, rather than a JetStream timeout.
+func waitSubscriptionSaysNATSDown(t *testing.T, n *stack.Node, topic string) {
+	t.Helper()
+	re := regexp.MustCompile(`topic \\?"` + regexp.QuoteMeta(topic) + `\\?": NATS at \S+ is not connected`)
+	waitUntil(t, 10*time.Second, func() string {
+		if !re.MatchString(n.Component.Output()) {
+			return fmt.Sprintf("the component has not logged that the subscription to %s waits for NATS:\n%s", topic, n.Component.Tail(10))
+		}
+		return ""
+	})
+}
+
+// TestNATSOutageDaprdRestart: NATS goes away and daprd restarts during the
+// outage (see outageScenario).
+func TestNATSOutageDaprdRestart(t *testing.T) {
+	eachVersion(t, func(t *testing.T, v string) {
+		e := newEnv(t, v)
+		n := e.startNode("outage")
+		outageScenario(t, e, n, natsOutage{length: 10 * time.Second})
+	})
+}
+
+// TestNATSOutageComponentRestart: as TestNATSOutageDaprdRestart, and the
+// component process restarts during the outage too, so it starts without
+// NATS and its first connection is made only when NATS comes back. The
+// backlog reached the old process's open pull requests after daprd left, to
+// be handed to the next subscription; that process stops with NATS away and
+// cannot give it back, so it comes again once ackWait (30 s) has passed since
+// its delivery, after the newer tweets.
+func TestNATSOutageComponentRestart(t *testing.T) {
+	eachVersion(t, func(t *testing.T, v string) {
+		e := newEnv(t, v)
+		n := e.startNode("outagecomp")
+		outageScenario(t, e, n, natsOutage{length: 10 * time.Second, restartComponent: true})
+	})
+}
+
+// TestNATSOutageLongerThanAckWait: the app takes its time over a tweet while
+// NATS goes away for longer than the consumer's ackWait, with more tweets
+// waiting behind it. daprd acks the held tweet during the outage. When NATS
+// is back, every tweet arrives, none more than twice (only what was in
+// flight comes again), publishing works again within seconds, and the
+// durable settles: no ack lost in the outage leaves a message pending.
+func TestNATSOutageLongerThanAckWait(t *testing.T) {
+	eachVersion(t, func(t *testing.T, v string) {
+		const (
+			delay   = 3 * time.Second
+			ackWait = 2 * time.Second
+			outage  = 7 * time.Second
+		)
+		e := newEnv(t, v)
+		n := e.startNode("outageack", withDelay(delay), withMetadata(map[string]string{"ackWait": ackWait.String()}))
+		prefix := tag(t)
+		ids := map[string]string{} // id -> text
+		for i := range 4 {
+			text := fmt.Sprintf("%s held %d", prefix, i)
+			id, err := n.Tweet(e.ctx, text, "", "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids[id] = text
+		}
+		mine := func(r stack.Record) bool { _, ok := ids[r.Tweet().ID]; return ok }
+		waitUntil(t, 30*time.Second, func() string {
+			if len(filter(received(t, n).Events, stack.TopicCreated, mine)) == 0 {
+				return "the app has not started handling a tweet"
+			}
+			return ""
+		})
+
+		port := e.stopNATS()
+		downAt := time.Now()
+		time.Sleep(outage) // the outage itself, longer than ackWait and the handler
+		e.restartNATS(port)
+		upAt := time.Now()
+		waitUntil(t, 10*time.Second, func() string {
+			if _, err := n.Tweet(e.ctx, prefix+" after", "", ""); err != nil {
+				return fmt.Sprintf("publish after NATS came back: %v", err)
+			}
+			return ""
+		})
+		t.Logf("NATS down for %s; publishing works again %s after it came back", upAt.Sub(downAt).Round(time.Millisecond), time.Since(upAt).Round(time.Millisecond))
+
+		var recs []stack.Record
+		waitUntil(t, 60*time.Second, func() string {
+			recs = filter(received(t, n).Events, stack.TopicCreated, mine)
+			if got := distinctIDs(recs); got < len(ids) {
+				return fmt.Sprintf("%d of %d tweets arrived", got, len(ids))
+			}
+			return ""
+		})
+		waitSettled(t, e, n, stack.TopicCreated)
+		recs = filter(received(t, n).Events, stack.TopicCreated, mine)
+		times := map[string]int{}
+		for _, r := range recs {
+			times[ids[r.Tweet().ID]]++
+		}
+		t.Logf("deliveries per tweet: %v (settled %s after NATS came back)", times, time.Since(upAt).Round(time.Millisecond))
+		for text, c := range times {
+			if c > 2 {
+				t.Errorf("%q was delivered %d times, want at most twice", text, c)
+			}
+		}
+		checkNoDeadLetters(t, e, n)
+	})
+}
+
+// distinctIDs counts the tweets among recs.
+func distinctIDs(recs []stack.Record) int {
+	seen := map[string]bool{}
+	for _, r := range recs {
+		seen[r.Tweet().ID] = true
+	}
+	return len(seen)
+}
+
+// TestNATSOutageDaprdRestartWhileHandling: NATS goes away while a slow app
+// works through tweets, and daprd restarts during the outage, so its
+// subscription ends with messages in flight while the component cannot give
+// them back to JetStream, and the new subscription starts with no NATS. The
+// outage is longer than ackWait. When NATS is back every tweet arrives, none
+// more than twice, the durable settles and is the one from before.
+func TestNATSOutageDaprdRestartWhileHandling(t *testing.T) {
+	eachVersion(t, func(t *testing.T, v string) {
+		const (
+			delay   = time.Second
+			ackWait = 2 * time.Second
+			outage  = 35 * time.Second
+		)
+		e := newEnv(t, v)
+		n := e.startNode("outagehandling", withDelay(delay), withMetadata(map[string]string{"ackWait": ackWait.String()}))
+		before := consumerInfo(t, e, n.AppID, stack.TopicCreated)
+		prefix := tag(t)
+		ids := map[string]string{} // id -> text
+		for i := range 8 {
+			text := fmt.Sprintf("%s queued %d", prefix, i)
+			id, err := n.Tweet(e.ctx, text, "", "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids[id] = text
+		}
+		mine := func(r stack.Record) bool { _, ok := ids[r.Tweet().ID]; return ok }
+		waitUntil(t, 30*time.Second, func() string {
+			if len(filter(received(t, n).Events, stack.TopicCreated, mine)) == 0 {
+				return "the app has not started handling a tweet"
+			}
+			return ""
+		})
+
+		port := e.stopNATS()
+		downAt := time.Now()
+		if err := n.StopDaprd(30 * time.Second); err != nil {
+			t.Logf("daprd stopped: %v", err)
+		}
+		handledBefore := distinctIDs(filter(received(t, n).Events, stack.TopicCreated, mine))
+		if err := n.StartDaprd(); err != nil {
+			t.Fatal(err)
+		}
+		if err := n.WaitDaprdHealthy(e.ctx); err != nil {
+			t.Fatalf("daprd started while NATS is down: %v", err)
+		}
+		t.Logf("daprd restarted %s into the outage; %d of %d tweets had reached the app", time.Since(downAt).Round(time.Millisecond), handledBefore, len(ids))
+		time.Sleep(time.Until(downAt.Add(outage))) // the outage itself
+		e.restartNATS(port)
+		upAt := time.Now()
+
+		var recs []stack.Record
+		waitUntil(t, 60*time.Second, func() string {
+			recs = filter(received(t, n).Events, stack.TopicCreated, mine)
+			if got := distinctIDs(recs); got < len(ids) {
+				return fmt.Sprintf("%d of %d tweets arrived", got, len(ids))
+			}
+			return ""
+		})
+		t.Logf("every tweet arrived %s after NATS came back", time.Since(upAt).Round(time.Millisecond))
+		waitSettled(t, e, n, stack.TopicCreated)
+		recs = filter(received(t, n).Events, stack.TopicCreated, mine)
+		times := map[string]int{}
+		for _, r := range recs {
+			times[ids[r.Tweet().ID]]++
+		}
+		t.Logf("%d deliveries of %d tweets: %v", len(recs), len(ids), times)
+		for text, c := range times {
+			if c > 2 {
+				t.Errorf("%q was delivered %d times, want at most twice", text, c)
+			}
+		}
+		if after := consumerInfo(t, e, n.AppID, stack.TopicCreated); !after.Created.Equal(before.Created) {
+			t.Errorf("consumer %s was created again (%s, before %s)", after.Name, after.Created, before.Created)
+		}
+		checkNoDeadLetters(t, e, n)
+	})
 }

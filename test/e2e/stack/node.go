@@ -46,9 +46,14 @@ var AppTopics = []string{TopicCreated, TopicLiked, TopicDeadLetter, TopicRaw, To
 
 // StartNATS runs nats-server with JetStream in this process, on a random
 // loopback port, with its file store in dir.
-func StartNATS(dir string) (*server.Server, error) {
+func StartNATS(dir string) (*server.Server, error) { return StartNATSOn(dir, -1) }
+
+// StartNATSOn is StartNATS on a given port: started again with the port and
+// store dir of a server that was shut down, it is that server back from an
+// outage, with its streams and consumers.
+func StartNATSOn(dir string, port int) (*server.Server, error) {
 	ns, err := server.NewServer(&server.Options{
-		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: dir, NoLog: true, NoSigs: true,
+		Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: dir, NoLog: true, NoSigs: true,
 	})
 	if err != nil {
 		return nil, err
