@@ -686,7 +686,7 @@ func (s *subscription) followMovedTopic(ctx context.Context, cs *consumerState) 
 // streamStillCovers reads the subjects of the consumer's stream; true when
 // they cannot be read, since verify notices a stream that is gone.
 func (s *subscription) streamStillCovers(ctx context.Context, cs *consumerState) bool {
-	_, js, _, err := s.p.state()
+	_, js, streams, err := s.p.state()
 	if err != nil {
 		return true
 	}
@@ -705,7 +705,7 @@ func (s *subscription) streamStillCovers(ctx context.Context, cs *consumerState)
 		s.drop()
 		return true
 	}
-	if !covers(st.CachedInfo().Config.Subjects, s.topic) {
+	if !streams.takes(st.CachedInfo().Config, s.topic) {
 		return false
 	}
 	s.mu.Lock()

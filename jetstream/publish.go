@@ -232,7 +232,7 @@ func (s *streams) asksNATS(topic string, need needs) bool {
 func prepareKnown(ctx context.Context, s *streams, topic string, need needs) (string, error) {
 	name, err := s.ensure(ctx, topic)
 	if err == nil {
-		err = s.publishable(name)
+		err = s.publishable(topic, name)
 	}
 	if err != nil {
 		return "", err

@@ -111,11 +111,19 @@ func (r *refusals) unanswered(err error) error {
 }
 
 // takesNoPublish says why a stream of config c cannot take a publish, or
-// nil when it can.
+// nil when it can. A mirror takes none: streamName may name one for an app
+// that subscribes to the copy. Nor does a counter stream take a Dapr
+// publish, which is a message, not an increment.
 func takesNoPublish(c natsjs.StreamConfig) error {
 	switch {
 	case c.Sealed:
 		return fmt.Errorf("%w: stream %q is sealed: JetStream stores nothing more in it, and a sealed stream cannot be unsealed; keep what it holds elsewhere if needed, then delete it (nats stream rm %s), so that a new stream can take the topic (autoProvision creates one), or publish to a topic another stream holds",
+			ErrStreamTakesNoPublish, c.Name, c.Name)
+	case c.Mirror != nil:
+		return fmt.Errorf("%w: stream %q is a mirror of %q: JetStream stores nothing published to a mirror, only what it copies from its origin; publish through a Component with streamName %q, or without streamName (the stream that holds the topic takes it), and keep streamName %q for the subscriptions that read the copy",
+			ErrStreamTakesNoPublish, c.Name, c.Mirror.Name, c.Mirror.Name, c.Name)
+	case c.AllowMsgCounter:
+		return fmt.Errorf("%w: stream %q is a counter stream (allow_msg_counter): JetStream stores in it only increments (a Nats-Incr header), which it adds up per subject, not messages, and the setting cannot be turned off; publish the topic to another stream: move its subject out of %q (nats stream edit), or set streamName to a stream that holds it",
 			ErrStreamTakesNoPublish, c.Name, c.Name)
 	case c.NoAck:
 		return fmt.Errorf("%w: stream %q has no_ack set: JetStream does not acknowledge what is published to it, so a publish cannot be confirmed, and a retry would store the message twice; let it acknowledge publishes (nats stream edit %s --ack)",

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -29,6 +30,7 @@ type streams struct {
 	ttl   map[string]bool   // stream -> allows per-message TTL
 	batch map[string]bool   // stream -> allows atomic batches
 	shut  map[string]error  // stream -> why it takes no publish, if so
+	fed   map[string]error  // topic -> why its stream, which only sources it, takes no publish of it
 	noted map[string]bool   // stream -> its differences were logged
 
 	strayed map[string]bool // topic -> a stream other than streamName's holding it was logged
@@ -51,7 +53,7 @@ const (
 func newStreams(js natsjs.JetStream, cfg metadata.Stream, log logger.Logger) *streams {
 	return &streams{
 		js: js, cfg: cfg, log: log,
-		known: map[string]string{}, ttl: map[string]bool{}, batch: map[string]bool{}, shut: map[string]error{}, noted: map[string]bool{},
+		known: map[string]string{}, ttl: map[string]bool{}, batch: map[string]bool{}, shut: map[string]error{}, fed: map[string]error{}, noted: map[string]bool{},
 		strayed: map[string]bool{},
 	}
 }
@@ -74,6 +76,7 @@ func (s *streams) forget(topic string) {
 		delete(s.shut, name)
 	}
 	delete(s.known, topic)
+	delete(s.fed, topic)
 }
 
 // ensure returns the name of the stream that stores topic.
@@ -89,7 +92,7 @@ func (s *streams) ensure(ctx context.Context, topic string) (string, error) {
 		info, err = s.create(ctx, name, topic)
 	} else {
 		s.noteDifferences(info.Config)
-		if !covers(info.Config.Subjects, topic) {
+		if !s.takes(info.Config, topic) {
 			info, err = s.extend(ctx, info, topic)
 		}
 	}
@@ -101,14 +104,19 @@ func (s *streams) ensure(ctx context.Context, topic string) (string, error) {
 	s.known[topic] = name
 	s.ttl[name] = info.Config.AllowMsgTTL
 	s.shut[name] = takesNoPublish(info.Config)
+	s.fed[topic] = sourcedOnly(info.Config, topic)
 	s.mu.Unlock()
 	return name, nil
 }
 
-// publishable reports why stream name, as last read, takes no publish.
-func (s *streams) publishable(name string) error {
+// publishable reports why stream name, as last read, takes no publish of
+// topic.
+func (s *streams) publishable(topic, name string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.fed[topic]; err != nil {
+		return err
+	}
 	return s.shut[name]
 }
 
@@ -132,7 +140,7 @@ func (s *streams) current(ctx context.Context, topic string) (*natsjs.StreamInfo
 	if isKnown {
 		st, err := s.js.Stream(ctx, known)
 		switch {
-		case err == nil && covers(st.CachedInfo().Config.Subjects, topic):
+		case err == nil && s.takes(st.CachedInfo().Config, topic):
 			return st.CachedInfo(), nil
 		case err != nil && !errors.Is(err, natsjs.ErrStreamNotFound):
 			return nil, err
@@ -216,7 +224,7 @@ func (s *streams) create(ctx context.Context, name, topic string) (*natsjs.Strea
 	// Another instance may have created it meanwhile.
 	if existing, lerr := s.js.Stream(ctx, name); lerr == nil {
 		info := s.instead(existing.CachedInfo(), name, topic)
-		if covers(info.Config.Subjects, topic) {
+		if s.takes(info.Config, topic) {
 			return info, nil
 		}
 		return s.extend(ctx, info, topic)
@@ -238,6 +246,12 @@ func (s *streams) create(ctx context.Context, name, topic string) (*natsjs.Strea
 }
 
 func (s *streams) extend(ctx context.Context, info *natsjs.StreamInfo, topic string) (*natsjs.StreamInfo, error) {
+	if m := info.Config.Mirror; m != nil {
+		// JetStream lets a mirror hold no subjects of its own: adding the
+		// topic cannot work, whatever autoProvision says.
+		return nil, fmt.Errorf("%w: stream %q is a mirror of %q that copies only %v, not %q, and a mirror can hold no subjects of its own; set streamName to a stream that holds the topic, or change the mirror's filter",
+			ErrNoStream, info.Config.Name, m.Name, sourceFilters(*m), topic)
+	}
 	if !s.cfg.AutoProvision {
 		return nil, fmt.Errorf("%w: stream %q has subjects %v, none of which includes %q; add it to the stream, or set autoProvision to true",
 			ErrNoStream, info.Config.Name, info.Config.Subjects, topic)
@@ -480,6 +494,84 @@ func (s *streams) ensureAtomic(ctx context.Context, name string) error {
 			return fmt.Errorf("%w: stream %q does not allow atomic publish (bulkPublishAtomic); set allow_atomic on the stream, or set autoProvision to true",
 				ErrAtomicNotAllowed, name)
 		})
+}
+
+// holds reports whether a stream of config c takes the messages of topic:
+// its subjects cover the topic, or it is a mirror that copies them.
+func holds(c natsjs.StreamConfig, topic string) bool {
+	return covers(c.Subjects, topic) || mirrors(c, topic)
+}
+
+// mirrors reports whether c is a mirror that copies the messages of topic.
+// A mirror has no subjects of its own: it copies what its origin stores,
+// all of it unless its filter or subject transforms name what it copies.
+// The origin's subjects are not read, since it may be in another domain or
+// account; a consumer on the mirror filters the topic either way.
+func mirrors(c natsjs.StreamConfig, topic string) bool {
+	if c.Mirror == nil {
+		return false
+	}
+	return copies(*c.Mirror, topic)
+}
+
+// takes reports whether a stream of config c is where this instance finds
+// the messages of topic: it holds them, or, with autoProvision off, it takes
+// them from streams it sources (an aggregate), which subscriptions read.
+// With autoProvision on, the topic is added to such a stream instead, as
+// to any other that does not cover it.
+func (s *streams) takes(c natsjs.StreamConfig, topic string) bool {
+	return holds(c, topic) || (!s.cfg.AutoProvision && len(sourcesOf(c, topic)) > 0)
+}
+
+// sourcesOf names the streams that c sources the messages of topic from.
+func sourcesOf(c natsjs.StreamConfig, topic string) []string {
+	var names []string
+	for _, src := range c.Sources {
+		if src != nil && copies(*src, topic) {
+			names = append(names, src.Name)
+		}
+	}
+	return names
+}
+
+// sourcedOnly says why a stream of config c, which takes topic only from
+// the streams it sources, stores no publish of it; nil when its subjects
+// take the topic, or it does not source it.
+func sourcedOnly(c natsjs.StreamConfig, topic string) error {
+	names := sourcesOf(c, topic)
+	if holds(c, topic) || len(names) == 0 {
+		return nil
+	}
+	quoted := make([]string, len(names))
+	for i, n := range names {
+		quoted[i] = strconv.Quote(n)
+	}
+	return fmt.Errorf("%w: stream %q takes topic %q only from the streams it sources (%s), and JetStream stores a publish only in a stream whose subjects include it; publish through a Component with streamName %q, or without streamName (the stream that holds the topic takes it), and keep streamName %q for the subscriptions that read it",
+		ErrStreamTakesNoPublish, c.Name, topic, strings.Join(quoted, ", "), names[0], c.Name)
+}
+
+// copies reports whether a mirror or source m copies messages of topic:
+// every subject of its origin, unless its filter or subject transforms name
+// what it copies.
+func copies(m natsjs.StreamSource, topic string) bool {
+	filters := sourceFilters(m)
+	return len(filters) == 0 || covers(filters, topic)
+}
+
+// sourceFilters are the subjects a mirror or source m copies, or none when
+// it copies every subject of its origin.
+func sourceFilters(m natsjs.StreamSource) []string {
+	var filters []string
+	if m.FilterSubject != "" {
+		filters = append(filters, m.FilterSubject)
+	}
+	for _, tr := range m.SubjectTransforms {
+		if tr.Source == "" {
+			return nil
+		}
+		filters = append(filters, tr.Source)
+	}
+	return filters
 }
 
 // covers reports whether a stream with subjects holds every message of

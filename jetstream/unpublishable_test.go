@@ -63,6 +63,105 @@ func TestPublishToStreamThatCannotTakeIt(t *testing.T) {
 	}
 }
 
+// streamName names a mirror, as for an app that reads a region's copy of
+// ORDERS: its subscriptions take the topic's messages from the mirror, as a
+// consumer made with nats consumer add on it does, instead of asking to add
+// the topic to a stream that JetStream lets hold no subjects. A publish
+// through it fails at once, not retriable, naming the mirror, its origin
+// and the fix, and stores nothing.
+func TestStreamNameNamesAMirror(t *testing.T) {
+	t.Parallel()
+	for _, auto := range []string{"false", "true"} {
+		t.Run("autoProvision "+auto, func(t *testing.T) {
+			t.Parallel()
+			ns, js := startNATS(t)
+			ordersStream(t, js)
+			_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "MIRROR", Mirror: &natsjs.StreamSource{Name: "ORDERS"}})
+			require.NoError(t, err)
+			ps, _ := open(t, ns.ClientURL(), map[string]string{"autoProvision": auto, "streamName": "MIRROR", "consumerID": "app"})
+			h, got := collect()
+			subscribe(t, ps, "orders.a", nil, h)
+			natstest.WaitConsumer(t, js, "MIRROR", ordersDurable)
+			_, err = js.Publish(ctx(t), "orders.a", []byte("from the origin"))
+			require.NoError(t, err)
+			m := recv(t, got, waitFor)
+			assert.Equal(t, "from the origin", string(m.Data))
+			assert.Equal(t, "MIRROR", m.Metadata[MetadataStream])
+
+			err = ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "orders.a", Data: []byte("x")})
+			require.Error(t, err)
+			t.Log(err)
+			assert.Equal(t, KindRejected, KindOf(err))
+			for _, s := range []string{`stream "MIRROR" is a mirror of "ORDERS"`, `streamName "ORDERS"`} {
+				assert.Contains(t, err.Error(), s)
+			}
+			assert.Equal(t, uint64(1), count(js, "ORDERS"), "the refused publish was stored")
+			assert.Empty(t, streamInfo(t, js, "MIRROR").Config.Subjects)
+		})
+	}
+}
+
+// With autoProvision off, streamName names a stream that takes the topic
+// only from the streams it sources, as an operator's aggregate of several
+// regions: subscriptions read the topic there, instead of retrying forever
+// with a fix JetStream refuses (adding the topic, which its origin holds, to
+// it). A publish through it fails at once, naming the sources and the fix.
+func TestStreamNameNamesAStreamThatSourcesTheTopic(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	ordersStream(t, js)
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "AGG", Sources: []*natsjs.StreamSource{{Name: "ORDERS"}}})
+	require.NoError(t, err)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"autoProvision": "false", "streamName": "AGG", "consumerID": "app"})
+	h, got := collect()
+	subscribe(t, ps, "orders.a", nil, h)
+	natstest.WaitConsumer(t, js, "AGG", ordersDurable)
+	_, err = js.Publish(ctx(t), "orders.a", []byte("from the origin"))
+	require.NoError(t, err)
+	m := recv(t, got, waitFor)
+	assert.Equal(t, "from the origin", string(m.Data))
+	assert.Equal(t, "AGG", m.Metadata[MetadataStream])
+
+	err = ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "orders.a", Data: []byte("x")})
+	require.Error(t, err)
+	t.Log(err)
+	assert.Equal(t, KindRejected, KindOf(err))
+	for _, s := range []string{`stream "AGG" takes topic "orders.a" only from the streams it sources ("ORDERS")`, `streamName "ORDERS"`} {
+		assert.Contains(t, err.Error(), s)
+	}
+	assert.Equal(t, uint64(1), count(js, "ORDERS"), "the refused publish was stored")
+}
+
+// The topic's subject is in a counter stream (allow_msg_counter), which
+// stores only increments that it adds up per subject. A publish fails at
+// once, not retriable, naming the stream, the setting and the fix, instead
+// of with JetStream's bare "message counter increment is missing"; so does
+// each entry of a bulk.
+func TestPublishToACounterStream(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "ORDERS", Subjects: []string{"orders.>"}, AllowMsgCounter: true})
+	require.NoError(t, err)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"autoProvision": "false"})
+	want := []string{`stream "ORDERS" is a counter stream (allow_msg_counter)`, "Nats-Incr", "streamName"}
+	err = ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "orders.a", Data: []byte("x")})
+	require.Error(t, err)
+	t.Log(err)
+	assert.Equal(t, KindRejected, KindOf(err))
+	for _, s := range want {
+		assert.Contains(t, err.Error(), s)
+	}
+	resp, err := ps.BulkPublish(ctx(t), &pubsub.BulkPublishRequest{Topic: "orders.a", Entries: []pubsub.BulkMessageEntry{
+		{EntryId: "1", Event: []byte("x"), ContentType: "text/plain"},
+	}})
+	require.Error(t, err)
+	require.Len(t, resp.FailedEntries, 1)
+	for _, s := range want {
+		assert.Contains(t, resp.FailedEntries[0].Error.Error(), s)
+	}
+	assert.Zero(t, count(js, "ORDERS"))
+}
+
 // A publish whose stream look-up JetStream does not answer in time (here no
 // server answers the API prefix; in a cluster, leaders being elected) says
 // that JetStream did not answer, and stays retriable.
