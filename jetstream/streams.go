@@ -558,18 +558,25 @@ func copies(m natsjs.StreamSource, topic string) bool {
 	return len(filters) == 0 || covers(filters, topic)
 }
 
-// sourceFilters are the subjects a mirror or source m copies, or none when
-// it copies every subject of its origin.
+// sourceFilters are the subjects that what a mirror or source m copies has
+// in its stream, or none when it copies every subject of its origin as it
+// is. A transform's destination is the subject the copy gets; one with a
+// mapping function ({{wildcard(1)}}, $1) is not worked out, and counts as
+// copying anything.
 func sourceFilters(m natsjs.StreamSource) []string {
 	var filters []string
 	if m.FilterSubject != "" {
 		filters = append(filters, m.FilterSubject)
 	}
 	for _, tr := range m.SubjectTransforms {
-		if tr.Source == "" {
+		subject := tr.Destination
+		if subject == "" {
+			subject = tr.Source
+		}
+		if subject == "" || strings.ContainsAny(subject, "{$") {
 			return nil
 		}
-		filters = append(filters, tr.Source)
+		filters = append(filters, subject)
 	}
 	return filters
 }

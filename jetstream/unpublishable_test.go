@@ -305,3 +305,26 @@ func TestPublishDeniedPermission(t *testing.T) {
 		assert.Contains(t, err.Error(), "NATS does not allow this connection to publish to "+refused, topic)
 	}
 }
+
+// A mirror or source holds what it copies under the subjects its transforms
+// give them: a subscription to the origin's subject would find nothing.
+func TestWhatASourceCopies(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		src   natsjs.StreamSource
+		topic string
+		want  bool
+	}{
+		{"everything", natsjs.StreamSource{Name: "O"}, "orders.a", true},
+		{"within its filter", natsjs.StreamSource{Name: "O", FilterSubject: "orders.>"}, "orders.a", true},
+		{"outside its filter", natsjs.StreamSource{Name: "O", FilterSubject: "orders.>"}, "other.a", false},
+		{"a transform's source, kept", natsjs.StreamSource{Name: "O", SubjectTransforms: []natsjs.SubjectTransformConfig{{Source: "orders.>"}}}, "orders.a", true},
+		{"a transform's destination", natsjs.StreamSource{Name: "O", SubjectTransforms: []natsjs.SubjectTransformConfig{{Source: "orders.>", Destination: "copy.orders.>"}}}, "copy.orders.a", true},
+		{"a subject transformed away", natsjs.StreamSource{Name: "O", SubjectTransforms: []natsjs.SubjectTransformConfig{{Source: "orders.>", Destination: "copy.orders.>"}}}, "orders.a", false},
+		{"a mapping function, not worked out", natsjs.StreamSource{Name: "O", SubjectTransforms: []natsjs.SubjectTransformConfig{{Source: "orders.*", Destination: "copy.{{wildcard(1)}}"}}}, "copy.a", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			assert.Equal(t, tc.want, copies(tc.src, tc.topic))
+		})
+	}
+}

@@ -81,11 +81,11 @@ func (p *poster) waitMore(t *testing.T, n int) {
 	})
 }
 
-// lastError is the error of the latest failed post, and when it came.
-func (p *poster) lastError() (error, time.Time) {
+// lastError is when the latest failed post failed, and its error.
+func (p *poster) lastError() (time.Time, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.lastErr, p.lastErrAt
+	return p.lastErrAt, p.lastErr
 }
 
 // firstOKAfter is when the first post acknowledged after t0 was, if any.
@@ -586,7 +586,7 @@ func outageScenario(t *testing.T, e *env, n *stack.Node, o natsOutage) {
 	t.Logf("NATS back after %s", upAt.Sub(downAt).Round(time.Millisecond))
 	waitUntil(t, 30*time.Second, func() string {
 		if _, ok := p.firstOKAfter(upAt); !ok {
-			err, _ := p.lastError()
+			_, err := p.lastError()
 			return fmt.Sprintf("no publish has succeeded since NATS came back; last error: %v", err)
 		}
 		return ""
@@ -612,7 +612,7 @@ func checkOutagePublishError(t *testing.T, p *poster, downAt time.Time) {
 	since := time.Now()
 	var last error
 	waitUntil(t, 20*time.Second, func() string {
-		err, at := p.lastError()
+		at, err := p.lastError()
 		last = err
 		if err == nil || at.Before(since) || !strings.Contains(err.Error(), "NATS") {
 			return fmt.Sprintf("no publish through daprd has failed naming NATS since daprd is back; last error: %v", err)
