@@ -51,7 +51,7 @@ func (p *PubSub) BulkSubscribe(ctx context.Context, req pubsub.SubscribeRequest,
 		// A batch can hold no more than the subscription may hold: a
 		// larger one would wait out maxWait with the window full.
 		go s.batch(in, min(maxN, s.consumerCfg.MaxInFlight), maxWait, req.Metadata, handler)
-	})
+	}, true)
 	return err
 }
 
@@ -66,7 +66,9 @@ func (s *subscription) batch(in <-chan *Delivery, maxN int, maxWait time.Duratio
 	defer pauseCheck.Stop()
 	flush := func() {
 		timer.Stop()
-		if len(batch) > 0 {
+		// A batch that fills as the subscription stops is not handed to
+		// the app: the select below may pick it over ctx.Done.
+		if len(batch) > 0 && s.ctx.Err() == nil {
 			s.handleBatch(batch, md, handler)
 			batch = batch[:0]
 		}

@@ -2,6 +2,7 @@ package jetstream
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -224,4 +225,171 @@ func TestCloseWhileBulkPublishing(t *testing.T) {
 	assert.Less(t, r.at.Sub(closed), waitShort, "BulkPublish kept waiting for acknowledgements after Close returned")
 	assert.Equal(t, uint64(n-len(r.resp.FailedEntries)), stored,
 		"entries reported failed were stored: %d stored, %d reported failed of %d", stored, len(r.resp.FailedEntries), n)
+}
+
+// cancelOnFirst returns a context that the first call of the handler
+// cancels, and a channel that receives every call made after that.
+func cancelOnFirst() (context.Context, func(), <-chan struct{}) {
+	c, cancel := context.WithCancel(context.Background())
+	late := make(chan struct{}, 1000)
+	var calls atomic.Int32
+	call := func() {
+		if calls.Add(1) == 1 {
+			cancel()
+			return
+		}
+		late <- struct{}{}
+	}
+	return c, call, late
+}
+
+// endedAndUncalled waits for every subscription of ps to end, and fails
+// the test if a handler was called meanwhile.
+func endedAndUncalled(t *testing.T, ps *PubSub, late <-chan struct{}) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		ps.mu.Lock()
+		defer ps.mu.Unlock()
+		return len(ps.subs) == 0
+	}, waitFor, tick, "the subscription did not end")
+	require.Zero(t, len(late), "the handler was called after it cancelled the subscription")
+}
+
+// A handler that cancels its subscription's context is not called again:
+// the app stops there, as after any cancel, and what it was not given goes
+// to the next subscription of the durable.
+func TestNoHandlerCallAfterCancel(t *testing.T) {
+	t.Parallel()
+	ns, _ := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app"})
+	const n = 20
+	for i := range n {
+		publish(t, ps, "aftercancel", fmt.Sprint(i), nil)
+	}
+	c, call, late := cancelOnFirst()
+	require.NoError(t, ps.Subscribe(c, pubsub.SubscribeRequest{Topic: "aftercancel"}, func(context.Context, *pubsub.NewMessage) error {
+		call()
+		return nil
+	}))
+
+	endedAndUncalled(t, ps, late)
+	h, got := collect()
+	subscribe(t, ps, "aftercancel", nil, h)
+	seen := map[string]bool{"0": true}
+	for len(seen) < n {
+		seen[string(recv(t, got, waitFor).Data)] = true
+	}
+}
+
+// The same for BulkSubscribe: no batch reaches the handler after it
+// cancelled its subscription's context.
+func TestNoBulkHandlerCallAfterCancel(t *testing.T) {
+	t.Parallel()
+	ns, _ := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app"})
+	const n = 20
+	for i := range n {
+		publish(t, ps, "bulkaftercancel", fmt.Sprint(i), nil)
+	}
+	c, call, late := cancelOnFirst()
+	one := pubsub.BulkSubscribeConfig{MaxMessagesCount: 1, MaxAwaitDurationMs: 10}
+	require.NoError(t, ps.BulkSubscribe(c, pubsub.SubscribeRequest{Topic: "bulkaftercancel", BulkSubscribeConfig: one},
+		func(context.Context, *pubsub.BulkMessage) ([]pubsub.BulkSubscribeResponseEntry, error) {
+			call()
+			return nil, nil
+		}))
+
+	endedAndUncalled(t, ps, late)
+	h, got := collect()
+	subscribe(t, ps, "bulkaftercancel", nil, h)
+	seen := map[string]bool{"0": true}
+	for len(seen) < n {
+		seen[string(recv(t, got, waitFor).Data)] = true
+	}
+}
+
+// A Close made while another is under way returns once that one has
+// finished, as the caller of either may exit the process then: nothing is
+// still held or being drained.
+func TestCloseDuringCloseWaitsForIt(t *testing.T) {
+	t.Parallel()
+	ns, _ := startNATS(t)
+	ps, _ := newInstance(t)
+	require.NoError(t, ps.Init(t.Context(), pubsub.Metadata{Base: contribmd.Base{Properties: map[string]string{"natsURL": ns.ClientURL(), "consumerID": "app"}}}))
+	started, release := make(chan struct{}), make(chan struct{})
+	require.NoError(t, ps.Subscribe(context.Background(), pubsub.SubscribeRequest{Topic: "closetwice"}, func(context.Context, *pubsub.NewMessage) error {
+		close(started)
+		<-release
+		return nil
+	}))
+	publish(t, ps, "closetwice", "m", nil)
+	closedWithin(t, started, waitFor, "the handler starting")
+
+	first := make(chan error, 1)
+	go func() { first <- ps.Close() }()
+	require.Eventually(t, func() bool { return errors.Is(ps.Ping(ctx(t)), ErrClosed) }, waitShort, tick, "Close did not start")
+	second := make(chan error, 1)
+	go func() { second <- ps.Close() }()
+	nothing(t, second, 300*time.Millisecond)
+	close(release)
+	require.NoError(t, recv(t, first, waitFor))
+	require.NoError(t, recv(t, second, waitShort))
+}
+
+// Pause and Resume say when they cannot act, as the other calls do: a
+// Resume after Close that returned nil would claim delivery goes on.
+func TestPauseResumeOutsideTheLifetime(t *testing.T) {
+	t.Parallel()
+	ns, _ := startNATS(t)
+	ps, _ := newInstance(t)
+	require.ErrorIs(t, ps.Pause(ctx(t)), ErrNotInitialized)
+	require.ErrorIs(t, ps.Resume(ctx(t)), ErrNotInitialized)
+	require.NoError(t, ps.Init(t.Context(), pubsub.Metadata{Base: contribmd.Base{Properties: map[string]string{"natsURL": ns.ClientURL()}}}))
+	require.NoError(t, ps.Pause(ctx(t)))
+	require.NoError(t, ps.Resume(ctx(t)))
+	require.NoError(t, ps.Close())
+	require.ErrorIs(t, ps.Pause(ctx(t)), ErrClosed)
+	require.ErrorIs(t, ps.Resume(ctx(t)), ErrClosed)
+}
+
+// A second handler for a topic on the same durable of one instance would
+// silently get only some of its messages, shared with the first as between
+// replicas: it is refused, naming the consumer and the fix. With its own
+// consumerID it gets every message too, and once the first subscription is
+// cancelled, the durable can be subscribed again.
+func TestSecondHandlerOnOneDurableIsRefused(t *testing.T) {
+	t.Parallel()
+	ns, _ := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app"})
+	c, cancel := context.WithCancel(t.Context())
+	h1, got1 := collect()
+	require.NoError(t, ps.Subscribe(c, pubsub.SubscribeRequest{Topic: "twohandlers"}, h1))
+
+	h2, got2 := collect()
+	err := ps.Subscribe(t.Context(), pubsub.SubscribeRequest{Topic: "twohandlers"}, h2)
+	require.ErrorIs(t, err, ErrInvalidRequest)
+	assert.Equal(t, KindInvalid, KindOf(err))
+	for _, want := range []string{`"twohandlers"`, `"app-twohandlers"`, "consumerID"} {
+		assert.Contains(t, err.Error(), want)
+	}
+	bulk := func(context.Context, *pubsub.BulkMessage) ([]pubsub.BulkSubscribeResponseEntry, error) {
+		return nil, nil
+	}
+	require.ErrorIs(t, ps.BulkSubscribe(t.Context(), pubsub.SubscribeRequest{Topic: "twohandlers"}, bulk), ErrInvalidRequest)
+
+	subscribe(t, ps, "twohandlers", map[string]string{"consumerID": "audit"}, h2)
+	const n = 10
+	for i := range n {
+		publish(t, ps, "twohandlers", fmt.Sprint(i), nil)
+	}
+	for range n {
+		recv(t, got1, waitFor)
+		recv(t, got2, waitFor)
+	}
+
+	cancel()
+	h3, got3 := collect()
+	subscribe(t, ps, "twohandlers", nil, h3)
+	publish(t, ps, "twohandlers", "after", nil)
+	assert.Equal(t, "after", string(recv(t, got3, waitFor).Data))
 }

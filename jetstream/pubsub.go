@@ -56,7 +56,10 @@ type PubSub struct {
 	paused  bool
 	closed  bool
 	closing chan struct{} // closed when Close starts
-	wg      sync.WaitGroup
+	// shut is closed when Close has finished: a Close made meanwhile
+	// waits for it, since its caller may exit the process once it returns.
+	shut chan struct{}
+	wg   sync.WaitGroup
 	// publishing counts the Publish and BulkPublish calls under way, which
 	// Close lets finish before it drains the connection: draining drops
 	// the acknowledgements they wait for.
@@ -90,7 +93,7 @@ func New(l logger.Logger) *PubSub {
 	if l == nil {
 		l = logger.NewLogger("nats-jetstream")
 	}
-	return &PubSub{log: l, subs: map[*subscription]struct{}{}, closing: make(chan struct{}), stats: newStats(), answers: newAnswerGate()}
+	return &PubSub{log: l, subs: map[*subscription]struct{}{}, closing: make(chan struct{}), shut: make(chan struct{}), stats: newStats(), answers: newAnswerGate()}
 }
 
 // NewPubSub is New with the signature of components-contrib's constructors.
@@ -305,9 +308,14 @@ func (p *PubSub) failingSubscriptions() error {
 // delivery. Pause returns once the open pull requests have ended (they last
 // pullExpiry) and the pulls are withdrawn, or after withdrawGrace when a
 // handler does not return, so messages published from then on wait in
-// JetStream for Resume or another subscriber. Idempotent.
+// JetStream for Resume or another subscriber. Idempotent. It fails before
+// Init and after Close.
 func (p *PubSub) Pause(ctx context.Context) error {
 	p.mu.Lock()
+	if err := p.liveLocked(); err != nil {
+		p.mu.Unlock()
+		return err
+	}
 	p.paused = true
 	subs := p.subscriptionsLocked()
 	p.mu.Unlock()
@@ -329,9 +337,14 @@ func (p *PubSub) Pause(ctx context.Context) error {
 	return nil
 }
 
-// Resume restarts fetching after Pause. Idempotent.
+// Resume restarts fetching after Pause. Idempotent. It fails before Init
+// and after Close, when no subscription could deliver.
 func (p *PubSub) Resume(context.Context) error {
 	p.mu.Lock()
+	if err := p.liveLocked(); err != nil {
+		p.mu.Unlock()
+		return err
+	}
 	p.paused = false
 	subs := p.subscriptionsLocked()
 	p.mu.Unlock()
@@ -339,6 +352,13 @@ func (p *PubSub) Resume(context.Context) error {
 		s.resume()
 	}
 	return nil
+}
+
+// liveLocked says why p cannot act on subscriptions: not initialised yet,
+// or closed. p.mu is held.
+func (p *PubSub) liveLocked() error {
+	_, _, _, err := p.stateLocked()
+	return err
 }
 
 // subscriptionsLocked lists the subscriptions. p.mu is held; callers work on
@@ -355,7 +375,7 @@ func (p *PubSub) subscriptionsLocked() []*subscription {
 // Close stops every subscription (messages not yet acknowledged go back to
 // JetStream), drains the connection and returns when everything has stopped.
 // The error says why the connection could not be drained; it is closed
-// anyway. A second Close returns nil.
+// anyway. A second Close returns nil once the first has finished.
 func (p *PubSub) Close() error { return p.CloseWithin(drainTimeout) }
 
 // CloseWithin is Close, with the wait for publishes under way and the drain
@@ -364,8 +384,10 @@ func (p *PubSub) Close() error { return p.CloseWithin(drainTimeout) }
 func (p *PubSub) CloseWithin(d time.Duration) error {
 	nc, ok := p.beginClose()
 	if !ok {
+		<-p.shut
 		return nil
 	}
+	defer close(p.shut)
 	p.wg.Wait()
 	return p.endClose(nc, time.Now().Add(d))
 }
@@ -381,8 +403,10 @@ func (p *PubSub) CloseWithin(d time.Duration) error {
 func (p *PubSub) Retire(stop <-chan struct{}) error {
 	nc, ok := p.beginClose()
 	if !ok {
+		<-p.shut
 		return nil
 	}
+	defer close(p.shut)
 	p.wg.Wait()
 	deadline := time.NewTimer(handoverTimeout + handoverTick)
 	defer deadline.Stop()

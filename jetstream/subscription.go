@@ -133,7 +133,7 @@ type subscription struct {
 // channel is closed when ctx is done and every held message has been settled
 // or handed on.
 func (p *PubSub) SubscribeDeliveries(ctx context.Context, req pubsub.SubscribeRequest, fn DeliverFunc) (<-chan struct{}, error) {
-	s, err := p.subscribe(ctx, req, fn, nil)
+	s, err := p.subscribe(ctx, req, fn, nil, false)
 	if err != nil {
 		return nil, err
 	}
@@ -141,7 +141,9 @@ func (p *PubSub) SubscribeDeliveries(ctx context.Context, req pubsub.SubscribeRe
 }
 
 // subscribe sets up a subscription; before runs before its goroutines start.
-func (p *PubSub) subscribe(ctx context.Context, req pubsub.SubscribeRequest, fn DeliverFunc, before func(*subscription)) (*subscription, error) {
+// With alone, it is refused while another live subscription of p shares its
+// durable (see sharedDurableLocked).
+func (p *PubSub) subscribe(ctx context.Context, req pubsub.SubscribeRequest, fn DeliverFunc, before func(*subscription), alone bool) (*subscription, error) {
 	cfg, _, _, err := p.state()
 	if err != nil {
 		return nil, err
@@ -169,13 +171,23 @@ func (p *PubSub) subscribe(ctx context.Context, req pubsub.SubscribeRequest, fn 
 	if consumerCfg.RateLimit > 0 {
 		s.limiter = rate.NewLimiter(rate.Limit(consumerCfg.RateLimit), int(max(consumerCfg.RateLimit, 8<<20)))
 	}
-	s.ctx, s.cancel = context.WithCancel(context.Background())
+	// Derived from the caller's context, so that cancelling it stops
+	// delivery at once: a watcher that stopped the subscription later let
+	// the handler get more messages after the caller's cancel returned.
+	s.ctx, s.cancel = context.WithCancel(ctx)
 
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
 		s.cancel()
 		return nil, ErrClosed
+	}
+	if alone {
+		if err := p.sharedDurableLocked(s); err != nil {
+			p.mu.Unlock()
+			s.cancel()
+			return nil, err
+		}
 	}
 	p.subs[s] = struct{}{}
 	p.wg.Add(1)
@@ -189,13 +201,6 @@ func (p *PubSub) subscribe(ctx context.Context, req pubsub.SubscribeRequest, fn 
 	if before != nil {
 		before(s)
 	}
-	go func() {
-		select {
-		case <-ctx.Done():
-			s.stop()
-		case <-s.ctx.Done():
-		}
-	}()
 	s.work.Add(1)
 	go s.dispatchLoop()
 	go s.run()
@@ -203,11 +208,32 @@ func (p *PubSub) subscribe(ctx context.Context, req pubsub.SubscribeRequest, fn 
 	return s, nil
 }
 
+// sharedDurableLocked says why s cannot have its durable to itself: another
+// subscription of p, not ending, pulls from it, and each would get only part
+// of the topic's messages, as replicas do. In-process, that is two handlers
+// of one app that each expect every message. Over the socket it is not
+// refused: daprd may open a topic's new stream while the one it replaces is
+// still ending here. p.mu is held.
+func (p *PubSub) sharedDurableLocked(s *subscription) error {
+	name := s.durableName()
+	if name == "" {
+		return nil // ephemeral: each subscription has its own consumer
+	}
+	for o := range p.subs {
+		if o.ctx.Err() == nil && o.topic == s.topic && o.durableName() == name {
+			return invalid("subscribe to", s.topic, fmt.Errorf(
+				"%w: topic %q already has a handler on durable consumer %q of this instance, and the two would share its messages; cancel the context of the first subscription, or set another consumerID in this subscription's metadata for a consumer that gets every message too",
+				ErrInvalidRequest, s.topic, name))
+		}
+	}
+	return nil
+}
+
 // Subscribe implements pubsub.PubSub. With concurrency single the handler
 // sees one message at a time; with parallel, up to maxInFlight at once. A
 // message is acknowledged only after its handler returned nil.
 func (p *PubSub) Subscribe(ctx context.Context, req pubsub.SubscribeRequest, handler pubsub.Handler) error {
-	_, err := p.SubscribeDeliveries(ctx, req, func(d *Delivery) error {
+	_, err := p.subscribe(ctx, req, func(d *Delivery) error {
 		if !d.sub.consumerCfg.Parallel {
 			d.settleHandled(handler(d.sub.ctx, d.Message()))
 			return nil
@@ -218,7 +244,7 @@ func (p *PubSub) Subscribe(ctx context.Context, req pubsub.SubscribeRequest, han
 			d.settleHandled(handler(d.sub.ctx, d.Message()))
 		}()
 		return nil
-	})
+	}, nil, true)
 	return err
 }
 
