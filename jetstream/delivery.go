@@ -91,9 +91,12 @@ func newDelivery(s *subscription, msg *nats.Msg) *Delivery {
 		if len(v) == 0 || strings.HasPrefix(strings.ToLower(k), "nats-") {
 			continue
 		}
-		if k == HeaderContentType {
-			ct := v[0]
-			d.ContentType = &ct
+		// NATS headers keep their case: a plain NATS client may write
+		// content-type. The canonical spelling wins over another.
+		if strings.EqualFold(k, HeaderContentType) {
+			if ct := v[0]; d.ContentType == nil || k == HeaderContentType {
+				d.ContentType = &ct
+			}
 			continue
 		}
 		md[k] = v[0]

@@ -89,6 +89,15 @@ func TestPublishSubscribeRoundTrip(t *testing.T) {
 	assert.Equal(t, "text/plain", *m.ContentType)
 	assert.Equal(t, "2", m.Metadata[MetadataSequence])
 
+	// NATS headers keep the case they were given: content-type in lower
+	// case, as many clients write it, is the content type too.
+	_, err = js.PublishMsg(ctx(t), &nats.Msg{Subject: "orders", Data: []byte("lower"), Header: nats.Header{"content-type": {"text/csv"}}})
+	require.NoError(t, err)
+	m = recv(t, got, waitFor)
+	require.NotNil(t, m.ContentType)
+	assert.Equal(t, "text/csv", *m.ContentType)
+	assert.NotContains(t, m.Metadata, "content-type")
+
 	// Without a content type, none is reported.
 	publish(t, ps, "orders", "plain", nil)
 	m = recv(t, got, waitFor)
