@@ -102,8 +102,11 @@ func TestClose(t *testing.T) {
 	t.Parallel()
 	ns, js := startNATS(t)
 	ps, _ := newInstance(t)
-	require.NoError(t, ps.Init(t.Context(), pubsub.Metadata{Base: contribmd.Base{Properties: map[string]string{"natsURL": ns.ClientURL(), "consumerID": "app"}}}))
+	md := pubsub.Metadata{Base: contribmd.Base{Properties: map[string]string{"natsURL": ns.ClientURL(), "consumerID": "app"}}}
+	require.NoError(t, ps.Init(t.Context(), md))
 	t.Cleanup(func() { _ = ps.Close() })
+	// A second Init leaves the instance as it is, and says what to do.
+	require.ErrorContains(t, ps.Init(t.Context(), md), "to change its metadata, Close it and Init a new instance")
 
 	// A subscription holding a message it never settles.
 	held := make(chan *Delivery, 1)

@@ -128,7 +128,7 @@ func (p *PubSub) Init(ctx context.Context, md pubsub.Metadata) error {
 		return ErrClosed
 	}
 	if p.nc != nil {
-		return errors.New("jetstream pubsub: Init called twice")
+		return errors.New("jetstream pubsub: Init called twice: this instance is initialised already and keeps its metadata; to change its metadata, Close it and Init a new instance (New)")
 	}
 	nc, err := p.connect(ctx, cfg.Connection, conns, opts, firstErr)
 	if err != nil {
