@@ -355,6 +355,43 @@ func TestPauseResumeOutsideTheLifetime(t *testing.T) {
 	require.ErrorIs(t, ps.Resume(ctx(t)), ErrClosed)
 }
 
+// A Resume while a cancelled subscription is still ending does not take it
+// up again: its pull inbox is closed as it ends, not left subscribed until
+// Close.
+func TestResumeWhileASubscriptionEnds(t *testing.T) {
+	t.Parallel()
+	ns, _ := startNATS(t)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app"})
+	publish(t, ps, "warm", "w", nil) // the connection's inbox for JetStream's answers
+	before := ps.conn().NumSubscriptions()
+	c, cancel := context.WithCancel(t.Context())
+	started, release := make(chan struct{}), make(chan struct{})
+	done, err := ps.SubscribeDeliveries(c, pubsub.SubscribeRequest{Topic: "ending"}, func(d *Delivery) error {
+		close(started)
+		go func() { <-release; _ = d.Ack() }()
+		return nil
+	})
+	require.NoError(t, err)
+	publish(t, ps, "ending", "m", nil)
+	recv(t, started, waitFor)
+	cancel()
+	// Resumes throughout the end, its withdrawal of the pull included.
+	for resumes := 0; ; resumes++ {
+		if resumes == 20 {
+			close(release)
+		}
+		require.NoError(t, ps.Resume(t.Context()))
+		select {
+		case <-done:
+		case <-time.After(tick):
+			continue
+		}
+		break
+	}
+	require.Eventually(t, func() bool { return ps.conn().NumSubscriptions() == before }, waitShort, tick,
+		"the ended subscription's pull inbox is still subscribed")
+}
+
 // A second handler for a topic on the same durable of one instance would
 // silently get only some of its messages, shared with the first as between
 // replicas: it is refused, naming the consumer and the fix. With its own

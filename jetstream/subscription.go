@@ -599,8 +599,15 @@ func (s *subscription) pause() <-chan struct{} {
 	return s.quietLocked()
 }
 
+// resume takes up pulling again after pause. Not for a subscription that is
+// ending: it has paused itself to withdraw its pull, and would keep its
+// inbox otherwise.
 func (s *subscription) resume() {
 	s.mu.Lock()
+	if s.ctx.Err() != nil {
+		s.mu.Unlock()
+		return
+	}
 	s.paused = false
 	s.keptWarned = false
 	s.fnFailed = false
