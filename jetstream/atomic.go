@@ -80,7 +80,8 @@ func (p *PubSub) bulkPublishAtomic(ctx context.Context, js natsjs.JetStream, str
 		if i, tooLarge := tooLargeEntry(ctx, err, streams, req.Topic, msgs); tooLarge != nil {
 			return failedByEntry(req, i, tooLarge)
 		}
-		return fail(explainBatch(explainFullForBatch(ctx, p.whileDown(err), streams, req), req, storedIn(ctx, streams, req.Topic)))
+		err = explainShutBatch(ctx, p.whileDown(err), streams, req.Topic)
+		return fail(explainBatch(explainFullForBatch(ctx, err, streams, req), req, storedIn(ctx, streams, req.Topic)))
 	}
 }
 
@@ -111,11 +112,36 @@ func publishBatch(ctx context.Context, js natsjs.JetStream, streams *streams, to
 			routeSchedule(m, stream)
 		}
 	}
-	_, err = jetstreamext.PublishMsgBatch(lctx, js, msgs)
+	_, err = jetstreamext.PublishMsgBatch(lctx, js, msgs, firstAck(lctx, js))
 	if endedByLoss(ctx, lctx, err) {
 		return errBatchConnectionLost
 	}
 	return err
+}
+
+// firstAck bounds the wait for JetStream's answer to the first entry of a
+// batch by the deadline of ctx: orbit.go waits for it with a timeout of its
+// own (the JetStream context's default, 5 s), not with ctx, so a stream that
+// never answers (an operator set no_ack on it) would hold the call past the
+// deadline its caller gave it.
+func firstAck(ctx context.Context, js natsjs.JetStream) jetstreamext.BatchFlowControl {
+	wait := js.Options().DefaultTimeout
+	if deadline, ok := ctx.Deadline(); ok {
+		wait = time.Until(deadline)
+	}
+	return jetstreamext.BatchFlowControl{AckFirst: true, AckTimeout: max(wait, time.Millisecond)}
+}
+
+// explainShutBatch explains an atomic bulk that the topic's stream refused
+// as sealed, or left unanswered, when the stream takes no publish since it
+// was read (an operator sealed it, or set no_ack on it), as for a plain
+// publish: the stream, the setting and the fix. The stream is forgotten, so
+// that the next bulk reads it again.
+func explainShutBatch(ctx context.Context, err error, s *streams, topic string) error {
+	if !isAPIError(err, errCodeSealed) && !waitedForAck(err) {
+		return err
+	}
+	return newRefusals(ctx, s, topic).shut(err)
 }
 
 // errBatchConnectionLost ends an atomic bulk whose connection to NATS

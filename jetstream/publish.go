@@ -283,9 +283,15 @@ func await(ctx context.Context, nc *nats.Conn, f natsjs.PubAckFuture) (*natsjs.P
 		if !nc.IsConnected() {
 			return nil, fmt.Errorf("waiting for the JetStream acknowledgement: %w; the connection to NATS was lost, and the message may still be sent once NATS is back, so it may be stored or not; publishing it again with the same CloudEvent id or msgId stores it once", ctx.Err())
 		}
-		return nil, fmt.Errorf("waiting for the JetStream acknowledgement: %w", ctx.Err())
+		return nil, fmt.Errorf("%w: %w", errAckOverdue, ctx.Err())
 	}
 }
+
+// errAckOverdue ends a publish that was sent and got no answer before its
+// context was done, on a connection that stayed up: JetStream may have
+// stored it (its answer was late, or lost), or not (no stream answered).
+// refusals.unanswered tells which it can.
+var errAckOverdue = errors.New("waiting for the JetStream acknowledgement")
 
 // lostAfterSent explains nats.ErrDisconnected from the answer to a publish:
 // nats.go fails every publish still waiting for its acknowledgement when the

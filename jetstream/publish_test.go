@@ -828,3 +828,53 @@ func TestPublishWithADoneContextStoresNothingItReportsFailed(t *testing.T) {
 	}
 	assert.Empty(t, storedButFailed, "of %d entries reported failed, %d were stored", len(resp.FailedEntries), len(storedButFailed))
 }
+
+// JetStream stores a publish but its acknowledgement comes only after the
+// deadline (a stream whose leader is slow to answer, say), while the
+// connection stays up. docs/behaviour.md: such an error says that the
+// message may be stored or not, so that the app retries with the same id
+// rather than taking it for lost. So must each entry of a BulkPublish.
+func TestPublishWhoseAcknowledgementCameTooLateSaysItMayBeStored(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	px := newProxy(t, ns.Addr().String())
+	ps, _ := open(t, px.url(), map[string]string{"reconnectWait": "100ms"})
+	publish(t, ps, "lateack", "first", nil)
+
+	// From the acknowledgement of the next message on, what the server
+	// sends is lost, and the client does not notice for a while.
+	held := px.dropFrom(`{"stream":"lateack","seq":2`)
+	pctx, cancel := context.WithTimeout(t.Context(), time.Second)
+	err := ps.Publish(pctx, &pubsub.PublishRequest{Topic: "lateack", Data: []byte("late")})
+	cancel()
+	closedWithin(t, held, waitShort, "the acknowledgement")
+	require.Error(t, err)
+	t.Log(err)
+	require.Equal(t, uint64(2), msgCount(t, js, "lateack"), "JetStream stored the publish")
+	assert.Contains(t, err.Error(), "may be stored or not", "the publish was stored, and its error does not say that it may have been")
+
+	reconnect(t, px, ps)
+	publish(t, ps, "lateack", "third", nil)
+	held = px.dropFrom(`{"stream":"lateack","seq":4`)
+	pctx, cancel = context.WithTimeout(t.Context(), time.Second)
+	resp, err := ps.BulkPublish(pctx, &pubsub.BulkPublishRequest{Topic: "lateack", Entries: textEntries("e", 2)})
+	cancel()
+	closedWithin(t, held, waitShort, "the acknowledgement")
+	require.Error(t, err)
+	require.Equal(t, uint64(5), msgCount(t, js, "lateack"), "JetStream stored the entries")
+	require.Len(t, resp.FailedEntries, 2)
+	for _, f := range resp.FailedEntries {
+		assert.ErrorContains(t, f.Error, "may be stored or not", "entry %s was stored, and its error does not say that it may have been", f.EntryId)
+	}
+	reconnect(t, px, ps)
+}
+
+// reconnect gives ps a new connection through px, whose old one lost what
+// the server sent.
+func reconnect(t *testing.T, px *proxy, ps *PubSub) {
+	t.Helper()
+	before := ps.conn().Stats().Reconnects
+	px.cut()
+	px.restore()
+	require.Eventually(t, func() bool { return ps.conn().IsConnected() && ps.conn().Stats().Reconnects > before }, waitFor, tick)
+}

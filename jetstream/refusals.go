@@ -41,7 +41,7 @@ func (r *refusals) explain(err error) error {
 	switch limit := fullLimit(err); {
 	case isAPIError(err, errCodeInsufficientResources), isAPIError(err, errCodeAccountResourcesExceeded):
 		return outOfStorage(err)
-	case waitedForAck(err):
+	case waitedForAck(err), errors.Is(err, errAckOverdue):
 		return r.unanswered(err)
 	case isAPIError(err, errCodeSealed):
 		return r.shut(err)
@@ -101,13 +101,25 @@ func (r *refusals) shut(err error) error {
 func (r *refusals) unanswered(err error) error {
 	sentTo, _ := r.streams.cached(r.topic)
 	if _, rerr := r.current(); !errors.Is(rerr, natsjs.ErrStreamNotFound) {
-		return r.shut(err)
+		return mayBeStored(r.shut(err))
 	}
 	gone := "no stream holds the topic any more"
 	if sentTo != "" {
 		gone = fmt.Sprintf("stream %q, which held the topic, is gone or no longer holds it", sentTo)
 	}
 	return fmt.Errorf("%w: %s, so no stream stored the message or answered, and a core NATS subscriber on the topic kept the publish from being refused at once; the next publish looks for the topic's stream again (autoProvision creates it)", err, gone)
+}
+
+// mayBeStored adds to err, a publish sent that got no acknowledgement in
+// time while a stream may have stored it, that it may be stored: an app
+// told only of a deadline takes the message for lost, and a retry without
+// its id stores it twice. An err that says why already (a stream with
+// no_ack stores without answering) is left as it is.
+func mayBeStored(err error) error {
+	if !errors.Is(err, errAckOverdue) || errors.Is(err, ErrStreamTakesNoPublish) {
+		return err
+	}
+	return fmt.Errorf("%w; JetStream may have stored the message without its acknowledgement arriving in time, so it may be stored or not; publishing it again with the same CloudEvent id or msgId stores it once", err)
 }
 
 // takesNoPublish says why a stream of config c cannot take a publish, or

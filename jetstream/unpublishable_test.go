@@ -63,6 +63,54 @@ func TestPublishToStreamThatCannotTakeIt(t *testing.T) {
 	}
 }
 
+// An operator seals the topic's stream, or sets no_ack on it, after an
+// atomic BulkPublish set it up. The next atomic bulk fails as a plain
+// publish does: not retriable, naming the stream, the setting and the fix,
+// within the caller's deadline, and nothing is stored.
+func TestAtomicBulkToStreamThatCannotTakeIt(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name string
+		edit func(*natsjs.StreamConfig)
+		want []string
+	}{
+		{"sealed", func(c *natsjs.StreamConfig) { c.Sealed = true }, []string{`stream "ORDERS" is sealed`, "nats stream rm ORDERS"}},
+		{"no ack", func(c *natsjs.StreamConfig) { c.NoAck = true }, []string{`stream "ORDERS" has no_ack set`, "nats stream edit ORDERS"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ns, js := startNATS(t)
+			ordersStream(t, js)
+			ps, _ := open(t, ns.ClientURL(), nil)
+			_, err := ps.BulkPublish(ctx(t), &pubsub.BulkPublishRequest{Topic: "orders.a", Entries: textEntries("a", 2), Metadata: atomicBulk})
+			require.NoError(t, err)
+			cfg := streamInfo(t, js, "ORDERS").Config
+			tc.edit(&cfg)
+			_, err = js.UpdateStream(ctx(t), cfg)
+			require.NoError(t, err)
+
+			deadline := 2 * time.Second
+			pctx, cancel := context.WithTimeout(t.Context(), deadline)
+			defer cancel()
+			start := time.Now()
+			resp, err := ps.BulkPublish(pctx, &pubsub.BulkPublishRequest{Topic: "orders.a", Entries: textEntries("b", 2), Metadata: atomicBulk})
+			took := time.Since(start)
+			require.Error(t, err)
+			t.Log(err)
+			assert.Less(t, took, deadline+time.Second, "the atomic bulk outlasted its deadline")
+			assert.Equal(t, KindRejected, KindOf(err))
+			require.Len(t, resp.FailedEntries, 2)
+			for _, f := range resp.FailedEntries {
+				for _, s := range tc.want {
+					assert.ErrorContains(t, f.Error, s, "entry %s", f.EntryId)
+				}
+			}
+			assert.Equal(t, uint64(2), msgCount(t, js, "ORDERS"))
+		})
+	}
+}
+
 // streamName names a mirror, as for an app that reads a region's copy of
 // ORDERS: its subscriptions take the topic's messages from the mirror, as a
 // consumer made with nats consumer add on it does, instead of asking to add
