@@ -140,11 +140,15 @@ func (p *PubSub) connEvents(conns *connWatch, firstErr chan<- error) []nats.Opti
 			// reconnect forced on it.
 			p.answers.lost()
 			// Without an error, the connection was closed on purpose.
-			if err != nil {
-				conns.lost(err)
-				p.stats.disconnected(disconnectKind(err))
-				p.log.Warnf("disconnected from NATS at %s: %v; reconnecting every %s", conns.url, err, conns.retry)
+			if err == nil {
+				return
 			}
+			p.stats.disconnected(disconnectKind(err))
+			if refusal := conns.lost(err); refusal != nil {
+				p.log.Warnf("disconnected from NATS at %s: NATS ended the connection with: %v; reconnecting every %s. To fix: %s", conns.url, refusal, conns.retry, conns.creds.hint(refusal))
+				return
+			}
+			p.log.Warnf("disconnected from NATS at %s: %v; reconnecting every %s", conns.url, err, conns.retry)
 		}),
 		nats.ConnectHandler(func(nc *nats.Conn) {
 			// Said once when it came after failures, which were warned about.
@@ -169,6 +173,9 @@ func (p *PubSub) connEvents(conns *connWatch, firstErr chan<- error) []nats.Opti
 					p.log.Infof("NATS does not allow this connection to subscribe to %s>, so a message that JetStream stops delivering after maxDeliver, with no last failure seen here, is neither dead-lettered nor logged; allow that subject to have them", abandonedPrefix)
 				})
 				return
+			}
+			if isAuthError(err) {
+				conns.refused(err)
 			}
 			p.denials.note(err)
 			p.log.Warnf("NATS: %v", err)
@@ -208,7 +215,7 @@ func (p *PubSub) connect(ctx context.Context, c metadata.Connection, conns *conn
 			reason = " (" + cause.Error() + ")"
 		}
 		p.log.Warnf("NATS at %s is not reachable yet%s; connecting in the background every %s, and publishing fails until then. To fix: %s",
-			conns.url, reason, conns.retry, connHint(cause))
+			conns.url, reason, conns.retry, conns.creds.hint(cause))
 	}
 	return nc, nil
 }

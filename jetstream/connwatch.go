@@ -29,7 +29,11 @@ type notConnectedError struct {
 	down     time.Duration
 	attempts int
 	last     error // the last connection error, if known
-	retry    time.Duration
+	// refusal is the authentication error with which NATS ended the
+	// connection (the user JWT expired or was revoked), if it did.
+	refusal error
+	retry   time.Duration
+	creds   credentials
 }
 
 func (e *notConnectedError) Error() string {
@@ -50,13 +54,26 @@ func (e *notConnectedError) Error() string {
 	if e.last != nil {
 		fmt.Fprintf(&b, ", last error: %v", e.last)
 	}
+	if e.refusal != nil && (e.last == nil || e.last.Error() != e.refusal.Error()) {
+		fmt.Fprintf(&b, "; NATS ended the connection with: %v", e.refusal)
+	}
 	b.WriteString(")")
 	if e.state == nats.CLOSED {
-		fmt.Fprintf(&b, ": the connection is closed and not retried; %s, then initialize the component again", connHint(e.last))
+		fmt.Fprintf(&b, ": the connection is closed and not retried; %s, then initialize the component again", e.hint())
 	} else {
-		fmt.Fprintf(&b, ": retrying every %s; %s", e.retry, connHint(e.last))
+		fmt.Fprintf(&b, ": retrying every %s; %s", e.retry, e.hint())
 	}
 	return b.String()
+}
+
+// hint says what to check: the refusal that ended the connection tells
+// more than the attempts after it, which NATS refuses as a plain
+// authorization violation.
+func (e *notConnectedError) hint() string {
+	if e.refusal != nil {
+		return e.creds.hint(e.refusal)
+	}
+	return e.creds.hint(e.last)
 }
 
 // steadyNotConnected is a notConnectedError without the figures that change
@@ -67,8 +84,12 @@ func (e *notConnectedError) Error() string {
 type steadyNotConnected struct{ *notConnectedError }
 
 func (e steadyNotConnected) Error() string {
-	return fmt.Sprintf("NATS at %s is not connected (state %s, tried every %s); %s",
-		e.url, e.state, e.retry, connHint(e.last))
+	refusal := ""
+	if e.refusal != nil {
+		refusal = "; NATS ended the connection with: " + e.refusal.Error()
+	}
+	return fmt.Sprintf("NATS at %s is not connected (state %s, tried every %s%s); %s",
+		e.url, e.state, e.retry, refusal, e.hint())
 }
 
 // steady turns an error of notConnected into its steadyNotConnected form;
@@ -81,15 +102,56 @@ func steady(err error) error {
 	return steadyNotConnected{e}
 }
 
-// connHint says what to check, given the last connection error.
-func connHint(err error) string {
+// credentials names the metadata fields that hold the identity NATS
+// checks, so that an authentication error says which to fix and how.
+type credentials struct {
+	fields string // such as "credsFile", or "" when none is set
+	// reread is set when nats.go reads them again at each connection
+	// attempt (credsFile), so that updating them needs no restart.
+	reread bool
+}
+
+// credentialsOf names the identity that c sets.
+func credentialsOf(c metadata.Connection) credentials {
+	switch {
+	case c.Token != "":
+		return credentials{fields: "token"}
+	case c.User != "":
+		return credentials{fields: "user and password"}
+	case c.JWT != "":
+		return credentials{fields: "jwt and seedKey"}
+	case c.NKeySeed != "":
+		return credentials{fields: "nkeySeed"}
+	case c.CredsFile != "":
+		return credentials{fields: "credsFile", reread: true}
+	case metadata.RedactURL(c.URL) != c.URL:
+		return credentials{fields: "the user information in natsURL"}
+	}
+	return credentials{}
+}
+
+// hint says what to check, given the last connection error.
+func (c credentials) hint(err error) string {
 	switch {
 	case isAuthError(err):
-		return "check the authentication fields"
+		return c.authHint()
 	case err != nil && strings.Contains(err.Error(), "tls"):
 		return "check tls_ca_file, tls_client_cert and tls_client_key, and that natsURL names the server they are for"
 	}
 	return "check natsURL and that nats-server is running and reachable from here"
+}
+
+// authHint names the fields NATS refused, and how a new value takes effect.
+func (c credentials) authHint() string {
+	switch {
+	case c.fields == "":
+		return "check the authentication fields: NATS requires credentials (token, user and password, nkeySeed, jwt and seedKey, or credsFile)"
+	case c.reread:
+		return "check the authentication fields: NATS refuses the user in " + c.fields +
+			" (expired, revoked, or not of an account it knows); write renewed credentials to that file (nsc generate creds), which is read again at each connection attempt, so no restart is needed"
+	}
+	return "check the authentication fields: NATS refuses " + c.fields +
+		" (changed on the server, expired or revoked); the component keeps the values it was initialized with, so initialize it again with the new ones (daprd reads Secrets when it starts: restart it)"
 }
 
 // Is makes errors.Is(err, ErrNotConnected) hold.
@@ -105,6 +167,7 @@ type connWatch struct {
 	url   string // the configured URLs, redacted
 	retry time.Duration
 	every time.Duration
+	creds credentials
 
 	mu        sync.Mutex
 	nc        *nats.Conn
@@ -112,14 +175,19 @@ type connWatch struct {
 	downSince time.Time // when it went down, or Init started; zero while up
 	attempts  int       // failed attempts since downSince
 	lastErr   error
+	// refusal is the authentication error NATS gave as it ended the
+	// connection, kept until it is up again: the attempts after it fail
+	// with a plain authorization violation, which no longer says why.
+	refusal   error
+	refusedAt time.Time
 	timer     *time.Timer // the next repeated warning, while down
 	gen       int         // tells the current timer from one stopped too late
 }
 
-func newConnWatch(l logger.Logger, rawURL string, retry time.Duration) *connWatch {
+func newConnWatch(l logger.Logger, c metadata.Connection) *connWatch {
 	return &connWatch{
-		log: l, url: metadata.RedactURL(rawURL), retry: retry, every: unreachableWarnEvery,
-		downSince: time.Now(),
+		log: l, url: metadata.RedactURL(c.URL), retry: c.ReconnectWait, every: unreachableWarnEvery,
+		creds: credentialsOf(c), downSince: time.Now(),
 	}
 }
 
@@ -179,13 +247,34 @@ func (w *connWatch) failed(err error) {
 	}
 }
 
-// lost records that an established connection went down
-// (DisconnectErrHandler).
-func (w *connWatch) lost(err error) {
+// refusedKeep is how long before the connection drops an authentication
+// error from NATS counts as the reason: nats.go reports both through one
+// queue, the error first.
+const refusedKeep = 5 * time.Second
+
+// refused records an authentication error NATS sent on an established
+// connection (ErrorHandler): it ends the connection next.
+func (w *connWatch) refused(err error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.everUp, w.downSince, w.attempts, w.lastErr = true, time.Now(), 0, err
+	if w.downSince.IsZero() {
+		w.refusal, w.refusedAt = err, time.Now()
+	}
+}
+
+// lost records that an established connection went down
+// (DisconnectErrHandler), and returns the authentication error that ended
+// it, if any.
+func (w *connWatch) lost(err error) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	now := time.Now()
+	if w.refusal != nil && now.Sub(w.refusedAt) > refusedKeep {
+		w.refusal = nil
+	}
+	w.everUp, w.downSince, w.attempts, w.lastErr = true, now, 0, err
 	w.armLocked()
+	return w.refusal
 }
 
 // up records that the connection is made (ConnectHandler, ReconnectHandler)
@@ -198,7 +287,7 @@ func (w *connWatch) up() (time.Duration, int) {
 		down = time.Since(w.downSince)
 	}
 	attempts := w.attempts
-	w.everUp, w.downSince, w.attempts, w.lastErr = true, time.Time{}, 0, nil
+	w.everUp, w.downSince, w.attempts, w.lastErr, w.refusal = true, time.Time{}, 0, nil, nil
 	if w.timer != nil {
 		w.timer.Stop()
 		w.timer = nil
@@ -250,8 +339,11 @@ func (w *connWatch) warn(gen int) {
 	if e.last != nil {
 		cause = ", the last with: " + e.last.Error()
 	}
+	if e.refusal != nil {
+		cause += "; NATS ended the connection with: " + e.refusal.Error()
+	}
 	w.log.Warnf("NATS at %s is still not reachable %s: %s failed%s; retrying every %s. To fix: %s",
-		e.url, since, attempts(e.attempts), cause, e.retry, connHint(e.last))
+		e.url, since, attempts(e.attempts), cause, e.retry, e.hint())
 }
 
 // notConnected returns the error for a call made now, or nil while NATS is
@@ -277,7 +369,7 @@ func (w *connWatch) notConnected() error {
 // failure of a handshake in the current attempt, which no handler reports;
 // otherwise the last error a handler reported stands.
 func (w *connWatch) errorLocked(state nats.Status, ncErr error) *notConnectedError {
-	e := &notConnectedError{url: w.url, state: state, everUp: w.everUp, attempts: w.attempts, retry: w.retry}
+	e := &notConnectedError{url: w.url, state: state, everUp: w.everUp, attempts: w.attempts, retry: w.retry, creds: w.creds, refusal: w.refusal}
 	if !w.downSince.IsZero() {
 		e.down = time.Since(w.downSince)
 	}

@@ -269,6 +269,65 @@ func TestConsumerInfoDeniedWhileSubscribed(t *testing.T) {
 	}
 }
 
+// Permissions an operator narrows while a subscription runs, so that its
+// pull requests no longer reach JetStream, or what JetStream sends no longer
+// reaches its inbox: Ping names the subscription and the refused subject
+// instead of the subscription stalling silently, and once the permission is
+// back, what was published meanwhile is delivered.
+func TestPullDeniedWhileSubscribed(t *testing.T) {
+	t.Parallel()
+	for name, perms := range map[string]*server.Permissions{
+		`publish to "$JS.API.CONSUMER.MSG.NEXT.orders.app-orders"`: {Publish: &server.SubjectPermission{Deny: []string{"$JS.API.CONSUMER.MSG.NEXT.>"}}},
+		`subscribe to "_INBOX.`: {Subscribe: &server.SubjectPermission{Deny: []string{"_INBOX.>"}}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			users := func(p *server.Permissions) []*server.User {
+				return []*server.User{{Username: "app", Password: "secret", Permissions: p}, {Username: "admin", Password: "admin"}}
+			}
+			var opts *server.Options
+			ns := natstest.Start(t, func(o *server.Options) { o.Users, opts = users(nil), o })
+			ps, _ := open(t, ns.ClientURL(), map[string]string{"user": "app", "password": "secret", "consumerID": "app"})
+			h, got := collect()
+			subscribe(t, ps, "orders", nil, h)
+			admin, err := nats.Connect(ns.ClientURL(), nats.UserInfo("admin", "admin"))
+			require.NoError(t, err)
+			t.Cleanup(admin.Close)
+			js, err := natsjs.New(admin)
+			require.NoError(t, err)
+			natstest.WaitConsumer(t, js, "orders", "app-orders")
+			send := func(data string) {
+				t.Helper()
+				_, err := js.Publish(ctx(t), "orders", []byte(data))
+				require.NoError(t, err)
+			}
+			send("before")
+			assert.Equal(t, "before", string(recv(t, got, waitFor).Data))
+
+			denied := opts.Clone()
+			denied.Users = users(perms)
+			require.NoError(t, ns.ReloadOptions(denied))
+			send("meanwhile")
+			var pingErr error
+			assert.Eventually(t, func() bool {
+				pingErr = ps.Ping(ctx(t))
+				return pingErr != nil
+			}, waitFor, tick, "Ping passes while the subscription cannot pull")
+			if pingErr != nil {
+				t.Log(pingErr)
+				assert.Contains(t, pingErr.Error(), `topic "orders"`)
+				assert.Contains(t, pingErr.Error(), name)
+			}
+
+			allowed := opts.Clone()
+			allowed.Users = users(nil)
+			require.NoError(t, ns.ReloadOptions(allowed))
+			assert.Equal(t, "meanwhile", string(recv(t, got, waitFor).Data))
+			assert.Eventually(t, func() bool { return ps.Ping(ctx(t)) == nil }, waitFor, tick, "Ping fails after the permission is back")
+		})
+	}
+}
+
 // JetStream in another account, reached through an imported API (apiPrefix),
 // as nats-server's cross-account JetStream setup has it. JetStream's
 // MAX_DELIVERIES advisory is published in that account, where this

@@ -18,6 +18,11 @@ import (
 // `Permissions Violation for Publish to "$JS.API.CONSUMER.CREATE.…"`.
 var deniedPublish = regexp.MustCompile(`(?i)violation for publish to "([^"]+)"`)
 
+// deniedSubscribe finds the subject of a subscription that NATS refused,
+// or removed when the user's permissions changed, worded by the server as
+// `Permissions Violation for Subscription to "_INBOX.…" (sid "5")`.
+var deniedSubscribe = regexp.MustCompile(`(?i)violation for subscription to "([^"]+)"`)
+
 // deniedKeep is how long a refused publish is remembered: longer than any
 // JetStream API call waits for its answer.
 const deniedKeep = time.Minute
@@ -29,29 +34,46 @@ const deniedKeep = time.Minute
 type denials struct {
 	mu   sync.Mutex
 	last map[string]time.Time
+	// subs are the subjects NATS refused this connection to subscribe to,
+	// and when: a refused inbox receives nothing, without another word.
+	subs map[string]time.Time
 }
 
-// note records err when it is a refused publish.
+// note records err when it is a refused publish or subscription.
 func (d *denials) note(err error) {
 	if !errors.Is(err, nats.ErrPermissionViolation) {
 		return
 	}
-	m := deniedPublish.FindStringSubmatch(err.Error())
-	if m == nil {
-		return
+	if m := deniedPublish.FindStringSubmatch(err.Error()); m != nil {
+		d.add(&d.last, m[1])
+	} else if m := deniedSubscribe.FindStringSubmatch(err.Error()); m != nil {
+		d.add(&d.subs, m[1])
 	}
+}
+
+// add records subject in *seen, forgetting what is older than deniedKeep.
+func (d *denials) add(seen *map[string]time.Time, subject string) {
 	now := time.Now()
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.last == nil {
-		d.last = map[string]time.Time{}
+	if *seen == nil {
+		*seen = map[string]time.Time{}
 	}
-	for subject, at := range d.last {
+	for s, at := range *seen {
 		if now.Sub(at) > deniedKeep {
-			delete(d.last, subject)
+			delete(*seen, s)
 		}
 	}
-	d.last[m[1]] = now
+	(*seen)[subject] = now
+}
+
+// subscribeRefused reports whether NATS refused (or removed) the
+// subscription to subject at t or later.
+func (d *denials) subscribeRefused(subject string, t time.Time) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	at, ok := d.subs[subject]
+	return ok && !at.Before(t)
 }
 
 // since lists, sorted, the subjects starting with prefix, or equal to

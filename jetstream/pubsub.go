@@ -118,7 +118,7 @@ func (p *PubSub) Init(ctx context.Context, md pubsub.Metadata) error {
 	if cfg.Consumer.FlowControl {
 		p.log.Info("flowControl has no effect: pull consumers are flow-controlled by the number of messages they request")
 	}
-	conns := newConnWatch(p.log, cfg.Connection.URL, cfg.Connection.ReconnectWait)
+	conns := newConnWatch(p.log, cfg.Connection)
 	firstErr := make(chan error, 1)
 	opts = append(opts, p.connEvents(conns, firstErr)...)
 
@@ -276,6 +276,10 @@ func (p *PubSub) Ping(ctx context.Context) error {
 		defer cancel()
 	}
 	if err := nc.FlushWithContext(ctx); err != nil {
+		// The connection dropped during the ping: say why, as above.
+		if down := p.notConnected(); down != nil {
+			return down
+		}
 		return fmt.Errorf("NATS did not answer a ping: %w", err)
 	}
 	return p.failingSubscriptions()

@@ -63,7 +63,7 @@ func (s *subscription) openInboxLocked() error {
 	// ones as a slow consumer.
 	_ = sub.SetPendingLimits(-1, -1)
 	sub.SetClosedHandler(func(string) { close(drained) })
-	s.inbox, s.drained = sub, drained
+	s.inbox, s.drained, s.inboxSince = sub, drained, time.Now()
 	s.outstanding = 0
 	s.lastHeard = time.Now()
 	return nil
@@ -140,7 +140,8 @@ func (s *subscription) pull(small bool) {
 	terms := s.pullTermsLocked()
 	n = terms.capped(n)
 	s.outstanding += n
-	s.requestEnds = time.Now().Add(terms.expires + expiryGrace)
+	s.requestedAt = time.Now()
+	s.requestEnds = s.requestedAt.Add(terms.expires + expiryGrace)
 	s.mu.Unlock()
 	for left := n; left > 0; {
 		batch := left
@@ -296,6 +297,13 @@ func (s *subscription) checkPull(now time.Time) {
 		s.mu.Unlock()
 		return
 	}
+	if silent {
+		if err := s.deniedPullLocked(cs); err != nil {
+			s.mu.Unlock()
+			s.pullFailed(err)
+			return
+		}
+	}
 	back := s.resetPull
 	s.resetPull = false
 	s.outstanding = 0
@@ -313,6 +321,33 @@ func (s *subscription) checkPull(now time.Time) {
 	// may have lost it with its state.
 	s.pullIfRoom()
 	s.verify(cs)
+}
+
+// deniedPullLocked is why pull requests went unanswered when NATS refused
+// them: it drops a request the user may not publish, and removes a
+// subscription the user may no longer have when its permissions change,
+// telling only the connection's error handler. Retrying cannot fix either,
+// so it is reported as such, naming the subject and the permission. A
+// refused inbox is dropped here, so that the next pull subscribes again,
+// which works once the permission is back. s.mu is held.
+func (s *subscription) deniedPullLocked(cs *consumerState) error {
+	p := s.p
+	if subjects := p.denials.since(s.requestedAt, cs.next, ""); len(subjects) > 0 {
+		api, _, _ := strings.Cut(cs.next, "CONSUMER.MSG.NEXT.")
+		return &Error{Op: "subscribe to", Topic: s.topic, Kind: KindRejected, Err: fmt.Errorf(
+			"NATS does not allow this connection to publish to %q, so JetStream never answered the pull requests of consumer %q on stream %q; grant the NATS user publish permission for %s> (or for that subject), in the server's authorization or the user's JWT (nsc edit user --allow-pub)",
+			cs.next, cs.name, cs.stream, api)}
+	}
+	if s.inbox == nil || !p.denials.subscribeRefused(s.inbox.Subject, s.inboxSince) {
+		return nil
+	}
+	inbox := s.inbox.Subject
+	_ = s.inbox.Unsubscribe()
+	s.inbox = nil
+	prefix, _, _ := strings.Cut(inbox, ".")
+	return &Error{Op: "subscribe to", Topic: s.topic, Kind: KindRejected, Err: fmt.Errorf(
+		"NATS does not allow this connection to subscribe to %q, the inbox its pull requests ask JetStream to deliver to, so nothing arrives; grant the NATS user subscribe permission for %s.> in the server's authorization or the user's JWT (nsc edit user --allow-sub)",
+		inbox, prefix)}
 }
 
 // streamReplaced reports, before the pull starts over, whether the

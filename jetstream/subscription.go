@@ -84,6 +84,8 @@ type subscription struct {
 	drained     chan struct{} // closed when inbox has drained
 	outstanding int           // requested from JetStream, not yet received
 	requestEnds time.Time     // when the last request must have ended
+	requestedAt time.Time     // when the last request was sent
+	inboxSince  time.Time     // when the inbox was subscribed to
 	// keptWarned is set once the log said why messages stay held past
 	// handoverTimeout while paused.
 	keptWarned bool

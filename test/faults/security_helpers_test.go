@@ -29,7 +29,10 @@ import (
 	"github.com/dapr/components-contrib/pubsub"
 	proto "github.com/dapr/dapr/pkg/proto/components/v1"
 	"github.com/google/uuid"
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -382,4 +385,143 @@ func secTCPSockets(t *testing.T, pid int) map[string][]string {
 		require.NoError(t, sc.Err())
 	}
 	return byState
+}
+
+// secOperator is a nats-server in operator mode (decentralised JWT auth)
+// with keys made here: an operator, a system account and one account with
+// JetStream whose users the test signs. Its port and store stay the same
+// across restart.
+type secOperator struct {
+	ns       *server.Server
+	opts     *server.Options
+	account  nkeys.KeyPair
+	claims   *jwt.AccountClaims
+	operator nkeys.KeyPair
+}
+
+func secStartOperator(t *testing.T) *secOperator {
+	t.Helper()
+	operator, err := nkeys.CreateOperator()
+	require.NoError(t, err)
+	opPub, err := operator.PublicKey()
+	require.NoError(t, err)
+	op := &secOperator{operator: operator}
+	sys, sysClaims := secAccount(t, "SYS")
+	op.account, op.claims = secAccount(t, "app")
+	op.claims.Limits.JetStreamLimits = jwt.JetStreamLimits{MemoryStorage: -1, DiskStorage: -1, Streams: -1, Consumer: -1}
+	oc := jwt.NewOperatorClaims(opPub)
+	oc.SystemAccount, _ = sys.PublicKey()
+	opJWT, err := oc.Encode(operator)
+	require.NoError(t, err)
+	opClaims, err := jwt.DecodeOperatorClaims(opJWT)
+	require.NoError(t, err)
+	resolver := &server.MemAccResolver{}
+	require.NoError(t, resolver.Store(sysClaims.Subject, op.encode(t, sysClaims)))
+	require.NoError(t, resolver.Store(op.claims.Subject, op.encode(t, op.claims)))
+	op.ns = natstest.Start(t, func(o *server.Options) {
+		o.Port = natstest.FreePortT(t)
+		o.TrustedOperators = []*jwt.OperatorClaims{opClaims}
+		o.AccountResolver = resolver
+		o.SystemAccount = oc.SystemAccount
+		op.opts = o
+	})
+	return op
+}
+
+// secAccount makes an account key, registered as a secret, and its claims.
+func secAccount(t *testing.T, name string) (nkeys.KeyPair, *jwt.AccountClaims) {
+	t.Helper()
+	kp, err := nkeys.CreateAccount()
+	require.NoError(t, err)
+	pub, err := kp.PublicKey()
+	require.NoError(t, err)
+	seed, err := kp.Seed()
+	require.NoError(t, err)
+	secret(string(seed))
+	ac := jwt.NewAccountClaims(pub)
+	ac.Name = name
+	return kp, ac
+}
+
+func (op *secOperator) encode(t *testing.T, ac *jwt.AccountClaims) string {
+	t.Helper()
+	token, err := ac.Encode(op.operator)
+	require.NoError(t, err)
+	return token
+}
+
+// user signs a user of the account; edit may set its expiry or
+// permissions. It returns the user's public key and its creds file content,
+// whose JWT and seed are registered as secrets.
+func (op *secOperator) user(t *testing.T, edit func(*jwt.UserClaims)) (string, []byte) {
+	t.Helper()
+	kp, err := nkeys.CreateUser()
+	require.NoError(t, err)
+	pub, err := kp.PublicKey()
+	require.NoError(t, err)
+	seed, err := kp.Seed()
+	require.NoError(t, err)
+	uc := jwt.NewUserClaims(pub)
+	uc.Name = "dapr"
+	if edit != nil {
+		edit(uc)
+	}
+	token, err := uc.Encode(op.account)
+	require.NoError(t, err)
+	secret(token)
+	secret(string(seed))
+	creds, err := jwt.FormatUserConfig(token, seed)
+	require.NoError(t, err)
+	return pub, creds
+}
+
+// update pushes the account's claims, changed by edit, to the running
+// server, as nsc push does.
+func (op *secOperator) update(t *testing.T, edit func(*jwt.AccountClaims)) {
+	t.Helper()
+	edit(op.claims)
+	ac, err := jwt.DecodeAccountClaims(op.encode(t, op.claims))
+	require.NoError(t, err)
+	acc, err := op.ns.LookupAccount(op.claims.Subject)
+	require.NoError(t, err)
+	op.ns.UpdateAccountClaims(acc, ac)
+}
+
+// client connects a plain nats.go client as a user of the account that
+// never expires, for publishing and checking around the component.
+func (op *secOperator) client(t *testing.T) *nats.Conn {
+	t.Helper()
+	_, creds := op.user(t, nil)
+	file := filepath.Join(t.TempDir(), "admin.creds")
+	require.NoError(t, os.WriteFile(file, creds, 0o600))
+	nc, err := nats.Connect(op.ns.ClientURL(), nats.UserCredentials(file))
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// secSecretVolume is a folder laid out as Kubernetes mounts a Secret: the
+// file is a symlink through ..data, which an update swaps atomically to a
+// new folder.
+type secSecretVolume struct {
+	dir     string
+	version int
+}
+
+// write puts content in the volume as name, as the kubelet does on an
+// update, and returns the path the component reads.
+func (v *secSecretVolume) write(t *testing.T, name string, content []byte) string {
+	t.Helper()
+	v.version++
+	ts := fmt.Sprintf("..%d", v.version)
+	require.NoError(t, os.Mkdir(filepath.Join(v.dir, ts), 0o700))
+	require.NoError(t, os.WriteFile(filepath.Join(v.dir, ts, name), content, 0o600))
+	tmp := filepath.Join(v.dir, "..data_tmp")
+	require.NoError(t, os.Symlink(ts, tmp))
+	require.NoError(t, os.Rename(tmp, filepath.Join(v.dir, "..data")))
+	link := filepath.Join(v.dir, name)
+	if _, err := os.Lstat(link); os.IsNotExist(err) {
+		require.NoError(t, os.Symlink(filepath.Join("..data", name), link))
+	}
+	return link
 }

@@ -3,17 +3,22 @@
 package faults
 
 import (
+	"context"
 	"fmt"
 	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"testing"
+	"time"
 
+	"github.com/dapr/components-contrib/pubsub"
 	proto "github.com/dapr/dapr/pkg/proto/components/v1"
 	"github.com/google/uuid"
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -400,4 +405,106 @@ func TestSecuritySocketMode(t *testing.T) {
 	fi, err := os.Stat(nested)
 	require.NoError(t, err)
 	assert.Zero(t, fi.Mode().Perm()&0o007, "socket folder mode %v", fi.Mode())
+}
+
+// TestSecurityCredsFileRenewed runs the component on a creds file mounted as
+// a Kubernetes Secret: the user JWT expires while it runs, then the Secret
+// is updated with a renewed one; later that user is revoked in the account
+// and the Secret updated again. Each time the component reconnects with the
+// file as it is then, and what was published meanwhile is delivered.
+func TestSecurityCredsFileRenewed(t *testing.T) {
+	failedAttempts := regexp.MustCompile(`connection attempts? failed`)
+	op := secStartOperator(t)
+	js, err := natsjs.New(op.client(t))
+	require.NoError(t, err)
+	vol := &secSecretVolume{dir: t.TempDir()}
+	_, expiring := op.user(t, func(uc *jwt.UserClaims) { uc.Expires = time.Now().Add(3 * time.Second).Unix() })
+	file := vol.write(t, "nats.creds", expiring)
+
+	ps, err := secInit(t, secProps(op.ns.ClientURL(), "credsFile", file, "consumerID", "renew"))
+	require.NoError(t, err)
+	const topic = "sec.renew"
+	got := make(chan string, 16)
+	require.NoError(t, ps.Subscribe(t.Context(), pubsub.SubscribeRequest{Topic: topic}, func(_ context.Context, m *pubsub.NewMessage) error {
+		got <- string(m.Data)
+		return nil
+	}))
+	publish := func(via string) string {
+		t.Helper()
+		data, _ := secCloudEvent(t, topic, via)
+		ctx, cancel := context.WithTimeout(t.Context(), secWait)
+		defer cancel()
+		if via == "component" {
+			require.NoError(t, ps.Publish(ctx, &pubsub.PublishRequest{PubsubName: "pubsub", Topic: topic, Data: data}))
+		} else {
+			_, err := js.Publish(ctx, topic, data)
+			require.NoError(t, err)
+		}
+		return string(data)
+	}
+	delivered := func(want string) {
+		t.Helper()
+		select {
+		case m := <-got:
+			require.JSONEq(t, want, m)
+		case <-time.After(secWait):
+			t.Fatalf("a message published before was not delivered within %s", secWait)
+		}
+	}
+	delivered(publish("component"))
+
+	// down waits until Ping fails, and checks that Ping and Publish say
+	// what to do about the credentials, without a secret: at once, and
+	// once attempts with the same file failed.
+	down := func(why string) {
+		t.Helper()
+		check := func(when string) {
+			t.Helper()
+			var pingErr error
+			require.Eventually(t, func() bool {
+				ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+				defer cancel()
+				pingErr = ps.Ping(ctx)
+				return pingErr != nil && (when == "at once" || failedAttempts.MatchString(pingErr.Error()))
+			}, secWait, secTick, "Ping passes after the user JWT %s", why)
+			ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+			defer cancel()
+			pubErr := ps.Publish(ctx, &pubsub.PublishRequest{PubsubName: "pubsub", Topic: topic, Data: []byte("x")})
+			require.Error(t, pubErr)
+			for what, err := range map[string]error{"Ping": pingErr, "Publish": pubErr} {
+				t.Logf("%s %s after the user JWT %s: %v", what, when, why, err)
+				secNoSecret(t, "the "+what+" error", err.Error())
+				assert.Contains(t, err.Error(), "credsFile", "%s %s names the field to fix", what, when)
+				assert.Contains(t, err.Error(), why, "%s %s says why NATS refuses the credentials", what, when)
+			}
+		}
+		check("at once")
+		check("after attempts")
+	}
+	up := func() {
+		t.Helper()
+		require.Eventually(t, func() bool {
+			ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+			defer cancel()
+			return ps.Ping(ctx) == nil
+		}, secWait, secTick, "the component did not reconnect with the renewed creds file")
+	}
+
+	down("expired")
+	meanwhile := publish("admin")
+	renewedPub, renewed := op.user(t, nil)
+	vol.write(t, "nats.creds", renewed)
+	up()
+	delivered(meanwhile)
+	delivered(publish("component"))
+
+	// The renewed user is revoked in the account: the server drops it.
+	op.update(t, func(ac *jwt.AccountClaims) { ac.Revoke(renewedPub) })
+	down("revoked")
+	meanwhile = publish("admin")
+	_, third := op.user(t, nil)
+	vol.write(t, "nats.creds", third)
+	up()
+	delivered(meanwhile)
+	delivered(publish("component"))
 }
