@@ -23,7 +23,7 @@ func shell(t *testing.T, name, script string) *Proc {
 }
 
 func TestProcWaitsForOutputAndStops(t *testing.T) {
-	p := shell(t, "sleeper", `echo "ready on port 42"; trap 'echo bye; exit 0' TERM; while :; do sleep 0.05; done`)
+	p := shell(t, "sleeper", `trap 'echo bye; exit 0' TERM; echo "ready on port 42"; while :; do sleep 0.05; done`)
 	if err := p.Start(); err != nil {
 		t.Fatal(err)
 	}
