@@ -163,15 +163,19 @@ func (p *PubSub) connEvents(conns *connWatch, firstErr chan<- error) []nats.Opti
 			p.stats.reconnects.Add(1)
 			down, n := conns.up()
 			p.log.Infof("reconnected to NATS at %s after %s down (%s failed)", metadata.RedactURL(nc.ConnectedUrl()), roughly(down), attempts(n))
+			p.replies.reconnected()
 			p.reconnected()
 		}),
-		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+		nats.ErrorHandler(func(nc *nats.Conn, _ *nats.Subscription, err error) {
 			// nats.go names the subject of a refused subscription only in
 			// the error's text.
 			if errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), abandonedPrefix) {
 				p.noAdvisories.Do(func() {
 					p.log.Infof("NATS does not allow this connection to subscribe to %s>, so a message that JetStream stops delivering after maxDeliver, with no last failure seen here, is neither dead-lettered nor logged; allow that subject to have them", abandonedPrefix)
 				})
+				return
+			}
+			if p.noteReplyInbox(nc, err) {
 				return
 			}
 			if isAuthError(err) {

@@ -303,6 +303,8 @@ func TestPullDeniedWhileSubscribed(t *testing.T) {
 			}
 			send("before")
 			assert.Equal(t, "before", string(recv(t, got, waitFor).Data))
+			require.NoError(t, ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "orders", Data: []byte("own")}))
+			assert.Equal(t, "own", string(recv(t, got, waitFor).Data))
 
 			denied := opts.Clone()
 			denied.Users = users(perms)
@@ -311,12 +313,24 @@ func TestPullDeniedWhileSubscribed(t *testing.T) {
 			var pingErr error
 			assert.Eventually(t, func() bool {
 				pingErr = ps.Ping(ctx(t))
-				return pingErr != nil
-			}, waitFor, tick, "Ping passes while the subscription cannot pull")
+				return pingErr != nil && strings.Contains(pingErr.Error(), `topic "orders"`)
+			}, waitFor, tick, "Ping does not name the subscription that cannot pull")
 			if pingErr != nil {
 				t.Log(pingErr)
 				assert.Contains(t, pingErr.Error(), `topic "orders"`)
 				assert.Contains(t, pingErr.Error(), name)
+			}
+
+			if strings.HasPrefix(name, "subscribe") {
+				// nats.go's own inbox for JetStream's answers went too: a
+				// publish cannot be confirmed, and says why.
+				c, cancel := context.WithTimeout(t.Context(), time.Second)
+				err := ps.Publish(c, &pubsub.PublishRequest{Topic: "orders", Data: []byte("unconfirmed")})
+				cancel()
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), "JetStream's answers to its publishes and requests arrive")
+				assert.Contains(t, err.Error(), "subscribe permission for _INBOX.>")
+				assert.Equal(t, KindRejected, KindOf(err))
 			}
 
 			allowed := opts.Clone()
@@ -324,6 +338,15 @@ func TestPullDeniedWhileSubscribed(t *testing.T) {
 			require.NoError(t, ns.ReloadOptions(allowed))
 			assert.Equal(t, "meanwhile", string(recv(t, got, waitFor).Data))
 			assert.Eventually(t, func() bool { return ps.Ping(ctx(t)) == nil }, waitFor, tick, "Ping fails after the permission is back")
+			// Publishing works again too: nats.go's own inboxes for
+			// JetStream's answers, which NATS removed with the permission,
+			// are subscribed again.
+			require.Eventually(t, func() bool {
+				return ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "orders", Data: []byte("after")}) == nil
+			}, waitFor, tick, "publishing does not work again once the permission is back")
+			for m := recv(t, got, waitFor); string(m.Data) != "after"; m = recv(t, got, waitFor) {
+				assert.Equal(t, "unconfirmed", string(m.Data), "the publish that may be stored or not")
+			}
 		})
 	}
 }

@@ -105,6 +105,10 @@ func (p *PubSub) explainDenied(op, topic string, err error, asked time.Time) err
 
 // denied is the refusal explainDenied finds behind err, or nil.
 func (p *PubSub) denied(op, topic string, err error, asked time.Time) error {
+	if noReplies := p.replies.problem(); noReplies != nil && (waitedForAck(err) || errors.Is(err, nats.ErrDisconnected)) {
+		// Unanswered, or cut by the new connection made to subscribe again.
+		return &Error{Op: op, Topic: topic, Kind: KindRejected, Err: fmt.Errorf("%w; a message sent may be stored or not (%v)", noReplies, err)}
+	}
 	if !waitedForAck(err) {
 		return nil
 	}

@@ -75,6 +75,9 @@ type PubSub struct {
 	answers *answerGate
 	// denials are the subjects NATS refused this connection to publish to.
 	denials denials
+	// replies follows nats.go's own subscription for JetStream's answers,
+	// which NATS removes when the user's permissions lose it.
+	replies replyInbox
 	// stats counts what the instance does; observer, if set, is told each
 	// publish's PubAck latency.
 	stats    *stats
@@ -282,7 +285,7 @@ func (p *PubSub) Ping(ctx context.Context) error {
 		}
 		return fmt.Errorf("NATS did not answer a ping: %w", err)
 	}
-	return p.failingSubscriptions()
+	return errors.Join(p.replies.problem(), p.failingSubscriptions())
 }
 
 // failingSubscriptions names the subscriptions that cannot deliver, for
@@ -438,6 +441,7 @@ func (p *PubSub) beginClose() (*nats.Conn, bool) {
 	}
 	p.closed = true
 	close(p.closing)
+	p.replies.close()
 	for s := range p.subs {
 		s.stop()
 	}

@@ -35,6 +35,9 @@ type ConnectionStats struct {
 	Reconnects uint64
 	// Disconnects counts lost connections by the kind of error.
 	Disconnects map[string]uint64
+	// Problem says why no JetStream answer can arrive on a connection that
+	// is up (NATS refuses nats.go's reply subscription), or is "".
+	Problem string
 }
 
 // Publish outcomes.
@@ -301,6 +304,9 @@ func (p *PubSub) Stats() Stats {
 	out := Stats{Connection: connectionStats(nc)}
 	out.Connection.Reconnects = t.reconnects
 	out.Connection.Disconnects = t.disconnects
+	if err := p.replies.problem(); err != nil {
+		out.Connection.Problem = err.Error()
+	}
 	for k, v := range t.givenBack {
 		out.GivenBack = append(out.GivenBack, GivenBackStats{Topic: k.topic, Reason: k.reason, Count: v})
 	}

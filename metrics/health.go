@@ -32,7 +32,8 @@ func (m *Metrics) Handler() http.Handler {
 
 // NotReady lists what keeps the component from being ready: a Component
 // that daprd calls and this process never initialised, an instance that is
-// not connected to NATS, or a subscription that Ping reports as
+// not connected to NATS or refused the subscription on which JetStream's
+// answers arrive, or a subscription that Ping reports as
 // failing (see SubscriptionStats.Stuck): its error cannot be fixed by
 // retrying, or has kept it from delivering for 10 s. A subscription that
 // retries after a passing error, or waits on purpose (paused), is ready.
@@ -50,6 +51,8 @@ func (m *Metrics) NotReady() []string {
 				st = "not connected yet"
 			}
 			problems = append(problems, fmt.Sprintf("%s: NATS is %s", who, st))
+		} else if p := in.Stats.Connection.Problem; p != "" {
+			problems = append(problems, who+": "+p)
 		}
 		for _, s := range in.Stats.Subscriptions {
 			if s.Live > 0 && s.Stuck {

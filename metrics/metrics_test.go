@@ -488,3 +488,36 @@ func TestConsumerGaugesStayGoneWhileTheConsumerCannotBeRead(t *testing.T) {
 	require.Never(t, func() bool { return !gone() }, 8*time.Second, 50*time.Millisecond,
 		"the consumer gauges came back, with the figures from before the denial, while the consumer still cannot be read")
 }
+
+// An operator takes from the NATS user its permission to subscribe to
+// _INBOX.>: NATS removes the subscription on which nats.go receives
+// JetStream's answers, and no publish can be confirmed, on a connection that
+// is up. /readyz names it; once the permission is back, the component is
+// ready again.
+func TestReadinessNamesRefusedReplies(t *testing.T) {
+	users := func(p *server.Permissions) []*server.User {
+		return []*server.User{{Username: "app", Password: "secret", Permissions: p}}
+	}
+	var opts *server.Options
+	ns := natstest.Start(t, func(o *server.Options) { o.Users, opts = users(nil), o })
+	ps, m := instrumented(t, ns.ClientURL(), map[string]string{"user": "app", "password": "secret"})
+	h := m.Handler()
+	require.NoError(t, ps.Publish(t.Context(), &pubsub.PublishRequest{PubsubName: "pubsub", Topic: "orders", Data: []byte("x")}))
+	code, body := get(t, h, "/readyz")
+	require.Equal(t, http.StatusOK, code, body)
+
+	denied := opts.Clone()
+	denied.Users = users(&server.Permissions{Subscribe: &server.SubjectPermission{Deny: []string{"_INBOX.>"}}})
+	require.NoError(t, ns.ReloadOptions(denied))
+	require.Eventually(t, func() bool {
+		code, body := get(t, h, "/readyz")
+		return code == http.StatusServiceUnavailable && strings.Contains(body, "subscribe permission for _INBOX.>")
+	}, waitFor, 20*time.Millisecond, "/readyz does not name the refused subscription for JetStream's answers")
+
+	allowed := opts.Clone()
+	allowed.Users = users(nil)
+	require.NoError(t, ns.ReloadOptions(allowed))
+	require.Eventually(t, func() bool { code, _ := get(t, h, "/readyz"); return code == http.StatusOK }, waitFor, 20*time.Millisecond,
+		"not ready after the permission is back")
+	require.NoError(t, ps.Publish(t.Context(), &pubsub.PublishRequest{PubsubName: "pubsub", Topic: "orders", Data: []byte("y")}))
+}
