@@ -104,7 +104,7 @@ func newDelivery(s *subscription, msg *nats.Msg) *Delivery {
 	md[MetadataTopic] = msg.Subject
 	md[MetadataSubject] = msg.Subject
 	if id := hdr.Get(natsjs.MsgIDHeader); id != "" {
-		md[MetadataMsgID] = unscopedMsgID(msg.Subject, id)
+		md[MetadataMsgID] = deliveredMsgID(msg.Subject, hdr.Get(natsjs.SubjectHeader), id)
 	}
 	if meta, err := msg.Metadata(); err == nil {
 		d.Sequence, d.Deliveries = meta.Sequence.Stream, meta.NumDelivered
@@ -269,4 +269,15 @@ func nakWithDelay(delay time.Duration) []byte {
 		return nakBody
 	}
 	return []byte(`-NAK {"delay": ` + strconv.FormatInt(delay.Nanoseconds(), 10) + `}`)
+}
+
+// deliveredMsgID is the de-duplication id the publisher gave a message
+// delivered on subject, from its Nats-Msg-Id header: scoped to the topic it
+// was published to, which is the subject, or for a copy a stream
+// republished, the original subject (its Nats-Subject header).
+func deliveredMsgID(subject, original, header string) string {
+	if id, ok := scopedID(subject, header); ok || original == "" {
+		return id
+	}
+	return unscopedMsgID(original, header)
 }

@@ -137,6 +137,26 @@ func TestPublishDeduplication(t *testing.T) {
 	}
 }
 
+// A stream that republishes what it stores (RePublish) to subjects another
+// stream keeps: a subscription to the copy's topic gets the id the publisher
+// gave, not the Nats-Msg-Id scoped to the topic the original went to.
+func TestRepublishedCopyKeepsTheMsgID(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "ORDERS", Subjects: []string{"orders.>"},
+		RePublish: &natsjs.RePublish{Source: "orders.>", Destination: "copy.orders.>"}})
+	require.NoError(t, err)
+	_, err = js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "COPY", Subjects: []string{"copy.>"}})
+	require.NoError(t, err)
+	ps, _ := open(t, ns.ClientURL(), nil)
+	h, got := collect()
+	subscribe(t, ps, "copy.orders.a", nil, h)
+	publish(t, ps, "orders.a", "x", map[string]string{"msgId": "m-1"})
+	m := recv(t, got, waitFor)
+	assert.Equal(t, "copy.orders.a", m.Topic)
+	assert.Equal(t, "m-1", m.Metadata[MetadataMsgID])
+}
+
 // TestPublishDedupPerTopic: JetStream de-duplicates across a whole stream,
 // but a message id only stands for a retry of the same publish: the same
 // CloudEvent sent to two topics of one stream must be stored on both, while a
