@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -18,17 +20,19 @@ import (
 const (
 	// apiTimeout bounds one JetStream API call of a subscription.
 	apiTimeout = 5 * time.Second
-	// refreshBusy and refreshIdle pace reading the consumer's settings back:
-	// often while messages are held, since another replica may lower the
-	// ack wait under them, rarely otherwise.
+	// refreshBusy paces reading the consumer's settings back while
+	// messages are held: another replica may lower the ack wait under them.
 	refreshBusy = time.Second
-	refreshIdle = 15 * time.Second
 	// verifyTimeout bounds reading the consumer back. It is short: the
 	// housekeeping goroutine waits for it, and while a consumer's leader
 	// changes, the read waits for the election, during which no pull
 	// request is sent again.
 	verifyTimeout = time.Second
 )
+
+// refreshIdle paces reading the consumer's settings back while nothing is
+// held. Tests shorten it.
+var refreshIdle = 15 * time.Second
 
 // consumerState is the consumer as the server has it. Its settings, not the
 // metadata's, rule acks and keep-alives: another replica may have changed
@@ -63,6 +67,9 @@ type consumerState struct {
 	// consumer pause); zero when it is not paused.
 	pausedUntil time.Time
 	refreshed   time.Time
+	// idleEvery is how long after refreshed it is read back while idle:
+	// refreshIdle, give or take a quarter (see jittered).
+	idleEvery time.Duration
 	// unread is set while NATS does not allow reading the consumer's info,
 	// so the counts above are not current.
 	unread bool
@@ -512,7 +519,10 @@ func ackPolicyName(p natsjs.AckPolicy) string {
 func (s *subscription) refresh(now time.Time) {
 	s.mu.Lock()
 	cs := s.consumer
-	every := refreshIdle
+	var every time.Duration
+	if cs != nil {
+		every = cs.idleEvery
+	}
 	if len(s.held) > 0 || (cs != nil && cs.drained) {
 		every = refreshBusy
 	}
@@ -521,6 +531,14 @@ func (s *subscription) refresh(now time.Time) {
 		return
 	}
 	s.verify(cs)
+}
+
+// jittered is d give or take a quarter: subscriptions set up together (at
+// startup, or when NATS comes back) would otherwise read their consumers
+// back in the same instant every period, for good, a burst of as many
+// JetStream API requests as the app has topics.
+func jittered(d time.Duration) time.Duration {
+	return d*3/4 + rand.N(d/2+1)
 }
 
 // verify reads the consumer's info; a consumer or stream that is gone is
@@ -648,9 +666,6 @@ func (s *subscription) editBack(ctx context.Context, js natsjs.JetStream, cs *co
 	return nil
 }
 
-// subjectsEvery paces reading the stream's subjects back.
-const subjectsEvery = refreshIdle
-
 // followMovedTopic notices a topic that an operator moved to another stream
 // (its subject removed from this one): this consumer then receives nothing
 // new. It moves once the consumer has nothing left to deliver or to be
@@ -659,7 +674,9 @@ const subjectsEvery = refreshIdle
 // topic now, as after a lost consumer.
 func (s *subscription) followMovedTopic(ctx context.Context, cs *consumerState) {
 	s.mu.Lock()
-	due := !cs.moved && time.Since(cs.subjectsRead) >= subjectsEvery
+	// The stream's subjects are read back as often as the consumer, while
+	// idle.
+	due := !cs.moved && time.Since(cs.subjectsRead) >= s.idleEvery
 	s.mu.Unlock()
 	if due && !s.streamStillCovers(ctx, cs) {
 		s.mu.Lock()
@@ -690,14 +707,14 @@ func (s *subscription) streamStillCovers(ctx context.Context, cs *consumerState)
 	if err != nil {
 		return true
 	}
-	st, err := js.Stream(ctx, cs.stream)
+	info, err := s.p.streamReads.read(ctx, js, cs.stream, s.idleEvery/2)
 	s.mu.Lock()
 	cs.subjectsRead = time.Now()
 	s.mu.Unlock()
 	if err != nil {
 		return true
 	}
-	if err := transformedAway(st.CachedInfo().Config, s.topic); err != nil {
+	if err := transformedAway(info.Config, s.topic); err != nil {
 		// The consumer receives nothing more: set up again, the
 		// subscription reports why it cannot go on, until the stream is
 		// fixed.
@@ -705,13 +722,62 @@ func (s *subscription) streamStillCovers(ctx context.Context, cs *consumerState)
 		s.drop()
 		return true
 	}
-	if !streams.takes(st.CachedInfo().Config, s.topic) {
+	if !streams.takes(info.Config, s.topic) {
 		return false
 	}
 	s.mu.Lock()
 	cs.coveredAt = cs.subjectsRead
 	s.mu.Unlock()
 	return true
+}
+
+// streamReads shares the reads of a stream's config among the
+// subscriptions of an instance that check it for a moved topic: an app with
+// many topics on one stream would otherwise send JetStream one stream info
+// request per topic every refreshIdle, all for the same answer.
+type streamReads struct {
+	mu     sync.Mutex
+	byName map[string]*streamRead
+}
+
+// streamRead is the last read of one stream. mu is held while reading, so
+// that checks made meanwhile wait for that read instead of sending their own.
+type streamRead struct {
+	mu   sync.Mutex
+	info *natsjs.StreamInfo
+	at   time.Time
+}
+
+// read returns the config of stream name as read at most maxAge ago, and
+// reads it when there is none so recent.
+func (r *streamReads) read(ctx context.Context, js natsjs.JetStream, name string, maxAge time.Duration) (*natsjs.StreamInfo, error) {
+	e := r.entry(name)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.info != nil && time.Since(e.at) < maxAge {
+		return e.info, nil
+	}
+	st, err := js.Stream(ctx, name)
+	if err != nil {
+		e.info = nil
+		return nil, err
+	}
+	e.info, e.at = st.CachedInfo(), time.Now()
+	return e.info, nil
+}
+
+func (r *streamReads) entry(name string) *streamRead {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.byName == nil {
+		r.byName = map[string]*streamRead{}
+	}
+	e := r.byName[name]
+	if e == nil {
+		e = &streamRead{}
+		r.byName[name] = e
+	}
+	return e
 }
 
 // transformedAway refuses a stream whose subject transform stores the

@@ -12,6 +12,7 @@ import (
 
 	"github.com/dapr/components-contrib/pubsub"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -819,4 +820,184 @@ func TestCrashingMessageReachesMaxDeliverAndSparesThoseBehind(t *testing.T) {
 	assert.Equal(t, map[string]uint64{"0": 2, "1": 1, "2": 1, "3": 1, "4": 1}, deliveries,
 		"the crashing message came back as its second delivery, the others on their first")
 	settledConsumer(t, js, "crash", "app-crash")
+}
+
+// apiCounter counts the JetStream API requests that reach a server, as
+// `nats server report jetstream` does, and the pull requests among them
+// apart.
+type apiCounter struct {
+	mu         sync.Mutex
+	api, pulls int
+	bySubject  map[string]int
+}
+
+// countAPI subscribes a plain client to every JetStream API subject of ns,
+// following it through restarts on the same port.
+func countAPI(t *testing.T, url string) *apiCounter {
+	t.Helper()
+	c := &apiCounter{bySubject: map[string]int{}}
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	_, err = nc.Subscribe("$JS.API.>", func(m *nats.Msg) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if strings.HasPrefix(m.Subject, "$JS.API.CONSUMER.MSG.NEXT.") {
+			c.pulls++
+			return
+		}
+		c.api++
+		parts := strings.SplitN(m.Subject, ".", 5)
+		c.bySubject[strings.Join(parts[:min(4, len(parts))], ".")]++
+	})
+	require.NoError(t, err)
+	require.NoError(t, nc.Flush())
+	return c
+}
+
+func (c *apiCounter) read() (api, pulls int, by map[string]int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	by = map[string]int{}
+	for k, v := range c.bySubject {
+		by[k] = v
+	}
+	return c.api, c.pulls, by
+}
+
+// subscribeIdle subscribes ps to topics topics named by format and a
+// number, and waits until each has found its consumer.
+func subscribeIdle(t *testing.T, ps *PubSub, format string, topics int) {
+	t.Helper()
+	h, _ := collect()
+	for i := range topics {
+		subscribe(t, ps, fmt.Sprintf(format, i), nil, h)
+	}
+	require.Eventually(t, func() bool {
+		n := 0
+		for _, s := range ps.Stats().Subscriptions {
+			if s.ConsumerKnown {
+				n++
+			}
+		}
+		return n == topics
+	}, waitFor, tick)
+}
+
+// Many idle subscriptions to topics of one stream (an app with one stream
+// for its topics) each read their consumer back now and then, but check
+// the stream's subjects (for a topic an operator moved) together: reading
+// the same stream once per topic would send JetStream as many identical
+// stream info requests as the app has topics, every period. Not parallel:
+// it shortens refreshIdle for the instance it creates.
+func TestIdleSubscriptionsShareStreamReads(t *testing.T) {
+	const topics = 40
+	const every, window = 300 * time.Millisecond, 3 * time.Second
+	old := refreshIdle
+	refreshIdle = every
+	t.Cleanup(func() { refreshIdle = old })
+
+	ns := natstest.Start(t)
+	counter := countAPI(t, ns.ClientURL())
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "streamName": "SHARED", "streamSubjects": "shared.>"})
+	subscribeIdle(t, ps, "shared.t%02d", topics)
+
+	_, _, before := counter.read()
+	time.Sleep(window) // the observation window
+	_, _, after := counter.read()
+	consumerReads := after["$JS.API.CONSUMER.INFO"] - before["$JS.API.CONSUMER.INFO"]
+	streamReads := after["$JS.API.STREAM.INFO"] - before["$JS.API.STREAM.INFO"]
+	t.Logf("over %s with %d topics: %d consumer reads, %d stream reads", window, topics, consumerReads, streamReads)
+	require.Positive(t, consumerReads, "the consumers were not read back at all")
+	// One read per period per stream, with ample room for jitter and
+	// timing, is far below one per period per topic.
+	most := 3 * int(window/every)
+	assert.LessOrEqual(t, streamReads, most, "the one stream was read %d times in %s for %d topics, per topic rather than per stream", streamReads, window, topics)
+}
+
+// After NATS comes back, every subscription reads its consumer back at
+// once; the idle reads that follow must not stay in step, or an app with
+// many topics sends JetStream all of them in one burst every period, for
+// good. Not parallel: it shortens refreshIdle for the instance it creates.
+func TestIdleConsumerReadsSpreadAfterARestart(t *testing.T) {
+	const topics = 40
+	const every = 8 * time.Second
+	old := refreshIdle
+	refreshIdle = every
+	t.Cleanup(func() { refreshIdle = old })
+
+	ns, opts := startRestartable(t)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "streamName": "SPREAD", "streamSubjects": "spread.>", "reconnectWait": "50ms"})
+	subscribeIdle(t, ps, "spread.t%02d", topics)
+
+	natstest.Stop(ns)
+	require.Eventually(t, func() bool { return !ps.conn().IsConnected() }, waitShort, tick)
+	back := runAgain(t, opts)
+	var mu sync.Mutex
+	var reads []time.Time
+	nc, _ := natstest.Client(t, back)
+	_, err := nc.Subscribe("$JS.API.CONSUMER.INFO.>", func(*nats.Msg) {
+		mu.Lock()
+		reads = append(reads, time.Now())
+		mu.Unlock()
+	})
+	require.NoError(t, err)
+	require.NoError(t, nc.Flush())
+	require.Eventually(t, func() bool { return ps.conn().IsConnected() }, waitFor, tick)
+	reconnected := time.Now()
+	// Through the first idle period after the reconnect, with room for
+	// the spread.
+	time.Sleep(every * 3 / 2) // the observation window
+
+	mu.Lock()
+	defer mu.Unlock()
+	start := reconnected.Add(every / 2) // the idle reads, not those of the reconnect
+	most := 0
+	for i, at := range reads {
+		if at.Before(start) {
+			continue
+		}
+		n := 0
+		for _, other := range reads[i:] {
+			if other.Sub(at) < 300*time.Millisecond {
+				n++
+			}
+		}
+		most = max(most, n)
+	}
+	t.Logf("%d consumer reads after the restart; at most %d of the %d topics within 300 ms of each other in the idle period", len(reads), most, topics)
+	assert.LessOrEqual(t, most, topics/2, "the idle reads of the consumers came in one burst")
+}
+
+// Subscriptions whose topics no stream covers (autoProvision off, the
+// streams not made yet) look for one again and again, each look-up a
+// JetStream API request that the meta leader answers. Once the problem has
+// lasted long enough to fail Ping, it waits for an operator: an app with
+// many such topics must not keep sending one request per topic every 2 s.
+func TestFailingSubscriptionsRetryAtABoundedRate(t *testing.T) {
+	t.Parallel()
+	const topics = 100
+	const window = 4 * time.Second
+	ns := natstest.Start(t)
+	counter := countAPI(t, ns.ClientURL())
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "autoProvision": "false"})
+	h, _ := collect()
+	for i := range topics {
+		subscribe(t, ps, fmt.Sprintf("nostream.t%03d", i), nil, h)
+	}
+	require.Eventually(t, func() bool { return ps.Ping(ctx(t)) != nil }, stuckAfter+waitFor, tick, "the subscriptions never failed Ping")
+	time.Sleep(retryMax) // the attempts planned before the problem lasted stuckAfter
+
+	before, _, _ := counter.read()
+	time.Sleep(window) // the observation window
+	after, _, _ := counter.read()
+	t.Logf("%d API requests in %s from %d subscriptions without a stream", after-before, window, topics)
+	assert.LessOrEqual(t, after-before, topics, "more than one look-up per subscription in %s", window)
+
+	// Once the stream is made, every topic is delivered again in bounded
+	// time.
+	_, js := natstest.Client(t, ns)
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "LATE", Subjects: []string{"nostream.>"}})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return ps.Ping(ctx(t)) == nil }, 2*waitFor, tick, "the subscriptions did not start once the stream was made")
 }

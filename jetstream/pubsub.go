@@ -82,6 +82,8 @@ type PubSub struct {
 	// publish's PubAck latency.
 	stats    *stats
 	observer atomic.Pointer[PublishObserver]
+	// streamReads shares the idle subscriptions' reads of their streams.
+	streamReads streamReads
 }
 
 var (

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"github.com/dapr/kit/logger"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -21,6 +22,14 @@ const (
 	// resumes soon after JetStream recovers, whatever the outage lasted.
 	retryMin = 100 * time.Millisecond
 	retryMax = 2 * time.Second
+	// retrySlow bounds the back-off of setting up the consumer once the
+	// problem has lasted stuckAfter: what has not fixed itself by then (no
+	// stream covers the topic, a permission, a limit) waits for an
+	// operator, and each attempt costs JetStream API requests, most of them
+	// answered by the meta leader. An app with many such topics must not
+	// keep asking every retryMax. NATS coming back still starts over at
+	// once (reconnected).
+	retrySlow = 8 * time.Second
 	// startSkew back-dates the start of a new consumer that starts at the
 	// subscription request, allowing for clocks of the component and the
 	// NATS server that differ a little, and for a publish that overtakes the
@@ -69,6 +78,8 @@ type subscription struct {
 	movedSince time.Time
 	fn         DeliverFunc
 	limiter    *rate.Limiter
+	// idleEvery is refreshIdle when the subscription was made.
+	idleEvery time.Duration
 
 	ctx    context.Context // cancelled by stop
 	cancel context.CancelFunc
@@ -163,7 +174,7 @@ func (p *PubSub) subscribe(ctx context.Context, req pubsub.SubscribeRequest, fn 
 	s := &subscription{
 		p: p, topic: req.Topic, consumerCfg: consumerCfg, requested: time.Now().Add(-startSkew), fn: fn,
 		done: make(chan struct{}), wake: make(chan struct{}, 1), ended: make(chan struct{}), ready: make(chan struct{}, 1),
-		held: map[*Delivery]struct{}{}, retryWait: retryMin, floor: newResumePoint(),
+		held: map[*Delivery]struct{}{}, retryWait: retryMin, floor: newResumePoint(), idleEvery: refreshIdle,
 	}
 	s.counters = p.stats.subscription(s.topic, s.statsConsumer())
 	s.log = p.log.WithFields(map[string]any{"topic": s.topic, "consumer": s.statsConsumer()})
@@ -253,12 +264,16 @@ func (p *PubSub) Subscribe(ctx context.Context, req pubsub.SubscribeRequest, han
 // run is the housekeeping goroutine. When the subscription stops, it
 // finishes it.
 func (s *subscription) run() {
-	t := time.NewTicker(tickEvery)
+	// The first tick comes at a random point of the period, so that the
+	// subscriptions an app makes together do not all keep house, and read
+	// their consumers back, in the same instant.
+	t := time.NewTimer(rand.N(tickEvery) + 1)
 	defer t.Stop()
 	for s.ctx.Err() == nil {
 		s.housekeep(time.Now())
 		select {
 		case <-t.C:
+			t.Reset(tickEvery)
 		case <-s.wake:
 		case <-s.ctx.Done():
 		}
@@ -300,6 +315,9 @@ func (s *subscription) setUp() {
 	// sends an operator the wrong way: say that NATS is away, and how long.
 	// reconnected brings the next attempt forward once it is back.
 	if err := s.p.notConnected(); err != nil {
+		// Nothing is asked of JetStream meanwhile, and the first connection
+		// (NATS not up at Init) does not start retrying over: keep the
+		// short back-off.
 		s.report(steady(err))
 		s.backOff()
 		return
@@ -310,10 +328,11 @@ func (s *subscription) setUp() {
 		if s.ctx.Err() == nil {
 			// The connection may have dropped during the look-ups.
 			s.report(s.p.whileDown(s.p.explainDenied("subscribe to", s.topic, err, asked)))
-			s.backOff()
+			s.backOffLonger()
 		}
 		return
 	}
+	cs.idleEvery = jittered(s.idleEvery)
 	s.mu.Lock()
 	s.consumer = cs
 	s.movedSince = time.Time{}
@@ -331,11 +350,33 @@ func (s *subscription) setUp() {
 }
 
 // backOff delays the next attempt after a failure, doubling up to retryMax.
-func (s *subscription) backOff() {
+func (s *subscription) backOff() { s.backOffUpTo(retryMax) }
+
+// backOffLonger is backOff for a failed set-up, which asks JetStream:
+// once the problem has lasted stuckAfter, the next attempts wait
+// retrySlow.
+func (s *subscription) backOffLonger() {
+	s.mu.Lock()
+	stuck := s.problem.err != "" && time.Since(s.problem.since) >= stuckAfter
+	if stuck {
+		s.retryWait = retrySlow
+	}
+	s.mu.Unlock()
+	if stuck {
+		s.backOffUpTo(retrySlow)
+	} else {
+		s.backOff()
+	}
+}
+
+// backOffUpTo delays the next attempt by the current wait, give or take a
+// quarter so that subscriptions failing together do not retry in step,
+// and doubles the wait up to limit.
+func (s *subscription) backOffUpTo(limit time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.retryAt = time.Now().Add(s.retryWait)
-	s.retryWait = min(s.retryWait*2, retryMax)
+	s.retryAt = time.Now().Add(jittered(s.retryWait))
+	s.retryWait = min(s.retryWait*2, limit)
 }
 
 // reconnected makes the subscription start over at once after NATS came
