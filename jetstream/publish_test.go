@@ -374,7 +374,12 @@ func TestConcurrentExtensionsKeepEachOthersSubjects(t *testing.T) {
 		for range cap(errs) {
 			assert.NoError(t, recv(t, errs, waitFor), "round %d", round)
 		}
-		assert.Equal(t, uint64(round*cap(errs)), streamInfo(t, js, "EXT").State.Msgs, "round %d", round)
+		// At least once: a publish without an id that JetStream answered
+		// with no responders while the other replica's extension had
+		// dropped its subject, and that was sent again, may be stored twice.
+		stored := streamInfo(t, js, "EXT").State.Msgs
+		assert.GreaterOrEqual(t, stored, uint64(round*cap(errs)), "round %d: a publish reported stored is missing", round)
+		assert.LessOrEqual(t, stored, uint64(round*cap(errs)*3/2), "round %d", round)
 	}
 }
 
