@@ -62,7 +62,7 @@ func (p *PubSub) bulkPublishAtomic(ctx context.Context, js natsjs.JetStream, str
 	if err := p.notConnected(); err != nil {
 		return fail(err)
 	}
-	for retried := false; ; retried = true {
+	for try := 1; ; try++ {
 		sent := time.Now()
 		err := publishBatch(ctx, js, streams, req.Topic, need, msgs)
 		if err == nil {
@@ -70,10 +70,9 @@ func (p *PubSub) bulkPublishAtomic(ctx context.Context, js natsjs.JetStream, str
 			return pubsub.BulkPublishResponse{}, nil
 		}
 		// The stream went away, or no longer allows atomic publish, TTLs or
-		// schedules (an operator changed it): find or set it up again,
-		// once. JetStream dropped the batch, so nothing of it is stored.
-		if (streamChanged(err) || isAPIError(err, jetstreamext.JSErrCodeBatchPublishNotEnabled)) && !retried {
-			streams.forget(req.Topic)
+		// schedules (an operator changed it): find or set it up again.
+		// JetStream dropped the batch, so nothing of it is stored.
+		if (streamChanged(err) || isAPIError(err, jetstreamext.JSErrCodeBatchPublishNotEnabled)) && streams.sendAgain(ctx, req.Topic, try) {
 			continue
 		}
 		p.countBatch(req.Topic, sent, len(msgs), err)

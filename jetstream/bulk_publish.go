@@ -60,14 +60,13 @@ func (p *PubSub) BulkPublish(ctx context.Context, req *pubsub.BulkPublishRequest
 		return pubsub.NewBulkPublishResponse(req.Entries, err), err
 	}
 	defer p.countBulk(b)
-	if again := b.send(ctx, js, stream, pending); len(again) > 0 {
-		// The stream changed under us: find or set it up again, once.
-		streams.forget(req.Topic)
-		if stream, err = prepare(ctx, streams, req.Topic, need); err == nil {
-			b.send(ctx, js, stream, again)
-		} else {
+	// The stream changed under us: find or set it up again.
+	for try, again := 1, b.send(ctx, js, stream, pending); len(again) > 0 && streams.sendAgain(ctx, req.Topic, try); try++ {
+		if stream, err = prepare(ctx, streams, req.Topic, need); err != nil {
 			b.fail(again, classify("publish to", req.Topic, p.whileDown(err)))
+			break
 		}
+		again = b.send(ctx, js, stream, again)
 	}
 	return p.bulkResponse(ctx, streams, b)
 }

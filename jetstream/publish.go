@@ -54,7 +54,7 @@ func (p *PubSub) Publish(ctx context.Context, req *pubsub.PublishRequest) (err e
 	if err := p.notConnected(); err != nil {
 		return classify("publish to", req.Topic, err)
 	}
-	for retried := false; ; retried = true {
+	for try := 1; ; try++ {
 		stream, err := prepareUntilLost(ctx, js.Conn(), streams, req.Topic, need)
 		if err != nil {
 			return classify("publish to", req.Topic, p.whileDown(p.explainDenied("publish to", req.Topic, err, asked)))
@@ -67,8 +67,7 @@ func (p *PubSub) Publish(ctx context.Context, req *pubsub.PublishRequest) (err e
 		if err == nil {
 			ack, err = await(ctx, js.Conn(), f)
 		}
-		if streamChanged(err) && !retried {
-			streams.forget(req.Topic)
+		if streamChanged(err) && streams.sendAgain(ctx, req.Topic, try) {
 			continue
 		}
 		if denied := p.denied("publish to", req.Topic, err, asked); denied != nil {

@@ -6,15 +6,18 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/dapr/components-contrib/pubsub"
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
 	"github.com/dapr-nats/jetstream-pubsub/metadata"
 )
 
@@ -349,38 +352,159 @@ func TestExistingStreamIsExtended(t *testing.T) {
 }
 
 // Old and new replicas of a rolling update share a stream (streamName) and
-// extend it at once with the topics they publish to: each extension reads
-// the stream's subjects and writes them back with its topic, and may undo
-// one made meanwhile by the other replica, or by another call of the same
-// one. Every publish must still be stored, not fail with "no response from
-// stream", and so must the next publish to each topic.
+// extend it at once with the topics they publish to. JetStream has no
+// compare-and-set for a stream's config: another replica, in its own
+// process, writes back the subjects it read, with its own topic, and drops
+// the ones this replica added meanwhile, whose publishes then get "no
+// response from stream". Every publish must still be stored, once (its
+// msgId de-duplicates a send again), and so must the next publish to each
+// topic.
 func TestConcurrentExtensionsKeepEachOthersSubjects(t *testing.T) {
 	t.Parallel()
 	ns, js := startNATS(t)
 	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "EXT", Subjects: []string{"ext.seed"}})
 	require.NoError(t, err)
-	replicas := []*PubSub{}
-	for range 2 {
-		ps, _ := open(t, ns.ClientURL(), map[string]string{"streamName": "EXT"})
-		replicas = append(replicas, ps)
-	}
-	errs := make(chan error, 20)
-	for round := 1; round <= 2; round++ {
-		for i := range cap(errs) {
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"streamName": "EXT"})
+	const topics = 30
+	errs := make(chan error, 2*topics)
+	for round := 1; round <= 3; round++ {
+		for i := range topics {
 			go func() {
-				errs <- replicas[i%2].Publish(ctx(t), &pubsub.PublishRequest{Topic: fmt.Sprintf("ext.t%d", i), Data: []byte("x")})
+				errs <- ps.Publish(ctx(t), &pubsub.PublishRequest{
+					Topic: fmt.Sprintf("ext.t%d", i), Data: []byte("x"),
+					Metadata: map[string]string{MetadataMsgID: fmt.Sprintf("%d-%d", round, i)},
+				})
 			}()
+			go func() { errs <- extendAsAnotherReplica(ctx(t), js, "EXT", fmt.Sprintf("ext.other%d.%d", round, i)) }()
 		}
 		for range cap(errs) {
 			assert.NoError(t, recv(t, errs, waitFor), "round %d", round)
 		}
-		// At least once: a publish without an id that JetStream answered
-		// with no responders while the other replica's extension had
-		// dropped its subject, and that was sent again, may be stored twice.
-		stored := streamInfo(t, js, "EXT").State.Msgs
-		assert.GreaterOrEqual(t, stored, uint64(round*cap(errs)), "round %d: a publish reported stored is missing", round)
-		assert.LessOrEqual(t, stored, uint64(round*cap(errs)*3/2), "round %d", round)
 	}
+	stored := streamInfo(t, js, "EXT").State.Msgs
+	assert.Equal(t, uint64(3*topics), stored, "every publish reported stored is stored once")
+}
+
+// extendAsAnotherReplica adds subject to stream name the way an instance of
+// the component in another process would: it reads the stream's subjects
+// and writes them back with one more.
+func extendAsAnotherReplica(ctx context.Context, js natsjs.JetStream, name, subject string) error {
+	st, err := js.Stream(ctx, name)
+	if err != nil {
+		return err
+	}
+	cfg := st.CachedInfo().Config
+	cfg.Subjects = append(cfg.Subjects, subject)
+	_, err = js.UpdateStream(ctx, cfg)
+	return err
+}
+
+// Several apps share one component process (dapr run) and one stream
+// (streamName), and publish to a new topic at once, so that each instance
+// adds it to the stream. nats-server applies updates of one stream that
+// arrive together each against the subjects as they were before both: for
+// a subject both added, it subscribes the stream to it twice, and stores
+// every message published to it twice. The instances of one process change
+// a stream one at a time.
+func TestInstancesOfOneProcessExtendAStreamOneAtATime(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "EXT", Subjects: []string{"ext.seed"}})
+	require.NoError(t, err)
+	var instances []*PubSub
+	for range 3 {
+		ps, _ := open(t, ns.ClientURL(), map[string]string{"streamName": "EXT"})
+		instances = append(instances, ps)
+	}
+	errs := make(chan error, len(instances))
+	for round := 1; round <= 40; round++ {
+		topic := fmt.Sprintf("ext.r%d", round)
+		for _, ps := range instances {
+			go func() { errs <- ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: topic, Data: []byte("x")}) }()
+		}
+		for range instances {
+			require.NoError(t, recv(t, errs, waitFor), "round %d", round)
+		}
+		require.Equal(t, uint64(round*len(instances)), streamInfo(t, js, "EXT").State.Msgs, "round %d: a message stored twice", round)
+	}
+}
+
+// A stream whose config holds the topic, while nats-server no longer takes
+// what is published to it: two updates of its subjects applied at once,
+// one of them dropping the topic, left the server unsubscribed from it
+// (see deafen). Every publish would fail with "no response from stream",
+// for as long as the server runs. With autoProvision, the component takes
+// the topic out of the stream's subjects and puts it back, which
+// subscribes the stream to it again; without, the error says what happened
+// and how to fix it.
+func TestStreamDeafToAHeldTopicHearsItAgain(t *testing.T) {
+	t.Parallel()
+	for _, provision := range []string{"true", "false"} {
+		t.Run("autoProvision="+provision, func(t *testing.T) {
+			t.Parallel()
+			ns, js := startNATS(t)
+			name := deafen(t, ns, "deaf.t")
+			ps, _ := open(t, ns.ClientURL(), map[string]string{"streamName": name, "autoProvision": provision})
+			err := ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "deaf.t", Data: []byte("1")})
+			if provision == "false" {
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), fmt.Sprintf(`stream %q holds "deaf.t" among its subjects, but nats-server does not take what is published to it`, name))
+				assert.Contains(t, err.Error(), "nats stream edit")
+				return
+			}
+			require.NoError(t, err)
+			info := streamInfo(t, js, name)
+			assert.Equal(t, uint64(1), info.State.Msgs)
+			assert.Contains(t, info.Config.Subjects, "deaf.t")
+			_, err = js.Publish(ctx(t), "deaf.t", []byte("2"))
+			assert.NoError(t, err, "the stream takes the topic again for every publisher")
+		})
+	}
+}
+
+// deafen creates a stream whose config holds topic while nats-server is not
+// subscribed to it, and returns its name: it races updates that keep topic
+// with one that drops it, until the server applies them against the
+// subjects before any of them, and unsubscribes the topic yet ends with a
+// config that holds it.
+func deafen(t *testing.T, ns *server.Server, topic string) string {
+	t.Helper()
+	// Each update from a connection of its own, so that nats-server reads
+	// them at once.
+	var clients []natsjs.JetStream
+	for range 4 {
+		_, js := natstest.Client(t, ns)
+		clients = append(clients, js)
+	}
+	js := clients[0]
+	const tries = 1000
+	for try := range tries {
+		name := fmt.Sprintf("DEAF%d", try)
+		if try > 0 {
+			require.NoError(t, js.DeleteStream(ctx(t), fmt.Sprintf("DEAF%d", try-1)))
+		}
+		cfg := natsjs.StreamConfig{Name: name, Subjects: []string{topic, name + ".base"}, Storage: natsjs.MemoryStorage}
+		_, err := js.CreateStream(ctx(t), cfg)
+		require.NoError(t, err)
+		updates := []natsjs.StreamConfig{cfg}
+		updates[0].Subjects = []string{name + ".base"}
+		for k := range 3 {
+			keeping := cfg
+			keeping.Subjects = []string{topic, name + ".base", fmt.Sprintf("%s.kept.%d", name, k)}
+			updates = append(updates, keeping)
+		}
+		var wg sync.WaitGroup
+		for i, c := range updates {
+			wg.Go(func() { _, _ = clients[i].UpdateStream(ctx(t), c) })
+		}
+		wg.Wait()
+		held := slices.Contains(streamInfo(t, js, name).Config.Subjects, topic)
+		if _, err := js.Publish(ctx(t), topic, nil); held && isNoStream(err) {
+			return name
+		}
+	}
+	t.Fatalf("nats-server kept taking %q after %d tries at updates applied at once", topic, tries)
+	return ""
 }
 
 // A subscription to a wildcard after publishes to subjects it covers: the

@@ -45,6 +45,8 @@ func (r *refusals) explain(err error) error {
 		return r.unanswered(err)
 	case isAPIError(err, errCodeSealed):
 		return r.shut(err)
+	case isNoStream(err):
+		return r.deaf(err)
 	case errors.Is(err, natsjs.ErrStreamMessageExceedsMaximum):
 		if info := r.stream(); info != nil {
 			return fmt.Errorf("%w: %s", err, tooLarge(info))
@@ -108,6 +110,19 @@ func (r *refusals) unanswered(err error) error {
 		gone = fmt.Sprintf("stream %q, which held the topic, is gone or no longer holds it", sentTo)
 	}
 	return fmt.Errorf("%w: %s, so no stream stored the message or answered, and a core NATS subscriber on the topic kept the publish from being refused at once; the next publish looks for the topic's stream again (autoProvision creates it)", err, gone)
+}
+
+// deaf explains a publish that no stream answered, when the topic's stream
+// holds it among its subjects: nats-server does not take what is published
+// to the subject (see streams.rehear).
+func (r *refusals) deaf(err error) error {
+	info := r.stream()
+	if info == nil || !slices.Contains(info.Config.Subjects, r.topic) {
+		return err
+	}
+	name := info.Config.Name
+	return fmt.Errorf("%w: stream %q holds %q among its subjects, but nats-server does not take what is published to it: two updates of the stream's subjects applied at once can leave the server unsubscribed from one of them; take the subject out of the stream and put it back (nats stream edit %s), restart nats-server, or set autoProvision to true, which does that",
+		err, name, r.topic, name)
 }
 
 // mayBeStored adds to err, a publish sent that got no acknowledgement in

@@ -34,11 +34,33 @@ type streams struct {
 	noted map[string]bool   // stream -> its differences were logged
 
 	strayed map[string]bool // topic -> a stream other than streamName's holding it was logged
+}
 
-	// updating lets one change of a stream's config run at a time: each
-	// reads the config and writes it back whole, and would undo another
-	// one made in between.
-	updating sync.Mutex
+// streamEdits lets one change of a stream's config run at a time in this
+// process, whichever instance makes it: several daprds may share one
+// component process, and one stream. Each change reads the config and
+// writes it back whole, and would undo another one made in between. Worse,
+// nats-server applies two updates of one stream that arrive together each
+// against the subjects as they were before both: it subscribes the stream
+// twice to a subject both add, and stores every message published to it
+// twice, or unsubscribes one that the config still holds (see rehear).
+var streamEdits = struct {
+	mu    sync.Mutex
+	locks map[string]*sync.Mutex // stream -> its lock
+}{locks: map[string]*sync.Mutex{}}
+
+// editStream waits until no other change of stream name runs in this
+// process, and returns the function that ends this one.
+func editStream(name string) (done func()) {
+	streamEdits.mu.Lock()
+	l, ok := streamEdits.locks[name]
+	if !ok {
+		l = &sync.Mutex{}
+		streamEdits.locks[name] = l
+	}
+	streamEdits.mu.Unlock()
+	l.Lock()
+	return l.Unlock
 }
 
 const (
@@ -256,9 +278,8 @@ func (s *streams) extend(ctx context.Context, info *natsjs.StreamInfo, topic str
 		return nil, fmt.Errorf("%w: stream %q has subjects %v, none of which includes %q; add it to the stream, or set autoProvision to true",
 			ErrNoStream, info.Config.Name, info.Config.Subjects, topic)
 	}
-	s.updating.Lock()
-	defer s.updating.Unlock()
 	name := info.Config.Name
+	defer editStream(name)()
 	// Read again: the subjects may have changed since info was read.
 	current, err := s.read(ctx, name, topic)
 	for try := 1; err == nil && !covers(current.Config.Subjects, topic); try++ {
@@ -282,6 +303,69 @@ func (s *streams) extend(ctx context.Context, info *natsjs.StreamInfo, topic str
 		current, err = s.read(ctx, name, topic)
 	}
 	return current, err
+}
+
+// sendAgain reports whether a publish to topic that JetStream answered, on
+// its try-th send, with no stream or with a stream changed from what is
+// known (see streamChanged) should be sent again, and forgets what is known
+// of the topic's stream if so. JetStream stored nothing of it. An operator
+// may have deleted or replaced the stream since it was looked up; or, with
+// autoProvision, another instance that extended the same stream at the same
+// time wrote its subjects back without this topic, having read them before
+// this one added it. JetStream has no compare-and-set for a stream's config,
+// and that instance may do so again while this one adds the topic back:
+// after the second send, a random pause of growing length sets the two
+// apart. Each send looks the stream up again, so a stream that cannot take
+// the topic ends the tries with an error that says why. A stream that was
+// looked up afresh, holds the topic and still did not answer has lost its
+// subscription to it (see rehear).
+func (s *streams) sendAgain(ctx context.Context, topic string, try int) bool {
+	if try >= extendTries {
+		return false
+	}
+	name, known := s.cached(topic)
+	s.forget(topic)
+	if try == 1 {
+		return true
+	}
+	if known && s.cfg.AutoProvision {
+		s.rehear(ctx, name, topic)
+	}
+	return sleepCtx(ctx, rand.N(time.Duration(try)*extendBackOff)) == nil
+}
+
+// rehearSubject stands in for the only subject of a stream while rehear
+// takes it out: JetStream gives a stream without subjects its name as one.
+const rehearSubject = "_dapr_pubsub.rehear"
+
+// rehear subscribes stream name to topic again, when its config holds the
+// topic and yet nats-server does not take what is published to it: two
+// updates of its subjects applied at once, one of them without the topic,
+// can leave the server unsubscribed from it for as long as it runs. Taking
+// the topic out of the subjects and putting it back subscribes the stream
+// to it again. A stream that does not hold the topic any more is left as
+// it is: the next send looks it up again.
+func (s *streams) rehear(ctx context.Context, name, topic string) {
+	defer editStream(name)()
+	st, err := s.js.Stream(ctx, name)
+	if err != nil || !slices.Contains(st.CachedInfo().Config.Subjects, topic) {
+		return
+	}
+	held := st.CachedInfo().Config
+	without := held
+	without.Subjects = slices.DeleteFunc(slices.Clone(held.Subjects), func(s string) bool { return s == topic })
+	if len(without.Subjects) == 0 {
+		without.Subjects = []string{rehearSubject + "." + name}
+	}
+	if _, err := s.js.UpdateStream(ctx, without); err != nil {
+		s.warnf("stream %q holds %q among its subjects, but nats-server does not take what is published to it; taking the subject out, to put it back, failed: %v", name, topic, err)
+		return
+	}
+	if _, err := s.js.UpdateStream(ctx, held); err != nil {
+		s.warnf("stream %q held %q among its subjects, but nats-server did not take what was published to it; the subject was taken out, and putting it back failed: %v; the next publish to the topic adds it again", name, topic, err)
+		return
+	}
+	s.warnf("stream %q held %q among its subjects, but nats-server did not take what was published to it, as happens when two updates of the stream's subjects are applied at once; the subject was taken out and put back, which subscribes the stream to it again", name, topic)
 }
 
 // extendRefused handles JetStream's refusal to add topic to stream name.
@@ -365,6 +449,12 @@ func (s *streams) infof(format string, args ...any) {
 	}
 }
 
+func (s *streams) warnf(format string, args ...any) {
+	if s.log != nil {
+		s.log.Warnf(format, args...)
+	}
+}
+
 // coveredBy returns the one stream with subjects that topic covers, if there
 // is exactly one.
 func (s *streams) coveredBy(ctx context.Context, topic string) *natsjs.StreamInfo {
@@ -397,8 +487,7 @@ func (s *streams) ensureConfig(ctx context.Context, name string, known map[strin
 	if ok {
 		return nil
 	}
-	s.updating.Lock()
-	defer s.updating.Unlock()
+	defer editStream(name)()
 	st, err := s.js.Stream(ctx, name)
 	if err != nil {
 		return fmt.Errorf("look up stream %q: %w", name, err)
