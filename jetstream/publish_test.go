@@ -429,45 +429,46 @@ func TestInstancesOfOneProcessExtendAStreamOneAtATime(t *testing.T) {
 	}
 }
 
-// A stream whose config holds the topic, while nats-server no longer takes
-// what is published to it: two updates of its subjects applied at once,
-// one of them dropping the topic, left the server unsubscribed from it
-// (see deafen). Every publish would fail with "no response from stream",
-// for as long as the server runs. With autoProvision, the component takes
-// the topic out of the stream's subjects and puts it back, which
-// subscribes the stream to it again; without, the error says what happened
-// and how to fix it.
+// A stream whose config holds the topic, itself or by a wildcard, while
+// nats-server no longer takes what is published to it: two updates of its
+// subjects applied at once, one of them dropping the subject, left the
+// server unsubscribed from it (see deafen). Every publish would fail with
+// "no response from stream", for as long as the server runs. With
+// autoProvision, the component takes the subject out of the stream's
+// subjects and puts it back, which subscribes the stream to it again;
+// without, the error says what happened and how to fix it.
 func TestStreamDeafToAHeldTopicHearsItAgain(t *testing.T) {
 	t.Parallel()
-	for _, provision := range []string{"true", "false"} {
-		t.Run("autoProvision="+provision, func(t *testing.T) {
+	for _, c := range []struct{ provision, held string }{{"true", "deaf.t"}, {"true", "deaf.>"}, {"false", "deaf.t"}} {
+		t.Run(fmt.Sprintf("autoProvision=%s,subject=%s", c.provision, c.held), func(t *testing.T) {
 			t.Parallel()
 			ns, js := startNATS(t)
-			name := deafen(t, ns, "deaf.t")
-			ps, _ := open(t, ns.ClientURL(), map[string]string{"streamName": name, "autoProvision": provision})
+			name := deafen(t, ns, c.held, "deaf.t")
+			ps, _ := open(t, ns.ClientURL(), map[string]string{"streamName": name, "autoProvision": c.provision})
 			err := ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "deaf.t", Data: []byte("1")})
-			if provision == "false" {
+			if c.provision == "false" {
 				require.Error(t, err)
-				assert.Contains(t, err.Error(), fmt.Sprintf(`stream %q holds "deaf.t" among its subjects, but nats-server does not take what is published to it`, name))
+				assert.Contains(t, err.Error(), fmt.Sprintf(`stream %q holds "deaf.t" among its subjects (%s), but nats-server does not take what is published to it`, name, c.held))
 				assert.Contains(t, err.Error(), "nats stream edit")
 				return
 			}
 			require.NoError(t, err)
 			info := streamInfo(t, js, name)
 			assert.Equal(t, uint64(1), info.State.Msgs)
-			assert.Contains(t, info.Config.Subjects, "deaf.t")
+			assert.Contains(t, info.Config.Subjects, c.held)
 			_, err = js.Publish(ctx(t), "deaf.t", []byte("2"))
 			assert.NoError(t, err, "the stream takes the topic again for every publisher")
 		})
 	}
 }
 
-// deafen creates a stream whose config holds topic while nats-server is not
-// subscribed to it, and returns its name: it races updates that keep topic
-// with one that drops it, until the server applies them against the
-// subjects before any of them, and unsubscribes the topic yet ends with a
-// config that holds it.
-func deafen(t *testing.T, ns *server.Server, topic string) string {
+// deafen creates a stream whose config holds subject while nats-server is
+// not subscribed to it, and returns its name: it races updates that keep
+// subject with one that drops it, until the server applies them against the
+// subjects before any of them, unsubscribes the subject yet ends with a
+// config that holds it, and a publish to probe, which subject covers, gets
+// no response.
+func deafen(t *testing.T, ns *server.Server, subject, probe string) string {
 	t.Helper()
 	// Each update from a connection of its own, so that nats-server reads
 	// them at once.
@@ -483,14 +484,14 @@ func deafen(t *testing.T, ns *server.Server, topic string) string {
 		if try > 0 {
 			require.NoError(t, js.DeleteStream(ctx(t), fmt.Sprintf("DEAF%d", try-1)))
 		}
-		cfg := natsjs.StreamConfig{Name: name, Subjects: []string{topic, name + ".base"}, Storage: natsjs.MemoryStorage}
+		cfg := natsjs.StreamConfig{Name: name, Subjects: []string{subject, name + ".base"}, Storage: natsjs.MemoryStorage}
 		_, err := js.CreateStream(ctx(t), cfg)
 		require.NoError(t, err)
 		updates := []natsjs.StreamConfig{cfg}
 		updates[0].Subjects = []string{name + ".base"}
 		for k := range 3 {
 			keeping := cfg
-			keeping.Subjects = []string{topic, name + ".base", fmt.Sprintf("%s.kept.%d", name, k)}
+			keeping.Subjects = []string{subject, name + ".base", fmt.Sprintf("%s.kept.%d", name, k)}
 			updates = append(updates, keeping)
 		}
 		var wg sync.WaitGroup
@@ -498,12 +499,12 @@ func deafen(t *testing.T, ns *server.Server, topic string) string {
 			wg.Go(func() { _, _ = clients[i].UpdateStream(ctx(t), c) })
 		}
 		wg.Wait()
-		held := slices.Contains(streamInfo(t, js, name).Config.Subjects, topic)
-		if _, err := js.Publish(ctx(t), topic, nil); held && isNoStream(err) {
+		held := slices.Contains(streamInfo(t, js, name).Config.Subjects, subject)
+		if _, err := js.Publish(ctx(t), probe, nil); held && isNoStream(err) {
 			return name
 		}
 	}
-	t.Fatalf("nats-server kept taking %q after %d tries at updates applied at once", topic, tries)
+	t.Fatalf("nats-server kept taking %q after %d tries at updates applied at once", subject, tries)
 	return ""
 }
 

@@ -117,12 +117,16 @@ func (r *refusals) unanswered(err error) error {
 // to the subject (see streams.rehear).
 func (r *refusals) deaf(err error) error {
 	info := r.stream()
-	if info == nil || !slices.Contains(info.Config.Subjects, r.topic) {
+	if info == nil {
+		return err
+	}
+	deaf := subjectsHolding(info.Config.Subjects, r.topic)
+	if len(deaf) == 0 {
 		return err
 	}
 	name := info.Config.Name
-	return fmt.Errorf("%w: stream %q holds %q among its subjects, but nats-server does not take what is published to it: two updates of the stream's subjects applied at once can leave the server unsubscribed from one of them; take the subject out of the stream and put it back (nats stream edit %s), restart nats-server, or set autoProvision to true, which does that",
-		err, name, r.topic, name)
+	return fmt.Errorf("%w: stream %q holds %q among its subjects (%s), but nats-server does not take what is published to it: two updates of the stream's subjects applied at once can leave the server unsubscribed from one of them; take %s out of the stream and put it back (nats stream edit %s), restart nats-server, or set autoProvision to true, which does that",
+		err, name, r.topic, strings.Join(deaf, ", "), strings.Join(deaf, ", "), name)
 }
 
 // mayBeStored adds to err, a publish sent that got no acknowledgement in

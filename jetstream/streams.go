@@ -340,32 +340,42 @@ const rehearSubject = "_dapr_pubsub.rehear"
 
 // rehear subscribes stream name to topic again, when its config holds the
 // topic and yet nats-server does not take what is published to it: two
-// updates of its subjects applied at once, one of them without the topic,
-// can leave the server unsubscribed from it for as long as it runs. Taking
-// the topic out of the subjects and putting it back subscribes the stream
-// to it again. A stream that does not hold the topic any more is left as
-// it is: the next send looks it up again.
+// updates of its subjects applied at once, one of them without the subject
+// that holds the topic, can leave the server unsubscribed from it for as
+// long as it runs. Taking that subject out and putting it back subscribes
+// the stream to it again. A stream that does not hold the topic any more is
+// left as it is: the next send looks it up again.
 func (s *streams) rehear(ctx context.Context, name, topic string) {
 	defer editStream(name)()
 	st, err := s.js.Stream(ctx, name)
-	if err != nil || !slices.Contains(st.CachedInfo().Config.Subjects, topic) {
+	if err != nil {
 		return
 	}
 	held := st.CachedInfo().Config
+	deaf := subjectsHolding(held.Subjects, topic)
+	if len(deaf) == 0 {
+		return
+	}
 	without := held
-	without.Subjects = slices.DeleteFunc(slices.Clone(held.Subjects), func(s string) bool { return s == topic })
+	without.Subjects = slices.DeleteFunc(slices.Clone(held.Subjects), func(s string) bool { return slices.Contains(deaf, s) })
 	if len(without.Subjects) == 0 {
 		without.Subjects = []string{rehearSubject + "." + name}
 	}
 	if _, err := s.js.UpdateStream(ctx, without); err != nil {
-		s.warnf("stream %q holds %q among its subjects, but nats-server does not take what is published to it; taking the subject out, to put it back, failed: %v", name, topic, err)
+		s.warnf("stream %q holds %q among its subjects, but nats-server does not take what is published to it; taking %v out, to put it back, failed: %v", name, topic, deaf, err)
 		return
 	}
 	if _, err := s.js.UpdateStream(ctx, held); err != nil {
-		s.warnf("stream %q held %q among its subjects, but nats-server did not take what was published to it; the subject was taken out, and putting it back failed: %v; the next publish to the topic adds it again", name, topic, err)
+		s.warnf("stream %q held %q among its subjects, but nats-server did not take what was published to it; %v was taken out, and putting it back failed: %v; the next publish to the topic adds it again", name, topic, deaf, err)
 		return
 	}
-	s.warnf("stream %q held %q among its subjects, but nats-server did not take what was published to it, as happens when two updates of the stream's subjects are applied at once; the subject was taken out and put back, which subscribes the stream to it again", name, topic)
+	s.warnf("stream %q held %q among its subjects, but nats-server did not take what was published to it, as happens when two updates of the stream's subjects are applied at once; %v was taken out and put back, which subscribes the stream to it again", name, topic, deaf)
+}
+
+// subjectsHolding returns those of subjects that hold topic: the topic
+// itself, or a wildcard that covers it.
+func subjectsHolding(subjects []string, topic string) []string {
+	return slices.DeleteFunc(slices.Clone(subjects), func(s string) bool { return !metadata.SubjectCovers(s, topic) })
 }
 
 // extendRefused handles JetStream's refusal to add topic to stream name.
