@@ -147,7 +147,7 @@ func (p *PubSub) Init(ctx context.Context, md pubsub.Metadata) error {
 		return err
 	}
 	p.cfg, p.nc, p.js = cfg, nc, js
-	p.streams = newStreams(js, cfg.Stream, p.log)
+	p.streams = newStreams(js, cfg.Stream, noJetStream(cfg.Connection), p.log)
 	p.apiPrefix = apiPrefix(cfg.Connection)
 	p.connKey = connKey(cfg.Connection)
 	p.wg.Add(1)
@@ -166,6 +166,20 @@ func apiPrefix(c metadata.Connection) string {
 		return strings.TrimSuffix(c.APIPrefix, ".") + "."
 	}
 	return natsjs.DefaultAPIPrefix
+}
+
+// noJetStream says, for a JetStream API request that no server answered,
+// where the settings send such requests, and how to fix them. Init cannot
+// tell a wrong domain from a hub that is away (neither answers), so it is
+// said on each failed call instead of failing Init.
+func noJetStream(c metadata.Connection) string {
+	switch {
+	case c.Domain != "":
+		return fmt.Sprintf("no JetStream server answered in domain %q (metadata domain): set domain to the jetstream.domain of the servers that hold the streams, and check that the server this connects to reaches them (the hub of a leaf node may be away)", c.Domain)
+	case c.APIPrefix != "":
+		return fmt.Sprintf("no JetStream server answered at apiPrefix %q: set apiPrefix to the subject prefix under which this account imports the JetStream API ($JS.API.>) of the account that has JetStream, and check that account's export", c.APIPrefix)
+	}
+	return "no JetStream server answered: enable JetStream on the NATS servers for this account, or set domain or apiPrefix when JetStream is reached through a leaf node or another account"
 }
 
 // seesConsumer reports whether p's JetStream has consumer name on stream,

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/dapr/kit/logger"
+	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/dapr-nats/jetstream-pubsub/metadata"
@@ -24,6 +25,9 @@ type streams struct {
 	js  natsjs.JetStream
 	cfg metadata.Stream
 	log logger.Logger // nil: nothing is logged
+	// noAPI says why no server answered a JetStream API request, and the
+	// fix (see noJetStream).
+	noAPI string
 
 	mu    sync.Mutex
 	known map[string]string // topic -> stream
@@ -72,9 +76,9 @@ const (
 	extendBackOff = 50 * time.Millisecond
 )
 
-func newStreams(js natsjs.JetStream, cfg metadata.Stream, log logger.Logger) *streams {
+func newStreams(js natsjs.JetStream, cfg metadata.Stream, noAPI string, log logger.Logger) *streams {
 	return &streams{
-		js: js, cfg: cfg, log: log,
+		js: js, cfg: cfg, log: log, noAPI: noAPI,
 		known: map[string]string{}, ttl: map[string]bool{}, batch: map[string]bool{}, shut: map[string]error{}, fed: map[string]error{}, noted: map[string]bool{},
 		strayed: map[string]bool{},
 	}
@@ -197,7 +201,7 @@ func (s *streams) lookup(ctx context.Context, topic string) (string, *natsjs.Str
 			}
 			return metadata.SanitizeName(topic), nil, nil
 		default:
-			return "", nil, fmt.Errorf("look up the stream for the topic: %w%s", err, unanswered(err))
+			return "", nil, fmt.Errorf("look up the stream for the topic: %w%s", err, s.unanswered(err))
 		}
 	}
 	st, err := s.js.Stream(ctx, name)
@@ -210,8 +214,19 @@ func (s *streams) lookup(ctx context.Context, topic string) (string, *natsjs.Str
 		}
 		return name, nil, nil
 	default:
-		return "", nil, fmt.Errorf("look up stream %q: %w%s", name, err, unanswered(err))
+		return "", nil, fmt.Errorf("look up stream %q: %w%s", name, err, s.unanswered(err))
 	}
+}
+
+// unanswered explains a look-up that JetStream did not answer. nats.go's
+// bare "no responders" says nothing of where the request went: with a wrong
+// domain or apiPrefix, or a leaf node whose hub is away, nothing takes the
+// API requests, and retrying alone does not help.
+func (s *streams) unanswered(err error) string {
+	if errors.Is(err, nats.ErrNoResponders) {
+		return "; " + s.noAPI
+	}
+	return unanswered(err)
 }
 
 func (s *streams) create(ctx context.Context, name, topic string) (*natsjs.StreamInfo, error) {
