@@ -184,10 +184,16 @@ func TestDomainThroughLeafNode(t *testing.T) {
 }
 
 // A leaf node without JetStream of its own: the hub's JetStream, reached by
-// domain, does everything.
+// domain, does everything. Without domain, the hub does not answer the
+// leaf's plain JetStream API requests, and the error says to set it.
 func TestDomainThroughLeafNodeWithoutJetStream(t *testing.T) {
 	t.Parallel()
 	e := startEdge(t, false)
+	unset, _ := e.openOnLeaf(t, map[string]string{"domain": ""})
+	err := unset.Publish(ctx(t), &pubsub.PublishRequest{Topic: "orders", Data: []byte("lost?")})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "no JetStream server answered: enable JetStream on the NATS servers for this account, or set domain")
+
 	ps, _ := e.openOnLeaf(t, map[string]string{"consumerID": "app"})
 	h, got := failing(1)
 	subscribe(t, ps, "orders", nil, h)
