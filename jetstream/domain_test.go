@@ -253,9 +253,19 @@ func TestHubOutageThroughLeafNode(t *testing.T) {
 	t.Log(err)
 	assert.True(t, IsRetriable(err), "a publish while the hub is away is not retriable: %v", err)
 	assert.Contains(t, err.Error(), `domain "hub"`)
+	// Ping, and so the healthcheck command, and /readyz say so from the
+	// first request that went unanswered, also for an app that only
+	// publishes.
+	pingErr := ps.Ping(ctx(t))
+	require.Error(t, pingErr, "Ping passes while no JetStream answers")
+	assert.Contains(t, pingErr.Error(), `no JetStream server answered in domain "hub"`)
+	assert.Contains(t, ps.Stats().Connection.Problem, `no JetStream server answered in domain "hub"`)
 
 	e.startHub(t)
 	e.waitLinked(t)
+	require.Eventually(t, func() bool { return ps.Stats().Connection.Problem == "" }, 2*waitFor, tick,
+		"the problem is still reported once the hub is back")
+	require.NoError(t, ps.Ping(ctx(t)))
 	require.Eventually(t, func() bool {
 		return ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "orders", Data: []byte("after")}) == nil
 	}, waitFor, tick, "publishing does not work again once the hub is back")
@@ -347,6 +357,9 @@ func TestWrongAPIPrefixIsNamed(t *testing.T) {
 	err := ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "app.orders", Data: []byte("x")})
 	require.Error(t, err)
 	t.Log(err)
+	assert.Contains(t, err.Error(), `apiPrefix "JS.nosuch.API"`)
+	err = ps.Ping(ctx(t))
+	require.Error(t, err, "Ping passes while no JetStream answers at the prefix")
 	assert.Contains(t, err.Error(), `apiPrefix "JS.nosuch.API"`)
 }
 

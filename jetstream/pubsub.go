@@ -78,6 +78,8 @@ type PubSub struct {
 	// replies follows nats.go's own subscription for JetStream's answers,
 	// which NATS removes when the user's permissions lose it.
 	replies replyInbox
+	// api follows whether any server takes JetStream API requests.
+	api *jetStreamAPI
 	// stats counts what the instance does; observer, if set, is told each
 	// publish's PubAck latency.
 	stats    *stats
@@ -147,7 +149,8 @@ func (p *PubSub) Init(ctx context.Context, md pubsub.Metadata) error {
 		return err
 	}
 	p.cfg, p.nc, p.js = cfg, nc, js
-	p.streams = newStreams(js, cfg.Stream, noJetStream(cfg.Connection), p.log)
+	p.api = newJetStreamAPI(noJetStream(cfg.Connection))
+	p.streams = newStreams(js, cfg.Stream, p.api, p.log)
 	p.apiPrefix = apiPrefix(cfg.Connection)
 	p.connKey = connKey(cfg.Connection)
 	p.wg.Add(1)
@@ -301,7 +304,10 @@ func (p *PubSub) Ping(ctx context.Context) error {
 		}
 		return fmt.Errorf("NATS did not answer a ping: %w", err)
 	}
-	return errors.Join(p.replies.problem(), p.failingSubscriptions())
+	p.mu.Lock()
+	api := p.api
+	p.mu.Unlock()
+	return errors.Join(p.replies.problem(), api.problem(), p.failingSubscriptions())
 }
 
 // failingSubscriptions names the subscriptions that cannot deliver, for
@@ -458,6 +464,9 @@ func (p *PubSub) beginClose() (*nats.Conn, bool) {
 	p.closed = true
 	close(p.closing)
 	p.replies.close()
+	if p.api != nil {
+		p.api.close()
+	}
 	for s := range p.subs {
 		s.stop()
 	}

@@ -288,7 +288,7 @@ func (st *stats) addTo(t *statsSum) {
 // scrape: it reads counters and the state of live subscriptions.
 func (p *PubSub) Stats() Stats {
 	p.mu.Lock()
-	nc := p.nc
+	nc, api := p.nc, p.api
 	subs := p.subscriptionsLocked()
 	p.mu.Unlock()
 	t := newStatsSum()
@@ -304,7 +304,7 @@ func (p *PubSub) Stats() Stats {
 	out := Stats{Connection: connectionStats(nc)}
 	out.Connection.Reconnects = t.reconnects
 	out.Connection.Disconnects = t.disconnects
-	if err := p.replies.problem(); err != nil {
+	if err := errors.Join(p.replies.problem(), api.problem()); err != nil {
 		out.Connection.Problem = err.Error()
 	}
 	for k, v := range t.givenBack {

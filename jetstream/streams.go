@@ -25,9 +25,9 @@ type streams struct {
 	js  natsjs.JetStream
 	cfg metadata.Stream
 	log logger.Logger // nil: nothing is logged
-	// noAPI says why no server answered a JetStream API request, and the
-	// fix (see noJetStream).
-	noAPI string
+	// api is told when no server answered a JetStream API request, and
+	// says where it went and the fix.
+	api *jetStreamAPI
 
 	mu    sync.Mutex
 	known map[string]string // topic -> stream
@@ -76,9 +76,9 @@ const (
 	extendBackOff = 50 * time.Millisecond
 )
 
-func newStreams(js natsjs.JetStream, cfg metadata.Stream, noAPI string, log logger.Logger) *streams {
+func newStreams(js natsjs.JetStream, cfg metadata.Stream, api *jetStreamAPI, log logger.Logger) *streams {
 	return &streams{
-		js: js, cfg: cfg, log: log, noAPI: noAPI,
+		js: js, cfg: cfg, log: log, api: api,
 		known: map[string]string{}, ttl: map[string]bool{}, batch: map[string]bool{}, shut: map[string]error{}, fed: map[string]error{}, noted: map[string]bool{},
 		strayed: map[string]bool{},
 	}
@@ -192,6 +192,10 @@ func (s *streams) lookup(ctx context.Context, topic string) (string, *natsjs.Str
 	name := s.cfg.Name
 	if name == "" {
 		found, err := s.js.StreamNameBySubject(ctx, topic)
+		s.heard(err, func(ctx context.Context) error {
+			_, err := s.js.StreamNameBySubject(ctx, topic)
+			return err
+		})
 		switch {
 		case err == nil:
 			name = found
@@ -205,6 +209,10 @@ func (s *streams) lookup(ctx context.Context, topic string) (string, *natsjs.Str
 		}
 	}
 	st, err := s.js.Stream(ctx, name)
+	s.heard(err, func(ctx context.Context) error {
+		_, err := s.js.Stream(ctx, name)
+		return err
+	})
 	switch {
 	case err == nil:
 		return name, st.CachedInfo(), nil
@@ -218,13 +226,20 @@ func (s *streams) lookup(ctx context.Context, topic string) (string, *natsjs.Str
 	}
 }
 
+// heard tells api whether JetStream answered a look-up that failed with
+// err, or succeeded; again makes the same request, to ask again while none
+// does.
+func (s *streams) heard(err error, again func(context.Context) error) {
+	s.api.heard(err, again)
+}
+
 // unanswered explains a look-up that JetStream did not answer. nats.go's
 // bare "no responders" says nothing of where the request went: with a wrong
 // domain or apiPrefix, or a leaf node whose hub is away, nothing takes the
 // API requests, and retrying alone does not help.
 func (s *streams) unanswered(err error) string {
 	if errors.Is(err, nats.ErrNoResponders) {
-		return "; " + s.noAPI
+		return "; " + s.api.why
 	}
 	return unanswered(err)
 }
