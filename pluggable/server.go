@@ -196,7 +196,7 @@ func (s *Server) Publish(ctx context.Context, req *proto.PublishRequest) (*proto
 		r.ContentType = &ct
 	}
 	if err := ps.Publish(ctx, r); err != nil {
-		return nil, toStatus(err)
+		return nil, s.callStatus(err)
 	}
 	return &proto.PublishResponse{}, nil
 }
@@ -219,18 +219,18 @@ func (s *Server) BulkPublish(ctx context.Context, req *proto.BulkPublishRequest)
 		Entries: entries, PubsubName: req.GetPubsubName(), Topic: req.GetTopic(), Metadata: req.GetMetadata(),
 	})
 	if err != nil && len(resp.FailedEntries) == 0 {
-		return nil, toStatus(err)
+		return nil, s.callStatus(err)
 	}
 	out := &proto.BulkPublishResponse{FailedEntries: make([]*proto.BulkPublishResponseFailedEntry, len(resp.FailedEntries))}
 	for i, f := range resp.FailedEntries {
 		msg := "failed"
 		if f.Error != nil {
-			msg = f.Error.Error()
+			msg = status.Convert(s.callStatus(f.Error)).Message()
 		}
 		out.FailedEntries[i] = &proto.BulkPublishResponseFailedEntry{EntryId: f.EntryId, Error: msg}
 	}
 	if len(out.FailedEntries) > 0 {
-		st := status.Convert(toStatus(err))
+		st := status.Convert(s.callStatus(err))
 		if d, derr := st.WithDetails(out); derr == nil {
 			st = d
 		}
@@ -525,6 +525,26 @@ func (s *Server) pendingAcks() int {
 		n += p.size()
 	}
 	return n
+}
+
+// closedByShutdown is what daprd gets for a publish that reached an instance
+// that Shutdown had closed: the publish and the gRPC server's stop race, and
+// daprd's API may serve on for longer (--dapr-block-shutdown-duration).
+const closedByShutdown = "the component is shutting down (it got SIGTERM, as when its pod is deleted) and has closed its NATS connection, so this message was not stored; publish it again once the pod that replaces this one serves, or through another replica of the app"
+
+// callStatus is toStatus, except for a call that found its instance closed
+// by Shutdown: the status says so, and what to do, rather than the bare
+// jetstream.ErrClosed.
+func (s *Server) callStatus(err error) error {
+	if errors.Is(err, jetstream.ErrClosed) {
+		s.mu.Lock()
+		draining := s.draining
+		s.mu.Unlock()
+		if draining {
+			return status.Error(codes.Unavailable, closedByShutdown)
+		}
+	}
+	return toStatus(err)
 }
 
 // toStatus is the gRPC status daprd gets for err. A *jetstream.Error carries

@@ -796,6 +796,32 @@ func TestInitRacingShutdownLeavesNothingOpen(t *testing.T) {
 	assert.Empty(t, srv.instances, "an instance was left open after Shutdown")
 }
 
+// A publish that reaches an instance Shutdown has closed (daprd's API serves
+// on while the gRPC server stops) says that the component is shutting down
+// and what to do, not the bare "jetstream pubsub: closed"; so does each entry
+// of a bulk publish.
+func TestPublishAfterShutdownSaysSo(t *testing.T) {
+	ns := natstest.Start(t)
+	srv := NewServer(testLog)
+	ctx := grpcmd.NewIncomingContext(context.Background(), grpcmd.Pairs(InstanceHeader, "closing"))
+	_, err := srv.Init(ctx, &proto.PubSubInitRequest{Metadata: &proto.MetadataRequest{Properties: props(ns.ClientURL())}})
+	require.NoError(t, err)
+	srv.Shutdown(0)
+
+	_, err = srv.Publish(ctx, &proto.PublishRequest{Topic: "late", Data: []byte("x")})
+	assert.Equal(t, codes.Unavailable, status.Code(err))
+	assert.Equal(t, closedByShutdown, status.Convert(err).Message())
+
+	_, err = srv.BulkPublish(ctx, &proto.BulkPublishRequest{Topic: "late", Entries: []*proto.BulkMessageEntry{{EntryId: "1", Event: []byte("x")}}})
+	st := status.Convert(err)
+	assert.Equal(t, codes.Unavailable, st.Code())
+	assert.Equal(t, closedByShutdown, st.Message())
+	require.Len(t, st.Details(), 1)
+	failed := st.Details()[0].(*proto.BulkPublishResponse).GetFailedEntries()
+	require.Len(t, failed, 1)
+	assert.Equal(t, closedByShutdown, failed[0].GetError())
+}
+
 // A daprd that stopped reading (a slow app and large messages fill the gRPC
 // window) must not hold up shutdown: it ends within the drain bound plus a
 // small grace, and what daprd never acknowledged goes back to JetStream.

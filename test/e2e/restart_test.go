@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"regexp"
 	"strings"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
 	"github.com/dapr-nats/jetstream-pubsub/test/e2e/stack"
 )
 
@@ -29,35 +31,71 @@ type poster struct {
 	mu        sync.Mutex
 	ok        map[string]time.Time // text -> when the publish was acknowledged
 	failed    int
+	errs      map[string]int // each error's text -> how many posts failed with it
 	lastErr   error
 	lastErrAt time.Time
 }
 
 func startPoster(n *stack.Node, prefix string) *poster {
-	p := &poster{n: n, prefix: prefix, stop: make(chan struct{}), done: make(chan struct{}), ok: map[string]time.Time{}}
+	return startPosters(n, prefix, 20*time.Millisecond, 1)
+}
+
+// startPosters is startPoster with workers posting side by side, each with a
+// pause of every between posts (for an app whose handler is slower than one
+// post in 20 ms, or 0 to post as fast as daprd answers).
+func startPosters(n *stack.Node, prefix string, every time.Duration, workers int) *poster {
+	p := &poster{n: n, prefix: prefix, stop: make(chan struct{}), done: make(chan struct{}), ok: map[string]time.Time{}, errs: map[string]int{}}
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.post(w, every)
+		}()
+	}
 	go func() {
-		defer close(p.done)
-		for i := 0; ; i++ {
-			select {
-			case <-p.stop:
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
-			text := fmt.Sprintf("%s #%d", p.prefix, i)
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			_, err := p.n.Tweet(ctx, text, "", "")
-			cancel()
-			p.mu.Lock()
-			if err == nil {
-				p.ok[text] = time.Now()
-			} else {
-				p.failed++
-				p.lastErr, p.lastErrAt = err, time.Now()
-			}
-			p.mu.Unlock()
-		}
+		wg.Wait()
+		close(p.done)
 	}()
 	return p
+}
+
+// post is one worker of the poster.
+func (p *poster) post(worker int, every time.Duration) {
+	pause := every
+	for i := 0; ; i++ {
+		select {
+		case <-p.stop:
+			return
+		case <-time.After(pause):
+		}
+		text := fmt.Sprintf("%s #%d", p.prefix, i)
+		if worker > 0 {
+			text = fmt.Sprintf("%s #%d.%d", p.prefix, worker, i)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := p.n.Tweet(ctx, text, "", "")
+		cancel()
+		p.mu.Lock()
+		pause = every
+		if err == nil {
+			p.ok[text] = time.Now()
+		} else {
+			p.failed++
+			p.errs[err.Error()]++
+			p.lastErr, p.lastErrAt = err, time.Now()
+			// Not to spin while daprd is away.
+			pause = max(every, 5*time.Millisecond)
+		}
+		p.mu.Unlock()
+	}
+}
+
+// errors is how many posts failed with each error text.
+func (p *poster) errors() map[string]int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return maps.Clone(p.errs)
 }
 
 // count is the number of successful posts so far.
@@ -115,6 +153,13 @@ func (p *poster) finish() (map[string]time.Time, int) {
 // one that existed before.
 func checkResumed(t *testing.T, e *env, n *stack.Node, posted map[string]time.Time, stoppedAt time.Time, before *jetstream.ConsumerInfo) {
 	t.Helper()
+	checkResumedWithin(t, e, n, posted, stoppedAt, before, 10)
+}
+
+// checkResumedWithin is checkResumed with up to maxAgain tweets delivered
+// again, for a daprd that had more than 10 in flight.
+func checkResumedWithin(t *testing.T, e *env, n *stack.Node, posted map[string]time.Time, stoppedAt time.Time, before *jetstream.ConsumerInfo, maxAgain int) {
+	t.Helper()
 	var recs []stack.Record
 	waitUntil(t, 60*time.Second, func() string {
 		recs = filter(received(t, n).Events, stack.TopicCreated, func(r stack.Record) bool { _, ok := posted[r.Tweet().Text]; return ok })
@@ -156,8 +201,8 @@ func checkResumed(t *testing.T, e *env, n *stack.Node, posted map[string]time.Ti
 		first[text] = r.Time
 	}
 	t.Logf("%d tweets published and delivered; %d delivered again after the restart", len(posted), len(again))
-	if len(again) > 10 {
-		t.Errorf("%d tweets were delivered again: the durable did not resume where it was", len(again))
+	if len(again) > maxAgain {
+		t.Errorf("%d tweets were delivered again, more than the %d that may have been in flight: the durable did not resume where it was", len(again), maxAgain)
 	}
 
 	c, err := e.js.Consumer(e.ctx, stack.Stream, stack.ConsumerName(n.AppID, stack.TopicCreated))
@@ -268,16 +313,7 @@ func TestRestartComponentAndDaprd(t *testing.T) {
 		if err := n.StopComponent(20 * time.Second); err != nil {
 			t.Errorf("the component did not stop cleanly: %v", err)
 		}
-		if err := n.StartComponent(); err != nil {
-			t.Fatal(err)
-		}
-		if err := n.StartDaprd(); err != nil {
-			t.Fatal(err)
-		}
-		if err := n.WaitDaprdHealthy(e.ctx); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("component and daprd restarted in %s", time.Since(stoppedAt).Round(time.Millisecond))
+		restartPod(t, e, n, stoppedAt)
 		p.waitMore(t, 30)
 		posted, failed := p.finish()
 		t.Logf("%d posts succeeded, %d failed while daprd was down", len(posted), failed)
@@ -820,5 +856,194 @@ func TestNATSOutageDaprdRestartWhileHandling(t *testing.T) {
 			t.Errorf("consumer %s was created again (%s, before %s)", after.Name, after.Created, before.Created)
 		}
 		checkNoDeadLetters(t, e, n)
+	})
+}
+
+// podStop is one way a pod's daprd and component end, as the kubelet ends
+// them when the pod is deleted: SIGTERM to every container at once, and
+// SIGKILL after terminationGracePeriodSeconds.
+type podStop struct {
+	// natsDown stops nats-server first; it comes back before the new pod.
+	natsDown bool
+	// kill is the grace period: what still runs this long after SIGTERM is
+	// killed. 0 waits for the exits.
+	kill time.Duration
+	// metadata and daprdArgs configure the node.
+	metadata  map[string]string
+	daprdArgs []string
+}
+
+// podExit is when each process exited, counted from its SIGTERM, and
+// whether it was killed.
+type podExit struct {
+	daprd, component             time.Duration
+	daprdKilled, componentKilled bool
+}
+
+// terminatePod signals daprd and the component as ps says and waits for both
+// to be gone (the app keeps running: it holds the test's records).
+func terminatePod(t *testing.T, n *stack.Node, ps podStop) podExit {
+	t.Helper()
+	var x podExit
+	term := func(p *natstest.Proc) time.Time {
+		if err := p.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		return time.Now()
+	}
+	comp, daprd := n.Component, n.Daprd
+	compAt, daprdAt := term(comp), term(daprd)
+	bound := 60 * time.Second
+	if ps.kill > 0 {
+		bound = ps.kill
+	}
+	wait := func(p *natstest.Proc, at time.Time) (time.Duration, bool) {
+		if ok, _ := p.Wait(time.Until(at.Add(bound))); ok {
+			return time.Since(at), false
+		}
+		if ps.kill == 0 {
+			t.Fatalf("%s did not exit within %s of SIGTERM:\n%s", p.Name, bound, p.Tail(20))
+		}
+		p.Kill()
+		return time.Since(at), true
+	}
+	x.component, x.componentKilled = wait(comp, compAt)
+	x.daprd, x.daprdKilled = wait(daprd, daprdAt)
+	// The stack's -drain-timeout 5s, and 5s to close and stop gRPC.
+	if bound := 10 * time.Second; x.component > bound && !x.componentKilled {
+		t.Errorf("the component exited %s after SIGTERM, want within %s (its drain and shutdown grace)", x.component.Round(time.Millisecond), bound)
+	}
+	t.Logf("component exited %s after SIGTERM (killed: %v, %v); daprd %s (killed: %v, %v)",
+		x.component.Round(time.Millisecond), x.componentKilled, comp.Err(), x.daprd.Round(time.Millisecond), x.daprdKilled, daprd.Err())
+	return x
+}
+
+// restartPod starts the component and daprd again, as the pod that replaces
+// one stopped at stoppedAt, and waits until daprd is healthy.
+func restartPod(t *testing.T, e *env, n *stack.Node, stoppedAt time.Time) {
+	t.Helper()
+	if err := n.StartComponent(); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.StartDaprd(); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.WaitDaprdHealthy(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("component and daprd started again, healthy %s after the old ones were stopped", time.Since(stoppedAt).Round(time.Millisecond))
+}
+
+// podScenario: the app handles a steady flow slowly, with a backlog behind
+// it, when its pod is deleted (see podStop). The new pod's component and
+// daprd start; every post daprd accepted and the whole backlog reach the app,
+// and the durable resumes where it was.
+func podScenario(t *testing.T, v string, ps podStop) {
+	const delay = 200 * time.Millisecond
+	e := newEnv(t, v)
+	n := e.startNode("pod", withDelay(delay), withMetadata(ps.metadata), withDaprdArgs(ps.daprdArgs...))
+	before := consumerInfo(t, e, n.AppID, stack.TopicCreated)
+	p := startPosters(n, tag(t), 500*time.Millisecond, 1)
+	backlog := publishBacklog(t, e, 30)
+	waitUntil(t, 30*time.Second, func() string {
+		in := filter(received(t, n).Events, stack.TopicCreated, func(r stack.Record) bool { _, ok := backlog[r.Tweet().Text]; return ok })
+		if len(in) < 5 {
+			return fmt.Sprintf("the app handled %d of the backlog, want 5 before the pod goes", len(in))
+		}
+		return ""
+	})
+	var port int
+	if ps.natsDown {
+		port = e.stopNATS()
+	}
+	stoppedAt := time.Now()
+	terminatePod(t, n, ps)
+	if ps.natsDown {
+		e.restartNATS(port)
+	}
+	restartPod(t, e, n, stoppedAt)
+	p.waitMore(t, 5)
+	_, lastErr := p.lastError()
+	posted, failed := p.finish()
+	t.Logf("%d posts succeeded, %d failed; the last failure: %.600v", len(posted), failed, lastErr)
+	for text, at := range backlog {
+		posted[text] = at
+	}
+	// daprd 1.14 has every message it holds in the app's handlers at once: up
+	// to maxInFlight (100) come again, each handled less than a second
+	// before the pod went.
+	checkResumedWithin(t, e, n, posted, stoppedAt, before, 100)
+}
+
+// TestPodTerminatedTogether: SIGTERM reaches daprd and the component at
+// once, as when the pod is deleted, while the app works through a backlog
+// (see podScenario).
+func TestPodTerminatedTogether(t *testing.T) {
+	eachVersion(t, func(t *testing.T, v string) { podScenario(t, v, podStop{}) })
+}
+
+// TestPodDaprdOutlivesComponent: as TestPodTerminatedTogether, with daprd
+// blocking its shutdown (dapr.io/block-shutdown-duration) past the
+// component's drain: the component exits first while daprd still has
+// messages for the app, whose acks then find no component. What the
+// component gave back comes again; nothing is lost.
+func TestPodDaprdOutlivesComponent(t *testing.T) {
+	eachVersion(t, func(t *testing.T, v string) {
+		podScenario(t, v, podStop{daprdArgs: []string{"--dapr-block-shutdown-duration", "7s"}})
+	})
+}
+
+// TestPodTerminatedWithNATSDown: as TestPodTerminatedTogether, with NATS
+// stopped first and back before the new pod: what the old component held
+// comes again after ackWait.
+func TestPodTerminatedWithNATSDown(t *testing.T) {
+	eachVersion(t, func(t *testing.T, v string) {
+		podScenario(t, v, podStop{natsDown: true, metadata: map[string]string{"ackWait": "5s"}})
+	})
+}
+
+// TestPodKilledAfterGrace: SIGTERM to daprd (blocking its shutdown) and the
+// component (draining), then SIGKILL to both 2s later, as when the grace
+// period ends: what they held comes again after ackWait.
+func TestPodKilledAfterGrace(t *testing.T) {
+	eachVersion(t, func(t *testing.T, v string) {
+		podScenario(t, v, podStop{kill: 2 * time.Second, metadata: map[string]string{"ackWait": "5s"}, daprdArgs: []string{"--dapr-block-shutdown-duration", "10s"}})
+	})
+}
+
+// TestPublishWhilePodStops: the app publishes from four callers as fast as
+// daprd answers when its pod is deleted: SIGTERM reaches daprd and the
+// component at once, and daprd blocks its shutdown for 3s (as with
+// dapr.io/block-shutdown-duration), so its API still serves while the
+// component closes. A publish the component refuses because it is shutting
+// down says so and what to do, never a bare "closed"; every publish daprd
+// accepted reaches the app once the new pod has started.
+func TestPublishWhilePodStops(t *testing.T) {
+	eachVersion(t, func(t *testing.T, v string) {
+		e := newEnv(t, v)
+		n := e.startNode("podpublish", withDaprdArgs("--dapr-block-shutdown-duration", "3s"))
+		before := consumerInfo(t, e, n.AppID, stack.TopicCreated)
+		p := startPosters(n, tag(t), 0, 4)
+		p.waitMore(t, 200)
+		stoppedAt := time.Now()
+		terminatePod(t, n, podStop{})
+		restartPod(t, e, n, stoppedAt)
+		p.waitMore(t, 50)
+		errs := p.errors()
+		posted, failed := p.finish()
+		t.Logf("%d posts succeeded, %d failed", len(posted), failed)
+		fromComponent := 0
+		for text, c := range errs {
+			// daprd's own errors: its API closing, or the socket gone.
+			if !strings.Contains(text, "rpc error") || strings.Contains(text, "connection error") {
+				continue
+			}
+			fromComponent += c
+			if strings.Contains(text, "jetstream pubsub: closed") || !strings.Contains(text, "shutting down") {
+				t.Errorf("%d publishes failed with an error that does not say the component is shutting down: %.500s", c, text)
+			}
+		}
+		t.Logf("%d publishes were refused by the component as it shut down", fromComponent)
+		checkResumed(t, e, n, posted, stoppedAt, before)
 	})
 }

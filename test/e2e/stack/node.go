@@ -170,6 +170,9 @@ func (n *Node) Start(ctx context.Context) error {
 
 // StartComponent starts the component binary and waits for its socket.
 func (n *Node) StartComponent() error {
+	if n.Component != nil {
+		n.old = append(n.old, n.Component)
+	}
 	socket := filepath.Join(n.SocketDir, SocketName+".sock")
 	p, err := natstest.StartProc(natstest.Spec{
 		Name: n.AppID + "/component", Bin: n.ComponentBin, Args: []string{"-drain-timeout", "5s"}, Echo: n.Echo,
@@ -322,7 +325,6 @@ func (n *Node) StopDaprd(grace time.Duration) error { return n.Daprd.Stop(grace)
 
 // StopComponent stops the component with SIGTERM (killing it after grace).
 func (n *Node) StopComponent(grace time.Duration) error {
-	n.old = append(n.old, n.Component)
 	return n.Component.Stop(grace)
 }
 
