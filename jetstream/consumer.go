@@ -30,6 +30,11 @@ const (
 	verifyTimeout = time.Second
 )
 
+// ephemeralInactive is how long JetStream keeps an ephemeral consumer
+// without a subscriber: the one of a subscription that ended without
+// deleting it (NATS was away).
+const ephemeralInactive = 5 * time.Minute
+
 // refreshIdle paces reading the consumer's settings back while nothing is
 // held. Tests shorten it.
 var refreshIdle = 15 * time.Second
@@ -190,7 +195,7 @@ func (s *subscription) consumerConfig(stream string, created time.Time) natsjs.C
 		cfg.MaxAckPending = 1
 	}
 	if cfg.Durable == "" {
-		cfg.InactiveThreshold = 5 * time.Minute
+		cfg.InactiveThreshold = ephemeralInactive
 	}
 	if c.PriorityPolicy != natsjs.PriorityPolicyNone {
 		cfg.PriorityPolicy, cfg.PriorityGroups, cfg.PinnedTTL = c.PriorityPolicy, []string{metadata.PriorityGroup}, c.PinnedTTL

@@ -2,13 +2,14 @@ package jetstream
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"github.com/dapr/kit/logger"
 	"math/rand/v2"
 	"sync"
 	"time"
 
 	"github.com/dapr/components-contrib/pubsub"
+	"github.com/dapr/kit/logger"
 	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/time/rate"
@@ -696,6 +697,7 @@ func (s *subscription) finish() {
 	s.mu.Unlock()
 	s.stopWatching(cs)
 	s.giveUpPin()
+	s.deleteEphemeral(cs)
 	close(s.ended)
 	s.p.mu.Lock()
 	delete(s.p.subs, s)
@@ -706,6 +708,36 @@ func (s *subscription) finish() {
 
 // unpinTimeout bounds giving up the pin as a subscription ends.
 const unpinTimeout = time.Second
+
+// deleteEphemeralTimeout bounds deleting an ended subscription's ephemeral
+// consumer.
+const deleteEphemeralTimeout = time.Second
+
+// deleteEphemeral deletes the ephemeral consumer of an ended subscription:
+// no other subscription ever reads it, and JetStream would otherwise keep
+// it, with its state and, under interest retention, the messages it has not
+// acknowledged, until its inactive threshold (5 minutes) passes. A daprd
+// restarted on every change of its app would leave one per topic per
+// restart. Without NATS it stays, and the threshold removes it.
+func (s *subscription) deleteEphemeral(cs *consumerState) {
+	if cs == nil || !cs.ephemeral || cs.name == "" || !s.p.connected() {
+		return
+	}
+	// The instance may be closing: its connection stays open until every
+	// subscription has finished.
+	s.p.mu.Lock()
+	js := s.p.js
+	s.p.mu.Unlock()
+	if js == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), deleteEphemeralTimeout)
+	defer cancel()
+	if err := js.DeleteConsumer(ctx, cs.stream, cs.name); err != nil && !errors.Is(err, natsjs.ErrConsumerNotFound) {
+		s.log.Warnf("topic %q: deleting ephemeral consumer %q on stream %q as its subscription ended: %v; JetStream deletes it once it has had no subscriber for %s, or delete it now with `nats consumer rm %s %s`",
+			s.topic, cs.name, cs.stream, err, ephemeralInactive, cs.stream, cs.name)
+	}
+}
 
 // giveUpPin gives up the pin that JetStream gave this subscription
 // (priority policy pinned), once it pulls no more (paused or ended), so

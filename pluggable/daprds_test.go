@@ -3,9 +3,12 @@ package pluggable
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"net"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -127,6 +130,7 @@ type fakeDaprd struct {
 	client proto.PubSubClient
 	ctx    context.Context
 	socket string
+	ln     net.Listener
 }
 
 // daprd starts a daprd process and initialises Component "pubsub" for it.
@@ -143,7 +147,7 @@ func (sp *sharedProcess) daprd(props map[string]string) *fakeDaprd {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = conn.Close() })
 	d := &fakeDaprd{t: t, proc: proc, conn: conn, client: proto.NewPubSubClient(conn),
-		ctx: grpcmd.AppendToOutgoingContext(context.Background(), InstanceHeader, "pubsub"), socket: l.Addr().String()}
+		ctx: grpcmd.AppendToOutgoingContext(context.Background(), InstanceHeader, "pubsub"), socket: l.Addr().String(), ln: l}
 	d.init(props)
 	return d
 }
@@ -167,6 +171,7 @@ type daprdStream struct {
 	stream proto.PubSub_PullMessagesClient
 	cancel context.CancelFunc
 	msgs   chan *proto.PullMessagesResponse
+	ended  chan struct{} // closed once the stream has ended and msgs is closed
 }
 
 func (d *fakeDaprd) subscribe(topic string) *daprdStream {
@@ -176,8 +181,9 @@ func (d *fakeDaprd) subscribe(topic string) *daprdStream {
 	stream, err := d.client.PullMessages(ctx)
 	require.NoError(d.t, err)
 	require.NoError(d.t, stream.Send(&proto.PullMessagesRequest{Topic: &proto.Topic{Name: topic}}))
-	s := &daprdStream{stream: stream, cancel: cancel, msgs: make(chan *proto.PullMessagesResponse, 1000)}
+	s := &daprdStream{stream: stream, cancel: cancel, msgs: make(chan *proto.PullMessagesResponse, 1000), ended: make(chan struct{})}
 	go func() {
+		defer close(s.ended)
 		defer close(s.msgs)
 		for {
 			m, err := stream.Recv()
@@ -539,4 +545,326 @@ func measuredDaprd(t *testing.T) (m *metrics.Metrics, md map[string]string, d *f
 	md = props(ns.ClientURL())
 	d = sp.daprd(md)
 	return m, md, d, strconv.Itoa(d.proc.Process.Pid)
+}
+
+// exit ends the daprd: gracefully, as daprd stops, its subscriptions end
+// first (daprd cancels their streams) and then its connection; abruptly (a
+// crash, kill -9), the connection closes under its open streams. Either
+// way its process exits and its socket goes, as a restarted `dapr run`'s.
+func (d *fakeDaprd) exit(graceful bool, streams ...*daprdStream) {
+	if graceful {
+		for _, s := range streams {
+			s.cancel()
+		}
+		for _, s := range streams {
+			<-s.ended
+		}
+	}
+	_ = d.conn.Close()
+	_ = d.proc.Process.Kill()
+	_ = d.proc.Wait()
+	_ = d.ln.Close()
+}
+
+// A component process outlives many daprds: on a laptop one serves several
+// `dapr run` apps for days, each restarted on every change; in Kubernetes
+// the component container outlives daprd restarts. Twenty daprd lifetimes,
+// some two at once, subscribe, publish, ack some messages and leave others
+// unacknowledged, and go gracefully or abruptly. Afterwards everything is
+// back where it was after the first lifetime: goroutines, NATS connections
+// and subscriptions, ephemeral consumers, the server's maps, the jetstream
+// package's state, metrics series and heap; and every message published
+// reached a subscriber.
+func TestManyDaprdLifetimesLeaveNothingBehind(t *testing.T) {
+	const lifetimes = 20
+	ns := natstest.Start(t)
+	_, js := natstest.Client(t, ns)
+	sp := startShared(t)
+	m := metrics.New()
+	sp.srv.UseMetrics(m)
+	durable := props(ns.ClientURL(), "consumerID", "app", "maxInFlight", "5")
+	ephemeral := props(ns.ClientURL(), "maxInFlight", "5")
+	topics := []string{"life-a", "life-b", "life-c"}
+	const eph = "life-eph"
+	ctx := context.Background()
+
+	var mu sync.Mutex
+	var published []string   // to the durables' topics
+	seen := map[string]int{} // by data, by any subscriber
+	// read records what s gets and acks it unless hold says to leave it
+	// unacknowledged, as an app still working on it when daprd goes.
+	read := func(s *daprdStream, hold func(string) bool) {
+		go func() {
+			for msg := range s.msgs {
+				data := string(msg.GetData())
+				mu.Lock()
+				seen[data]++
+				mu.Unlock()
+				if !hold(data) {
+					_ = s.stream.Send(&proto.PullMessagesRequest{AckMessageId: msg.GetId()})
+				}
+			}
+		}()
+	}
+	missing := func(want []string) []string {
+		mu.Lock()
+		defer mu.Unlock()
+		var out []string
+		for _, w := range want {
+			if seen[w] == 0 {
+				out = append(out, w)
+			}
+		}
+		return out
+	}
+	consumers := func(stream string) []string {
+		var out []string
+		st, err := js.Stream(ctx, stream)
+		if err != nil {
+			return nil
+		}
+		names := st.ConsumerNames(ctx)
+		for n := range names.Name() {
+			out = append(out, n)
+		}
+		return out
+	}
+	// series counts the metrics series labelled with a daprd.
+	series := func() int {
+		fams, err := m.Registry().Gather()
+		require.NoError(t, err)
+		n := 0
+		for _, f := range fams {
+			for _, mt := range f.GetMetric() {
+				for _, l := range mt.GetLabel() {
+					if l.GetName() == "daprd" {
+						n++
+					}
+				}
+			}
+		}
+		return n
+	}
+	// leftInServer names what the server still holds for some daprd.
+	leftInServer := func() string {
+		s := sp.srv
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if n := len(s.instances) + len(s.uninitialized) + len(s.pulls) + len(s.conns) + len(s.watching); n > 0 {
+			return fmt.Sprintf("%d instances, %d uninitialized, %d pulls, %d daprds with connections, %d watched",
+				len(s.instances), len(s.uninitialized), len(s.pulls), len(s.conns), len(s.watching))
+		}
+		return ""
+	}
+	heap := func() uint64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	// settledGoroutines polls until the goroutine count has not changed for
+	// a few looks, as what closed instances started winds down.
+	settledGoroutines := func() int {
+		last, same := -1, 0
+		natstest.AwaitT(t, 15*time.Second, "goroutines settle", func() error {
+			n := runtime.NumGoroutine()
+			if n == last {
+				same++
+			} else {
+				last, same = n, 0
+			}
+			if same < 5 {
+				return fmt.Errorf("%d goroutines, still changing", n)
+			}
+			return nil
+		})
+		return last
+	}
+
+	var baseGoroutines, baseClients int
+	var baseSubs uint32
+	var baseHeap uint64
+	maxSeries := 0
+	for i := range lifetimes {
+		last := i == lifetimes-1
+		// The topics of this lifetime: a and b always, c every third
+		// lifetime (what c's subscribers left waits for a later one), all
+		// of them in the last.
+		mine := topics[:2]
+		if i%3 == 0 || last {
+			mine = topics
+		}
+		// Odd lifetimes leave one message of each topic unacknowledged.
+		hold := func(data string) bool {
+			return !last && i%2 == 1 && strings.HasPrefix(data, fmt.Sprintf("L%d-", i)) && strings.HasSuffix(data, "-3")
+		}
+		type member struct {
+			d       *fakeDaprd
+			streams []*daprdStream
+		}
+		members := []member{{d: sp.daprd(durable)}}
+		if i%4 == 1 {
+			members = append(members, member{d: sp.daprd(durable)}) // a second replica
+		}
+		for j := range members {
+			for _, topic := range mine {
+				s := members[j].d.subscribe(topic)
+				read(s, hold)
+				members[j].streams = append(members[j].streams, s)
+			}
+		}
+		if i == 0 {
+			for _, topic := range topics {
+				natstest.WaitConsumer(t, js, topic, "app-"+topic)
+			}
+		}
+		var want []string
+		for _, topic := range mine {
+			for k := range 5 {
+				data := fmt.Sprintf("L%d-%s-%d", i, topic, k)
+				require.NoError(t, members[0].d.publish(topic, data))
+				want = append(want, data)
+			}
+		}
+		if i%5 == 0 {
+			// A daprd with no consumerID: its subscription has an
+			// ephemeral consumer of its own.
+			e := member{d: sp.daprd(ephemeral)}
+			before := len(consumers(eph))
+			s := e.d.subscribe(eph)
+			read(s, func(string) bool { return false })
+			e.streams = append(e.streams, s)
+			natstest.AwaitT(t, 10*time.Second, "the ephemeral consumer", func() error {
+				if n := len(consumers(eph)); n <= before {
+					return fmt.Errorf("%d consumers on %s", n, eph)
+				}
+				return nil
+			})
+			for k := range 3 {
+				data := fmt.Sprintf("L%d-%s-%d", i, eph, k)
+				require.NoError(t, e.d.publish(eph, data))
+				want = append(want, data)
+			}
+			members = append(members, e)
+		}
+		if i == 7 {
+			// A call for a Component this process never initialised.
+			ghost := grpcmd.AppendToOutgoingContext(ctx, InstanceHeader, "ghost")
+			_, err := members[0].d.client.Features(ghost, &proto.FeaturesRequest{})
+			require.Error(t, err)
+		}
+		mu.Lock()
+		for _, w := range want {
+			if !strings.Contains(w, eph) {
+				published = append(published, w)
+			}
+		}
+		mu.Unlock()
+		natstest.AwaitT(t, 15*time.Second, fmt.Sprintf("lifetime %d receives what it published", i), func() error {
+			if miss := missing(want); len(miss) > 0 {
+				return fmt.Errorf("not received: %v", miss)
+			}
+			return nil
+		})
+		if last {
+			natstest.AwaitT(t, 20*time.Second, "every message published in any lifetime received", func() error {
+				mu.Lock()
+				all := slices.Clone(published)
+				mu.Unlock()
+				if miss := missing(all); len(miss) > 0 {
+					return fmt.Errorf("%d of %d never reached a subscriber: %v", len(miss), len(all), miss)
+				}
+				return nil
+			})
+			for _, topic := range topics {
+				natstest.AwaitT(t, 10*time.Second, "consumer app-"+topic+" has nothing pending", func() error {
+					c, err := js.Consumer(ctx, topic, "app-"+topic)
+					if err != nil {
+						return err
+					}
+					info, err := c.Info(ctx)
+					if err != nil {
+						return err
+					}
+					if info.NumAckPending+int(info.NumPending) > 0 {
+						return fmt.Errorf("%d awaiting an ack, %d pending", info.NumAckPending, info.NumPending)
+					}
+					return nil
+				})
+			}
+		}
+		maxSeries = max(maxSeries, series())
+		for j, mb := range members {
+			mb.d.exit((i+j)%2 == 0, mb.streams...)
+		}
+		if i == 0 || last {
+			natstest.AwaitT(t, 15*time.Second, "the exited daprds' instances closed", func() error {
+				if left := leftInServer(); left != "" {
+					return errors.New(left)
+				}
+				return nil
+			})
+		}
+		if i == 0 {
+			baseGoroutines, baseClients, baseSubs, baseHeap = settledGoroutines(), ns.NumClients(), ns.NumSubscriptions(), heap()
+		}
+	}
+
+	t.Logf("after the first lifetime: %d goroutines, %d NATS clients, %d server subscriptions, heap %d KiB; at most %d daprd series during the run",
+		baseGoroutines, baseClients, baseSubs, baseHeap>>10, maxSeries)
+	var problems []string
+	check := func(what string, cond func() error) {
+		if err := natstest.Await(5*time.Second, 20*time.Millisecond, nil, cond); err != nil {
+			problems = append(problems, what+": "+err.Error())
+		}
+	}
+	check("NATS clients", func() error {
+		if n := ns.NumClients(); n > baseClients {
+			return fmt.Errorf("%d, %d after the first lifetime", n, baseClients)
+		}
+		return nil
+	})
+	check("nats-server subscriptions", func() error {
+		if n := ns.NumSubscriptions(); n > baseSubs {
+			return fmt.Errorf("%d, %d after the first lifetime", n, baseSubs)
+		}
+		return nil
+	})
+	check("consumers", func() error {
+		var extra []string
+		for _, topic := range append(slices.Clone(topics), eph) {
+			for _, c := range consumers(topic) {
+				if c != "app-"+topic {
+					extra = append(extra, topic+"/"+c)
+				}
+			}
+		}
+		if len(extra) > 0 {
+			return fmt.Errorf("ephemeral consumers of ended subscriptions stay: %v", extra)
+		}
+		return nil
+	})
+	check("metrics series", func() error {
+		if n := series(); n > 0 {
+			return fmt.Errorf("%d series labelled with a daprd that exited", n)
+		}
+		return nil
+	})
+	check("goroutines", func() error {
+		if n := runtime.NumGoroutine(); n > baseGoroutines+5 {
+			return fmt.Errorf("%d, %d after the first lifetime", n, baseGoroutines)
+		}
+		return nil
+	})
+	check("heap", func() error {
+		if h := heap(); h > baseHeap+32<<20 {
+			return fmt.Errorf("%d KiB, %d KiB after the first lifetime", h>>10, baseHeap>>10)
+		}
+		return nil
+	})
+	t.Logf("after %d lifetimes: %d goroutines, %d NATS clients, %d server subscriptions, heap %d KiB, %d daprd series",
+		lifetimes, runtime.NumGoroutine(), ns.NumClients(), ns.NumSubscriptions(), heap()>>10, series())
+	if len(problems) > 0 {
+		t.Fatalf("after %d daprd lifetimes:\n%s", lifetimes, strings.Join(problems, "\n"))
+	}
 }
