@@ -195,10 +195,48 @@ func (s *Server) Publish(ctx context.Context, req *proto.PublishRequest) (*proto
 	if ct := req.GetContentType(); ct != "" {
 		r.ContentType = &ct
 	}
-	if err := ps.Publish(ctx, r); err != nil {
+	if err := s.publishOn(ctx, ps, r); err != nil {
 		return nil, s.callStatus(err)
 	}
 	return &proto.PublishResponse{}, nil
+}
+
+// publishOn publishes r on ps, the caller's instance when the call began,
+// or on the one that replaced it meanwhile (see replacing).
+func (s *Server) publishOn(ctx context.Context, ps *jetstream.PubSub, r *pubsub.PublishRequest) error {
+	err := ps.Publish(ctx, r)
+	if now := s.replacing(ctx, ps, err); now != nil {
+		err = now.Publish(ctx, r)
+	}
+	return err
+}
+
+// bulkPublishOn publishes r on ps, the caller's instance when the call
+// began, or on the one that replaced it meanwhile (see replacing).
+func (s *Server) bulkPublishOn(ctx context.Context, ps *jetstream.PubSub, r *pubsub.BulkPublishRequest) (pubsub.BulkPublishResponse, error) {
+	resp, err := ps.BulkPublish(ctx, r)
+	if now := s.replacing(ctx, ps, err); now != nil {
+		resp, err = now.BulkPublish(ctx, r)
+	}
+	return resp, err
+}
+
+// replacing returns the instance that serves the caller now, when ps, which
+// the call looked up, failed it with err because an Init of the caller's
+// Component (a hot reload) closed ps meanwhile. A closed instance refuses a
+// call before sending anything, so the call may be made again on the new
+// one; nil for any other outcome, and at shutdown (see callStatus).
+func (s *Server) replacing(ctx context.Context, ps *jetstream.PubSub, err error) *jetstream.PubSub {
+	if !errors.Is(err, jetstream.ErrClosed) {
+		return nil
+	}
+	key := callerKey(ctx)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if now, ok := s.instances[key]; ok && now != ps && !s.draining {
+		return now
+	}
+	return nil
 }
 
 // BulkPublish publishes a batch. When entries failed, it answers with an
@@ -215,7 +253,7 @@ func (s *Server) BulkPublish(ctx context.Context, req *proto.BulkPublishRequest)
 	for i, e := range req.GetEntries() {
 		entries[i] = pubsub.BulkMessageEntry{EntryId: e.GetEntryId(), Event: e.GetEvent(), ContentType: e.GetContentType(), Metadata: e.GetMetadata()}
 	}
-	resp, err := ps.BulkPublish(ctx, &pubsub.BulkPublishRequest{
+	resp, err := s.bulkPublishOn(ctx, ps, &pubsub.BulkPublishRequest{
 		Entries: entries, PubsubName: req.GetPubsubName(), Topic: req.GetTopic(), Metadata: req.GetMetadata(),
 	})
 	if err != nil && len(resp.FailedEntries) == 0 {

@@ -822,6 +822,34 @@ func TestPublishAfterShutdownSaysSo(t *testing.T) {
 	assert.Equal(t, closedByShutdown, failed[0].GetError())
 }
 
+// daprd initialises its Component again (a hot reload) while a publish is
+// under way: the publish looked up the old instance, which the new Init
+// closed before the publish sent anything. It goes to the new instance
+// rather than failing with the bare "closed"; so does a bulk publish.
+func TestPublishRacingReInitGoesToTheNewInstance(t *testing.T) {
+	ns := natstest.Start(t)
+	_, js := natstest.Client(t, ns)
+	srv := NewServer(testLog)
+	t.Cleanup(func() { srv.Shutdown(0) })
+	ctx := grpcmd.NewIncomingContext(context.Background(), grpcmd.Pairs(InstanceHeader, "reloaded"))
+	initialise := func() {
+		_, err := srv.Init(ctx, &proto.PubSubInitRequest{Metadata: &proto.MetadataRequest{Properties: props(ns.ClientURL())}})
+		require.NoError(t, err)
+	}
+	initialise()
+	old, _, err := srv.instance(ctx)
+	require.NoError(t, err)
+	initialise()
+
+	require.NoError(t, srv.publishOn(ctx, old, &pubsub.PublishRequest{Topic: "reloaded", Data: []byte("x")}))
+	resp, err := srv.bulkPublishOn(ctx, old, &pubsub.BulkPublishRequest{Topic: "reloaded", Entries: []pubsub.BulkMessageEntry{{EntryId: "1", Event: []byte("y"), ContentType: "text/plain"}}})
+	require.NoError(t, err)
+	assert.Empty(t, resp.FailedEntries)
+	st, err := js.Stream(context.Background(), "reloaded")
+	require.NoError(t, err)
+	assert.Equal(t, uint64(2), st.CachedInfo().State.Msgs)
+}
+
 // A daprd that stopped reading (a slow app and large messages fill the gRPC
 // window) must not hold up shutdown: it ends within the drain bound plus a
 // small grace, and what daprd never acknowledged goes back to JetStream.
