@@ -56,6 +56,18 @@ const (
 
 var outcomes = []string{OutcomeOK, OutcomeDuplicate, OutcomeNoStream, OutcomeTimeout, OutcomeMismatch, OutcomeInvalid, OutcomeFull, OutcomeError}
 
+// MaxPublishTopics is how many topics an instance counts publishes for
+// one by one. An app may publish to a topic per entity (orders.<id>), and
+// a series per topic, kept for the life of the instance, would grow with
+// every new one in the component's memory and in every scrape. Publishes
+// to topics beyond the first MaxPublishTopics count under OtherTopics.
+const MaxPublishTopics = 100
+
+// OtherTopics stands for the topics beyond MaxPublishTopics in
+// PublishStats and their series. It has a space, which no NATS subject
+// has, so no topic can be taken for it.
+const OtherTopics = "other topics"
+
 // PublishStats counts the publishes to one topic by outcome.
 type PublishStats struct {
 	Topic             string
@@ -126,8 +138,9 @@ type subKey struct{ topic, consumer string }
 
 type givenBackKey struct{ topic, reason string }
 
-// pubCounters count the publishes to one topic.
+// pubCounters count the publishes to one topic, or to OtherTopics.
 type pubCounters struct {
+	topic      string
 	byOutcome  [8]atomic.Uint64 // in the order of outcomes
 	bulkFailed atomic.Uint64
 }
@@ -135,6 +148,7 @@ type pubCounters struct {
 // stats holds an instance's counters.
 type stats struct {
 	pub        sync.Map // topic -> *pubCounters
+	topics     atomic.Pointer[publishTopics]
 	reconnects atomic.Uint64
 	// before holds the counters of the instance this one continues (see
 	// ContinueCounts), which Stats adds to these.
@@ -147,25 +161,72 @@ type stats struct {
 }
 
 func newStats() *stats {
-	return &stats{subs: map[subKey]*subCounters{}, givenBack: map[givenBackKey]uint64{}, disconnects: map[string]uint64{}}
+	st := &stats{subs: map[subKey]*subCounters{}, givenBack: map[givenBackKey]uint64{}, disconnects: map[string]uint64{}}
+	st.topics.Store(&publishTopics{known: map[string]bool{}})
+	return st
 }
 
+// publishTopics are the topics counted one by one, at most
+// MaxPublishTopics of them (see there). An instance shares them with those
+// it continues, so that their series together stay within the bound, and a
+// topic keeps its own series across them.
+type publishTopics struct {
+	mu    sync.Mutex
+	known map[string]bool
+}
+
+// admit reports whether topic is counted one by one, and makes it so while
+// there is room.
+func (pt *publishTopics) admit(topic string) bool {
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	if pt.known[topic] {
+		return true
+	}
+	if len(pt.known) >= MaxPublishTopics {
+		return false
+	}
+	pt.known[topic] = true
+	return true
+}
+
+// absorb admits other's topics beyond the bound: they have series already.
+func (pt *publishTopics) absorb(other *publishTopics) {
+	if pt == other {
+		return
+	}
+	other.mu.Lock()
+	defer other.mu.Unlock()
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	for t := range other.known {
+		pt.known[t] = true
+	}
+}
+
+// publishes returns the counters of topic, or those of OtherTopics.
 func (st *stats) publishes(topic string) *pubCounters {
 	if c, ok := st.pub.Load(topic); ok {
 		return c.(*pubCounters)
 	}
-	c, _ := st.pub.LoadOrStore(topic, &pubCounters{})
+	if !st.topics.Load().admit(topic) {
+		topic = OtherTopics
+	}
+	c, _ := st.pub.LoadOrStore(topic, &pubCounters{topic: topic})
 	return c.(*pubCounters)
 }
 
-func (st *stats) published(topic, outcome string) {
+// published counts a publish to topic by its outcome, and returns the
+// topic it was counted for: topic, or OtherTopics.
+func (st *stats) published(topic, outcome string) string {
 	c := st.publishes(topic)
 	for i, o := range outcomes {
 		if o == outcome {
 			c.byOutcome[i].Add(1)
-			return
+			break
 		}
 	}
+	return c.topic
 }
 
 func (st *stats) subscription(topic, consumer string) *subCounters {
@@ -216,7 +277,10 @@ func (p *PubSub) ContinueCounts(old *PubSub) {
 	if old == nil || old.stats.continues(p.stats) {
 		return
 	}
-	p.stats.before.CompareAndSwap(nil, old.stats)
+	if p.stats.before.CompareAndSwap(nil, old.stats) {
+		shared := old.stats.topics.Load()
+		shared.absorb(p.stats.topics.Swap(shared))
+	}
 }
 
 // statsSum sums the counters of an instance and of those it continues.
@@ -401,9 +465,9 @@ func (s *subscription) addLive(t *statsSum, now time.Time) {
 // how long it waited for its PubAck when it was sent (sent not zero).
 func (p *PubSub) countPublish(topic string, sent time.Time, ack *natsjs.PubAck, err error) {
 	outcome := publishOutcome(ack, err)
-	p.stats.published(topic, outcome)
+	label := p.stats.published(topic, outcome)
 	if o := p.observer.Load(); o != nil && *o != nil && !sent.IsZero() {
-		(*o)(topic, time.Since(sent), outcome)
+		(*o)(label, time.Since(sent), outcome)
 	}
 }
 

@@ -521,3 +521,56 @@ func TestReadinessNamesRefusedReplies(t *testing.T) {
 		"not ready after the permission is back")
 	require.NoError(t, ps.Publish(t.Context(), &pubsub.PublishRequest{PubsubName: "pubsub", Topic: "orders", Data: []byte("y")}))
 }
+
+// An app that publishes to a topic per entity (orders.<id>, idiomatic on
+// NATS) keeps the publish series bounded: the first topics keep their own
+// label, and the rest count together under jetstream.OtherTopics, so that
+// neither the scrape nor the component's memory grows with every new topic.
+func TestPublishSeriesStayBoundedForATopicPerEntity(t *testing.T) {
+	ns := natstest.Start(t)
+	ps, m := instrumented(t, ns.ClientURL(), map[string]string{"streamName": "ORDERS", "streamSubjects": "orders.>"})
+	ctx := t.Context()
+
+	n := 3 * jetstream.MaxPublishTopics
+	for i := range n {
+		require.NoError(t, ps.Publish(ctx, &pubsub.PublishRequest{Topic: fmt.Sprintf("orders.%d", i), Data: []byte("x")}))
+	}
+	// The same Component initialised again counts on within the same bound.
+	again := jetstream.New(logger.NewLogger("metrics-test"))
+	again.SetPublishObserver(m.Publishes("pubsub", "0"))
+	require.NoError(t, again.Init(ctx, pubsub.Metadata{Base: contribmd.Base{Name: "pubsub", Properties: map[string]string{"natsURL": ns.ClientURL(), "streamName": "ORDERS", "streamSubjects": "orders.>"}}}))
+	t.Cleanup(func() { _ = again.Close() })
+	again.ContinueCounts(ps)
+	m.SetSource(func() []metrics.Instance {
+		return []metrics.Instance{{Name: "pubsub", Daprd: "0", Stats: again.Stats()}}
+	})
+	for _, topic := range []string{"orders.0", "orders.new"} {
+		require.NoError(t, again.Publish(ctx, &pubsub.PublishRequest{Topic: topic, Data: []byte("x")}))
+	}
+	n += 2
+
+	fams := scrape(t, m.Handler())
+	labelled := func(name string) (topics map[string]float64) {
+		topics = map[string]float64{}
+		for _, s := range fams[metrics.Namespace+"_"+name].GetMetric() {
+			for _, l := range s.GetLabel() {
+				if l.GetName() == "topic" {
+					topics[l.GetValue()] = value(fams, name, map[string]string{"topic": l.GetValue(), "outcome": "ok"})
+				}
+			}
+		}
+		return topics
+	}
+	for _, name := range []string{"publish_total", "puback_seconds"} {
+		topics := labelled(name)
+		assert.Equal(t, jetstream.MaxPublishTopics+1, len(topics), "%s: one series per topic up to the bound, and one for the rest", name)
+		assert.Equal(t, 2.0, topics["orders.0"], name)
+		assert.Equal(t, float64(n-jetstream.MaxPublishTopics-1), topics[jetstream.OtherTopics], name)
+		var sum float64
+		for _, v := range topics {
+			sum += v
+		}
+		assert.Equal(t, float64(n), sum, "%s: every publish counted once", name)
+	}
+	assert.Equal(t, jetstream.MaxPublishTopics+1, len(again.Stats().Publish))
+}
