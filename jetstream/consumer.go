@@ -215,6 +215,32 @@ func startsLate(p natsjs.DeliverPolicy, at *time.Time, t time.Time) bool {
 	return false
 }
 
+// streamOf reads the stream that stores the topic. The stream known for it
+// comes from a config read earlier, maybe for another topic that the
+// stream's wildcard held then. JetStream lets a consumer filter a subject
+// its stream does not hold, and such a consumer would wait for nothing, so
+// a stream that holds the topic no more is forgotten and the topic looked
+// up again.
+func (s *subscription) streamOf(ctx context.Context, js natsjs.JetStream, streams *streams) (natsjs.Stream, error) {
+	for again := false; ; again = true {
+		name, err := streams.ensure(ctx, s.topic)
+		if err != nil {
+			return nil, err
+		}
+		st, err := js.Stream(ctx, name)
+		switch {
+		case errors.Is(err, natsjs.ErrStreamNotFound):
+			streams.forget(s.topic)
+			return nil, err
+		case err != nil:
+			return nil, err
+		case again || streams.takes(st.CachedInfo().Config, s.topic):
+			return st, nil
+		}
+		streams.forget(s.topic)
+	}
+}
+
 // ensureConsumer finds the stream and finds or creates the consumer. An
 // existing durable keeps where it started; its other settings are updated
 // where the server allows it.
@@ -225,18 +251,12 @@ func (s *subscription) ensureConsumer(ctx context.Context) (*consumerState, erro
 	}
 	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
 	defer cancel()
-	stream, err := streams.ensure(ctx, s.topic)
-	if err != nil {
-		return nil, err
-	}
 	lost := s.p.answers.losses.Load()
-	st, err := js.Stream(ctx, stream)
+	st, err := s.streamOf(ctx, js, streams)
 	if err != nil {
-		if errors.Is(err, natsjs.ErrStreamNotFound) {
-			streams.forget(s.topic)
-		}
 		return nil, err
 	}
+	stream := st.CachedInfo().Config.Name
 	if err := transformedAway(st.CachedInfo().Config, s.topic); err != nil {
 		return nil, err
 	}

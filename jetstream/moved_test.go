@@ -43,6 +43,31 @@ func TestSubscriptionFollowsMovedTopic(t *testing.T) {
 	}
 }
 
+// A topic not seen before subscribes on the stream that holds it now, also
+// when what was read of another stream said that its wildcard held it:
+// since then, an operator narrowed that stream and made a new one for the
+// topic.
+func TestSubscriptionToANewTopicOfANarrowedWildcard(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "ORDERS", Subjects: []string{"orders.>"}})
+	require.NoError(t, err)
+	ps, log := open(t, ns.ClientURL(), map[string]string{"autoProvision": "false", "consumerID": "app"})
+	publish(t, ps, "orders.standard", "x", nil)
+
+	_, err = js.UpdateStream(ctx(t), natsjs.StreamConfig{Name: "ORDERS", Subjects: []string{"orders.standard"}})
+	require.NoError(t, err)
+	_, err = js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "VIP", Subjects: []string{"orders.vip.>"}})
+	require.NoError(t, err)
+	h, got := collect()
+	subscribe(t, ps, "orders.vip.1", nil, h)
+	require.Eventually(t, func() bool { return len(consumerInfos(t, js, "VIP")) == 1 }, waitFor, tick, "no consumer on stream VIP")
+	publish(t, ps, "orders.vip.1", "vip", nil)
+	assert.Equal(t, "vip", string(recv(t, got, waitFor).Data))
+	assert.Equal(t, uint64(1), msgCount(t, js, "VIP"))
+	assert.NotContains(t, log.String(), `on stream \"ORDERS\"`, "subscribed on the stream that held the topic no more")
+}
+
 // Messages the old stream still holds for a moved topic reach the app
 // before the subscription follows the topic, and those published to the new
 // stream after them.

@@ -223,7 +223,7 @@ func prepareUntilLost(ctx context.Context, nc *nats.Conn, s *streams, topic stri
 func (s *streams) asksNATS(topic string, need needs) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	name, ok := s.known[topic]
+	name, ok := s.knownLocked(topic)
 	return !ok || need.schedule || (need.ttl && !s.ttl[name])
 }
 

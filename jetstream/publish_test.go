@@ -336,6 +336,47 @@ func TestStreamNameAndSubjects(t *testing.T) {
 	assert.Equal(t, []string{"TWITTERCLONE"}, streamNames(t, js))
 }
 
+// An app that publishes to a topic per entity (orders.<id>), on a stream
+// whose wildcard holds them all, asks JetStream for the stream once, not
+// once per topic: the config read for the first covers the rest. With a
+// stream the operator made and with the one streamName names alike.
+func TestTopicPerEntityAsksForItsStreamOnce(t *testing.T) {
+	t.Parallel()
+	for name, props := range map[string]map[string]string{
+		"found by subject": {"autoProvision": "false"},
+		"streamName":       {"streamName": "ORDERS"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			ns, js := startNATS(t)
+			_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "ORDERS", Subjects: []string{"orders.>"}})
+			require.NoError(t, err)
+			nc, _ := natstest.Client(t, ns)
+			requests, err := nc.SubscribeSync("$JS.API.STREAM.>")
+			require.NoError(t, err)
+			require.NoError(t, nc.Flush())
+			ps, _ := open(t, ns.ClientURL(), props)
+
+			asked := func() int {
+				// The requests reach this connection before the PubAck
+				// reaches the component; the flush waits for them.
+				require.NoError(t, nc.Flush())
+				n, _, err := requests.Pending()
+				require.NoError(t, err)
+				return n
+			}
+			publish(t, ps, "orders.0", "x", nil)
+			first := asked()
+			const n = 50
+			for i := 1; i < n; i++ {
+				publish(t, ps, fmt.Sprintf("orders.%d", i), "x", nil)
+			}
+			assert.Equal(t, first, asked(), "requests to JetStream's stream API for %d more topics of the stream", n-1)
+			assert.Equal(t, uint64(n), msgCount(t, js, "ORDERS"))
+		})
+	}
+}
+
 func TestExistingStreamIsExtended(t *testing.T) {
 	t.Parallel()
 	ns, js := startNATS(t)

@@ -36,6 +36,10 @@ type streams struct {
 	shut  map[string]error  // stream -> why it takes no publish, if so
 	fed   map[string]error  // topic -> why its stream, which only sources it, takes no publish of it
 	noted map[string]bool   // stream -> its differences were logged
+	// held keeps the config last read of each stream found for a topic,
+	// to find the stream of a topic not seen before without asking (see
+	// knownLocked).
+	held map[string]natsjs.StreamConfig
 
 	strayed map[string]bool // topic -> a stream other than streamName's holding it was logged
 }
@@ -80,15 +84,54 @@ func newStreams(js natsjs.JetStream, cfg metadata.Stream, api *jetStreamAPI, log
 	return &streams{
 		js: js, cfg: cfg, log: log, api: api,
 		known: map[string]string{}, ttl: map[string]bool{}, batch: map[string]bool{}, shut: map[string]error{}, fed: map[string]error{}, noted: map[string]bool{},
-		strayed: map[string]bool{},
+		strayed: map[string]bool{}, held: map[string]natsjs.StreamConfig{},
 	}
 }
+
+// maxKnownTopics bounds the topics whose stream is remembered one by one.
+// An app may publish to a topic per entity, and what a stream's config
+// holds is found again without asking JetStream (see knownLocked).
+const maxKnownTopics = 10000
 
 func (s *streams) cached(topic string) (string, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	name, ok := s.known[topic]
-	return name, ok
+	return s.knownLocked(topic)
+}
+
+// knownLocked returns the stream known to store topic. A topic not seen
+// before is known too when the config last read of a stream found for
+// another topic holds it, as a wildcard does: an app that publishes to a
+// topic per entity (orders.<id>) asks JetStream for the stream once, not
+// for every new topic. Only the stream's subjects count when the stream
+// was found by subject: a look-up would find another stream for a topic it
+// only sources. A config that is out of date fails the publish, which
+// forgets it (sendAgain) and looks again. s.mu is held.
+func (s *streams) knownLocked(topic string) (string, bool) {
+	if name, ok := s.known[topic]; ok {
+		return name, true
+	}
+	for name, c := range s.held {
+		if covers(c.Subjects, topic) || (s.cfg.Name != "" && s.takes(c, topic)) {
+			s.rememberLocked(topic, c)
+			return name, true
+		}
+	}
+	return "", false
+}
+
+// rememberLocked records that the stream of config c stores topic. s.mu is
+// held.
+func (s *streams) rememberLocked(topic string, c natsjs.StreamConfig) {
+	if len(s.known) >= maxKnownTopics {
+		clear(s.known)
+		clear(s.fed)
+	}
+	s.known[topic] = c.Name
+	s.held[c.Name] = c
+	s.ttl[c.Name] = c.AllowMsgTTL
+	s.shut[c.Name] = takesNoPublish(c)
+	s.fed[topic] = sourcedOnly(c, topic)
 }
 
 // forget drops what is known about a topic, after JetStream said it has no
@@ -100,6 +143,7 @@ func (s *streams) forget(topic string) {
 		delete(s.ttl, name)
 		delete(s.batch, name)
 		delete(s.shut, name)
+		delete(s.held, name)
 	}
 	delete(s.known, topic)
 	delete(s.fed, topic)
@@ -125,14 +169,10 @@ func (s *streams) ensure(ctx context.Context, topic string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	name = info.Config.Name
 	s.mu.Lock()
-	s.known[topic] = name
-	s.ttl[name] = info.Config.AllowMsgTTL
-	s.shut[name] = takesNoPublish(info.Config)
-	s.fed[topic] = sourcedOnly(info.Config, topic)
+	s.rememberLocked(topic, info.Config)
 	s.mu.Unlock()
-	return name, nil
+	return info.Config.Name, nil
 }
 
 // publishable reports why stream name, as last read, takes no publish of
