@@ -275,7 +275,10 @@ func (s *subscription) ensureConsumer(ctx context.Context) (*consumerState, erro
 		}
 		return s.p.newConsumerState(c, created, true), nil
 	}
-	c, err := s.findOrCreate(ctx, js, stream, want)
+	s.mu.Lock()
+	behind := s.floor.behind(stream, created)
+	s.mu.Unlock()
+	c, err := s.findOrCreate(ctx, js, stream, want, behind)
 	if err != nil {
 		return nil, explainConsumerRefusal(err, stream, s.topic, want.Durable)
 	}
@@ -298,7 +301,11 @@ func (s *subscription) ensureConsumer(ctx context.Context) (*consumerState, erro
 	return cs, nil
 }
 
-func (s *subscription) findOrCreate(ctx context.Context, js natsjs.JetStream, stream string, want natsjs.ConsumerConfig) (natsjs.Consumer, error) {
+// findOrCreate finds the durable, or creates it from want. behind says
+// that this subscription, which had the durable, has delivered nothing
+// since it last read its ack floor: it waits a moment for another replica
+// to make a lost durable again (see remakeWait).
+func (s *subscription) findOrCreate(ctx context.Context, js natsjs.JetStream, stream string, want natsjs.ConsumerConfig, behind bool) (natsjs.Consumer, error) {
 	stale := 0
 	for attempt := 0; ; attempt++ {
 		c, err := js.Consumer(ctx, stream, want.Durable)
@@ -314,6 +321,12 @@ func (s *subscription) findOrCreate(ctx context.Context, js natsjs.JetStream, st
 		}
 		if !errors.Is(err, natsjs.ErrConsumerNotFound) {
 			return nil, err
+		}
+		if behind {
+			behind = false
+			if c, err := awaitConsumer(ctx, js, stream, want.Durable, remakeWait); err == nil {
+				return c, nil
+			}
 		}
 		c, err = js.CreateConsumer(ctx, stream, want)
 		if err == nil && stale < staleRetries && restoredStale(c.CachedInfo(), want) {
@@ -338,6 +351,36 @@ func (s *subscription) findOrCreate(ctx context.Context, js natsjs.JetStream, st
 			return c, err
 		}
 		// Another replica may have created it first: look it up again.
+	}
+}
+
+// remakeWait is how long a subscription that has delivered nothing since
+// it last read the durable's ack floor waits, once the durable is gone,
+// for another replica to make it again. That replica, which delivered
+// since (with priorityPolicy pinned, the pinned one; the others only
+// wait), starts it after what it knows was handled; made from this
+// subscription's older floor, it would deliver again everything handled
+// since that read (up to refreshIdle of messages, or all of them since
+// the subscription started). It covers a pull request's expiry and a
+// handler's time on a message: the replica that delivered finds the
+// durable gone with its next pull request.
+const remakeWait = 2 * time.Second
+
+// awaitConsumer waits up to d for durable to exist on stream.
+func awaitConsumer(ctx context.Context, js natsjs.JetStream, stream, durable string, d time.Duration) (natsjs.Consumer, error) {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+		if c, err := js.Consumer(ctx, stream, durable); err == nil {
+			return c, nil
+		}
 	}
 }
 
@@ -908,6 +951,13 @@ func (r *resumePoint) serverFloor(stream string, created time.Time, floor uint64
 			delete(r.unacked, seq)
 		}
 	}
+}
+
+// behind reports whether r knows stream, as created, and nothing delivered
+// on it here since the consumer's ack floor was last read: a consumer made
+// from r would start at that floor, which other replicas may have passed.
+func (r *resumePoint) behind(stream string, created time.Time) bool {
+	return r.stream == stream && r.created.Equal(created) && r.highest <= r.floor
 }
 
 // next is the stream sequence a new consumer on stream should start at; false

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -363,4 +364,204 @@ func TestDeadLetterLoopRefusalNamesAFixThatWorks(t *testing.T) {
 	assert.NotContains(t, err.Error(), "such as dead.{topic}", "the fix offered is the subject refused")
 	assert.Contains(t, err.Error(), `""`, "the error does not say that deadLetterSubject \"\" in the subscription metadata turns dead letters off for it")
 	require.NoError(t, ps.Subscribe(ctx(t), pubsub.SubscribeRequest{Topic: "dead.>", Metadata: map[string]string{"deadLetterSubject": ""}}, h))
+}
+
+// failingWhenReleased is a handler that says on reached when it has a
+// message, and fails it once release is closed: the test changes NATS
+// while the last delivery is in the app's hands.
+func failingWhenReleased() (h pubsub.Handler, reached chan string, release chan struct{}) {
+	reached, release = make(chan string, 10), make(chan struct{})
+	return func(ctx context.Context, m *pubsub.NewMessage) error {
+		reached <- string(m.Data)
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return errors.New("the app failed it")
+	}, reached, release
+}
+
+// deadLetterHeld checks, for longer than ackWait (1 s), that the original of
+// a dead letter that cannot be published is neither terminated nor given
+// up: it stays pending, and JetStream says nothing of it.
+func deadLetterHeld(t *testing.T, js natsjs.JetStream, terminated <-chan *nats.Msg, stream, consumer string) {
+	t.Helper()
+	nothing(t, terminated, 1500*time.Millisecond)
+	info, err := consumerInfo(js, stream, consumer)
+	require.NoError(t, err)
+	require.Equal(t, 1, info.NumAckPending, "the original is held while its dead letter waits")
+}
+
+// The dead-letter stream is full and discards new messages (nats stream
+// edit --max-msgs --discard new): JetStream refuses the dead letter. The
+// original is held, not terminated; the log names the subject, the stream
+// and the limit; once the operator makes room (nats stream purge), the dead
+// letter is stored as documented and only then the original terminated.
+func TestDeadLetterWaitsForRoomInAFullStream(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	nc, _ := natstest.Client(t, ns)
+	terminated := terminations(t, nc)
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "WORK", Subjects: []string{"work"}})
+	require.NoError(t, err)
+	_, err = js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "DEAD", Subjects: []string{"dead.>"}, MaxMsgs: 1, Discard: natsjs.DiscardNew})
+	require.NoError(t, err)
+	_, err = js.Publish(ctx(t), "dead.earlier", []byte("filler"))
+	require.NoError(t, err)
+	ps, log := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "maxDeliver": "1", "autoProvision": "false", "deadLetterSubject": "dead.{topic}", "ackWait": "1s"})
+	var calls atomic.Int32
+	subscribe(t, ps, "work", nil, alwaysFailing(&calls, "no"))
+	publish(t, ps, "work", "job", nil)
+	require.Eventually(t, func() bool { return strings.Contains(log.String(), "dead.work") }, waitFor, tick, "the refused dead letter is not logged")
+	deadLetterHeld(t, js, terminated, "WORK", "app-work")
+	for _, s := range []string{"maximum messages", `\"DEAD\"`} {
+		assert.Contains(t, log.String(), s)
+	}
+
+	t.Log(lineWith(log.String(), "held until it is stored there"))
+
+	require.NoError(t, mustStream(t, js, "DEAD").Purge(ctx(t)))
+	made := time.Now()
+	raw := deadLetterIn(t, js, "DEAD", "dead.work")
+	t.Logf("dead letter stored %s after the purge", time.Since(made).Round(10*time.Millisecond))
+	recv(t, terminated, waitFor)
+	info := settledConsumer(t, js, "WORK", "app-work")
+	assert.Equal(t, uint64(1), info.AckFloor.Stream)
+	assert.Equal(t, int32(1), calls.Load())
+	assert.Equal(t, "job", string(raw.Data))
+	assert.Equal(t, "1", raw.Header.Get(HeaderDeadLetterDeliveries))
+}
+
+// deadLetterIn waits for stream to store a message on subject, and
+// returns it.
+func deadLetterIn(t *testing.T, js natsjs.JetStream, stream, subject string) *natsjs.RawStreamMsg {
+	t.Helper()
+	var raw *natsjs.RawStreamMsg
+	require.Eventually(t, func() bool {
+		st, err := js.Stream(t.Context(), stream)
+		if err == nil {
+			raw, err = st.GetLastMsgForSubject(t.Context(), subject)
+		}
+		return err == nil
+	}, deadLetterTimeout+deadLetterRetryMax+waitFor, tick, "no dead letter on %q in stream %q", subject, stream)
+	return raw
+}
+
+// lineWith is the last line of log that holds s.
+func lineWith(log, s string) string {
+	lines := strings.Split(log, "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.Contains(lines[i], s) {
+			return lines[i]
+		}
+	}
+	return ""
+}
+
+func mustStream(t *testing.T, js natsjs.JetStream, name string) natsjs.Stream {
+	t.Helper()
+	st, err := js.Stream(ctx(t), name)
+	require.NoError(t, err)
+	return st
+}
+
+// While a message is on its last delivery, an operator replaces the
+// dead-letter stream by one that does not take the dead-letter subject
+// (nats stream rm DEAD; nats stream add DEAD --subjects other.>). The
+// original is held, not terminated. With autoProvision off the log names
+// the subject and the fix, and once the operator adds the subject, the
+// dead letter is stored there; with autoProvision on, the component makes
+// a stream take it.
+func TestDeadLetterStreamReplacedDuringTheLastDelivery(t *testing.T) {
+	t.Parallel()
+	for _, auto := range []bool{false, true} {
+		t.Run(fmt.Sprint("autoProvision=", auto), func(t *testing.T) {
+			t.Parallel()
+			ns, js := startNATS(t)
+			nc, _ := natstest.Client(t, ns)
+			terminated := terminations(t, nc)
+			dead := natsjs.StreamConfig{Name: "DEAD", Subjects: []string{"dead.>"}}
+			for _, cfg := range []natsjs.StreamConfig{{Name: "WORK", Subjects: []string{"work"}}, dead} {
+				_, err := js.CreateStream(ctx(t), cfg)
+				require.NoError(t, err)
+			}
+			ps, log := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "maxDeliver": "1", "autoProvision": fmt.Sprint(auto), "deadLetterSubject": "dead.{topic}", "ackWait": "1s"})
+			h, reached, release := failingWhenReleased()
+			subscribe(t, ps, "work", nil, h)
+			// The component knows the dead-letter stream before the change.
+			publish(t, ps, "dead.work", "known", nil)
+			publish(t, ps, "work", "job", nil)
+			require.Equal(t, "job", recv(t, reached, waitFor))
+
+			removeStream(t, ns, js, "DEAD")
+			_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "DEAD", Subjects: []string{"other.>"}})
+			require.NoError(t, err)
+			close(release)
+
+			if !auto {
+				require.Eventually(t, func() bool { return strings.Contains(log.String(), "held until it is stored there") }, waitFor, tick, "the refused dead letter is not logged")
+				deadLetterHeld(t, js, terminated, "WORK", "app-work")
+				assert.Contains(t, log.String(), "autoProvision")
+				t.Log(lineWith(log.String(), "held until it is stored there"))
+				dead.Subjects = []string{"other.>", "dead.>"}
+				_, err = js.UpdateStream(ctx(t), dead)
+				require.NoError(t, err)
+			}
+			var where string
+			require.Eventually(t, func() bool {
+				name, err := js.StreamNameBySubject(t.Context(), "dead.work")
+				where = name
+				return err == nil && count(js, name) == 1
+			}, waitFor, tick, "the dead letter was not stored")
+			recv(t, terminated, waitFor)
+			settledConsumer(t, js, "WORK", "app-work")
+			raw, err := mustStream(t, js, where).GetLastMsgForSubject(ctx(t), "dead.work")
+			require.NoError(t, err)
+			assert.Equal(t, "job", string(raw.Data))
+			assert.Equal(t, "WORK", raw.Header.Get(HeaderDeadLetterStream))
+		})
+	}
+}
+
+// The NATS user may not publish to the dead-letter subject. The original
+// is held, not terminated; once the operator grants the permission (and
+// reloads nats-server's config), the dead letter is stored and the
+// original terminated.
+func TestDeadLetterStoredOncePermissionIsGranted(t *testing.T) {
+	t.Parallel()
+	var opts *server.Options
+	users := func(deny ...string) []*server.User {
+		return []*server.User{{Username: "app", Password: "secret", Permissions: &server.Permissions{
+			Publish: &server.SubjectPermission{Allow: []string{">"}, Deny: deny},
+		}}}
+	}
+	ns := natstest.Start(t, func(o *server.Options) { o.Users = users("dead.work"); opts = o })
+	nc, err := nats.Connect(ns.ClientURL(), nats.UserInfo("app", "secret"))
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	js, err := natsjs.New(nc)
+	require.NoError(t, err)
+	terminated := terminations(t, nc)
+	_, err = js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "DEAD", Subjects: []string{"dead.>"}})
+	require.NoError(t, err)
+	ps, log := open(t, ns.ClientURL(), map[string]string{"user": "app", "password": "secret", "consumerID": "app", "maxDeliver": "1", "deadLetterSubject": "dead.{topic}", "ackWait": "1s"})
+	var calls atomic.Int32
+	subscribe(t, ps, "work", nil, alwaysFailing(&calls, "no"))
+	publish(t, ps, "work", "job", nil)
+	require.Eventually(t, func() bool { return strings.Contains(log.String(), "held until it is stored there") }, deadLetterTimeout+waitShort, tick, "the refused dead letter is not logged")
+	deadLetterHeld(t, js, terminated, "work", "app-work")
+	line := lineWith(log.String(), "held until it is stored there")
+	t.Log(line)
+	assert.Contains(t, line, `NATS does not allow this connection to publish to \"dead.work\"`)
+	assert.Contains(t, line, `grant the NATS user publish permission for \"dead.work\"`, "the fix named is not the subject refused")
+
+	granted := *opts
+	granted.Users = users()
+	require.NoError(t, ns.ReloadOptions(&granted))
+	made := time.Now()
+	deadLetterIn(t, js, "DEAD", "dead.work")
+	t.Logf("dead letter stored %s after the permission was granted", time.Since(made).Round(10*time.Millisecond))
+	recv(t, terminated, waitFor)
+	settledConsumer(t, js, "work", "app-work")
+	assert.Equal(t, int32(1), calls.Load())
 }

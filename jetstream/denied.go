@@ -124,6 +124,26 @@ func (p *PubSub) denied(op, topic string, err error, asked time.Time) error {
 		quoted[i] = strconv.Quote(s)
 	}
 	return &Error{Op: op, Topic: topic, Kind: KindRejected, Err: fmt.Errorf(
-		"NATS does not allow this connection to publish to %s, so JetStream never answered (%v); grant the NATS user publish permission for %s> (or for those subjects), in the server's authorization or the user's JWT (nsc edit user --allow-pub)",
-		strings.Join(quoted, ", "), err, prefix)}
+		"NATS does not allow this connection to publish to %s, so JetStream never answered (%v); grant the NATS user publish permission for %s, in the server's authorization or the user's JWT (nsc edit user --allow-pub)",
+		strings.Join(quoted, ", "), err, grants(subjects, prefix))}
+}
+
+// grants words the publish permissions that refused subjects need: the
+// JetStream API's under prefix, and each other subject (a topic, or a
+// dead-letter subject) itself, which a permission for the API does not
+// cover.
+func grants(subjects []string, prefix string) string {
+	var api bool
+	var out []string
+	for _, s := range subjects {
+		if strings.HasPrefix(s, prefix) {
+			api = true
+		} else {
+			out = append(out, strconv.Quote(s))
+		}
+	}
+	if api {
+		out = append([]string{prefix + "> (or for the API subjects refused)"}, out...)
+	}
+	return strings.Join(out, " and ")
 }

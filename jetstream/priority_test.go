@@ -3,6 +3,7 @@ package jetstream
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -13,6 +14,8 @@ import (
 	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/dapr-nats/jetstream-pubsub/metadata"
 )
 
 // tagged collects messages with the name of the replica that got them.
@@ -311,4 +314,275 @@ func TestPinnedToOverflowKeepsDelivering(t *testing.T) {
 		require.Equal(t, fmt.Sprint(i), data)
 	}
 	t.Logf("9 messages delivered in %s once the old replica followed the durable", time.Since(start).Round(100*time.Millisecond))
+}
+
+// serialLog records what the replicas of a pinned durable handle: in which
+// order, by which replica, and whether two handled at the same time.
+type serialLog struct {
+	mu       sync.Mutex
+	order    []string // replica:data, as handling started
+	seen     map[string]int
+	active   int
+	overlaps []string // messages handled while another replica handled one
+	work     time.Duration
+}
+
+func newSerialLog(work time.Duration) *serialLog {
+	return &serialLog{seen: map[string]int{}, work: work}
+}
+
+// handler is replica name's handler: it takes l.work per message.
+func (l *serialLog) handler(name string) pubsub.Handler {
+	return func(ctx context.Context, m *pubsub.NewMessage) error {
+		l.mu.Lock()
+		l.active++
+		if l.active > 1 {
+			l.overlaps = append(l.overlaps, name+":"+string(m.Data))
+		}
+		l.order = append(l.order, name+":"+string(m.Data))
+		l.seen[string(m.Data)]++
+		l.mu.Unlock()
+		select {
+		case <-time.After(l.work):
+		case <-ctx.Done():
+		}
+		l.mu.Lock()
+		l.active--
+		l.mu.Unlock()
+		return nil
+	}
+}
+
+// has reports whether every one of data has been handled.
+func (l *serialLog) has(data ...string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, d := range data {
+		if l.seen[d] == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func (l *serialLog) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.order)
+}
+
+// check reports, of what was handled, the messages that came out of order
+// (before one published earlier that was handled later, not counting
+// repeats), those handled twice, and those handled while another was.
+func (l *serialLog) check(t *testing.T) (outOfOrder, twice, overlaps []string) {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	last := -1
+	handled := map[string]bool{}
+	for _, e := range l.order {
+		_, data, _ := cut(e)
+		if handled[data] {
+			twice = append(twice, e)
+			continue
+		}
+		handled[data] = true
+		// Published in batches a0…, then b0…: the batch, then the number.
+		digits := strings.IndexAny(data, "0123456789")
+		var n int
+		_, err := fmt.Sscanf(data[digits:], "%d", &n)
+		require.NoError(t, err)
+		n += 1_000_000 * strings.Index("abcdefgh", data[:digits])
+		if n < last {
+			outOfOrder = append(outOfOrder, e)
+		}
+		last = max(last, n)
+	}
+	t.Logf("handled %d (%d messages): order %v", len(l.order), len(handled), l.order)
+	return outOfOrder, twice, slices.Clone(l.overlaps)
+}
+
+// names lists data prefix0 … prefix(n-1).
+func names(prefix string, from, to int) []string {
+	var out []string
+	for i := from; i < to; i++ {
+		out = append(out, fmt.Sprint(prefix, i))
+	}
+	return out
+}
+
+// pinnedPair subscribes two replicas, with priorityPolicy pinned and
+// maxInFlight 1, to topic; each handles a message in work.
+func pinnedPair(t *testing.T, url, topic string, extra map[string]string, l *serialLog) []*PubSub {
+	t.Helper()
+	props := map[string]string{"consumerID": "app", "priorityPolicy": "pinned", "maxInFlight": "1", "deliverAll": "true"}
+	for k, v := range extra {
+		props[k] = v
+	}
+	var out []*PubSub
+	for _, name := range []string{"r1", "r2"} {
+		ps, _ := open(t, url, props)
+		subscribe(t, ps, topic, nil, l.handler(name))
+		out = append(out, ps)
+	}
+	return out
+}
+
+// An operator unpins the durable (nats consumer unpin) while the pinned
+// replica works through a backlog, one message at a time: every message
+// arrives once, in order. The replica pinned next starts at once, while the
+// one unpinned finishes the message in its hands (its maxInFlight window):
+// only maxAckPending 1 keeps even that one from overlapping.
+func TestPinnedUnpinnedByAnOperator(t *testing.T) {
+	t.Parallel()
+	for _, maxAckPending := range []string{"", "1"} {
+		t.Run("maxAckPending="+maxAckPending, func(t *testing.T) {
+			t.Parallel()
+			ns, js := startNATS(t)
+			l := newSerialLog(20 * time.Millisecond)
+			extra := map[string]string{}
+			if maxAckPending != "" {
+				extra["maxAckPending"] = maxAckPending
+			}
+			pinnedPair(t, ns.ClientURL(), "seq", extra, l)
+			waitConsumer(t, js, "seq", "app-seq")
+			publishRaw(t, js, "seq", "a", 60)
+			require.Eventually(t, func() bool { return l.count() >= 10 }, waitFor, tick)
+			require.NoError(t, mustStream(t, js, "seq").UnpinConsumer(ctx(t), "app-seq", metadata.PriorityGroup))
+			start := time.Now()
+			require.Eventually(t, func() bool { return l.has(names("a", 0, 60)...) }, waitFor, tick, "messages lost after the unpin")
+			t.Logf("the backlog was handled %s after the unpin", time.Since(start).Round(10*time.Millisecond))
+			outOfOrder, twice, overlaps := l.check(t)
+			assert.Empty(t, outOfOrder, "out of order")
+			assert.Empty(t, twice, "handled twice")
+			if maxAckPending == "1" {
+				assert.Empty(t, overlaps, "handled by two replicas at once")
+			} else {
+				assert.LessOrEqual(t, len(overlaps), 1, "more than the one message in flight overlapped: %v", overlaps)
+			}
+		})
+	}
+}
+
+// assertSerial checks what l recorded: in order, nothing twice beyond the
+// maxInFlight window (1) in flight at a change, no more than that window
+// handled by two replicas at once.
+func assertSerial(t *testing.T, l *serialLog) {
+	t.Helper()
+	outOfOrder, twice, overlaps := l.check(t)
+	assert.Empty(t, outOfOrder, "out of order")
+	assert.LessOrEqual(t, len(twice), 1, "more than the message in flight came twice: %v", twice)
+	assert.LessOrEqual(t, len(overlaps), 1, "more than the message in flight overlapped: %v", overlaps)
+}
+
+// Admin actions on the stream or the durable of pinned replicas while they
+// work through a backlog: every message that the stream still holds
+// arrives, in order, one replica at a time.
+func TestPinnedThroughAdminActions(t *testing.T) {
+	t.Parallel()
+	for _, action := range []string{"purge", "stream replaced", "consumer deleted", "consumer made again with another group"} {
+		t.Run(action, func(t *testing.T) {
+			t.Parallel()
+			ns, js := startNATS(t)
+			keepAccountStore(t, js)
+			_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "seq", Subjects: []string{"seq"}})
+			require.NoError(t, err)
+			l := newSerialLog(20 * time.Millisecond)
+			replicas := pinnedPair(t, ns.ClientURL(), "seq", map[string]string{"pinnedTTL": "30s", "autoProvision": "false"}, l)
+			waitConsumer(t, js, "seq", "app-seq")
+			publishRaw(t, js, "seq", "a", 40)
+			require.Eventually(t, func() bool { return l.count() >= 10 }, waitFor, tick)
+			before, err := consumerInfo(js, "seq", "app-seq")
+			require.NoError(t, err)
+			want := names("a", 0, 40) // what the stream holds after the action
+			switch action {
+			case "purge":
+				require.NoError(t, mustStream(t, js, "seq").Purge(ctx(t)))
+				want = nil
+			case "stream replaced":
+				cfg := streamInfo(t, js, "seq").Config
+				removeStream(t, ns, js, "seq")
+				_, err := js.CreateStream(ctx(t), cfg)
+				require.NoError(t, err)
+				want = nil
+			case "consumer deleted":
+				require.NoError(t, js.DeleteConsumer(ctx(t), "seq", "app-seq"))
+			case "consumer made again with another group":
+				// nats consumer rm, then nats consumer add with the group
+				// ops, or nats consumer edit when a replica made it again
+				// first.
+				require.NoError(t, js.DeleteConsumer(ctx(t), "seq", "app-seq"))
+				cfg := before.Config
+				cfg.DeliverPolicy, cfg.OptStartSeq = natsjs.DeliverByStartSequencePolicy, before.AckFloor.Stream+1
+				cfg.PriorityGroups = []string{"ops"}
+				if _, err := js.CreateConsumer(ctx(t), "seq", cfg); err != nil {
+					remade, err := consumerInfo(js, "seq", "app-seq")
+					require.NoError(t, err)
+					cfg = remade.Config
+					cfg.PriorityGroups = []string{"ops"}
+					_, err = js.UpdateConsumer(ctx(t), "seq", cfg)
+					require.NoError(t, err)
+				}
+			}
+			changed := time.Now()
+			publishRaw(t, js, "seq", "b", 20)
+			want = append(want, names("b", 0, 20)...)
+			require.Eventually(t, func() bool { return l.has(want...) }, waitFor, tick, "messages lost")
+			t.Logf("%d messages handled %s after the change", len(want), time.Since(changed).Round(10*time.Millisecond))
+			if action == "consumer made again with another group" {
+				// The operator made it again to start after the ack floor
+				// read before the delete: what was acked after that read
+				// comes again, as the operator chose.
+				outOfOrder, twice, overlaps := l.check(t)
+				assert.Empty(t, outOfOrder, "out of order")
+				assert.LessOrEqual(t, len(overlaps), 1, "more than the message in flight overlapped: %v", overlaps)
+				for _, e := range twice {
+					_, data, _ := cut(e)
+					var n uint64
+					_, err := fmt.Sscanf(data, "a%d", &n)
+					require.NoError(t, err)
+					assert.Greater(t, n+1, before.AckFloor.Stream, "%s, acked before the operator read the ack floor, came twice", e)
+				}
+			} else {
+				assertSerial(t, l)
+			}
+			for i, ps := range replicas {
+				assert.NoError(t, ps.Ping(ctx(t)), "replica %d", i)
+			}
+			info, err := consumerInfo(js, "seq", "app-seq")
+			require.NoError(t, err)
+			t.Logf("consumer: policy %v groups %v", info.Config.PriorityPolicy, info.Config.PriorityGroups)
+		})
+	}
+}
+
+// A rolling update changes pinnedTTL while the pinned replica works
+// through a backlog: the durable takes the new pinnedTTL, and every message
+// arrives once, in order, one at a time, through the update and the old
+// replica's end.
+func TestPinnedTTLChangedInARollingUpdate(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	l := newSerialLog(20 * time.Millisecond)
+	props := map[string]string{"consumerID": "app", "priorityPolicy": "pinned", "maxInFlight": "1", "deliverAll": "true", "pinnedTTL": "30s"}
+	old, _ := open(t, ns.ClientURL(), props)
+	subscribe(t, old, "seq", nil, l.handler("old"))
+	waitConsumer(t, js, "seq", "app-seq")
+	publishRaw(t, js, "seq", "a", 60)
+	require.Eventually(t, func() bool { return l.count() >= 10 }, waitFor, tick)
+
+	props["pinnedTTL"] = "5s"
+	updated, _ := open(t, otherPodURL(ns), props)
+	subscribe(t, updated, "seq", nil, l.handler("new"))
+	require.Eventually(t, func() bool {
+		info, err := consumerInfo(js, "seq", "app-seq")
+		return err == nil && info.Config.PinnedTTL == 5*time.Second
+	}, waitFor, tick, "the durable did not take the new pinnedTTL")
+	require.NoError(t, old.Close())
+	start := time.Now()
+	publishRaw(t, js, "seq", "b", 10)
+	want := append(names("a", 0, 60), names("b", 0, 10)...)
+	require.Eventually(t, func() bool { return l.has(want...) }, waitFor, tick, "messages lost")
+	t.Logf("the rest handled %s after the old replica closed", time.Since(start).Round(10*time.Millisecond))
+	assertSerial(t, l)
 }
