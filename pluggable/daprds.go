@@ -17,24 +17,82 @@ const (
 	exitFastFor  = 10 * time.Second
 )
 
-func (s *Server) connOpened(pid int) {
+func (s *Server) connOpened(a peerAddr) {
 	s.mu.Lock()
-	s.conns[pid]++
+	s.conns[a.pid]++
+	s.open[a.conn] = true
 	s.mu.Unlock()
 }
 
-// connClosed starts watching a daprd process once its last connection has
-// closed, to close its instances when it has exited. The connection alone
-// does not tell: daprd's gRPC client also closes idle connections and dials
-// again on the next call, without a new Init.
-func (s *Server) connClosed(pid int) {
+// connClosed parks the instances initialised on the connection, and starts
+// watching a daprd process once its last connection has closed, to close
+// its instances when it has exited.
+//
+// daprd dials a connection of its own for each Component it initialises
+// (pkg/components/pubsub/pluggable.go, Init calls Dial), and closes it when it
+// closes the Component (pluggable.GRPCConnector.Close: cancel, then
+// conn.Close). The pluggable protocol has no Close call, so that closed
+// connection is the only sign a component gets when a hot reload removes,
+// renames or edits a Component (pkg/runtime/hotreload/reconciler/components.go
+// calls processor.Close, then Init for an edited one). The connection alone
+// does not tell it apart from a connection gone idle, though: daprd's gRPC
+// client closes a connection after 30 idle minutes and dials again on the
+// next call, without a new Init. So the instance is parked: closed, with its
+// Init metadata kept, and initialised again by the next call that names it
+// (see revive).
+func (s *Server) connClosed(a peerAddr) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.conns[pid]--; s.conns[pid] > 0 {
+	delete(s.open, a.conn)
+	for key, b := range s.bindings {
+		if b.conn == a.conn {
+			s.parkLocked(key)
+		}
+	}
+	if s.conns[a.pid]--; s.conns[a.pid] > 0 {
 		return
 	}
-	delete(s.conns, pid)
-	s.watchIfDisconnectedLocked(pid)
+	delete(s.conns, a.pid)
+	s.watchIfDisconnectedLocked(a.pid)
+}
+
+// parkedInstance is a Component instance closed because the connection it
+// was initialised on closed (see connClosed), with what initialising it again
+// needs.
+type parkedInstance struct {
+	props map[string]string
+	// prev is the instance closed, whose counters the next one continues.
+	prev *jetstream.PubSub
+	once sync.Once
+	ps   *jetstream.PubSub
+	err  error
+}
+
+// parkLocked closes the instance key, initialised on a connection that
+// closed, and keeps what a later call needs to initialise it again. Its
+// subscriptions ended with the connection; what they held waits for the
+// next subscription of their consumers, as when a daprd exits (see
+// closeInstances). At shutdown, Shutdown closes the instances instead.
+func (s *Server) parkLocked(key instanceKey) {
+	b := s.bindings[key]
+	delete(s.bindings, key)
+	if s.draining {
+		return
+	}
+	ps := s.instances[key]
+	delete(s.instances, key)
+	s.parked[key] = &parkedInstance{props: b.props, prev: ps}
+	if ps == nil {
+		return
+	}
+	s.log.Infof("component %s: daprd closed the connection of this Component (a hot reload removed, renamed or edited it, or the connection was idle); closing its instance, and keeping its metadata for a later call without Init", key)
+	s.watchers.Add(1)
+	go func() {
+		defer s.watchers.Done()
+		if err := ps.Retire(s.stop); err != nil {
+			s.log.Warnf("component %s: closing: %v", key, err)
+		}
+	}()
 }
 
 // watchIfDisconnectedLocked starts watchExit for daprd process pid when it
@@ -59,6 +117,11 @@ func (s *Server) hasInstancesLocked(pid int) bool {
 		}
 	}
 	for k := range s.uninitialized {
+		if k.pid == pid {
+			return true
+		}
+	}
+	for k := range s.parked {
 		if k.pid == pid {
 			return true
 		}
@@ -90,10 +153,14 @@ func (s *Server) watchExit(pid int) {
 		if gone {
 			delete(s.watching, pid)
 			instances := s.takeInstancesLocked(pid)
+			parked := s.takeParkedLocked(pid)
 			m := s.metrics
 			s.mu.Unlock()
 			if m != nil {
 				for k := range instances {
+					m.Forget(k.name, strconv.Itoa(k.pid))
+				}
+				for _, k := range parked {
 					m.Forget(k.name, strconv.Itoa(k.pid))
 				}
 			}
@@ -115,11 +182,25 @@ func (s *Server) takeInstancesLocked(pid int) map[instanceKey]*jetstream.PubSub 
 		if k.pid == pid {
 			out[k] = ps
 			delete(s.instances, k)
+			delete(s.bindings, k)
 		}
 	}
 	for k := range s.uninitialized {
 		if k.pid == pid {
 			delete(s.uninitialized, k)
+		}
+	}
+	return out
+}
+
+// takeParkedLocked forgets the parked instances of daprd process pid, which
+// exited, and returns their keys. They are closed already.
+func (s *Server) takeParkedLocked(pid int) []instanceKey {
+	var out []instanceKey
+	for k := range s.parked {
+		if k.pid == pid {
+			out = append(out, k)
+			delete(s.parked, k)
 		}
 	}
 	return out

@@ -3,6 +3,7 @@ package pluggable
 import (
 	"net"
 	"sync"
+	"sync/atomic"
 )
 
 // A daprd is told apart from another by its process id, read from the
@@ -12,16 +13,31 @@ import (
 // again. Where the component cannot see the caller's process (another PID
 // namespace, as between the containers of a Kubernetes pod), the id is 0 and
 // every caller counts as one daprd, which is what a sidecar is.
+//
+// conn numbers the connection itself, from 1. daprd dials a connection of
+// its own for each Component it initialises, and closes it when it closes
+// the Component (a hot reload that edits, renames or removes it); see
+// Server.connClosed.
 type peerAddr struct {
 	net.Addr
-	pid int
+	pid  int
+	conn uint64
+}
+
+// lastConn numbers the accepted connections.
+var lastConn atomic.Uint64
+
+// newPeerConn tags c with pid and a new connection number; closed is told
+// when c closes.
+func newPeerConn(c net.Conn, pid int, closed func(peerAddr)) *peerConn {
+	return &peerConn{Conn: c, addr: peerAddr{Addr: c.RemoteAddr(), pid: pid, conn: lastConn.Add(1)}, closed: closed}
 }
 
 // peerListener tags every accepted connection with its caller's process id
 // and tells the server when the connection opens and closes.
 type peerListener struct {
 	net.Listener
-	opened, closed func(pid int)
+	opened, closed func(peerAddr)
 }
 
 func (l *peerListener) Accept() (net.Conn, error) {
@@ -29,8 +45,8 @@ func (l *peerListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	pc := &peerConn{Conn: c, addr: peerAddr{Addr: c.RemoteAddr(), pid: peerPID(c)}, closed: l.closed}
-	l.opened(pc.addr.pid)
+	pc := newPeerConn(c, peerPID(c), l.closed)
+	l.opened(pc.addr)
 	return pc, nil
 }
 
@@ -39,7 +55,7 @@ func (l *peerListener) Accept() (net.Conn, error) {
 type peerConn struct {
 	net.Conn
 	addr   peerAddr
-	closed func(pid int)
+	closed func(peerAddr)
 	once   sync.Once
 }
 
@@ -47,7 +63,7 @@ func (c *peerConn) RemoteAddr() net.Addr { return c.addr }
 
 func (c *peerConn) Close() error {
 	err := c.Conn.Close()
-	c.once.Do(func() { c.closed(c.addr.pid) })
+	c.once.Do(func() { c.closed(c.addr) })
 	return err
 }
 

@@ -19,7 +19,7 @@ func TestPeerListenerTagsTheCallersProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	opened, closed := make(chan int, 1), make(chan int, 2)
-	pl := &peerListener{Listener: l, opened: func(pid int) { opened <- pid }, closed: func(pid int) { closed <- pid }}
+	pl := &peerListener{Listener: l, opened: func(a peerAddr) { opened <- a.pid }, closed: func(a peerAddr) { closed <- a.pid }}
 	defer pl.Close()
 	accepted := make(chan net.Conn, 1)
 	go func() {

@@ -56,6 +56,19 @@ type Server struct {
 	// this process (see notInitialized), until they are initialised or the
 	// daprd exits.
 	uninitialized map[instanceKey]bool
+	// bindings holds, for each instance, the connection daprd initialised it
+	// on and its Init metadata; open, the connections open now; parked, the
+	// instances closed because their connection closed (see connClosed).
+	bindings map[instanceKey]binding
+	open     map[uint64]bool
+	parked   map[instanceKey]*parkedInstance
+}
+
+// binding is where an instance came from: the connection (peerAddr.conn, 0
+// when unknown) its Init came on, and the Init's metadata.
+type binding struct {
+	conn  uint64
+	props map[string]string
 }
 
 // instanceKey names an instance: the Component name daprd gave it, and the
@@ -77,6 +90,7 @@ func NewServer(l logger.Logger) *Server {
 	return &Server{
 		log: l, instances: map[instanceKey]*jetstream.PubSub{}, pulls: map[*pull]struct{}{},
 		conns: map[int]int{}, watching: map[int]bool{}, stop: make(chan struct{}), uninitialized: map[instanceKey]bool{},
+		bindings: map[instanceKey]binding{}, open: map[uint64]bool{}, parked: map[instanceKey]*parkedInstance{},
 	}
 }
 
@@ -99,6 +113,16 @@ func callerPID(ctx context.Context) int {
 	return 0
 }
 
+// callerConn is the number of the connection the call came on, or 0.
+func callerConn(ctx context.Context) uint64 {
+	if p, ok := peer.FromContext(ctx); ok {
+		if a, ok := p.Addr.(peerAddr); ok {
+			return a.conn
+		}
+	}
+	return 0
+}
+
 func callerKey(ctx context.Context) instanceKey {
 	return instanceKey{name: instanceName(ctx), pid: callerPID(ctx)}
 }
@@ -106,15 +130,33 @@ func callerKey(ctx context.Context) instanceKey {
 func (s *Server) instance(ctx context.Context) (*jetstream.PubSub, instanceKey, error) {
 	key := callerKey(ctx)
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	ps, ok := s.instances[key]
-	if !ok {
-		if key.name != "" {
-			s.uninitialized[key] = true
-		}
-		return nil, key, status.Errorf(codes.FailedPrecondition, "component %s is not initialized: %s", key, notInitialized)
+	pk := s.parked[key]
+	if !ok && pk == nil && key.name != "" {
+		s.uninitialized[key] = true
 	}
-	return ps, key, nil
+	s.mu.Unlock()
+	switch {
+	case ok:
+		return ps, key, nil
+	case pk != nil:
+		ps, err := s.revive(ctx, key, pk)
+		return ps, key, err
+	}
+	return nil, key, status.Errorf(codes.FailedPrecondition, "component %s is not initialized: %s", key, notInitialized)
+}
+
+// revive initialises a parked instance again, with the metadata of its last
+// Init, for a call that names it: daprd's connection had gone idle, and the
+// call came on the connection daprd dialled again, without an Init. Calls
+// that arrive meanwhile wait for the same Init.
+func (s *Server) revive(ctx context.Context, key instanceKey, pk *parkedInstance) (*jetstream.PubSub, error) {
+	pk.once.Do(func() {
+		s.log.Infof("component %s: called again after daprd closed its connection; initializing it again with the metadata of its last Init", key)
+		// Not bound to the first caller's deadline: the others wait for it too.
+		pk.ps, pk.err = s.initInstance(context.WithoutCancel(ctx), key, callerConn(ctx), pk.props, pk)
+	})
+	return pk.ps, pk.err
 }
 
 // notInitialized says why a daprd calls a Component that this process has
@@ -126,7 +168,15 @@ const notInitialized = "daprd initialises a Component only when it starts, so th
 
 // Init creates (or re-creates) the instance named by the call's metadata.
 func (s *Server) Init(ctx context.Context, req *proto.PubSubInitRequest) (*proto.PubSubInitResponse, error) {
-	key := callerKey(ctx)
+	if _, err := s.initInstance(ctx, callerKey(ctx), callerConn(ctx), req.GetMetadata().GetProperties(), nil); err != nil {
+		return nil, err
+	}
+	return &proto.PubSubInitResponse{}, nil
+}
+
+// initInstance creates the instance key with props, for an Init that came on
+// connection conn, or to revive pk.
+func (s *Server) initInstance(ctx context.Context, key instanceKey, conn uint64, props map[string]string, pk *parkedInstance) (*jetstream.PubSub, error) {
 	name := key.name
 	s.mu.Lock()
 	draining := s.draining
@@ -138,10 +188,18 @@ func (s *Server) Init(ctx context.Context, req *proto.PubSubInitRequest) (*proto
 	if s.metrics != nil {
 		ps.SetPublishObserver(s.metrics.Publishes(name, strconv.Itoa(key.pid)))
 	}
-	err := ps.Init(ctx, pubsub.Metadata{Base: contribmd.Base{Name: name, Properties: req.GetMetadata().GetProperties()}})
+	err := ps.Init(ctx, pubsub.Metadata{Base: contribmd.Base{Name: name, Properties: props}})
 	if err != nil {
 		_ = ps.Close()
 		s.log.Errorf("init component %s: %v", key, err)
+		if pk != nil {
+			// A later call tries again.
+			s.mu.Lock()
+			if s.parked[key] == pk {
+				s.parked[key] = &parkedInstance{props: pk.props, prev: pk.prev}
+			}
+			s.mu.Unlock()
+		}
 		return nil, status.Errorf(codes.InvalidArgument, "init component %q: %v", name, err)
 	}
 	s.mu.Lock()
@@ -152,12 +210,34 @@ func (s *Server) Init(ctx context.Context, req *proto.PubSubInitRequest) (*proto
 		_ = ps.Close()
 		return nil, status.Error(codes.Unavailable, "the component is shutting down")
 	}
+	if pk != nil && s.parked[key] != pk {
+		// daprd initialised the Component itself meanwhile: its instance
+		// stays, with its own metadata.
+		now, ok := s.instances[key]
+		s.mu.Unlock()
+		_ = ps.Close()
+		if !ok {
+			return nil, status.Errorf(codes.FailedPrecondition, "component %s is not initialized: %s", key, notInitialized)
+		}
+		return now, nil
+	}
 	old := s.instances[key]
 	s.instances[key] = ps
+	s.bindings[key] = binding{conn: conn, props: props}
 	delete(s.uninitialized, key)
 	// The series keep their labels, so the counters go on from the old
 	// instance's rather than back to 0.
-	ps.ContinueCounts(old)
+	if parked := s.parked[key]; old == nil && parked != nil {
+		ps.ContinueCounts(parked.prev)
+	} else {
+		ps.ContinueCounts(old)
+	}
+	delete(s.parked, key)
+	if conn != 0 && !s.open[conn] {
+		// daprd closed the connection while this Init ran: it closed the
+		// Component, or exited, meanwhile.
+		s.parkLocked(key)
+	}
 	// A slow Init can outlive the daprd that asked for it: its last
 	// connection may have closed meanwhile, with nothing left to notice
 	// that it exited and close this instance.
@@ -168,7 +248,7 @@ func (s *Server) Init(ctx context.Context, req *proto.PubSubInitRequest) (*proto
 		go func() { _ = old.Close() }()
 	}
 	s.log.Infof("component %s initialized", key)
-	return &proto.PubSubInitResponse{}, nil
+	return ps, nil
 }
 
 // Features lists the instance's features.

@@ -147,6 +147,18 @@ func (p *poster) finish() (map[string]time.Time, int) {
 	return p.ok, p.failed
 }
 
+// finishWith stops p and returns what it posted, together with backlog,
+// which another producer published while what the test names happened.
+func (p *poster) finishWith(t *testing.T, backlog map[string]time.Time, while string) map[string]time.Time {
+	t.Helper()
+	posted, failed := p.finish()
+	t.Logf("%d posts succeeded, %d failed while %s", len(posted), failed, while)
+	for text, at := range backlog {
+		posted[text] = at
+	}
+	return posted
+}
+
 // checkResumed waits until every successful post reached the app, and checks
 // that the durable resumed where it was: what the app had handled well before
 // the restart (stoppedAt) is not delivered again, and the consumer is the
@@ -271,11 +283,7 @@ func TestRestartDaprd(t *testing.T) {
 		}
 		t.Logf("daprd restarted in %s", time.Since(stoppedAt).Round(time.Millisecond))
 		p.waitMore(t, 30)
-		posted, failed := p.finish()
-		t.Logf("%d posts succeeded, %d failed while daprd was down", len(posted), failed)
-		for text, at := range backlog {
-			posted[text] = at
-		}
+		posted := p.finishWith(t, backlog, "daprd was down")
 		checkResumed(t, e, n, posted, stoppedAt, before)
 	})
 }
@@ -633,11 +641,7 @@ func outageScenario(t *testing.T, e *env, n *stack.Node, o natsOutage) {
 		t.Errorf("publishing worked again only %s after NATS came back, want within 5s", d.Round(time.Millisecond))
 	}
 	p.waitMore(t, 30)
-	posted, failed := p.finish()
-	t.Logf("%d posts succeeded, %d failed while daprd or NATS was down", len(posted), failed)
-	for text, at := range backlog {
-		posted[text] = at
-	}
+	posted := p.finishWith(t, backlog, "daprd or NATS was down")
 	checkResumed(t, e, n, posted, stoppedAt, before)
 }
 
