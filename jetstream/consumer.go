@@ -263,6 +263,12 @@ func (s *subscription) ensureConsumer(ctx context.Context) (*consumerState, erro
 	created := st.CachedInfo().Created
 	s.p.answers.streamRead(streamKey{conn: s.p.connKey, stream: stream}, created, lost)
 	want := s.consumerConfig(stream, created)
+	if lim := st.CachedInfo().Config.ConsumerLimits.InactiveThreshold; lim > 0 && want.InactiveThreshold > lim {
+		// The stream's consumer limits refuse a consumer kept longer
+		// without a subscriber, and no metadata sets this time: an
+		// ephemeral consumer left behind goes sooner instead.
+		want.InactiveThreshold = lim
+	}
 	if st.CachedInfo().Config.Retention == natsjs.WorkQueuePolicy {
 		if err := s.forWorkQueue(&want, stream); err != nil {
 			return nil, err
@@ -271,7 +277,7 @@ func (s *subscription) ensureConsumer(ctx context.Context) (*consumerState, erro
 	if want.Durable == "" {
 		c, err := js.CreateConsumer(ctx, stream, want)
 		if err != nil {
-			return nil, explainConsumerRefusal(err, stream, s.topic, "")
+			return nil, explainConsumerRefusal(ctx, js, err, st.CachedInfo().Config, s.topic, want)
 		}
 		return s.p.newConsumerState(c, created, true), nil
 	}
@@ -280,7 +286,7 @@ func (s *subscription) ensureConsumer(ctx context.Context) (*consumerState, erro
 	s.mu.Unlock()
 	c, err := s.findOrCreate(ctx, js, stream, want, behind)
 	if err != nil {
-		return nil, explainConsumerRefusal(err, stream, s.topic, want.Durable)
+		return nil, explainConsumerRefusal(ctx, js, err, st.CachedInfo().Config, s.topic, want)
 	}
 	// Listening starts before the durable is updated: JetStream gives up at
 	// once on the messages that already had more deliveries than a lowered

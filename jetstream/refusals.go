@@ -9,6 +9,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
+
+	"github.com/dapr-nats/jetstream-pubsub/metadata"
 )
 
 // What JetStream answers when a stream that discards new messages reached a
@@ -248,6 +250,7 @@ const (
 	errCodeReplicasNotSupported     natsjs.ErrorCode = 10074
 	errCodeSealed                   natsjs.ErrorCode = 10109
 	errCodeMaxBytesRequired         natsjs.ErrorCode = 10113
+	errCodeMaxAckPendingExcess      natsjs.ErrorCode = 10121
 )
 
 // outOfStorage explains a publish refused because JetStream has no storage
@@ -306,19 +309,60 @@ func streamsAllowed(ctx context.Context, js natsjs.JetStream) string {
 	return "at most " + plural(int64(info.Limits.MaxStreams), "stream")
 }
 
-// explainConsumerRefusal explains why JetStream refused to create the
-// consumer of topic on stream, or why the durable of that name cannot serve.
-func explainConsumerRefusal(err error, stream, topic, durable string) error {
-	if errors.Is(err, natsjs.ErrNotPullConsumer) {
+// explainConsumerRefusal explains why JetStream refused to create want,
+// the consumer of topic on the stream of config stream, or why the durable
+// of that name cannot serve.
+func explainConsumerRefusal(ctx context.Context, js natsjs.JetStream, err error, stream natsjs.StreamConfig, topic string, want natsjs.ConsumerConfig) error {
+	name := stream.Name
+	switch {
+	case errors.Is(err, natsjs.ErrNotPullConsumer):
 		return &Error{Op: "subscribe to", Topic: topic, Kind: KindRejected, Err: fmt.Errorf(
 			"consumer %q on stream %q is a push consumer (it has a deliver subject), and this component pulls: %w; delete it (nats consumer rm %s %s) so that it is created again, or set another consumerID",
-			durable, stream, err, stream, durable)}
+			want.Durable, name, err, name, want.Durable)}
+	case isAPIError(err, natsjs.JSErrCodeMaximumConsumersLimit):
+		return fmt.Errorf("%w: %s, and each consumerID takes one per topic, as does each subscription without one; remove the consumers no app uses (nats consumer ls %s, then nats consumer rm %s NAME), or raise the limit; until then the subscription retries in the background",
+			err, consumersAllowed(ctx, js, stream), name, name)
+	case isAPIError(err, errCodeMaxAckPendingExcess):
+		return &Error{Op: "subscribe to", Topic: topic, Kind: KindRejected, Err: ackPendingRefusal(err, stream, want.MaxAckPending)}
 	}
-	if !isAPIError(err, natsjs.JSErrCodeMaximumConsumersLimit) {
-		return explainWorkQueue(err, stream, topic)
+	return explainWorkQueue(err, name, topic)
+}
+
+// consumersAllowed words whose max_consumers a stream of config stream
+// reached: nats-server applies the stream's and the account's, which holds
+// for each stream, whichever is lower.
+func consumersAllowed(ctx context.Context, js natsjs.JetStream, stream natsjs.StreamConfig) string {
+	// The subscription's look-ups may have used up its time.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), apiTimeout)
+	defer cancel()
+	account := -1
+	if info, err := js.AccountInfo(ctx); err == nil && info.Limits.MaxConsumers > 0 {
+		account = info.Limits.MaxConsumers
 	}
-	return fmt.Errorf("%w: stream %q, or the account, allows no more consumers (its max_consumers), and each consumerID takes one per topic, as does each subscription without one; remove the consumers no app uses (nats consumer ls %s, then nats consumer rm %s NAME), or raise the limit (nats stream edit, or the account's JetStream limits)",
-		err, stream, stream, stream)
+	own := stream.MaxConsumers
+	switch {
+	case own > 0 && (account < 0 || own <= account):
+		return fmt.Sprintf("stream %q allows at most %s (its max_consumers, which nats stream edit %s changes)",
+			stream.Name, plural(int64(own), "consumer"), stream.Name)
+	case account > 0:
+		return fmt.Sprintf("the account allows at most %s on each stream (max_consumers in the account's jetstream block, or nsc edit account --js-consumer), and stream %q holds that many",
+			plural(int64(account), "consumer"), stream.Name)
+	}
+	return fmt.Sprintf("stream %q, or the account, allows no more consumers (its max_consumers)", stream.Name)
+}
+
+// ackPendingRefusal explains a consumer refused for a max_ack_pending above
+// a limit. JetStream's answer gives the limit's value but not whose it is:
+// nats-server's, the account's, or the stream's consumer limits.
+func ackPendingRefusal(err error, stream natsjs.StreamConfig, asked int) error {
+	lowerOrRaise := fmt.Sprintf("set maxAckPending (%d unless set) to the limit or less in the subscription's or the component's metadata, or raise the limit; until then the subscription retries in the background",
+		metadata.DefaultMaxAckPending)
+	if lim := stream.ConsumerLimits.MaxAckPending; lim > 0 && asked > lim {
+		return fmt.Errorf("%w: maxAckPending is %d, and stream %q allows a consumer at most its consumer_limits max_ack_pending of %d: %s (nats stream edit %s)",
+			err, asked, stream.Name, lim, lowerOrRaise, stream.Name)
+	}
+	return fmt.Errorf("%w: maxAckPending is %d, more than the account's JetStream limits allow (max_ack_pending in the account's jetstream block, or nsc edit account --js-max-ack-pending), or nats-server's (max_ack_pending in the limits of its jetstream block): %s",
+		err, asked, lowerOrRaise)
 }
 
 // unanswered explains a JetStream API call that got no answer in time, which

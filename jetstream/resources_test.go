@@ -3,6 +3,7 @@ package jetstream
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dapr/components-contrib/pubsub"
 	"github.com/nats-io/nats-server/v2/server"
@@ -97,9 +98,50 @@ func TestConsumerBeyondStreamLimit(t *testing.T) {
 	subscribe(t, second, "few", nil, h)
 	require.Eventually(t, func() bool { return strings.Contains(log.String(), "level=error") }, waitFor, tick)
 	t.Log(log.String())
-	for _, s := range []string{"max_consumers", "nats consumer ls FEW", "nats consumer rm FEW"} {
+	for _, s := range []string{"max_consumers", "nats consumer ls FEW", "nats consumer rm FEW", `stream \"FEW\" allows at most 1 consumer`} {
 		assert.Contains(t, log.String(), s)
 	}
+}
+
+// The account's max_consumers, which nats-server applies to each stream,
+// reached: a new durable and an ephemeral subscription name the account's
+// limit, not the stream's (which has none), and deliver once the operator
+// raises it; a replica of a durable that exists needs no consumer of its
+// own and delivers all along.
+func TestConsumerBeyondAccountLimit(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	limits := unlimited
+	limits.MaxConsumers = 1
+	require.NoError(t, ns.GlobalAccount().UpdateJetStreamLimits(map[string]server.JetStreamAccountLimits{"": limits}))
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "MANY", Subjects: []string{"one", "two", "three"}})
+	require.NoError(t, err)
+	ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "autoProvision": "false"})
+	h, got := collect()
+	subscribe(t, ps, "one", nil, h)
+	natstest.WaitConsumer(t, js, "MANY", "app-one")
+	subscribe(t, ps, "two", nil, h)
+	subscribe(t, ps, "three", map[string]string{"consumerID": ""}, h)
+	replica, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app", "autoProvision": "false"})
+	subscribe(t, replica, "one", nil, h)
+	for _, sub := range [][2]string{{"two", "app-two"}, {"three", "ephemeral"}} {
+		var problem string
+		require.Eventually(t, func() bool { problem = subscriptionProblem(ps, sub[0], sub[1]); return problem != "" }, waitFor, tick)
+		t.Log(problem)
+		for _, s := range []string{"the account allows at most 1 consumer on each stream", "max_consumers", "--js-consumer", "nats consumer rm MANY"} {
+			assert.Contains(t, problem, s)
+		}
+	}
+	assert.Empty(t, subscriptionProblem(replica, "one", "app-one"))
+	for _, topic := range []string{"one", "two", "three"} {
+		publish(t, ps, topic, topic, nil)
+	}
+	require.NoError(t, ns.GlobalAccount().UpdateJetStreamLimits(map[string]server.JetStreamAccountLimits{"": unlimited}))
+	seen := map[string]bool{}
+	for range 3 {
+		seen[recv(t, got, waitFor).Topic] = true
+	}
+	assert.Len(t, seen, 3)
 }
 
 // The account's JetStream storage limit (nats-server accounts, or nsc's
@@ -144,4 +186,97 @@ func TestCreateStreamWithMoreReplicasThanServers(t *testing.T) {
 	assert.Equal(t, KindRejected, KindOf(err), "retrying cannot create the stream")
 	assert.Contains(t, err.Error(), "streamReplicas")
 	assert.Empty(t, streamNames(t, js))
+}
+
+// subscriptionProblem is the problem Stats reports for the subscriptions to
+// topic with consumer ("ephemeral" for one without a durable), or "".
+func subscriptionProblem(ps *PubSub, topic, consumer string) string {
+	for _, s := range ps.Stats().Subscriptions {
+		if s.Topic == topic && s.Consumer == consumer {
+			return s.Problem
+		}
+	}
+	return ""
+}
+
+// A stream whose consumer limits (consumer_limits inactive_threshold) are
+// shorter than the time the component asks JetStream to keep an ephemeral
+// consumer without a subscriber: no metadata sets that time, so JetStream
+// refusing the consumer ("consumer inactive threshold exceeds system limit
+// of 1m0s") would leave the subscription without messages until an operator
+// raised the stream's limit. It must subscribe, within the limit.
+func TestEphemeralUnderStreamInactiveLimit(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "SHORT", Subjects: []string{"short"},
+		ConsumerLimits: natsjs.StreamConsumerLimits{InactiveThreshold: time.Minute}})
+	require.NoError(t, err)
+	ps, log := open(t, ns.ClientURL(), map[string]string{"autoProvision": "false"})
+	h, got := collect()
+	subscribe(t, ps, "short", nil, h)
+	require.Eventually(t, func() bool {
+		return strings.Contains(log.String(), "subscribed to topic") || subscriptionProblem(ps, "short", "ephemeral") != ""
+	}, waitFor, tick)
+	require.Empty(t, subscriptionProblem(ps, "short", "ephemeral"))
+	publish(t, ps, "short", "x", nil)
+	recv(t, got, waitFor)
+	for _, ci := range consumerInfos(t, js, "SHORT") {
+		assert.LessOrEqual(t, ci.Config.InactiveThreshold, time.Minute)
+		assert.Positive(t, ci.Config.InactiveThreshold, "an ephemeral consumer left behind is removed")
+	}
+}
+
+// The component's maxAckPending (1000 unless set) above what the stream's
+// consumer limits or the account's JetStream limits allow: JetStream refuses
+// the consumer with "consumer max ack pending exceeds system limit of 100",
+// which names neither the setting to lower nor the limit to raise. The
+// subscription must say both, keep retrying, and deliver once the operator
+// raises the limit, without a restart.
+func TestMaxAckPendingBeyondLimit(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name  string
+		setUp func(t *testing.T, ns *server.Server, js natsjs.JetStream)
+		raise func(t *testing.T, ns *server.Server, js natsjs.JetStream)
+		want  []string
+	}{
+		{"stream", func(t *testing.T, _ *server.Server, js natsjs.JetStream) {
+			_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "CAPPED", Subjects: []string{"capped"},
+				ConsumerLimits: natsjs.StreamConsumerLimits{MaxAckPending: 100}})
+			require.NoError(t, err)
+		}, func(t *testing.T, _ *server.Server, js natsjs.JetStream) {
+			_, err := js.UpdateStream(ctx(t), natsjs.StreamConfig{Name: "CAPPED", Subjects: []string{"capped"}})
+			require.NoError(t, err)
+		}, []string{`stream "CAPPED"`, "consumer_limits", "max_ack_pending of 100", "maxAckPending is 1000", "nats stream edit CAPPED"}},
+		{"account", func(t *testing.T, ns *server.Server, _ natsjs.JetStream) {
+			limits := unlimited
+			limits.MaxAckPending = 100
+			require.NoError(t, ns.GlobalAccount().UpdateJetStreamLimits(map[string]server.JetStreamAccountLimits{"": limits}))
+		}, func(t *testing.T, ns *server.Server, _ natsjs.JetStream) {
+			require.NoError(t, ns.GlobalAccount().UpdateJetStreamLimits(map[string]server.JetStreamAccountLimits{"": unlimited}))
+		}, []string{"limit of 100", "maxAckPending is 1000", "max_ack_pending", "account's JetStream limits"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ns, js := startNATS(t)
+			tc.setUp(t, ns, js)
+			ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app"})
+			h, got := collect()
+			subscribe(t, ps, "capped", nil, h)
+			var problem string
+			require.Eventually(t, func() bool {
+				problem = subscriptionProblem(ps, "capped", "app-capped")
+				return problem != ""
+			}, waitFor, tick)
+			t.Log(problem)
+			for _, s := range tc.want {
+				assert.Contains(t, problem, s)
+			}
+			publish(t, ps, "capped", "held", nil)
+			tc.raise(t, ns, js)
+			assert.Equal(t, "held", string(recv(t, got, waitFor).Data))
+			assert.Empty(t, subscriptionProblem(ps, "capped", "app-capped"))
+		})
+	}
 }
