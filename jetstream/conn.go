@@ -9,8 +9,10 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/dapr/kit/logger"
 	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
@@ -21,7 +23,10 @@ import (
 // connectOptions turns the connection settings into nats.go options. Files
 // named in the metadata are checked here, so that a missing or unreadable file
 // is an Init error naming the field rather than an endless reconnect loop.
-func connectOptions(c metadata.Connection) ([]nats.Option, error) {
+// They are read again at each connection attempt (see connFiles), whose
+// problems are logged to l.
+func connectOptions(c metadata.Connection, l logger.Logger) ([]nats.Option, error) {
+	files := &connFiles{c: c, log: l, problems: map[string]string{}}
 	opts := []nats.Option{
 		nats.Name(c.Name),
 		nats.RetryOnFailedConnect(true),
@@ -35,14 +40,15 @@ func connectOptions(c metadata.Connection) ([]nats.Option, error) {
 		nats.PingInterval(pingInterval(c.ReconnectWait)),
 		nats.MaxPingsOutstanding(2),
 	}
-	auth, authErr := authOptions(c)
-	tlsOpts, tlsErr := tlsOptions(c)
+	auth, authErr := authOptions(c, files)
+	tlsOpts, tlsErr := tlsOptions(c, files)
 	if err := errors.Join(authErr, tlsErr); err != nil {
 		return nil, err
 	}
 	opts = append(append(opts, auth...), tlsOpts...)
-	// Apply the TLS options once now: nats.go loads the files inside the
-	// option, so a certificate that does not parse is reported here.
+	// Apply the options once now: nats.go calls the callbacks that load the
+	// files inside the option, so a file that changed since it was checked
+	// is reported here.
 	probe := nats.GetDefaultOptions()
 	for _, o := range opts {
 		if err := o(&probe); err != nil {
@@ -53,7 +59,7 @@ func connectOptions(c metadata.Connection) ([]nats.Option, error) {
 }
 
 // authOptions gives NATS the one user identity the settings hold, if any.
-func authOptions(c metadata.Connection) ([]nats.Option, error) {
+func authOptions(c metadata.Connection, files *connFiles) ([]nats.Option, error) {
 	switch {
 	case c.Token != "":
 		return []nats.Option{nats.Token(c.Token)}, nil
@@ -67,10 +73,10 @@ func authOptions(c metadata.Connection) ([]nats.Option, error) {
 		if err := readable("credsFile", c.CredsFile); err != nil {
 			return nil, err
 		}
-		if err := checkCreds(c.CredsFile); err != nil {
+		if _, err := loadCreds(c.CredsFile); err != nil {
 			return nil, err
 		}
-		return []nats.Option{nats.UserCredentials(c.CredsFile)}, nil
+		return []nats.Option{nats.UserJWT(files.userJWT, files.sign)}, nil
 	}
 	return nil, nil
 }
@@ -91,33 +97,115 @@ func nkeyOptions(seed string) ([]nats.Option, error) {
 
 // tlsOptions adds the client certificate and the trusted CAs, once their
 // files are readable and hold what they should.
-func tlsOptions(c metadata.Connection) ([]nats.Option, error) {
-	var opts []nats.Option
+func tlsOptions(c metadata.Connection, files *connFiles) ([]nats.Option, error) {
 	var errs []error
+	var certCB nats.TLSCertHandler
+	var casCB nats.RootCAsHandler
 	if c.TLSClientCert != "" {
 		err := readable("tls_client_cert", c.TLSClientCert)
 		if err == nil {
 			err = readable("tls_client_key", c.TLSClientKey)
 		}
 		if err == nil {
-			err = checkKeyPair(c.TLSClientCert, c.TLSClientKey)
+			_, err = loadKeyPair(c.TLSClientCert, c.TLSClientKey)
 		}
 		if err != nil {
 			errs = append(errs, err)
 		} else {
-			opts = append(opts, nats.ClientCert(c.TLSClientCert, c.TLSClientKey))
+			certCB = files.clientCert
 		}
 	}
 	if c.TLSCAFile != "" {
-		if err := readable("tls_ca_file", c.TLSCAFile); err != nil {
+		err := readable("tls_ca_file", c.TLSCAFile)
+		if err == nil {
+			_, err = loadCAs(c.TLSCAFile)
+		}
+		if err != nil {
 			errs = append(errs, err)
-		} else if b, err := os.ReadFile(c.TLSCAFile); err != nil || !x509.NewCertPool().AppendCertsFromPEM(b) {
-			errs = append(errs, &metadata.FieldError{Field: "tls_ca_file", Value: c.TLSCAFile, Problem: "holds no PEM certificate", Accepted: "a PEM bundle of CA certificates"})
 		} else {
-			opts = append(opts, nats.RootCAs(c.TLSCAFile))
+			casCB = files.rootCAs
 		}
 	}
-	return opts, errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil || (certCB == nil && casCB == nil) {
+		return nil, err
+	}
+	return []nats.Option{nats.ClientTLSConfig(certCB, casCB)}, nil
+}
+
+// connFiles reads the files the settings name at each connection attempt,
+// as nats.go is given them through callbacks: the client certificate and
+// key, the CA bundle and the creds file. Renewed on disk (by cert-manager,
+// a Vault agent, nsc), they take effect at the next reconnect, with no new
+// Init. A file that does not hold what it should at that moment (written in
+// place and read half-written, a certificate renewed before its key) fails
+// that attempt, which is retried every reconnectWait; nats.go reports the
+// error of a TLS callback to no handler, so the problem is logged here,
+// naming the field, the path and what is wrong, once until that file reads
+// well again.
+type connFiles struct {
+	c   metadata.Connection
+	log logger.Logger
+
+	mu       sync.Mutex
+	problems map[string]string // by field, the problem last logged
+}
+
+func (f *connFiles) clientCert() (tls.Certificate, error) {
+	cert, err := loadKeyPair(f.c.TLSClientCert, f.c.TLSClientKey)
+	return cert, f.note("tls_client_cert", err)
+}
+
+func (f *connFiles) rootCAs() (*x509.CertPool, error) {
+	pool, err := loadCAs(f.c.TLSCAFile)
+	return pool, f.note("tls_ca_file", err)
+}
+
+// userJWT and sign are nats.go's callbacks for the creds file. A file that
+// holds no JWT would otherwise be sent as the JWT, or an empty one sent as
+// none, and NATS would refuse the user as if it were revoked.
+func (f *connFiles) userJWT() (string, error) {
+	jwt, err := loadCreds(f.c.CredsFile)
+	return jwt, f.note("credsFile", err)
+}
+
+func (f *connFiles) sign(nonce []byte) ([]byte, error) {
+	b, err := os.ReadFile(f.c.CredsFile)
+	if err != nil {
+		return nil, f.note("credsFile", credsError(f.c.CredsFile, "cannot be read: "+errWithoutPath(err, f.c.CredsFile)))
+	}
+	defer clear(b)
+	kp, err := nkeys.ParseDecoratedUserNKey(b)
+	if err != nil {
+		return nil, f.note("credsFile", credsError(f.c.CredsFile, "holds no user seed: "+err.Error()))
+	}
+	defer kp.Wipe()
+	return kp.Sign(nonce)
+}
+
+// note logs a file's problem the first time it is seen, and forgets it once
+// the file reads well. It returns err.
+func (f *connFiles) note(field string, err error) error {
+	problem := ""
+	if err != nil {
+		problem = err.Error()
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	last := f.problems[field]
+	if problem == last {
+		return err
+	}
+	f.problems[field] = problem
+	switch {
+	case problem != "":
+		f.log.Warnf("connecting to NATS: %s; retrying every %s, the file is read again at each attempt", problem, f.c.ReconnectWait)
+	case last != "":
+		if field == "tls_client_cert" {
+			field = "tls_client_cert and tls_client_key"
+		}
+		f.log.Infof("connecting to NATS: %s read well again", field)
+	}
+	return err
 }
 
 // readable reports, naming the field, a file that cannot be opened.
@@ -176,6 +264,12 @@ func (p *PubSub) connEvents(conns *connWatch, firstErr chan<- error) []nats.Opti
 				return
 			}
 			if p.noteReplyInbox(nc, err) {
+				return
+			}
+			// A creds file that did not read well at a connection
+			// attempt, which connFiles logged already.
+			var fe *metadata.FieldError
+			if errors.As(err, &fe) {
 				return
 			}
 			if isAuthError(err) {
@@ -275,39 +369,60 @@ func newJetStream(nc *nats.Conn, c metadata.Connection) (natsjs.JetStream, error
 	return js, nil
 }
 
-// checkCreds reports a creds file without a user JWT or a user seed; nats.go
-// would only find out on every connection attempt, forever. The error never
-// quotes the file's content.
-func checkCreds(path string) error {
-	bad := func(problem string) error {
-		return &metadata.FieldError{Field: "credsFile", Value: path, Problem: problem, Accepted: "a .creds file holding a user JWT and its seed, as written by nsc"}
-	}
+// loadCreds returns the user JWT of a creds file, and reports one without a
+// user JWT or a user seed; nats.go would only find out on every connection
+// attempt, forever. The error never quotes the file's content.
+func loadCreds(path string) (string, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return bad("cannot be read: " + errWithoutPath(err, path))
+		return "", credsError(path, "cannot be read: "+errWithoutPath(err, path))
 	}
-	if jwt, _ := nkeys.ParseDecoratedJWT(b); jwt == "" || jwt == string(b) || strings.Count(jwt, ".") != 2 {
-		return bad("holds no user JWT")
+	defer clear(b)
+	jwt, _ := nkeys.ParseDecoratedJWT(b)
+	if jwt == "" || jwt == string(b) || strings.Count(jwt, ".") != 2 {
+		return "", credsError(path, "holds no user JWT")
 	}
 	kp, err := nkeys.ParseDecoratedUserNKey(b)
 	if err != nil {
-		return bad("holds no user seed: " + err.Error())
+		return "", credsError(path, "holds no user seed: "+err.Error())
 	}
 	kp.Wipe()
-	return nil
+	return jwt, nil
 }
 
-// checkKeyPair reports, naming the field, a client certificate or key that
-// does not parse or a key that does not belong to the certificate.
-func checkKeyPair(certFile, keyFile string) error {
+func credsError(path, problem string) error {
+	return &metadata.FieldError{Field: "credsFile", Value: path, Problem: problem, Accepted: "a .creds file holding a user JWT and its seed, as written by nsc"}
+}
+
+// loadCAs returns the CAs of a PEM bundle, or an error naming the field.
+func loadCAs(path string) (*x509.CertPool, error) {
+	bad := func(problem string) error {
+		return &metadata.FieldError{Field: "tls_ca_file", Value: path, Problem: problem, Accepted: "a PEM bundle of CA certificates"}
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, bad("cannot be read: " + errWithoutPath(err, path))
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, bad("holds no PEM certificate")
+	}
+	return pool, nil
+}
+
+// loadKeyPair returns the client certificate and its key, or reports, naming
+// the field, a client certificate or key that does not parse or a key that
+// does not belong to the certificate.
+func loadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
 	certPEM, err := os.ReadFile(certFile)
 	if err != nil {
-		return &metadata.FieldError{Field: "tls_client_cert", Value: certFile, Problem: "cannot be read: " + errWithoutPath(err, certFile), Accepted: "the path of a readable file"}
+		return tls.Certificate{}, &metadata.FieldError{Field: "tls_client_cert", Value: certFile, Problem: "cannot be read: " + errWithoutPath(err, certFile), Accepted: "the path of a readable file"}
 	}
 	keyPEM, err := os.ReadFile(keyFile)
 	if err != nil {
-		return &metadata.FieldError{Field: "tls_client_key", Value: keyFile, Problem: "cannot be read: " + errWithoutPath(err, keyFile), Accepted: "the path of a readable file"}
+		return tls.Certificate{}, &metadata.FieldError{Field: "tls_client_key", Value: keyFile, Problem: "cannot be read: " + errWithoutPath(err, keyFile), Accepted: "the path of a readable file"}
 	}
+	defer clear(keyPEM)
 	certs := 0
 	for rest := certPEM; ; {
 		var block *pem.Block
@@ -318,17 +433,18 @@ func checkKeyPair(certFile, keyFile string) error {
 			continue
 		}
 		if _, err := x509.ParseCertificate(block.Bytes); err != nil {
-			return &metadata.FieldError{Field: "tls_client_cert", Value: certFile, Problem: "holds a certificate that does not parse: " + err.Error(), Accepted: "a PEM client certificate"}
+			return tls.Certificate{}, &metadata.FieldError{Field: "tls_client_cert", Value: certFile, Problem: "holds a certificate that does not parse: " + err.Error(), Accepted: "a PEM client certificate"}
 		}
 		certs++
 	}
 	if certs == 0 {
-		return &metadata.FieldError{Field: "tls_client_cert", Value: certFile, Problem: "holds no PEM certificate", Accepted: "a PEM client certificate"}
+		return tls.Certificate{}, &metadata.FieldError{Field: "tls_client_cert", Value: certFile, Problem: "holds no PEM certificate", Accepted: "a PEM client certificate"}
 	}
-	if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
-		return &metadata.FieldError{Field: "tls_client_key", Value: keyFile, Problem: "is not a usable private key for tls_client_cert: " + err.Error(), Accepted: "the PEM private key of the client certificate"}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return tls.Certificate{}, &metadata.FieldError{Field: "tls_client_key", Value: keyFile, Problem: "is not a usable private key for tls_client_cert: " + err.Error(), Accepted: "the PEM private key of the client certificate"}
 	}
-	return nil
+	return cert, nil
 }
 
 func isAuthError(err error) bool {

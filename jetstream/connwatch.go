@@ -132,7 +132,10 @@ func credentialsOf(c metadata.Connection) credentials {
 
 // hint says what to check, given the last connection error.
 func (c credentials) hint(err error) string {
+	var fe *metadata.FieldError
 	switch {
+	case errors.As(err, &fe):
+		return "write the whole file to " + fe.Field + " (replace it at once, as a Kubernetes Secret volume does, rather than in place); it is read again at each connection attempt"
 	case isAuthError(err):
 		return c.authHint()
 	case err != nil && strings.Contains(err.Error(), "tls"):

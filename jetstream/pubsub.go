@@ -118,7 +118,7 @@ func (p *PubSub) Init(ctx context.Context, md pubsub.Metadata) error {
 	if unknown := metadata.UnknownKeys(md.Properties); len(unknown) > 0 {
 		p.log.Warn(metadata.UnknownKeysWarning(unknown))
 	}
-	opts, err := connectOptions(cfg.Connection)
+	opts, err := connectOptions(cfg.Connection, p.log)
 	if err != nil {
 		return err
 	}

@@ -512,16 +512,90 @@ type secSecretVolume struct {
 // update, and returns the path the component reads.
 func (v *secSecretVolume) write(t *testing.T, name string, content []byte) string {
 	t.Helper()
+	return v.writeAll(t, map[string][]byte{name: content})[name]
+}
+
+// writeAll replaces the volume's content with files (name to content) in one
+// swap, as the kubelet does when a Secret with several keys is updated (by
+// cert-manager, say), and returns the paths the component reads.
+func (v *secSecretVolume) writeAll(t *testing.T, files map[string][]byte) map[string]string {
+	t.Helper()
 	v.version++
 	ts := fmt.Sprintf("..%d", v.version)
 	require.NoError(t, os.Mkdir(filepath.Join(v.dir, ts), 0o700))
-	require.NoError(t, os.WriteFile(filepath.Join(v.dir, ts, name), content, 0o600))
+	for name, content := range files {
+		require.NoError(t, os.WriteFile(filepath.Join(v.dir, ts, name), content, 0o600))
+	}
 	tmp := filepath.Join(v.dir, "..data_tmp")
 	require.NoError(t, os.Symlink(ts, tmp))
 	require.NoError(t, os.Rename(tmp, filepath.Join(v.dir, "..data")))
-	link := filepath.Join(v.dir, name)
-	if _, err := os.Lstat(link); os.IsNotExist(err) {
-		require.NoError(t, os.Symlink(filepath.Join("..data", name), link))
+	paths := map[string]string{}
+	for name := range files {
+		link := filepath.Join(v.dir, name)
+		if _, err := os.Lstat(link); os.IsNotExist(err) {
+			require.NoError(t, os.Symlink(filepath.Join("..data", name), link))
+		}
+		paths[name] = link
 	}
-	return link
+	return paths
+}
+
+// secReadFile is the content of path.
+func secReadFile(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	return b
+}
+
+// secTLSClient connects a plain nats.go client with p's CA and client
+// certificate, for publishing around the component.
+func secTLSClient(t *testing.T, url string, p *secPKI) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(url, nats.RootCAs(p.CA), nats.ClientCert(p.ClientCert, p.ClientKey))
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// secRestartable runs one nats-server after another on the same port and
+// store, as a pod restarted with a new configuration.
+type secRestartable struct {
+	t     *testing.T
+	port  int
+	store string
+	ns    *server.Server
+}
+
+func newSecRestartable(t *testing.T) *secRestartable {
+	return &secRestartable{t: t, port: natstest.FreePortT(t), store: t.TempDir()}
+}
+
+// restart stops the server running, if any, and starts one with opts.
+func (r *secRestartable) restart(opts ...func(*server.Options)) *server.Server {
+	r.t.Helper()
+	if r.ns != nil {
+		natstest.Stop(r.ns)
+	}
+	r.ns = natstest.Start(r.t, append(opts, func(o *server.Options) { o.Port, o.StoreDir = r.port, r.store })...)
+	return r.ns
+}
+
+// secPingWithin polls Ping until it answers as want says (nil: connected),
+// and returns how long that took.
+func secPingWithin(t *testing.T, ps *jetstream.PubSub, within time.Duration, want func(error) bool, what string) (time.Duration, error) {
+	t.Helper()
+	start := time.Now()
+	var last error
+	for time.Since(start) < within {
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		last = ps.Ping(ctx)
+		cancel()
+		if want(last) {
+			return time.Since(start), last
+		}
+		time.Sleep(secTick)
+	}
+	t.Fatalf("%s: not within %s; the last Ping: %v", what, within, last)
+	return 0, last
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -26,6 +27,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/dapr-nats/jetstream-pubsub/internal/natstest"
+	"github.com/dapr-nats/jetstream-pubsub/jetstream"
 	"github.com/dapr-nats/jetstream-pubsub/pluggable"
 )
 
@@ -507,4 +509,269 @@ func TestSecurityCredsFileRenewed(t *testing.T) {
 	up()
 	delivered(meanwhile)
 	delivered(publish("component"))
+}
+
+// secDeliveries subscribes ps to topic and returns the data delivered, in
+// order. A message whose data contains "held" stays in the handler until
+// release is closed.
+func secDeliveries(t *testing.T, ps *jetstream.PubSub, topic string, release <-chan struct{}) <-chan string {
+	t.Helper()
+	got := make(chan string, 64)
+	require.NoError(t, ps.Subscribe(t.Context(), pubsub.SubscribeRequest{Topic: topic}, func(ctx context.Context, m *pubsub.NewMessage) error {
+		got <- string(m.Data)
+		if strings.Contains(string(m.Data), "held") {
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		return nil
+	}))
+	return got
+}
+
+// secAwaitData waits for each of want to be delivered on got, in any order,
+// and returns how many deliveries were repeats.
+func secAwaitData(t *testing.T, got <-chan string, want ...string) int {
+	t.Helper()
+	missing := map[string]bool{}
+	for _, w := range want {
+		missing[w] = true
+	}
+	again := 0
+	deadline := time.After(secWait)
+	for len(missing) > 0 {
+		select {
+		case m := <-got:
+			if missing[m] {
+				delete(missing, m)
+			} else {
+				again++
+			}
+		case <-deadline:
+			t.Fatalf("%d of %d messages were not delivered within %s", len(missing), len(want), secWait)
+		}
+	}
+	return again
+}
+
+// TestSecurityTLSFilesRotated runs the component on TLS files mounted as a
+// Kubernetes Secret that cert-manager renews: the client certificate
+// reissued by a new CA, and the CA bundle given the new CA, while NATS still
+// trusts only the old one; then NATS restarts trusting only the new CA.
+// The component reconnects with the files as they are now, without Init.
+// Then the other way round: NATS restarts first with a third CA, and the
+// Secret follows. What was published meanwhile, or held by the handler
+// across the restart, is delivered.
+func TestSecurityTLSFilesRotated(t *testing.T) {
+	dir := t.TempDir()
+	a, b, c := secNewPKI(t, dir, "rot-a"), secNewPKI(t, dir, "rot-b"), secNewPKI(t, dir, "rot-c")
+	srv := newSecRestartable(t)
+	ns := srv.restart(a.serverTLS(t))
+	vol := &secSecretVolume{dir: t.TempDir()}
+	mount := func(client *secPKI, cas ...*secPKI) map[string]string {
+		var bundle []byte
+		for _, ca := range cas {
+			bundle = append(bundle, secReadFile(t, ca.CA)...)
+		}
+		return vol.writeAll(t, map[string][]byte{"ca.crt": bundle, "tls.crt": secReadFile(t, client.ClientCert), "tls.key": secReadFile(t, client.ClientKey)})
+	}
+	files := mount(a, a)
+	ps, err := secInit(t, secProps(ns.ClientURL(), "tls_ca_file", files["ca.crt"], "tls_client_cert", files["tls.crt"], "tls_client_key", files["tls.key"], "consumerID", "rotate"))
+	require.NoError(t, err)
+	const topic = "sec.rotate"
+	release := make(chan struct{})
+	got := secDeliveries(t, ps, topic, release)
+	publish := func(data string) string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(t.Context(), secWait)
+		defer cancel()
+		require.NoError(t, ps.Publish(ctx, &pubsub.PublishRequest{PubsubName: "pubsub", Topic: topic, Data: []byte(data)}))
+		return data
+	}
+	adminPublish := func(p *secPKI, data string) string {
+		t.Helper()
+		js, err := natsjs.New(secTLSClient(t, ns.ClientURL(), p))
+		require.NoError(t, err)
+		ctx, cancel := context.WithTimeout(t.Context(), secWait)
+		defer cancel()
+		_, err = js.Publish(ctx, topic, []byte(data))
+		require.NoError(t, err)
+		return data
+	}
+	connected := func(err error) bool { return err == nil }
+
+	secAwaitData(t, got, publish("before"))
+	held := publish("held across the restart")
+	secAwaitData(t, got, held)
+
+	// Renewed files first, then NATS trusts only the new CA.
+	mount(b, a, b)
+	ns = srv.restart(b.serverTLS(t))
+	took, _ := secPingWithin(t, ps, secWait, connected, "reconnecting with the renewed certificate and CA bundle")
+	t.Logf("reconnected %s after NATS restarted trusting only the new CA", took)
+	meanwhile := adminPublish(b, "published while the component reconnected")
+	close(release)
+	again := secAwaitData(t, got, meanwhile, publish("after the rotation"))
+
+	// NATS first, the files later.
+	ns = srv.restart(c.serverTLS(t))
+	_, pingErr := secPingWithin(t, ps, secWait, func(err error) bool { return err != nil }, "refused by NATS with a CA it does not know yet")
+	t.Logf("Ping while NATS trusts a CA the files do not have yet: %v", pingErr)
+	meanwhile = adminPublish(c, "published before the files were renewed")
+	mount(c, c)
+	took, _ = secPingWithin(t, ps, secWait, connected, "reconnecting once the files are renewed")
+	t.Logf("reconnected %s after the files were renewed", took)
+	again += secAwaitData(t, got, meanwhile, publish("after the second rotation"))
+	t.Logf("%d messages delivered again", again)
+}
+
+// TestSecurityTLSFilesHalfWritten has the TLS files, written in place by a
+// tool that truncates and then writes them (not a Kubernetes Secret), read
+// while they are incomplete, when the component reconnects: it keeps
+// trying, the log names the file and what is wrong with it, and once the
+// files are whole it reconnects.
+func TestSecurityTLSFilesHalfWritten(t *testing.T) {
+	dir := t.TempDir()
+	a, b := secNewPKI(t, dir, "half-a"), secNewPKI(t, dir, "half-b")
+	srv := newSecRestartable(t)
+	ns := srv.restart(a.serverTLS(t))
+	files := t.TempDir()
+	ca, cert, key := filepath.Join(files, "ca.crt"), filepath.Join(files, "tls.crt"), filepath.Join(files, "tls.key")
+	put := func(path string, content []byte) { require.NoError(t, os.WriteFile(path, content, 0o600)) }
+	put(ca, secReadFile(t, a.CA))
+	put(cert, secReadFile(t, a.ClientCert))
+	put(key, secReadFile(t, a.ClientKey))
+	ps, err := secInit(t, secProps(ns.ClientURL(), "tls_ca_file", ca, "tls_client_cert", cert, "tls_client_key", key, "consumerID", "half"))
+	require.NoError(t, err)
+	const topic = "sec.half"
+	got := secDeliveries(t, ps, topic, nil)
+	publish := func(data string) string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(t.Context(), secWait)
+		defer cancel()
+		require.NoError(t, ps.Publish(ctx, &pubsub.PublishRequest{PubsubName: "pubsub", Topic: topic, Data: []byte(data)}))
+		return data
+	}
+	secAwaitData(t, got, publish("before"))
+	down := func(err error) bool { return err != nil }
+
+	// Each step leaves one file incomplete while NATS (trusting only b)
+	// comes back; the log must name that file and the problem.
+	steps := []struct {
+		what, field, path, problem string
+		write                      func()
+	}{
+		{"an empty client certificate", "tls_client_cert", cert, "holds no PEM certificate", func() {
+			put(ca, append(secReadFile(t, a.CA), secReadFile(t, b.CA)...))
+			put(cert, nil)
+		}},
+		{"half a client certificate", "tls_client_cert", cert, "holds no PEM certificate", func() {
+			whole := secReadFile(t, b.ClientCert)
+			put(cert, whole[:len(whole)/2])
+		}},
+		{"the new certificate with the old key", "tls_client_key", key, "is not a usable private key for tls_client_cert", func() {
+			put(cert, secReadFile(t, b.ClientCert))
+		}},
+		{"half a CA bundle", "tls_ca_file", ca, "holds no PEM certificate", func() {
+			put(key, secReadFile(t, b.ClientKey))
+			whole := secReadFile(t, b.CA)
+			put(ca, whole[:len(whole)/2])
+		}},
+	}
+	for i, s := range steps {
+		if i == 0 {
+			natstest.Stop(ns)
+			_, _ = secPingWithin(t, ps, secWait, down, "noticing NATS stopped")
+			s.write()
+			ns = srv.restart(b.serverTLS(t))
+		} else {
+			s.write()
+		}
+		want := fmt.Sprintf("metadata field %q = %q: %s", s.field, s.path, s.problem)
+		start := time.Now()
+		logged := assert.Eventually(t, func() bool { return secLogLine(s.field, s.path, s.problem) }, secWait, secTick,
+			"with %s, no log line names %s, %s and says %q", s.what, s.field, s.path, s.problem)
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		pingErr := ps.Ping(ctx)
+		cancel()
+		require.Error(t, pingErr, "connected with %s", s.what)
+		t.Logf("with %s, Ping: %v", s.what, pingErr)
+		require.True(t, logged)
+		t.Logf("with %s, logged within %s", s.what, time.Since(start).Round(time.Millisecond))
+		assert.Contains(t, pingErr.Error(), want, "the Ping error with %s names the file and the problem", s.what)
+	}
+	put(ca, secReadFile(t, b.CA))
+	took, _ := secPingWithin(t, ps, secWait, func(err error) bool { return err == nil }, "reconnecting once the files are whole")
+	t.Logf("reconnected %s after the files were whole", took)
+	secAwaitData(t, got, publish("after"))
+}
+
+// secLogLine reports whether a line of the logs so far contains each of
+// parts, as the logger writes them (quotes escaped).
+func secLogLine(parts ...string) bool {
+	sinkMu.Lock()
+	defer sinkMu.Unlock()
+	for line := range strings.Lines(sink.String()) {
+		all := true
+		for _, p := range parts {
+			all = all && (strings.Contains(line, p) || strings.Contains(line, strings.ReplaceAll(p, `"`, `\"`)))
+		}
+		if all {
+			return true
+		}
+	}
+	return false
+}
+
+// TestSecurityCredsFileHalfWritten has the creds file, written in place,
+// read while incomplete when the component reconnects: it keeps trying, the
+// log names the file and what is wrong with it rather than NATS refusing the
+// user, and once the file is whole it reconnects.
+func TestSecurityCredsFileHalfWritten(t *testing.T) {
+	op := secStartOperator(t)
+	_, creds := op.user(t, nil)
+	file := filepath.Join(t.TempDir(), "nats.creds")
+	require.NoError(t, os.WriteFile(file, creds, 0o600))
+	ps, err := secInit(t, secProps(op.ns.ClientURL(), "credsFile", file, "consumerID", "halfcreds", "name", "halfcreds"))
+	require.NoError(t, err)
+	got := secDeliveries(t, ps, "sec.halfcreds", nil)
+	publish := func(data string) string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(t.Context(), secWait)
+		defer cancel()
+		require.NoError(t, ps.Publish(ctx, &pubsub.PublishRequest{PubsubName: "pubsub", Topic: "sec.halfcreds", Data: []byte(data)}))
+		return data
+	}
+	secAwaitData(t, got, publish("before"))
+	kick := func() {
+		t.Helper()
+		conns, err := op.ns.Connz(&server.ConnzOptions{})
+		require.NoError(t, err)
+		for _, c := range conns.Conns {
+			if c.Name == "halfcreds" {
+				require.NoError(t, op.ns.DisconnectClientByID(c.Cid))
+			}
+		}
+	}
+	for _, s := range []struct{ what, problem string }{
+		{"an empty creds file", "holds no user JWT"},
+		{"half a creds file", "holds no user seed"},
+	} {
+		if s.what == "an empty creds file" {
+			require.NoError(t, os.WriteFile(file, nil, 0o600))
+		} else {
+			require.NoError(t, os.WriteFile(file, creds[:len(creds)*2/3], 0o600))
+		}
+		kick()
+		start := time.Now()
+		require.Eventually(t, func() bool { return secLogLine(`"credsFile"`, file, s.problem) }, secWait, secTick,
+			"with %s, no log line names credsFile, %s and says %q", s.what, file, s.problem)
+		t.Logf("with %s, logged within %s", s.what, time.Since(start).Round(time.Millisecond))
+	}
+	require.NoError(t, os.WriteFile(file, creds, 0o600))
+	took, _ := secPingWithin(t, ps, secWait, func(err error) bool { return err == nil }, "reconnecting once the creds file is whole")
+	t.Logf("reconnected %s after the creds file was whole", took)
+	secAwaitData(t, got, publish("after"))
 }
