@@ -599,3 +599,15 @@ func secPingWithin(t *testing.T, ps *jetstream.PubSub, within time.Duration, wan
 	t.Fatalf("%s: not within %s; the last Ping: %v", what, within, last)
 	return 0, last
 }
+
+// secPublisher returns a function that publishes data to topic through ps,
+// and returns data.
+func secPublisher(t *testing.T, ps *jetstream.PubSub, topic string) func(data string) string {
+	return func(data string) string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(t.Context(), secWait)
+		defer cancel()
+		require.NoError(t, ps.Publish(ctx, &pubsub.PublishRequest{PubsubName: "pubsub", Topic: topic, Data: []byte(data)}))
+		return data
+	}
+}

@@ -583,13 +583,7 @@ func TestSecurityTLSFilesRotated(t *testing.T) {
 	const topic = "sec.rotate"
 	release := make(chan struct{})
 	got := secDeliveries(t, ps, topic, release)
-	publish := func(data string) string {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(t.Context(), secWait)
-		defer cancel()
-		require.NoError(t, ps.Publish(ctx, &pubsub.PublishRequest{PubsubName: "pubsub", Topic: topic, Data: []byte(data)}))
-		return data
-	}
+	publish := secPublisher(t, ps, topic)
 	adminPublish := func(p *secPKI, data string) string {
 		t.Helper()
 		js, err := natsjs.New(secTLSClient(t, ns.ClientURL(), p))
@@ -647,13 +641,7 @@ func TestSecurityTLSFilesHalfWritten(t *testing.T) {
 	require.NoError(t, err)
 	const topic = "sec.half"
 	got := secDeliveries(t, ps, topic, nil)
-	publish := func(data string) string {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(t.Context(), secWait)
-		defer cancel()
-		require.NoError(t, ps.Publish(ctx, &pubsub.PublishRequest{PubsubName: "pubsub", Topic: topic, Data: []byte(data)}))
-		return data
-	}
+	publish := secPublisher(t, ps, topic)
 	secAwaitData(t, got, publish("before"))
 	down := func(err error) bool { return err != nil }
 
