@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -185,6 +186,11 @@ func (s *subscription) consumerConfig(stream string, created time.Time) natsjs.C
 	}
 	if c.AckPolicy != natsjs.AckNonePolicy {
 		cfg.AckWait, cfg.MaxDeliver, cfg.BackOff, cfg.MaxAckPending = c.AckWait, c.MaxDeliver, c.BackOff, c.MaxAckPending
+		s.mu.Lock()
+		if limit := s.ackPendingLimit; !c.MaxAckPendingGiven && limit > 0 && limit < cfg.MaxAckPending {
+			cfg.MaxAckPending = limit
+		}
+		s.mu.Unlock()
 	}
 	if c.AckPolicy == natsjs.AckAllPolicy {
 		// An ack acknowledges every earlier message of the durable too, so
@@ -245,6 +251,39 @@ func (s *subscription) streamOf(ctx context.Context, js natsjs.JetStream, stream
 // existing durable keeps where it started; its other settings are updated
 // where the server allows it.
 func (s *subscription) ensureConsumer(ctx context.Context) (*consumerState, error) {
+	cs, err := s.setUpConsumer(ctx)
+	if s.learnAckPendingLimit(err) {
+		cs, err = s.setUpConsumer(ctx)
+	}
+	return cs, err
+}
+
+// learnAckPendingLimit takes the limit from err, JetStream's refusal of a
+// consumer whose max_ack_pending is above a limit (the stream's consumer
+// limits, the account's or nats-server's), for a subscription whose
+// metadata sets no maxAckPending: it asks for that limit instead of the
+// default from then on, as JetStream itself would for a consumer that sets
+// none. It reports whether it learned a lower limit.
+func (s *subscription) learnAckPendingLimit(err error) bool {
+	var apiErr *natsjs.APIError
+	if s.consumerCfg.MaxAckPendingGiven || !errors.As(err, &apiErr) || apiErr.ErrorCode != errCodeMaxAckPendingExcess {
+		return false
+	}
+	// "consumer max ack pending exceeds system limit of 100"
+	desc := apiErr.Description
+	limit, perr := strconv.Atoi(desc[strings.LastIndexByte(desc, ' ')+1:])
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if perr != nil || limit < 1 || (s.ackPendingLimit > 0 && limit >= s.ackPendingLimit) {
+		return false
+	}
+	s.ackPendingLimit = limit
+	s.log.Infof("topic %q: JetStream allows a consumer at most %d unacknowledged messages here (a max_ack_pending limit), fewer than the default maxAckPending of %d; the consumer asks for %d", s.topic, limit, s.consumerCfg.MaxAckPending, limit)
+	return true
+}
+
+// setUpConsumer is one attempt of ensureConsumer.
+func (s *subscription) setUpConsumer(ctx context.Context) (*consumerState, error) {
 	_, js, streams, err := s.p.state()
 	if err != nil {
 		return nil, err

@@ -234,12 +234,70 @@ func TestEphemeralUnderStreamInactiveLimit(t *testing.T) {
 // raises the limit, without a restart.
 func TestMaxAckPendingBeyondLimit(t *testing.T) {
 	t.Parallel()
-	cases := []struct {
-		name  string
-		setUp func(t *testing.T, ns *server.Server, js natsjs.JetStream)
-		raise func(t *testing.T, ns *server.Server, js natsjs.JetStream)
-		want  []string
-	}{
+	for _, tc := range ackPendingLimits() {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ns, js, ps, _, got := underAckPendingLimit(t, tc, map[string]string{"consumerID": "app", "maxAckPending": "1000"})
+			var problem string
+			require.Eventually(t, func() bool {
+				problem = subscriptionProblem(ps, "capped", "app-capped")
+				return problem != ""
+			}, waitFor, tick)
+			t.Log(problem)
+			for _, s := range tc.want {
+				assert.Contains(t, problem, s)
+			}
+			publish(t, ps, "capped", "held", nil)
+			tc.raise(t, ns, js)
+			assert.Equal(t, "held", string(recv(t, got, waitFor).Data))
+			assert.Empty(t, subscriptionProblem(ps, "capped", "app-capped"))
+		})
+	}
+}
+
+// Without maxAckPending in the metadata, a subscription takes the limit an
+// operator set below the default of 1000, as JetStream does for a consumer
+// that sets none, rather than being refused until the app sets it.
+func TestMaxAckPendingUnsetFollowsALowerLimit(t *testing.T) {
+	t.Parallel()
+	for _, tc := range ackPendingLimits() {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			_, js, ps, log, got := underAckPendingLimit(t, tc, map[string]string{"consumerID": "app"})
+			publish(t, ps, "capped", "first", nil)
+			assert.Equal(t, "first", string(recv(t, got, waitFor).Data))
+			name, err := js.StreamNameBySubject(ctx(t), "capped")
+			require.NoError(t, err)
+			info := settledConsumer(t, js, name, "app-capped")
+			assert.Equal(t, 100, info.Config.MaxAckPending)
+			assert.NotContains(t, log.String(), "settings other than this subscription's")
+		})
+	}
+}
+
+// ackPendingLimit is a max_ack_pending limit of 100 that an operator sets,
+// and raises.
+type ackPendingLimit struct {
+	name  string
+	setUp func(t *testing.T, ns *server.Server, js natsjs.JetStream)
+	raise func(t *testing.T, ns *server.Server, js natsjs.JetStream)
+	want  []string // in the refusal of a maxAckPending of 1000
+}
+
+// underAckPendingLimit sets tc's limit up and subscribes to its topic with
+// props.
+func underAckPendingLimit(t *testing.T, tc ackPendingLimit, props map[string]string) (*server.Server, natsjs.JetStream, *PubSub, *logBuffer, chan *pubsub.NewMessage) {
+	t.Helper()
+	ns, js := startNATS(t)
+	tc.setUp(t, ns, js)
+	ps, log := open(t, ns.ClientURL(), props)
+	h, got := collect()
+	subscribe(t, ps, "capped", nil, h)
+	return ns, js, ps, log, got
+}
+
+func ackPendingLimits() []ackPendingLimit {
+	return []ackPendingLimit{
 		{"stream", func(t *testing.T, _ *server.Server, js natsjs.JetStream) {
 			_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "CAPPED", Subjects: []string{"capped"},
 				ConsumerLimits: natsjs.StreamConsumerLimits{MaxAckPending: 100}})
@@ -255,28 +313,5 @@ func TestMaxAckPendingBeyondLimit(t *testing.T) {
 		}, func(t *testing.T, ns *server.Server, _ natsjs.JetStream) {
 			require.NoError(t, ns.GlobalAccount().UpdateJetStreamLimits(map[string]server.JetStreamAccountLimits{"": unlimited}))
 		}, []string{"limit of 100", "maxAckPending is 1000", "max_ack_pending", "account's JetStream limits"}},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			ns, js := startNATS(t)
-			tc.setUp(t, ns, js)
-			ps, _ := open(t, ns.ClientURL(), map[string]string{"consumerID": "app"})
-			h, got := collect()
-			subscribe(t, ps, "capped", nil, h)
-			var problem string
-			require.Eventually(t, func() bool {
-				problem = subscriptionProblem(ps, "capped", "app-capped")
-				return problem != ""
-			}, waitFor, tick)
-			t.Log(problem)
-			for _, s := range tc.want {
-				assert.Contains(t, problem, s)
-			}
-			publish(t, ps, "capped", "held", nil)
-			tc.raise(t, ns, js)
-			assert.Equal(t, "held", string(recv(t, got, waitFor).Data))
-			assert.Empty(t, subscriptionProblem(ps, "capped", "app-capped"))
-		})
 	}
 }

@@ -98,6 +98,10 @@ type subscription struct {
 	requestEnds time.Time     // when the last request must have ended
 	requestedAt time.Time     // when the last request was sent
 	inboxSince  time.Time     // when the inbox was subscribed to
+	// ackPendingLimit is a max_ack_pending limit lower than the default
+	// that JetStream refused a consumer for, or 0 (see
+	// learnAckPendingLimit).
+	ackPendingLimit int
 	// keptWarned is set once the log said why messages stay held past
 	// handoverTimeout while paused.
 	keptWarned bool

@@ -117,9 +117,13 @@ type Consumer struct {
 	BackOff          []time.Duration
 	NakDelay         time.Duration
 	MaxAckPending    int
-	MaxInFlight      int
-	Replicas         int
-	MemoryStorage    bool
+	// MaxAckPendingGiven is whether the metadata set maxAckPending. If
+	// not, MaxAckPending is the default, which a lower JetStream limit
+	// takes the place of, as JetStream does for a consumer that sets none.
+	MaxAckPendingGiven bool
+	MaxInFlight        int
+	Replicas           int
+	MemoryStorage      bool
 	// RateLimit is in bits per second; 0 means unlimited.
 	RateLimit   uint64
 	Heartbeat   time.Duration
@@ -891,7 +895,8 @@ func parseAck(p *Properties, c *Consumer) error {
 // the ack policy and maxAckPending. The ack policy must be read first.
 func parseInFlight(p *Properties, c *Consumer) error {
 	var errs []error
-	if given(&c.MaxAckPending, p.MaxAckPending) && (c.MaxAckPending == 0 || c.MaxAckPending < -1) {
+	c.MaxAckPendingGiven = given(&c.MaxAckPending, p.MaxAckPending)
+	if c.MaxAckPendingGiven && (c.MaxAckPending == 0 || c.MaxAckPending < -1) {
 		errs = append(errs, fieldErr("maxAckPending", fmt.Sprint(c.MaxAckPending), "is out of range", "1 or more, or -1 for no limit"))
 	}
 	switch {

@@ -1257,7 +1257,7 @@ func TestForSubscription(t *testing.T) {
 		assert.Equal(t, Consumer{
 			DurableBase: "d", DeliverPolicy: jetstream.DeliverLastPolicy, AckPolicy: jetstream.AckNonePolicy,
 			AckWait: 5 * time.Second, MaxDeliver: 4, BackOff: []time.Duration{time.Second, 2 * time.Second},
-			NakDelay: 3 * time.Second, MaxAckPending: 40, MaxInFlight: 4, Replicas: 1, MemoryStorage: true,
+			NakDelay: 3 * time.Second, MaxAckPending: 40, MaxAckPendingGiven: true, MaxInFlight: 4, Replicas: 1, MemoryStorage: true,
 			RateLimit: 800, Heartbeat: 2 * time.Second, FlowControl: true, Parallel: true,
 			DeadLetterSubject: "dlq.{topic}", PriorityPolicy: jetstream.PriorityPolicyOverflow, MinPending: 7,
 		}, c)
@@ -1575,7 +1575,9 @@ func TestMetadataYAMLSchema(t *testing.T) {
 				stream.Given = nil // records that the key was set, which it was
 				assert.Equal(t, empty.Stream, stream)
 				assert.Equal(t, empty.Publish, cfg.Publish)
-				assert.Equal(t, empty.Consumer, cfg.Consumer)
+				consumer := cfg.Consumer
+				consumer.MaxAckPendingGiven = false // the same
+				assert.Equal(t, empty.Consumer, consumer)
 			}
 		})
 	}
