@@ -229,6 +229,7 @@ func (p *PubSub) connEvents(conns *connWatch, firstErr chan<- error) []nats.Opti
 			p.answers.lost()
 			// Without an error, the connection was closed on purpose.
 			if err == nil {
+				conns.closedOnPurpose()
 				return
 			}
 			p.stats.disconnected(disconnectKind(err))

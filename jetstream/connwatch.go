@@ -185,7 +185,15 @@ type connWatch struct {
 	refusedAt time.Time
 	timer     *time.Timer // the next repeated warning, while down
 	gen       int         // tells the current timer from one stopped too late
+	// recorded is closed once the handlers have recorded that the
+	// connection made last went down (see notConnected); nil before the
+	// first connection and after the loss.
+	recorded chan struct{}
 }
+
+// handlersLag bounds how long a call that finds the connection down waits
+// for nats.go's handlers to record why.
+const handlersLag = 200 * time.Millisecond
 
 func newConnWatch(l logger.Logger, c metadata.Connection) *connWatch {
 	return &connWatch{
@@ -276,8 +284,24 @@ func (w *connWatch) lost(err error) error {
 		w.refusal = nil
 	}
 	w.everUp, w.downSince, w.attempts, w.lastErr = true, now, 0, err
+	w.recordedLocked()
 	w.armLocked()
 	return w.refusal
+}
+
+// closedOnPurpose records that the connection went down without an error:
+// it was closed, or a reconnect was forced on it.
+func (w *connWatch) closedOnPurpose() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.recordedLocked()
+}
+
+func (w *connWatch) recordedLocked() {
+	if w.recorded != nil {
+		close(w.recorded)
+		w.recorded = nil
+	}
 }
 
 // up records that the connection is made (ConnectHandler, ReconnectHandler)
@@ -291,6 +315,9 @@ func (w *connWatch) up() (time.Duration, int) {
 	}
 	attempts := w.attempts
 	w.everUp, w.downSince, w.attempts, w.lastErr, w.refusal = true, time.Time{}, 0, nil, nil
+	if w.recorded == nil {
+		w.recorded = make(chan struct{})
+	}
 	if w.timer != nil {
 		w.timer.Stop()
 		w.timer = nil
@@ -361,6 +388,20 @@ func (w *connWatch) notConnected() error {
 	state := nc.Status()
 	if state == nats.CONNECTED || nc.IsDraining() {
 		return nil
+	}
+	w.mu.Lock()
+	recorded := w.recorded
+	w.mu.Unlock()
+	if recorded != nil {
+		// nats.go changes the state first, and then its handlers record
+		// the loss, after the error with which NATS ended the connection
+		// (an expired or revoked user): wait for them a moment, so that
+		// the error says why.
+		select {
+		case <-recorded:
+		case <-time.After(handlersLag):
+		}
+		state = nc.Status()
 	}
 	last := nc.LastError()
 	w.mu.Lock()
