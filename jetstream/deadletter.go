@@ -158,7 +158,7 @@ func (s *subscription) deadLetter(d *Delivery, cause error) {
 		if !retry.wait() {
 			s.forgetDeadLetter(key)
 			if !d.Settled() {
-				s.log.Errorf("topic %q: the subscription ended before the message at sequence %d of stream %q reached dead-letter subject %q",
+				s.log.Warnf("topic %q: the subscription ended before the message at sequence %d of stream %q reached dead-letter subject %q; it is given back, and JetStream announces it to the next subscription of the consumer when that asks for messages, which dead-letters it",
 					s.topic, d.Sequence, d.Metadata[MetadataStream], subject)
 			}
 			return

@@ -565,3 +565,71 @@ func TestDeadLetterStoredOncePermissionIsGranted(t *testing.T) {
 	settledConsumer(t, js, "work", "app-work")
 	assert.Equal(t, int32(1), calls.Load())
 }
+
+// maxDeliveries subscribes to JetStream's advisories of messages it stopped
+// delivering because maxDeliver ran out, and notes when each arrived.
+func maxDeliveries(t *testing.T, nc *nats.Conn) chan time.Time {
+	t.Helper()
+	ch := make(chan time.Time, 10)
+	sub, err := nc.Subscribe(abandonedPrefix+">", func(*nats.Msg) { ch <- time.Now() })
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	require.NoError(t, nc.Flush())
+	return ch
+}
+
+// The only replica holds a message whose last delivery failed, because the
+// dead-letter stream refuses its dead letter, and shuts down: it gives the
+// message back to JetStream, which will not deliver it again. An instance
+// of the same consumer started later, whether the operator made room for
+// the dead letter before it started or while it runs, must still store the
+// dead letter: JetStream announces that it gave up on the message only when
+// the consumer is next asked for messages, and the new instance listens for
+// that before it asks.
+func TestDeadLetterHeldAtShutdownStoredByTheNextInstance(t *testing.T) {
+	t.Parallel()
+	for _, fixed := range []string{"before", "after"} {
+		t.Run("room made "+fixed+" the next instance starts", func(t *testing.T) {
+			t.Parallel()
+			ns, js := startNATS(t)
+			nc, _ := natstest.Client(t, ns)
+			gaveUp := maxDeliveries(t, nc)
+			_, err := js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "WORK", Subjects: []string{"work"}})
+			require.NoError(t, err)
+			_, err = js.CreateStream(ctx(t), natsjs.StreamConfig{Name: "DEAD", Subjects: []string{"dead.>"}, MaxMsgs: 1, Discard: natsjs.DiscardNew})
+			require.NoError(t, err)
+			_, err = js.Publish(ctx(t), "dead.earlier", []byte("filler"))
+			require.NoError(t, err)
+			props := map[string]string{"consumerID": "app", "maxDeliver": "1", "autoProvision": "false", "deadLetterSubject": "dead.{topic}", "ackWait": "1s"}
+			old, log := open(t, ns.ClientURL(), props)
+			var calls atomic.Int32
+			subscribe(t, old, "work", nil, alwaysFailing(&calls, "no"))
+			publish(t, old, "work", "job", nil)
+			require.Eventually(t, func() bool { return strings.Contains(log.String(), "held until it is stored there") }, waitFor, tick, "the refused dead letter is not logged")
+			require.NoError(t, old.Close())
+			closed := time.Now()
+			// Past ackWait, JetStream still says nothing: nobody asks for
+			// messages.
+			nothing(t, gaveUp, 2500*time.Millisecond)
+
+			if fixed == "before" {
+				require.NoError(t, mustStream(t, js, "DEAD").Purge(ctx(t)))
+			}
+			next, nextLog := open(t, ns.ClientURL(), props)
+			subscribe(t, next, "work", nil, alwaysFailing(&calls, "no"))
+			started := time.Now()
+			if fixed == "after" {
+				require.Eventually(t, func() bool { return strings.Contains(nextLog.String(), "which JetStream stopped delivering") }, waitFor, tick, "the next instance does not try to dead-letter the message")
+				require.NoError(t, mustStream(t, js, "DEAD").Purge(ctx(t)))
+			}
+			raw := deadLetterIn(t, js, "DEAD", "dead.work")
+			announced := recv(t, gaveUp, waitFor)
+			t.Logf("JetStream announced giving up %s after the shutdown, %s after the next subscription began",
+				announced.Sub(closed).Round(time.Millisecond), announced.Sub(started).Round(time.Millisecond))
+			assert.Equal(t, "job", string(raw.Data))
+			assert.Equal(t, "1", raw.Header.Get(HeaderDeadLetterSequence))
+			assert.Equal(t, int32(1), calls.Load(), "the message was delivered again")
+			settledConsumer(t, js, "WORK", "app-work")
+		})
+	}
+}

@@ -140,7 +140,7 @@ func (h *handoverDesk) unregister(p *PubSub) {
 		w.giveBack(p, GivenBackShutdown)
 	}
 	if lost > 0 {
-		p.log.Warnf("%d messages that waited for a subscriber were given back as the last instance on their connection closed, although JetStream will not deliver them again (on their last allowed delivery, or with ackPolicy none)", lost)
+		p.log.Warnf("%d messages that waited for a subscriber were given back as the last instance on their connection closed, although JetStream will not deliver them again: with ackPolicy none they are lost; those on their last allowed delivery JetStream announces to the next subscription of their consumer, which dead-letters them (deadLetterSubject) or logs them", lost)
 	}
 }
 
