@@ -579,9 +579,22 @@ func (s *subscription) noteDrift(cs *consumerState, have natsjs.ConsumerConfig) 
 	s.driftNoted = diff
 	s.mu.Unlock()
 	if fresh {
-		s.log.Warnf("topic %q: consumer %q on stream %q has settings other than this subscription's: %s. Another replica with other metadata set them (a rolling update), or an operator did; the subscription follows the consumer. Once every replica runs the same metadata, restart one, or set them with nats consumer edit %s %s",
-			s.topic, cs.name, cs.stream, diff, cs.stream, cs.name)
+		s.log.Warnf("topic %q: consumer %q on stream %q has settings other than this subscription's: %s. %sAnother replica with other metadata set them (a rolling update), or an operator did; the subscription follows the consumer. Once every replica runs the same metadata, restart one, or set them with nats consumer edit %s %s",
+			s.topic, cs.name, cs.stream, diff, replicasLowered(have, s.consumerConfig(cs.stream, cs.streamCreated), cs.stream, cs.name), cs.stream, cs.name)
 	}
+}
+
+// replicasLowered explains a durable with fewer replicas than the metadata
+// sets, which no replica or operator need have asked for: JetStream lowers
+// a durable's replicas to the stream's when the stream is scaled down, and
+// leaves them there when the stream is scaled up again, so the durable
+// stays on fewer servers than the metadata asks for until it is edited.
+func replicasLowered(have, want natsjs.ConsumerConfig, stream, name string) string {
+	if want.Replicas == 0 || have.Replicas >= want.Replicas {
+		return ""
+	}
+	return fmt.Sprintf("If JetStream lowered them to the stream's when the stream was scaled down (nats stream edit --replicas), it does not raise them when the stream is scaled up again: nats consumer edit %s %s --replicas %d sets them back. ",
+		stream, name, want.Replicas)
 }
 
 // managedOver is the consumer have with the settings this component manages

@@ -102,7 +102,7 @@ func rollingRestart(t *testing.T, how rollingStop, prefix string) {
 	}
 	stats := &faultStats{}
 	var lastPublished atomic.Int64
-	published := pacedPublisher(ctx, pub, topic, l, total, 10*time.Millisecond, stats, &lastPublished)
+	published := pacedPublisher(ctx, pub, topic, l, 0, total, 10*time.Millisecond, stats, &lastPublished)
 	if !l.waitPublished(ctx, 300) {
 		t.Fatalf("only %d of %d published before the restarts", l.publishedCount(), total)
 	}
@@ -145,14 +145,14 @@ func rollingRestart(t *testing.T, how rollingStop, prefix string) {
 	faultReport(t, "cluster-rolling-restart-"+strings.ReplaceAll(how.name, " ", "-"), l, time.Since(start), fmt.Sprintf("R3, 3 nodes restarted one after another (%s); %s; stored=%d", how.name, stats, stored))
 }
 
-// pacedPublisher publishes the ledger's messages one at a time, one every
-// pace, so that traffic runs through every restart.
-func pacedPublisher(ctx context.Context, pub *jetstream.PubSub, topic string, l *faultLedger, total int, pace time.Duration, stats *faultStats, last *atomic.Int64) <-chan error {
+// pacedPublisher publishes the ledger's messages [from, to) one at a time,
+// one every pace, so that traffic runs through every restart.
+func pacedPublisher(ctx context.Context, pub *jetstream.PubSub, topic string, l *faultLedger, from, to int, pace time.Duration, stats *faultStats, last *atomic.Int64) <-chan error {
 	out := make(chan error, 1)
 	go func() {
 		tick := time.NewTicker(pace)
 		defer tick.Stop()
-		for i := range total {
+		for i := from; i < to; i++ {
 			if err := faultBulkPublish(ctx, pub, topic, l, i, i+1, stats); err != nil {
 				out <- err
 				return
