@@ -32,9 +32,15 @@ func alwaysFailing(calls *atomic.Int32, why string) pubsub.Handler {
 
 // terminations subscribes to JetStream's advisories of terminated messages.
 func terminations(t *testing.T, nc *nats.Conn) chan *nats.Msg {
+	return advisories(t, nc, "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.>", func(m *nats.Msg) *nats.Msg { return m })
+}
+
+// advisories subscribes to subject, and passes what seen makes of each
+// advisory on.
+func advisories[T any](t *testing.T, nc *nats.Conn, subject string, seen func(*nats.Msg) T) chan T {
 	t.Helper()
-	ch := make(chan *nats.Msg, 10)
-	sub, err := nc.ChanSubscribe("$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.>", ch)
+	ch := make(chan T, 10)
+	sub, err := nc.Subscribe(subject, func(m *nats.Msg) { ch <- seen(m) })
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = sub.Unsubscribe() })
 	require.NoError(t, nc.Flush())
@@ -569,13 +575,7 @@ func TestDeadLetterStoredOncePermissionIsGranted(t *testing.T) {
 // maxDeliveries subscribes to JetStream's advisories of messages it stopped
 // delivering because maxDeliver ran out, and notes when each arrived.
 func maxDeliveries(t *testing.T, nc *nats.Conn) chan time.Time {
-	t.Helper()
-	ch := make(chan time.Time, 10)
-	sub, err := nc.Subscribe(abandonedPrefix+">", func(*nats.Msg) { ch <- time.Now() })
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = sub.Unsubscribe() })
-	require.NoError(t, nc.Flush())
-	return ch
+	return advisories(t, nc, abandonedPrefix+">", func(*nats.Msg) time.Time { return time.Now() })
 }
 
 // The only replica holds a message whose last delivery failed, because the

@@ -275,17 +275,12 @@ func (o *clusterOp) delivers(t *testing.T, what string) {
 // must succeed again at the end. op returns a note for the FAULT line.
 func runClusterOp(t *testing.T, prefix string, nodes int, subExtra map[string]string, op func(t *testing.T, o *clusterOp) string) {
 	const backlog, total = 3000, 5000
-	topic := "faults." + prefix
-	stream := strings.ToUpper("fault" + prefix)
 	start := time.Now()
 	cl := procStartCluster(t, prefix, nodes, clusterSysConfig)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
-	base := map[string]string{
-		"natsURL": cl.urls(), "reconnectWait": "100ms", "consumerID": prefix,
-		"streamName": stream, "streamSubjects": topic, "streamReplicas": "3",
-	}
+	topic, stream, base := clusterTopic(cl, prefix)
 	pub := faultPubSub(t, "fault-"+prefix+"-pub", base)
 	l := newFaultLedger(prefix, total)
 	stats := &faultStats{}
@@ -582,4 +577,15 @@ func metaLeader(t *testing.T, sys *nats.Conn) string {
 		return ""
 	}
 	return resp.Data.Meta.Leader
+}
+
+// clusterTopic names the topic and R3 stream of the scenario prefix on cl,
+// and the component metadata that publishes and subscribes to it.
+func clusterTopic(cl *procCluster, prefix string) (topic, stream string, base map[string]string) {
+	topic = "faults." + prefix
+	stream = strings.ToUpper("fault" + prefix)
+	return topic, stream, map[string]string{
+		"natsURL": cl.urls(), "reconnectWait": "100ms", "consumerID": prefix,
+		"streamName": stream, "streamSubjects": topic, "streamReplicas": "3",
+	}
 }

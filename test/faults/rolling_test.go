@@ -73,17 +73,12 @@ func TestFaultClusterRollingRestart(t *testing.T) {
 
 func rollingRestart(t *testing.T, how rollingStop, prefix string) {
 	total := how.total
-	topic := "faults." + prefix
-	stream := strings.ToUpper("fault" + prefix)
 	start := time.Now()
 	cl := procStartCluster(t, prefix, 3, how.config)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 
-	base := map[string]string{
-		"natsURL": cl.urls(), "reconnectWait": "100ms", "consumerID": prefix,
-		"streamName": stream, "streamSubjects": topic, "streamReplicas": "3",
-	}
+	topic, stream, base := clusterTopic(cl, prefix)
 	pub := faultPubSub(t, "fault-"+prefix+"-pub", base)
 	l := newFaultLedger(prefix, total)
 	subProps := faultProps(base, map[string]string{"deliverPolicy": "all", "ackWait": "5s", "heartbeat": "1s"})
