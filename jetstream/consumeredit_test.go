@@ -412,7 +412,7 @@ accounts: {
 func TestPullRefusalWording(t *testing.T) {
 	for _, tc := range []struct{ status, desc, want string }{
 		{"409", "Exceeded MaxRequestBatch of 5", "409 Exceeded MaxRequestBatch of 5"},
-		{"503", "", "503 no responders: the consumer or its stream is gone, or JetStream is not available"},
+		{"503", "", "503 no responders: nothing serves the consumer: it or its stream is gone, JetStream is not available, or, in a cluster, the consumer has no leader yet (one is elected after the consumer is created, a server restarts or a leader steps down)"},
 		{"400", "", "status 400"},
 	} {
 		require.Equal(t, tc.want, pullRefusal(tc.status, tc.desc))

@@ -584,7 +584,7 @@ func pullRefusal(status, desc string) string {
 		return status + " " + desc
 	}
 	if status == "503" {
-		return "503 no responders: the consumer or its stream is gone, or JetStream is not available"
+		return "503 no responders: nothing serves the consumer: it or its stream is gone, JetStream is not available, or, in a cluster, the consumer has no leader yet (one is elected after the consumer is created, a server restarts or a leader steps down)"
 	}
 	return "status " + status
 }
