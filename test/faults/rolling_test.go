@@ -120,7 +120,8 @@ func rollingRestart(t *testing.T, how rollingStop, prefix string) {
 		if err := natstest.Await(2*time.Minute, 250*time.Millisecond, nil, func() error { return clusterCurrent(js, stream, durable) }); err != nil {
 			t.Errorf("after restarting %s: %v", node.Name, err)
 		}
-		longest, longestPub := stall(), pubStall()
+		longest, _ := stall()
+		longestPub, _ := pubStall()
 		t.Logf("restarted %s in %s; delivery stopped for at most %s, publishing for at most %s; %d published / %d handled",
 			node.Name, faultDur(time.Since(stopped)), faultDur(longest), faultDur(longestPub), l.publishedCount(), l.handledCount())
 		if longest > rollingStallBound {
@@ -197,25 +198,31 @@ func replicasCurrent(what string, ci *natsjs.ClusterInfo) error {
 }
 
 // watchGap samples, until the returned function is called, the longest time
-// since *last was stored while active holds.
-func watchGap(last *atomic.Int64, active func() bool) func() time.Duration {
+// since last while active holds, and when that gap ended.
+func watchGap(last *atomic.Int64, active func() bool) func() (time.Duration, time.Time) {
+	type gap struct {
+		longest time.Duration
+		at      time.Time
+	}
 	stop := make(chan struct{})
-	result := make(chan time.Duration, 1)
+	result := make(chan gap, 1)
 	go func() {
-		var longest time.Duration
+		var g gap
 		tick := time.NewTicker(50 * time.Millisecond)
 		defer tick.Stop()
 		for {
 			select {
 			case <-stop:
-				result <- longest
+				result <- g
 				return
 			case now := <-tick.C:
 				if l := last.Load(); l > 0 && active() {
-					longest = max(longest, now.Sub(time.Unix(0, l)))
+					if d := now.Sub(time.Unix(0, l)); d > g.longest {
+						g = gap{d, now}
+					}
 				}
 			}
 		}
 	}()
-	return func() time.Duration { close(stop); return <-result }
+	return func() (time.Duration, time.Time) { close(stop); g := <-result; return g.longest, g.at }
 }
