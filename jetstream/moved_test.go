@@ -87,6 +87,10 @@ func TestSubscriptionDrainsBeforeFollowingMovedTopic(t *testing.T) {
 		got <- string(m.Data)
 		return nil
 	})
+	// The backlog is the durable's on OLD only once it is there: a topic
+	// moved before then is followed to NEW by a new durable, for which OLD
+	// holds nothing.
+	require.Eventually(t, func() bool { return len(consumerInfos(t, js, "OLD")) == 1 }, waitFor, tick, "no consumer on stream OLD")
 	for i := range 5 {
 		publish(t, ps, "moved", fmt.Sprintf("old-%d", i), nil)
 	}

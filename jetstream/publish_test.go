@@ -858,6 +858,35 @@ func TestAutoProvisionedStreamIsLogged(t *testing.T) {
 	assert.Regexp(t, `level=info msg="created stream \\"b_a-[0-9a-f]+\\" with subjects \[b.a\] for topic \\"b.a\\", which no stream held`, log.String())
 }
 
+// Several daprds sharing one component process publish to a new topic at
+// once: the stream is created once, and the log says so once, not once per
+// publish that found no stream.
+func TestAutoProvisionedStreamIsLoggedOnce(t *testing.T) {
+	t.Parallel()
+	ns, js := startNATS(t)
+	a, logA := open(t, ns.ClientURL(), nil)
+	b, logB := open(t, ns.ClientURL(), nil)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range 16 {
+		ps := a
+		if i%2 == 1 {
+			ps = b
+		}
+		wg.Go(func() {
+			<-start
+			assert.NoError(t, ps.Publish(ctx(t), &pubsub.PublishRequest{Topic: "once.new", Data: []byte(fmt.Sprint(i))}))
+		})
+	}
+	close(start)
+	wg.Wait()
+	created := strings.Count(logA.String(), "created stream") + strings.Count(logB.String(), "created stream")
+	assert.Equal(t, 1, created, "logs:\n%s\n%s", logA.String(), logB.String())
+	name, err := js.StreamNameBySubject(ctx(t), "once.new")
+	require.NoError(t, err)
+	assert.Equal(t, uint64(16), msgCount(t, js, name))
+}
+
 // An operator deletes a topic's stream (nats stream rm) after plain
 // publishes. With autoProvision on, the next publish creates it again,
 // whatever the publish is: a plain one does (TestBulkPublishAtomicAfterStreamChanged

@@ -308,18 +308,24 @@ func (s *streams) create(ctx context.Context, name, topic string) (*natsjs.Strea
 
 		MaxMsgsPerSubject: s.cfg.MaxMsgsPerSubject,
 	}
+	// JetStream answers the create of a stream that exists with this very
+	// config as if it made it. So that the log says "created" once when
+	// several publishes in this process find no stream at once, their
+	// creates take turns, and each looks again first.
+	done := editStream(name)
+	if existing, lerr := s.js.Stream(ctx, name); lerr == nil {
+		done()
+		return s.madeMeanwhile(ctx, existing.CachedInfo(), name, topic)
+	}
 	st, err := s.js.CreateStream(ctx, cfg)
+	done()
 	if err == nil {
 		s.infof("created stream %q with subjects %v for topic %q, which no stream held", name, subjects, topic)
 		return st.CachedInfo(), nil
 	}
-	// Another instance may have created it meanwhile.
+	// Another process may have created it meanwhile.
 	if existing, lerr := s.js.Stream(ctx, name); lerr == nil {
-		info := s.instead(existing.CachedInfo(), name, topic)
-		if s.takes(info.Config, topic) {
-			return info, nil
-		}
-		return s.extend(ctx, info, topic)
+		return s.madeMeanwhile(ctx, existing.CachedInfo(), name, topic)
 	}
 	// Or a stream for a wildcard that covers the topic, such as one created
 	// for a subscription to orders.> while this publish to orders.new looked.
@@ -335,6 +341,17 @@ func (s *streams) create(ctx context.Context, name, topic string) (*natsjs.Strea
 		return s.extend(ctx, s.instead(info, name, topic), topic)
 	}
 	return nil, fmt.Errorf("create stream %q for subjects %v: %w%s", name, subjects, err, createRefusal(ctx, s.js, err, cfg, s.cfg.Name != ""))
+}
+
+// madeMeanwhile takes stream name, which another publish or subscription
+// created after topic's look-up found none, adding topic to its subjects
+// when it holds it not.
+func (s *streams) madeMeanwhile(ctx context.Context, existing *natsjs.StreamInfo, name, topic string) (*natsjs.StreamInfo, error) {
+	info := s.instead(existing, name, topic)
+	if s.takes(info.Config, topic) {
+		return info, nil
+	}
+	return s.extend(ctx, info, topic)
 }
 
 func (s *streams) extend(ctx context.Context, info *natsjs.StreamInfo, topic string) (*natsjs.StreamInfo, error) {
