@@ -59,14 +59,14 @@ func metadataFold(md map[string]string, key string) string {
 }
 
 // fastCloudEvent returns what json.Unmarshal would find, without decoding
-// the payload: the document must be valid JSON (json.Valid), then only the
+// the payload: the document must be valid JSON (validJSON), then only the
 // top-level keys are scanned; the fields of cloudEvent are matched as
 // encoding/json does (case-insensitively, the last one wins). Anything
 // unusual (escapes, non-ASCII or non-string values in those fields) returns
 // ok == false, and the caller falls back to json.Unmarshal. Invalid JSON
 // returns an empty cloudEvent and ok == true: json.Unmarshal would fail.
 func fastCloudEvent(data []byte) (ce cloudEvent, ok bool) {
-	if !json.Valid(data) {
+	if !validJSON(data) {
 		return cloudEvent{}, true
 	}
 	i := skipWS(data, 0)
@@ -147,11 +147,7 @@ func skipValue(b []byte, i int) int {
 	for ; i < len(b); i++ {
 		switch b[i] {
 		case '"':
-			for i++; b[i] != '"'; i++ {
-				if b[i] == '\\' {
-					i++
-				}
-			}
+			i = stringEnd(b, i)
 			if depth == 0 {
 				return i + 1
 			}
@@ -172,4 +168,19 @@ func skipValue(b []byte, i int) int {
 		}
 	}
 	return i
+}
+
+// stringEnd returns where the quote that ends the string at b[i] of a valid
+// document is: the next one after an even number of backslashes.
+func stringEnd(b []byte, i int) int {
+	for {
+		i += 1 + bytes.IndexByte(b[i+1:], '"')
+		k := i - 1
+		for b[k] == '\\' {
+			k--
+		}
+		if (i-1-k)%2 == 0 {
+			return i
+		}
+	}
 }
