@@ -298,6 +298,9 @@ func explainBatchExpectation(err error, req *pubsub.BulkPublishRequest, stored f
 }
 
 func isAPIError(err error, code natsjs.ErrorCode) bool {
+	if err == nil {
+		return false // before apiErr, which escapes: a publish that succeeded allocates nothing here
+	}
 	var apiErr *natsjs.APIError
 	return errors.As(err, &apiErr) && apiErr.ErrorCode == code
 }

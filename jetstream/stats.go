@@ -473,12 +473,14 @@ func (p *PubSub) countPublish(topic string, sent time.Time, ack *natsjs.PubAck, 
 
 // publishOutcome names the outcome of a publish.
 func publishOutcome(ack *natsjs.PubAck, err error) string {
-	var apiErr *natsjs.APIError
 	switch {
 	case err == nil && ack != nil && ack.Duplicate:
 		return OutcomeDuplicate
 	case err == nil:
 		return OutcomeOK
+	}
+	var apiErr *natsjs.APIError // after a success: it escapes, so it allocates
+	switch {
 	case isNoStream(err), errors.Is(err, ErrNoStream):
 		return OutcomeNoStream
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):

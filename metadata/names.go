@@ -97,12 +97,14 @@ func ValidSubject(s string, wildcards bool) error {
 			return errors.New("contains white space or a control character")
 		}
 	}
-	tokens := strings.Split(s, ".")
-	for i, t := range tokens {
+	// Token by token without splitting: every publish checks its topic.
+	for rest, more := s, true; more; {
+		var t string
+		t, rest, more = strings.Cut(rest, ".")
 		switch {
 		case t == "":
 			return errors.New("has an empty token (a leading, trailing or double dot)")
-		case t == "*" || (t == ">" && i == len(tokens)-1):
+		case t == "*" || (t == ">" && !more):
 			if !wildcards {
 				return errors.New("contains a wildcard (* or >), which is not allowed here")
 			}
