@@ -753,17 +753,19 @@ func (s *subscription) giveUpPin() {
 	s.mu.Lock()
 	cs, pin := s.consumer, s.pinID
 	s.pinID = ""
-	s.mu.Unlock()
-	if !s.p.connected() {
-		return // JetStream cannot be asked; pinnedTTL passes on the pin
+	// Read under the lock: housekeeping updates them from the consumer's info.
+	pinned, group := cs != nil && cs.priority == natsjs.PriorityPolicyPinned, ""
+	if cs != nil {
+		group = cs.group
 	}
-	s.unpin(cs, pin)
+	s.mu.Unlock()
+	if !pinned || pin == "" || !s.p.connected() {
+		return // not pinned here, or JetStream cannot be asked: pinnedTTL passes on the pin
+	}
+	s.unpin(cs, group, pin)
 }
 
-func (s *subscription) unpin(cs *consumerState, pin string) {
-	if cs == nil || pin == "" || cs.priority != natsjs.PriorityPolicyPinned {
-		return
-	}
+func (s *subscription) unpin(cs *consumerState, group, pin string) {
 	// The instance may be closing: its connection stays open until every
 	// subscription has finished.
 	s.p.mu.Lock()
@@ -775,12 +777,12 @@ func (s *subscription) unpin(cs *consumerState, pin string) {
 	ctx, cancel := context.WithTimeout(context.Background(), unpinTimeout)
 	defer cancel()
 	info, err := cs.handle.Info(ctx)
-	if err != nil || !holdsPin(info, cs.group, pin) {
+	if err != nil || !holdsPin(info, group, pin) {
 		return
 	}
 	st, err := js.Stream(ctx, cs.stream)
 	if err == nil {
-		err = st.UnpinConsumer(ctx, cs.name, cs.group)
+		err = st.UnpinConsumer(ctx, cs.name, group)
 	}
 	if err != nil {
 		s.log.Warnf("topic %q: giving up the pin of consumer %q on stream %q: %v; another replica takes over once pinnedTTL has passed",
