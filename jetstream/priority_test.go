@@ -166,9 +166,11 @@ func TestPinnedAddedKeepsWaitingReplicasHealthy(t *testing.T) {
 		_, data, _ := cut(recv(t, got, waitFor))
 		seen[data] = true
 	}
-	// The old replicas' next pull, still without the group, is refused.
+	// Each old replica follows the durable: after its next pull, still
+	// without the group, is refused, or after its housekeeping reads the
+	// durable first, whichever comes first.
 	for _, log := range logs {
-		require.Eventually(t, func() bool { return strings.Contains(log.String(), "Priority Group missing") }, waitFor, tick)
+		require.Eventually(t, func() bool { return strings.Contains(log.String(), "has settings other than this subscription's") }, waitFor, tick)
 	}
 	// A refused pull that was followed at once is no problem that lasts:
 	// no replica reports one, past the time Ping takes a problem to last.
