@@ -517,14 +517,22 @@ func TestPinnedThroughAdminActions(t *testing.T) {
 				cfg := before.Config
 				cfg.DeliverPolicy, cfg.OptStartSeq = natsjs.DeliverByStartSequencePolicy, before.AckFloor.Stream+1
 				cfg.PriorityGroups = []string{"ops"}
-				if _, err := js.CreateConsumer(ctx(t), "seq", cfg); err != nil {
+				// The replicas make it again at the same time: nats-server
+				// may answer a write that races theirs with a 500, and the
+				// operator runs the command again.
+				require.EventuallyWithT(t, func(c *assert.CollectT) {
+					if _, err := js.CreateConsumer(ctx(t), "seq", cfg); err == nil {
+						return
+					}
 					remade, err := consumerInfo(js, "seq", "app-seq")
-					require.NoError(t, err)
-					cfg = remade.Config
-					cfg.PriorityGroups = []string{"ops"}
-					_, err = js.UpdateConsumer(ctx(t), "seq", cfg)
-					require.NoError(t, err)
-				}
+					if !assert.NoError(c, err) {
+						return
+					}
+					edit := remade.Config
+					edit.PriorityGroups = []string{"ops"}
+					_, err = js.UpdateConsumer(ctx(t), "seq", edit)
+					assert.NoError(c, err, "nats consumer edit")
+				}, waitFor, tick)
 			}
 			changed := time.Now()
 			publishRaw(t, js, "seq", "b", 20)
