@@ -58,6 +58,9 @@ type Delivery struct {
 	// Sequence is the stream sequence; Deliveries counts deliveries so far.
 	Sequence   uint64
 	Deliveries uint64
+	// stored is when the message was stored in its stream (unix nanos),
+	// 0 when JetStream did not say.
+	stored int64
 	// redelivered is the count of a later delivery of the same message,
 	// which JetStream made while this one was held (its ack wait was
 	// lowered under it): the held one stays, and counts as that delivery.
@@ -107,7 +110,7 @@ func newDelivery(s *subscription, msg *nats.Msg) *Delivery {
 		md[MetadataMsgID] = deliveredMsgID(msg.Subject, hdr.Get(natsjs.SubjectHeader), id)
 	}
 	if meta, err := msg.Metadata(); err == nil {
-		d.Sequence, d.Deliveries = meta.Sequence.Stream, meta.NumDelivered
+		d.Sequence, d.Deliveries, d.stored = meta.Sequence.Stream, meta.NumDelivered, meta.Timestamp.UnixNano()
 		d.stream = streamKey{conn: s.p.connKey, stream: meta.Stream}
 		d.streamCreated = streamsSeen.current(d.stream)
 		d.mark = s.p.answers.mark(meta.Stream)
@@ -130,7 +133,7 @@ func (d *Delivery) handedTo(s *subscription) *Delivery {
 	c := &Delivery{
 		sub: s, reply: d.reply, stream: d.stream, streamCreated: d.streamCreated, mark: d.mark,
 		Topic: d.Topic, Data: d.Data, Metadata: d.Metadata, ContentType: d.ContentType,
-		Sequence: d.Sequence, Deliveries: d.Deliveries, endsFirstInLine: d.endsFirstInLine, leftBy: d.leftBy, header: d.header, received: d.received,
+		Sequence: d.Sequence, Deliveries: d.Deliveries, stored: d.stored, endsFirstInLine: d.endsFirstInLine, leftBy: d.leftBy, header: d.header, received: d.received,
 	}
 	c.touched.Store(d.touched.Load())
 	c.redelivered.Store(d.redelivered.Load())

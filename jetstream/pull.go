@@ -439,6 +439,13 @@ func (s *subscription) onMsg(m *nats.Msg) {
 			h.keepAlive(s.p, time.Now())
 			return
 		}
+		if s.acked.has(d) && !s.ackNoneLocked() {
+			s.mu.Unlock()
+			s.ackAgain(d)
+			return
+		}
+	} else {
+		s.acked.forget(d)
 	}
 	s.held[d] = struct{}{}
 	s.floor.delivered(d.Sequence)

@@ -84,6 +84,12 @@ type SubscriptionStats struct {
 	Live     int    // subscriptions open now
 
 	Deliveries, Redeliveries, Acks, Naks, Terms, InProgress uint64
+	// AckedAgain counts redeliveries of messages this instance had
+	// already acknowledged for the app: JetStream lost the ack (the
+	// network broke before the client noticed, or a server restarted
+	// without it), and the component acknowledged them again instead of
+	// handing them to the app twice.
+	AckedAgain uint64
 
 	// Held counts the messages delivered to daprd and not yet settled,
 	// and those an ended subscription left waiting for the next one of
@@ -131,7 +137,7 @@ func (p *PubSub) SetPublishObserver(o PublishObserver) { p.observer.Store(&o) }
 
 // subCounters count for one topic and consumer, across subscriptions.
 type subCounters struct {
-	deliveries, redeliveries, acks, naks, terms, inProgress atomic.Uint64
+	deliveries, redeliveries, acks, naks, terms, inProgress, ackedAgain atomic.Uint64
 }
 
 type subKey struct{ topic, consumer string }
@@ -335,6 +341,7 @@ func (st *stats) addTo(t *statsSum) {
 		v.Naks += c.naks.Load()
 		v.Terms += c.terms.Load()
 		v.InProgress += c.inProgress.Load()
+		v.AckedAgain += c.ackedAgain.Load()
 	}
 	st.mu.Unlock()
 	st.pub.Range(func(k, v any) bool {

@@ -125,7 +125,12 @@ type subscription struct {
 	retryAt     time.Time
 	retryWait   time.Duration
 	floor       resumePoint
-	problem     problem
+	// acked remembers what was acknowledged here lately; ackedAgain counts
+	// redeliveries of it acknowledged again since ackedAgainLogged.
+	acked            ackedHere
+	ackedAgain       int
+	ackedAgainLogged time.Time
+	problem          problem
 	// deadProblems is why each dead letter that cannot be published is
 	// refused, by message (deadLetterKey): apart from
 	// problem, which a working pull clears while the dead letter, and the
@@ -501,6 +506,7 @@ func (s *subscription) noteAcked(d *Delivery) {
 	if s.floor.holds(d) {
 		s.floor.acked(d.Sequence)
 	}
+	s.acked.add(d)
 }
 
 // settled is called once for each delivery this subscription owns.
@@ -611,6 +617,10 @@ func (s *subscription) lostIfGivenBackLocked(d *Delivery) bool {
 func (s *subscription) ackNone() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.ackNoneLocked()
+}
+
+func (s *subscription) ackNoneLocked() bool {
 	if s.consumer != nil {
 		return s.consumer.ackPolicy == natsjs.AckNonePolicy
 	}

@@ -41,6 +41,7 @@ var (
 	naks          = desc("naks_total", "Messages the app failed, given back for redelivery.", subLabels...)
 	terms         = desc("terms_total", "Messages terminated after their dead letter was stored.", subLabels...)
 	inProgress    = desc("in_progress_total", "InProgress acknowledgements sent for messages held long.", subLabels...)
+	ackedAgain    = desc("acked_again_total", "Redeliveries of messages the instance had already acknowledged for the app (JetStream lost the ack), acknowledged again without the app.", subLabels...)
 	pending       = desc("consumer_pending_messages", "The consumer's num_pending: messages not yet delivered. Only while a subscription is open.", subLabels...)
 	ackPending    = desc("consumer_ack_pending_messages", "The consumer's num_ack_pending: delivered and not yet acknowledged. Only while a subscription is open.", subLabels...)
 	subscriptions = desc("subscriptions", "Subscriptions open to the topic with the consumer.", subLabels...)
@@ -53,7 +54,7 @@ type collector struct{ m *Metrics }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{connState, reconnects, disconnects, serverInfo, published, bulkFailed, held, maxInFlight,
-		oldestHeld, deliveries, redeliveries, acks, naks, terms, inProgress, pending, ackPending, subscriptions, givenBack} {
+		oldestHeld, deliveries, redeliveries, acks, naks, terms, inProgress, ackedAgain, pending, ackPending, subscriptions, givenBack} {
 		ch <- d
 	}
 }
@@ -121,4 +122,5 @@ func collectSubscription(gauge func(*prometheus.Desc, float64, ...string), count
 	counter(naks, s.Naks, l...)
 	counter(terms, s.Terms, l...)
 	counter(inProgress, s.InProgress, l...)
+	counter(ackedAgain, s.AckedAgain, l...)
 }

@@ -471,8 +471,10 @@ func TestFaultNATSKilledAndRestarted(t *testing.T) {
 	subProps := faultProps(base, map[string]string{
 		"deliverPolicy": "all", "ackWait": "5s", "heartbeat": "1s", "maxInFlight": "1000", "maxAckPending": "4000",
 	})
+	var subs []*jetstream.PubSub
 	for i := range 2 {
 		sub := faultPubSub(t, fmt.Sprintf("fault-kill9-sub%d", i), subProps)
+		subs = append(subs, sub)
 		if err := sub.Subscribe(ctx, pubsub.SubscribeRequest{Topic: topic}, faultHandler(l)); err != nil {
 			t.Fatalf("Subscribe: %v", err)
 		}
@@ -507,10 +509,24 @@ func TestFaultNATSKilledAndRestarted(t *testing.T) {
 	took := time.Since(start)
 	stored := faultQuiesce(t, ns.url(), topic, 20*time.Second)
 
-	faultReport(t, "nats-kill9-restart", l, took, fmt.Sprintf("%s; stored=%d", stats, stored))
+	faultReport(t, "nats-kill9-restart", l, took, fmt.Sprintf("%s; stored=%d; %s", stats, stored, ackedAgain(subs)))
 	if stats.count() == 0 {
 		t.Errorf("no publish failed while nats-server was down: the kill did not hit the run")
 	}
+}
+
+// ackedAgain sums, over subs, the redeliveries and those of messages the
+// same instance had acknowledged (JetStream lost the ack), which it
+// acknowledged again rather than hand to the app twice.
+func ackedAgain(subs []*jetstream.PubSub) string {
+	var again, redelivered uint64
+	for _, sub := range subs {
+		for _, st := range sub.Stats().Subscriptions {
+			again += st.AckedAgain
+			redelivered += st.Redeliveries
+		}
+	}
+	return fmt.Sprintf("redeliveries=%d, acked again without the app=%d", redelivered, again)
 }
 
 // faultQuiesce waits (up to within) until every consumer of the stream that
