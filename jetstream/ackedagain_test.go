@@ -102,21 +102,35 @@ func TestAckedHereIsBoundedAndKnowsTheMessage(t *testing.T) {
 		return &Delivery{stream: streamKey{conn: "c", stream: "S"}, Sequence: seq, stored: stored}
 	}
 	var a ackedHere
-	for seq := uint64(1); seq <= ackedRemembered+10; seq++ {
-		a.add(at(seq, int64(seq)))
+	// Out of order, as parallel handlers ack, and more than it keeps:
+	// the lowest sequences go.
+	for base := uint64(1); base <= 3*ackedRemembered; base += 3 {
+		for _, seq := range []uint64{base + 2, base, base + 1} {
+			a.add(at(seq, int64(seq)))
+		}
 	}
-	assert.False(t, a.has(at(10, 10)), "the oldest acks are forgotten")
-	assert.True(t, a.has(at(11, 11)))
-	assert.True(t, a.has(at(ackedRemembered+10, ackedRemembered+10)))
-	assert.Len(t, a.stored, ackedRemembered)
-	assert.False(t, a.has(at(11, 99)), "another message at the same sequence")
-	assert.False(t, a.has(at(11, 0)), "a message whose stored time is unknown")
-	assert.False(t, a.has(&Delivery{stream: streamKey{conn: "c", stream: "T"}, Sequence: 11, stored: 11}), "another stream")
-	a.forget(at(11, 11))
-	assert.False(t, a.has(at(11, 11)))
+	top := uint64(3 * ackedRemembered)
+	assert.Len(t, a.live(), ackedRemembered)
+	assert.LessOrEqual(t, cap(a.entries), ackedSpace)
+	assert.False(t, a.has(at(top-ackedRemembered, int64(top-ackedRemembered))), "the lowest are forgotten")
+	for _, seq := range []uint64{top - ackedRemembered + 1, top - 1, top} {
+		assert.True(t, a.has(at(seq, int64(seq))), "sequence %d", seq)
+	}
+	for i := 1; i < len(a.live()); i++ {
+		require.Less(t, a.live()[i-1].seq, a.live()[i].seq, "not in sequence order at %d", i)
+	}
+	a.add(at(1, 1))
+	assert.False(t, a.has(at(1, 1)), "an ack below everything remembered is not kept")
+	assert.False(t, a.has(at(top, 99)), "another message at the same sequence")
+	assert.False(t, a.has(at(top, 0)), "a message whose stored time is unknown")
+	assert.False(t, a.has(&Delivery{stream: streamKey{conn: "c", stream: "T"}, Sequence: top, stored: int64(top)}), "another stream")
+	a.forget(at(top, int64(top)))
+	assert.False(t, a.has(at(top, int64(top))))
+	a.add(at(top, int64(top)))
+	assert.True(t, a.has(at(top, int64(top))), "acknowledged again after it was forgotten")
 
 	// Acks of another stream (the topic moved) start over.
 	a.add(&Delivery{stream: streamKey{conn: "c", stream: "T"}, Sequence: 1, stored: 1})
-	assert.False(t, a.has(at(12, 12)))
-	assert.Len(t, a.stored, 1)
+	assert.False(t, a.has(at(top, int64(top))))
+	assert.Len(t, a.live(), 1)
 }

@@ -1,27 +1,56 @@
 package jetstream
 
-import "time"
+import (
+	"sort"
+	"time"
+)
 
 // ackedRemembered bounds how many acknowledged messages a subscription
-// remembers, in under 3 MiB. JetStream loses the acks that went
-// into a connection that broke before the client noticed, and those a
-// server had not yet written when it was killed (it writes a consumer's
-// state ten times a second); it delivers those messages again once their
-// ack wait has passed. Meanwhile the subscription goes on acknowledging:
-// this covers 30 s, the default ack wait, at about 2,000 messages a
-// second per subscription.
+// remembers, in at most 1.25 MiB. JetStream loses the acks that went into
+// a connection that broke before the client noticed, and those a server
+// had not yet written when it was killed (it writes a consumer's state ten
+// times a second); it delivers those messages again once their ack wait
+// has passed. Meanwhile the subscription goes on acknowledging: this
+// covers 30 s, the default ack wait, at about 2,000 messages a second per
+// subscription.
 const ackedRemembered = 1 << 16
 
+// ackedSpace is the room kept for them: the window of remembered entries
+// moves up through it and is copied back down once it reaches the end.
+const ackedSpace = ackedRemembered + ackedRemembered/4
+
+// ackedEntry is a message acknowledged here: its stream sequence, and
+// when it was stored (unix nanos), 0 once forgotten.
+type ackedEntry struct {
+	seq    uint64
+	stored int64
+}
+
 // ackedHere remembers the messages of one stream that a subscription
-// acknowledged most recently, by sequence, with the time each was stored,
+// acknowledged, the highest sequences at most ackedRemembered of them,
 // so that a redelivery of one of them is known for a message the app
 // handled. The stored time tells the message apart from another at the
 // same sequence of a stream made again under the same name.
 type ackedHere struct {
 	stream streamKey
-	stored map[uint64]int64 // sequence -> unix nanos the message was stored
-	order  []uint64         // a ring of sequences, oldest at next once full
-	next   int
+	// entries[from:] are the remembered ones, by sequence, lowest first.
+	// Acks mostly come in sequence order, so most are appended.
+	entries []ackedEntry
+	from    int
+}
+
+func (a *ackedHere) live() []ackedEntry { return a.entries[a.from:] }
+
+// find returns where seq is, or would be, among the live entries, and
+// whether it is there.
+func (a *ackedHere) find(seq uint64) (int, bool) {
+	live := a.live()
+	i := len(live)
+	if i == 0 || live[i-1].seq < seq {
+		return i, false
+	}
+	i = sort.Search(len(live), func(k int) bool { return live[k].seq >= seq })
+	return i, i < len(live) && live[i].seq == seq
 }
 
 // add records that the app handled d and d was acknowledged.
@@ -29,23 +58,42 @@ func (a *ackedHere) add(d *Delivery) {
 	if d.stored == 0 || d.Sequence == 0 {
 		return
 	}
-	if a.stored == nil || d.stream != a.stream {
-		*a = ackedHere{stream: d.stream, stored: make(map[uint64]int64)}
+	if d.stream != a.stream {
+		*a = ackedHere{stream: d.stream}
 	}
-	if _, known := a.stored[d.Sequence]; !known {
-		a.push(d.Sequence)
-	}
-	a.stored[d.Sequence] = d.stored
-}
-
-func (a *ackedHere) push(seq uint64) {
-	if len(a.order) < ackedRemembered {
-		a.order = append(a.order, seq)
+	i, known := a.find(d.Sequence)
+	if known {
+		a.live()[i].stored = d.stored
 		return
 	}
-	delete(a.stored, a.order[a.next])
-	a.order[a.next] = seq
-	a.next = (a.next + 1) % ackedRemembered
+	if len(a.live()) == ackedRemembered {
+		if i == 0 {
+			return // below everything remembered
+		}
+		a.from++ // the lowest goes
+		i--
+	}
+	a.makeRoom()
+	a.entries = append(a.entries, ackedEntry{})
+	live := a.live()
+	copy(live[i+1:], live[i:len(live)-1])
+	live[i] = ackedEntry{seq: d.Sequence, stored: d.stored}
+}
+
+// makeRoom makes sure one more entry fits without a new array once the
+// entries fill ackedSpace: the live ones move down to its start.
+func (a *ackedHere) makeRoom() {
+	if len(a.entries) < cap(a.entries) {
+		return
+	}
+	if a.from > 0 {
+		n := copy(a.entries, a.live())
+		a.entries, a.from = a.entries[:n], 0
+		return
+	}
+	grown := make([]ackedEntry, len(a.entries), min(max(2*cap(a.entries), 64), ackedSpace))
+	copy(grown, a.entries)
+	a.entries = grown
 }
 
 // has reports whether d delivers again a message acknowledged here.
@@ -53,8 +101,8 @@ func (a *ackedHere) has(d *Delivery) bool {
 	if d.stored == 0 || d.stream != a.stream {
 		return false
 	}
-	stored, ok := a.stored[d.Sequence]
-	return ok && stored == d.stored
+	i, known := a.find(d.Sequence)
+	return known && a.live()[i].stored == d.stored
 }
 
 // forget drops what is remembered of d's message. JetStream delivers it
@@ -62,8 +110,11 @@ func (a *ackedHere) has(d *Delivery) bool {
 // reset it, or deleted it and made it again to replay): that replay is for
 // the app, and so is a redelivery after the app fails it.
 func (a *ackedHere) forget(d *Delivery) {
-	if len(a.stored) > 0 && d.stream == a.stream {
-		delete(a.stored, d.Sequence)
+	if d.stream != a.stream {
+		return
+	}
+	if i, known := a.find(d.Sequence); known {
+		a.live()[i].stored = 0
 	}
 }
 
