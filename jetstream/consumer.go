@@ -320,6 +320,9 @@ func (s *subscription) setUpConsumer(ctx context.Context) (*consumerState, error
 		}
 		return s.p.newConsumerState(c, created, true), nil
 	}
+	if cs := s.stranded(ctx, js, stream, want.Durable, lost); cs != nil {
+		return cs, nil
+	}
 	s.mu.Lock()
 	behind := s.floor.behind(stream, created)
 	s.mu.Unlock()

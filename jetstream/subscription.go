@@ -125,6 +125,9 @@ type subscription struct {
 	retryAt     time.Time
 	retryWait   time.Duration
 	floor       resumePoint
+	// strandedSearchFailed is set once the search for this subscription's
+	// durable on other streams failed (see stranded).
+	strandedSearchFailed bool
 	// acked remembers what was acknowledged here lately; ackedAgain counts
 	// redeliveries of it acknowledged again since ackedAgainLogged.
 	acked            ackedHere
