@@ -9,8 +9,9 @@ import (
 )
 
 // strandedScanTimeout bounds the search for a durable left on another
-// stream: NATS may not allow this user to list streams, and a refused
-// request goes unanswered until it times out.
+// stream, which asks JetStream once per stream: NATS may not allow this
+// user to read the consumers of other streams, and a refused request goes
+// unanswered until it times out.
 const strandedScanTimeout = time.Second
 
 // stranded finds the durable of this subscription on a stream other than
