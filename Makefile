@@ -117,7 +117,8 @@ demo:
 ## $(DAPRD_CACHE)/daprd-v1.18.1-allcomponents or $$DAPRD exists), nats-server, component and daprd as
 ## separate processes. About 5 minutes a run; not part of `test`. Writes .cache/bench/bench-results.md and
 ## bench-ratios.svg. BENCH_FLAGS: -quick (smoke run), -pairs 1,4, -runs N (the suite N times; medians
-## over the runs, with the min–max of the per-round ratios), -out DIR, -cpuprofile DIR.
+## over the runs, with the min–max of the per-round ratios), -out DIR, -cpuprofile DIR,
+## -component-env GOGC=400,GOMEMLIMIT=200MiB (the component's environment, as deploy/ sets it).
 BENCH_FLAGS ?=
 .PHONY: bench
 bench:

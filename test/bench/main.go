@@ -46,6 +46,7 @@ func main() {
 		"served by this binary running pluggable.Run like main.go) and this process (bench.pprof)")
 	hostProfile := flag.String("component-cpuprofile", "", "internal: serve the component here and write its CPU profile to this file")
 	ceiling := flag.Bool("stream-ceiling", false, "internal: serve the bare PullMessages stream of pair 4's ceiling")
+	componentEnv := flag.String("component-env", "", "comma-separated KEY=VALUE settings for the component's environment, such as GOGC=400,GOMEMLIMIT=200MiB as deploy/ sets them")
 	flag.Parse()
 	if *ceiling {
 		os.Exit(serveCeiling())
@@ -65,13 +66,33 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *quick, *runs, *outDir, *profDir, want); err != nil {
+	env, err := parseEnv(*componentEnv)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench: -component-env:", err)
+		os.Exit(2)
+	}
+	if err := run(ctx, *quick, *runs, *outDir, *profDir, env, want); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, quick bool, runs int, outDir, profDir string, want map[string]bool) error {
+// parseEnv reads -component-env: KEY=VALUE settings separated by commas.
+func parseEnv(s string) ([]string, error) {
+	var env []string
+	for _, kv := range strings.Split(s, ",") {
+		if kv = strings.TrimSpace(kv); kv == "" {
+			continue
+		}
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+			return nil, fmt.Errorf("%q is not KEY=VALUE", kv)
+		}
+		env = append(env, kv)
+	}
+	return env, nil
+}
+
+func run(ctx context.Context, quick bool, runs int, outDir, profDir string, env []string, want map[string]bool) error {
 	start := time.Now()
 	say := func(format string, args ...any) {
 		fmt.Printf("[%6.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
@@ -104,7 +125,7 @@ func run(ctx context.Context, quick bool, runs int, outDir, profDir string, want
 	if natsErr != nil || compErr != nil {
 		return fmt.Errorf("build: %v %v", natsErr, compErr)
 	}
-	cc := componentCmd{bin: compBin}
+	cc := componentCmd{bin: compBin, env: env}
 	if profDir != "" {
 		if profDir, err = filepath.Abs(profDir); err != nil {
 			return err
@@ -116,7 +137,7 @@ func run(ctx context.Context, quick bool, runs int, outDir, profDir string, want
 		if err != nil {
 			return err
 		}
-		cc = componentCmd{bin: self, profile: profDir}
+		cc = componentCmd{bin: self, env: env, profile: profDir}
 		f, err := os.Create(filepath.Join(profDir, "bench.pprof"))
 		if err != nil {
 			return err
@@ -181,6 +202,9 @@ func run(ctx context.Context, quick bool, runs int, outDir, profDir string, want
 	compNote := "the component binary built from the repository root"
 	if profDir != "" {
 		compNote = "the component served by the bench binary with a CPU profile (-cpuprofile; larger RSS)"
+	}
+	if len(env) > 0 {
+		compNote += " with " + strings.Join(env, " ")
 	}
 	meta := fmt.Sprintf("Run %s, mode %s (%s), %s, %s, GOMAXPROCS %d, %d CPUs, load average %s at start and %s at the end, nats-server %s (file storage, R1), %s, took %s.",
 		start.Format(time.RFC3339), mode, roundsText(b.sz, len(perRun)), runtime.Version(), runtime.GOOS+"/"+runtime.GOARCH,

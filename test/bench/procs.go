@@ -107,7 +107,8 @@ type component struct {
 type componentCmd struct {
 	bin     string
 	args    []string
-	profile string // directory for profiles, or ""
+	env     []string // added to the component's environment (-component-env)
+	profile string   // directory for profiles, or ""
 }
 
 func (cc componentCmd) start(ctx context.Context, folder, label string) (*component, error) {
@@ -118,7 +119,7 @@ func (cc componentCmd) start(ctx context.Context, folder, label string) (*compon
 	if cc.profile != "" {
 		args = append(args, "-component-cpuprofile", filepath.Join(cc.profile, "component-"+label+".pprof"))
 	}
-	env := []string{"DAPR_COMPONENTS_SOCKETS_FOLDER=" + folder, "JETSTREAM_LOG_LEVEL=warn"}
+	env := append([]string{"DAPR_COMPONENTS_SOCKETS_FOLDER=" + folder, "JETSTREAM_LOG_LEVEL=warn"}, cc.env...)
 	p, err := startChild(natstest.Spec{Name: "component(" + label + ")", Bin: cc.bin, Args: args, Env: env})
 	if err != nil {
 		return nil, err

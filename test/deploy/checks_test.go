@@ -300,6 +300,30 @@ func imageRepo(image string) string {
 	return image
 }
 
+// checkGOGC checks that a GOGC which lets the heap grow further than Go's
+// default (above 100, or off) comes with a GOMEMLIMIT: without one, the
+// heap of a component holding large messages could grow past the
+// container's memory limit.
+func checkGOGC(p *problems, where string, c *corev1.Container) {
+	v, ok, err := containerEnv(c, "GOGC")
+	if err != nil || !ok {
+		return
+	}
+	if v != "off" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			p.add("%s: GOGC %q is neither a percentage nor off", where, v)
+			return
+		}
+		if n <= 100 {
+			return
+		}
+	}
+	if _, limited, _ := containerEnv(c, "GOMEMLIMIT"); !limited {
+		p.add("%s: GOGC %q lets the heap grow beyond Go's default, so it needs GOMEMLIMIT below the memory limit too", where, v)
+	}
+}
+
 // goMemLimit parses a GOMEMLIMIT value (bytes with an optional B, KiB, MiB,
 // GiB or TiB suffix).
 func goMemLimit(v string) (int64, error) {
@@ -428,6 +452,7 @@ func checkComponentContainer(p *problems, c *corev1.Container, pod *corev1.Pod, 
 			p.add("%s: GOMEMLIMIT %q must be a size below the memory limit", where, v)
 		}
 	}
+	checkGOGC(p, where, c)
 
 	// Security.
 	sc := c.SecurityContext

@@ -241,6 +241,8 @@ func TestPodMistakesAreFound(t *testing.T) {
 		{"no probes", "deploy/manual", manualCtr(func(c *corev1.Container) { c.StartupProbe = nil }), "wants startup, liveness and readiness probes"},
 		{"no limits", "deploy/manual", manualCtr(func(c *corev1.Container) { c.Resources.Limits = nil }), "wants both a request and a limit for cpu"},
 		{"GOMEMLIMIT above limit", "deploy/manual", manualCtr(func(c *corev1.Container) { c.Env[0].Value = "1GiB" }), "GOMEMLIMIT"},
+		{"GOGC without GOMEMLIMIT", "deploy/manual", manualCtr(func(c *corev1.Container) { c.Env = c.Env[1:] }), `GOGC "400" lets the heap grow beyond Go's default, so it needs GOMEMLIMIT`},
+		{"GOGC not a number", "deploy/manual", manualCtr(func(c *corev1.Container) { c.Env[1].Value = "4x" }), `GOGC "4x" is neither a percentage nor off`},
 		{"writable root", "deploy/manual", manualCtr(func(c *corev1.Container) { c.SecurityContext.ReadOnlyRootFilesystem = nil }), "readOnlyRootFilesystem"},
 		{"root allowed", "deploy/manual", manualCtr(func(c *corev1.Container) { c.SecurityContext.RunAsNonRoot = nil }), "runAsNonRoot"},
 		{"other image", "deploy/manual", manualCtr(func(c *corev1.Container) { c.Image = "ghcr.io/someone/else:1" }), "is not the image `make image` builds"},
