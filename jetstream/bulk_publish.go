@@ -15,11 +15,11 @@ import (
 // waits for every acknowledgement. Entries that failed are reported one by one;
 // the error is non-nil whenever any entry failed.
 func (p *PubSub) BulkPublish(ctx context.Context, req *pubsub.BulkPublishRequest) (pubsub.BulkPublishResponse, error) {
-	cfg, js, streams, done, err := p.publishState()
+	cfg, js, streams, calls, err := p.publishState()
 	if err != nil {
 		return pubsub.NewBulkPublishResponse(req.Entries, err), err
 	}
-	defer done()
+	defer calls.done()
 	if len(req.Entries) == 0 {
 		return pubsub.BulkPublishResponse{}, nil
 	}

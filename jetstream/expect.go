@@ -90,8 +90,11 @@ func expectations(md map[string]string) []expectation {
 // stream holds. Other errors are returned as they are.
 // stored names the stream that stores topic, for the expectedStream case.
 func explainExpectation(err error, topic string, md map[string]string, stored func() string) error {
+	if err == nil {
+		return nil
+	}
 	var apiErr *natsjs.APIError
-	if err == nil || !errors.As(err, &apiErr) {
+	if !errors.As(err, &apiErr) {
 		return err
 	}
 	find := func(key string) string {

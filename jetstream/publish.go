@@ -34,11 +34,11 @@ const (
 // Publish stores one message. Each call waits for its own acknowledgement,
 // but concurrent calls share the connection's asynchronous publish pipeline.
 func (p *PubSub) Publish(ctx context.Context, req *pubsub.PublishRequest) (err error) {
-	_, js, streams, done, err := p.publishState()
+	_, js, streams, calls, err := p.publishState()
 	if err != nil {
 		return err
 	}
-	defer done()
+	defer calls.done()
 	var ack *natsjs.PubAck
 	var sent time.Time
 	defer func() { p.countPublish(req.Topic, sent, ack, err) }()
@@ -66,6 +66,9 @@ func (p *PubSub) Publish(ctx context.Context, req *pubsub.PublishRequest) (err e
 		f, err := publishAsync(ctx, js, msg)
 		if err == nil {
 			ack, err = await(ctx, js.Conn(), f)
+		}
+		if err == nil {
+			return nil
 		}
 		if streamChanged(err) && streams.sendAgain(ctx, req.Topic, try) {
 			continue
@@ -420,6 +423,9 @@ func setHeaders(msg *nats.Msg, md map[string]string) error {
 // setTTL sets the per-message TTL that ttlInSeconds asks for, and reports
 // whether there is one.
 func setTTL(msg *nats.Msg, md map[string]string) (bool, error) {
+	if len(md) == 0 {
+		return false, nil
+	}
 	ttl, ok, err := contribmd.TryGetTTL(md)
 	if !ok && err == nil {
 		return false, nil

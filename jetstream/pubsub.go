@@ -541,15 +541,15 @@ func (p *PubSub) stateWhileClosing() (natsjs.JetStream, *streams, error) {
 }
 
 // publishState is state for a publish, which counts as under way until
-// done is called; done is nil when err is not.
-func (p *PubSub) publishState() (cfg *metadata.Config, js natsjs.JetStream, s *streams, done func(), err error) {
+// calls.done is called; calls is nil when err is not.
+func (p *PubSub) publishState() (cfg *metadata.Config, js natsjs.JetStream, s *streams, calls *pending, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if cfg, js, s, err = p.stateLocked(); err != nil {
 		return nil, nil, nil, nil, err
 	}
 	p.publishing.add()
-	return cfg, js, s, p.publishing.done, nil
+	return cfg, js, s, &p.publishing, nil
 }
 
 func (p *PubSub) state() (*metadata.Config, natsjs.JetStream, *streams, error) {

@@ -914,17 +914,17 @@ func (s *subscription) isPaused() bool {
 // pending counts work in progress that an ending subscription waits for.
 // Unlike a sync.WaitGroup, it may count up again while someone waits.
 type pending struct {
-	mu   sync.Mutex
-	n    int
-	zero chan struct{} // closed when n drops to 0
+	mu sync.Mutex
+	n  int
+	// zero is closed when n drops to 0. It is made only when idle is
+	// asked while something is counted, so that counting a call, as every
+	// publish does, allocates nothing.
+	zero chan struct{}
 }
 
 func (w *pending) add() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.n == 0 {
-		w.zero = make(chan struct{})
-	}
 	w.n++
 }
 
@@ -932,8 +932,9 @@ func (w *pending) done() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.n--
-	if w.n == 0 {
+	if w.n == 0 && w.zero != nil {
 		close(w.zero)
+		w.zero = nil
 	}
 }
 
@@ -943,6 +944,9 @@ func (w *pending) idle() <-chan struct{} {
 	defer w.mu.Unlock()
 	if w.n == 0 {
 		return closedChan
+	}
+	if w.zero == nil {
+		w.zero = make(chan struct{})
 	}
 	return w.zero
 }

@@ -95,10 +95,10 @@ func NewServer(l logger.Logger) *Server {
 }
 
 func instanceName(ctx context.Context) string {
-	if md, ok := grpcmd.FromIncomingContext(ctx); ok {
-		if v := md.Get(InstanceHeader); len(v) > 0 {
-			return v[0]
-		}
+	// Only the one key: FromIncomingContext would copy every header of
+	// every call.
+	if v := grpcmd.ValueFromIncomingContext(ctx, InstanceHeader); len(v) > 0 {
+		return v[0]
 	}
 	return ""
 }
