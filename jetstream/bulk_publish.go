@@ -15,11 +15,12 @@ import (
 // waits for every acknowledgement. Entries that failed are reported one by one;
 // the error is non-nil whenever any entry failed.
 func (p *PubSub) BulkPublish(ctx context.Context, req *pubsub.BulkPublishRequest) (pubsub.BulkPublishResponse, error) {
-	cfg, js, streams, calls, err := p.publishState()
+	pub, err := p.publishState()
 	if err != nil {
 		return pubsub.NewBulkPublishResponse(req.Entries, err), err
 	}
-	defer calls.done()
+	defer pub.calls.done()
+	cfg, js, streams := pub.cfg, pub.js, pub.streams
 	if len(req.Entries) == 0 {
 		return pubsub.BulkPublishResponse{}, nil
 	}
@@ -61,12 +62,12 @@ func (p *PubSub) BulkPublish(ctx context.Context, req *pubsub.BulkPublishRequest
 	}
 	defer p.countBulk(b)
 	// The stream changed under us: find or set it up again.
-	for try, again := 1, b.send(ctx, js, stream, pending); len(again) > 0 && streams.sendAgain(ctx, req.Topic, try); try++ {
+	for try, again := 1, b.send(ctx, js, pub.acks, stream, pending); len(again) > 0 && streams.sendAgain(ctx, req.Topic, try); try++ {
 		if stream, err = prepare(ctx, streams, req.Topic, need); err != nil {
 			b.fail(again, classify("publish to", req.Topic, p.whileDown(err)))
 			break
 		}
-		again = b.send(ctx, js, stream, again)
+		again = b.send(ctx, js, pub.acks, stream, again)
 	}
 	return p.bulkResponse(ctx, streams, b)
 }
@@ -156,23 +157,21 @@ func (b *bulkEntries) fail(idx []int, err error) {
 // send publishes the entries idx to stream and waits for their
 // acknowledgements. It returns the entries whose stream changed (see
 // streamChanged).
-func (b *bulkEntries) send(ctx context.Context, js natsjs.JetStream, stream string, idx []int) []int {
-	futures := make([]natsjs.PubAckFuture, len(b.msgs))
+func (b *bulkEntries) send(ctx context.Context, js natsjs.JetStream, acks *pubAcks, stream string, idx []int) []int {
+	call := acks.newCall(len(b.msgs))
+	defer call.end()
 	b.sent = time.Now()
 	nc := js.Conn()
 	awaited := 0 // the entries of idx whose answers were awaited
-	answer := func(i int) {
-		if b.failed[i] == nil {
-			b.acks[i], b.failed[i] = await(ctx, nc, futures[i])
-		}
-	}
 	for k, i := range idx {
 		// Below the pipeline's limit, by waiting for this bulk's earliest
 		// answers: nats.go holds a publish back at the limit, and lets it
 		// go when the connection drops, into its reconnect buffer, which
 		// sends it once NATS is back, after this call reported it failed.
 		for awaited < k && js.PublishAsyncPending() >= maxPendingPublishes {
-			answer(idx[awaited])
+			if i := idx[awaited]; b.failed[i] == nil {
+				b.acks[i], b.failed[i] = call.await(ctx, nc, i)
+			}
 			awaited++
 		}
 		if isSchedule(b.msgs[i]) {
@@ -184,10 +183,13 @@ func (b *bulkEntries) send(ctx context.Context, js natsjs.JetStream, stream stri
 			b.failed[i] = fmt.Errorf("not sent: %w", nats.ErrDisconnected)
 			continue
 		}
-		futures[i], b.failed[i] = publishAsync(ctx, js, b.msgs[i])
+		b.failed[i] = call.send(ctx, js, i, b.msgs[i])
 	}
+	call.awaitAll(ctx)
 	for _, i := range idx[awaited:] {
-		answer(i)
+		if b.failed[i] == nil {
+			b.acks[i], b.failed[i] = call.result(ctx, nc, i)
+		}
 	}
 	var again []int
 	for _, i := range idx {

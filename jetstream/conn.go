@@ -349,11 +349,11 @@ const maxPendingPublishes = 4096
 
 // newJetStream is the JetStream context for the domain or API prefix the
 // settings name.
-func newJetStream(nc *nats.Conn, c metadata.Connection) (natsjs.JetStream, error) {
-	opts := []natsjs.JetStreamOpt{
+func newJetStream(nc *nats.Conn, c metadata.Connection, extra ...natsjs.JetStreamOpt) (natsjs.JetStream, error) {
+	opts := append([]natsjs.JetStreamOpt{
 		natsjs.WithPublishAsyncMaxPending(maxPendingPublishes),
 		natsjs.WithPublishAsyncTimeout(30 * time.Second),
-	}
+	}, extra...)
 	var js natsjs.JetStream
 	var err error
 	switch {

@@ -34,11 +34,12 @@ const (
 // Publish stores one message. Each call waits for its own acknowledgement,
 // but concurrent calls share the connection's asynchronous publish pipeline.
 func (p *PubSub) Publish(ctx context.Context, req *pubsub.PublishRequest) (err error) {
-	_, js, streams, calls, err := p.publishState()
+	pub, err := p.publishState()
 	if err != nil {
 		return err
 	}
-	defer calls.done()
+	defer pub.calls.done()
+	js, streams := pub.js, pub.streams
 	var ack *natsjs.PubAck
 	var sent time.Time
 	defer func() { p.countPublish(req.Topic, sent, ack, err) }()
@@ -63,10 +64,7 @@ func (p *PubSub) Publish(ctx context.Context, req *pubsub.PublishRequest) (err e
 			routeSchedule(msg, stream)
 		}
 		sent = time.Now()
-		f, err := publishAsync(ctx, js, msg)
-		if err == nil {
-			ack, err = await(ctx, js.Conn(), f)
-		}
+		ack, err = publishOne(ctx, js, pub.acks, msg)
 		if err == nil {
 			return nil
 		}
@@ -252,41 +250,14 @@ func prepareKnown(ctx context.Context, s *streams, topic string, need needs) (st
 	return name, nil
 }
 
-// publishAsync sends msg, unless ctx is done already: a publish reported as
-// cancelled must not be stored, or a retry of a payload without an id would
-// store it twice.
-func publishAsync(ctx context.Context, js natsjs.JetStream, msg *nats.Msg) (natsjs.PubAckFuture, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("not sent: %w", err)
+// publishOne sends msg and waits for its answer until ctx is done.
+func publishOne(ctx context.Context, js natsjs.JetStream, acks *pubAcks, msg *nats.Msg) (*natsjs.PubAck, error) {
+	call := acks.newCall(1)
+	defer call.end()
+	if err := call.send(ctx, js, 0, msg); err != nil {
+		return nil, err
 	}
-	return js.PublishMsgAsync(msg)
-}
-
-// await waits for the answer to a publish, until ctx is done. An answer
-// that is there when ctx is done counts: select picks among ready cases at
-// random, and a stored message reported as failed would be stored again by
-// a retry. A publish still unanswered while the connection to nc is down
-// may wait in nats.go's reconnect buffer, which sends it once NATS is back:
-// its error says that it may be stored.
-func await(ctx context.Context, nc *nats.Conn, f natsjs.PubAckFuture) (*natsjs.PubAck, error) {
-	select {
-	case ack := <-f.Ok():
-		return ack, nil
-	case err := <-f.Err():
-		return nil, lostAfterSent(err)
-	case <-ctx.Done():
-	}
-	select {
-	case ack := <-f.Ok():
-		return ack, nil
-	case err := <-f.Err():
-		return nil, lostAfterSent(err)
-	default:
-		if !nc.IsConnected() {
-			return nil, fmt.Errorf("waiting for the JetStream acknowledgement: %w; the connection to NATS was lost, and the message may still be sent once NATS is back, so it may be stored or not; publishing it again with the same CloudEvent id or msgId stores it once", ctx.Err())
-		}
-		return nil, fmt.Errorf("%w: %w", errAckOverdue, ctx.Err())
-	}
+	return call.await(ctx, js.Conn(), 0)
 }
 
 // errAckOverdue ends a publish that was sent and got no answer before its

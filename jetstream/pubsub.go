@@ -38,10 +38,12 @@ const (
 type PubSub struct {
 	log logger.Logger
 
-	mu      sync.Mutex
-	cfg     *metadata.Config
-	nc      *nats.Conn
-	js      natsjs.JetStream
+	mu  sync.Mutex
+	cfg *metadata.Config
+	nc  *nats.Conn
+	js  natsjs.JetStream
+	// pubAcks takes the answers to js's asynchronous publishes.
+	pubAcks *pubAcks
 	streams *streams
 	// apiPrefix is where JetStream API requests go ("$JS.API." by default).
 	apiPrefix string
@@ -143,12 +145,13 @@ func (p *PubSub) Init(ctx context.Context, md pubsub.Metadata) error {
 	}
 	conns.watch(nc, p.closing, &p.wg)
 	p.conns = conns
-	js, err := newJetStream(nc, cfg.Connection)
+	acks := newPubAcks()
+	js, err := newJetStream(nc, cfg.Connection, acks.options()...)
 	if err != nil {
 		nc.Close()
 		return err
 	}
-	p.cfg, p.nc, p.js = cfg, nc, js
+	p.cfg, p.nc, p.js, p.pubAcks = cfg, nc, js, acks
 	p.api = newJetStreamAPI(noJetStream(cfg.Connection))
 	p.streams = newStreams(js, cfg.Stream, p.api, p.log)
 	p.apiPrefix = apiPrefix(cfg.Connection)
@@ -540,16 +543,27 @@ func (p *PubSub) stateWhileClosing() (natsjs.JetStream, *streams, error) {
 	return p.js, p.streams, nil
 }
 
+// publisher is what a publish needs of its instance.
+type publisher struct {
+	cfg     *metadata.Config
+	js      natsjs.JetStream
+	acks    *pubAcks
+	streams *streams
+	// calls counts the publish as under way until calls.done is called.
+	calls *pending
+}
+
 // publishState is state for a publish, which counts as under way until
-// calls.done is called; calls is nil when err is not.
-func (p *PubSub) publishState() (cfg *metadata.Config, js natsjs.JetStream, s *streams, calls *pending, err error) {
+// calls.done is called.
+func (p *PubSub) publishState() (publisher, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if cfg, js, s, err = p.stateLocked(); err != nil {
-		return nil, nil, nil, nil, err
+	cfg, js, s, err := p.stateLocked()
+	if err != nil {
+		return publisher{}, err
 	}
 	p.publishing.add()
-	return cfg, js, s, &p.publishing, nil
+	return publisher{cfg: cfg, js: js, acks: p.pubAcks, streams: s, calls: &p.publishing}, nil
 }
 
 func (p *PubSub) state() (*metadata.Config, natsjs.JetStream, *streams, error) {
