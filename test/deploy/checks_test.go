@@ -324,6 +324,37 @@ func checkGOGC(p *problems, where string, c *corev1.Container) {
 	}
 }
 
+// checkGOMAXPROCS checks that the component runs no more threads at once
+// than its CPU limit allows. Go sets GOMAXPROCS to the limit rounded up, but
+// to no less than 2, so under a limit of a core or less it must be set.
+// More threads than the limit spend the quota in bursts and are throttled
+// for the rest of each period, and they wake each other for every message.
+func checkGOMAXPROCS(p *problems, where string, c *corev1.Container) {
+	lim, limited := c.Resources.Limits[corev1.ResourceCPU]
+	cores := int64(0)
+	if limited {
+		cores = max(1, (lim.MilliValue()+999)/1000)
+	}
+	v, ok, err := containerEnv(c, "GOMAXPROCS")
+	if err != nil {
+		return
+	}
+	if !ok {
+		if limited && cores < 2 {
+			p.add("%s: the CPU limit %s is at most one core, but Go runs 2 threads at once under any limit unless GOMAXPROCS is set; set GOMAXPROCS to 1", where, lim.String())
+		}
+		return
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		p.add("%s: GOMAXPROCS %q is not a positive number of threads", where, v)
+		return
+	}
+	if limited && int64(n) > cores {
+		p.add("%s: GOMAXPROCS %q runs more threads at once than the CPU limit %s allows, so they are throttled; set it to %d or raise the limit", where, v, lim.String(), cores)
+	}
+}
+
 // goMemLimit parses a GOMEMLIMIT value (bytes with an optional B, KiB, MiB,
 // GiB or TiB suffix).
 func goMemLimit(v string) (int64, error) {
@@ -453,6 +484,7 @@ func checkComponentContainer(p *problems, c *corev1.Container, pod *corev1.Pod, 
 		}
 	}
 	checkGOGC(p, where, c)
+	checkGOMAXPROCS(p, where, c)
 
 	// Security.
 	sc := c.SecurityContext

@@ -10,6 +10,7 @@ import (
 	componentsapi "github.com/dapr/dapr/pkg/apis/components/v1alpha1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
@@ -243,6 +244,15 @@ func TestPodMistakesAreFound(t *testing.T) {
 		{"GOMEMLIMIT above limit", "deploy/manual", manualCtr(func(c *corev1.Container) { c.Env[0].Value = "1GiB" }), "GOMEMLIMIT"},
 		{"GOGC without GOMEMLIMIT", "deploy/manual", manualCtr(func(c *corev1.Container) { c.Env = c.Env[1:] }), `GOGC "400" lets the heap grow beyond Go's default, so it needs GOMEMLIMIT`},
 		{"GOGC not a number", "deploy/manual", manualCtr(func(c *corev1.Container) { c.Env[1].Value = "4x" }), `GOGC "4x" is neither a percentage nor off`},
+		{"GOMAXPROCS unset under a small limit", "deploy/manual", manualCtr(func(c *corev1.Container) { c.Env = c.Env[:2] }),
+			"the CPU limit 500m is at most one core, but Go runs 2 threads at once under any limit unless GOMAXPROCS is set; set GOMAXPROCS to 1"},
+		{"GOMAXPROCS above the limit", "deploy/manual", manualCtr(func(c *corev1.Container) { c.Env[2].Value = "2" }),
+			`GOMAXPROCS "2" runs more threads at once than the CPU limit 500m allows, so they are throttled; set it to 1 or raise the limit`},
+		{"GOMAXPROCS with a raised limit", "deploy/manual", manualCtr(func(c *corev1.Container) {
+			c.Env[2].Value = "2"
+			c.Resources.Limits[corev1.ResourceCPU] = resource.MustParse("1500m")
+		}), ""},
+		{"GOMAXPROCS not a number", "deploy/manual", manualCtr(func(c *corev1.Container) { c.Env[2].Value = "one" }), `GOMAXPROCS "one" is not a positive number of threads`},
 		{"writable root", "deploy/manual", manualCtr(func(c *corev1.Container) { c.SecurityContext.ReadOnlyRootFilesystem = nil }), "readOnlyRootFilesystem"},
 		{"root allowed", "deploy/manual", manualCtr(func(c *corev1.Container) { c.SecurityContext.RunAsNonRoot = nil }), "runAsNonRoot"},
 		{"other image", "deploy/manual", manualCtr(func(c *corev1.Container) { c.Image = "ghcr.io/someone/else:1" }), "is not the image `make image` builds"},
