@@ -570,13 +570,30 @@ func TestPinnedThroughAdminActions(t *testing.T) {
 // through a backlog: the durable takes the new pinnedTTL, and every message
 // arrives once, in order, one at a time, through the update and the old
 // replica's end.
+//
+// The old replica ends while its app handles a message, as daprd's graceful
+// shutdown finishes what the app handles. A message it had received and
+// not yet handed to the app would come after newer ones, as docs/metadata.md
+// says under Ordered processing; ending at another instant would make the
+// order depend on the scheduler.
 func TestPinnedTTLChangedInARollingUpdate(t *testing.T) {
 	t.Parallel()
 	ns, js := startNATS(t)
 	l := newSerialLog(20 * time.Millisecond)
 	props := map[string]string{"consumerID": "app", "priorityPolicy": "pinned", "maxInFlight": "1", "deliverAll": "true", "pinnedTTL": "30s"}
 	old, _ := open(t, ns.ClientURL(), props)
-	subscribe(t, old, "seq", nil, l.handler("old"))
+	ending, handling := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	oldHandler := l.handler("old")
+	subscribe(t, old, "seq", nil, func(ctx context.Context, m *pubsub.NewMessage) error {
+		select {
+		case <-ending:
+			once.Do(func() { close(handling) })
+			<-ctx.Done() // the subscription ends while the app handles m
+		default:
+		}
+		return oldHandler(ctx, m)
+	})
 	waitConsumer(t, js, "seq", "app-seq")
 	publishRaw(t, js, "seq", "a", 60)
 	require.Eventually(t, func() bool { return l.count() >= 10 }, waitFor, tick)
@@ -588,6 +605,12 @@ func TestPinnedTTLChangedInARollingUpdate(t *testing.T) {
 		info, err := consumerInfo(js, "seq", "app-seq")
 		return err == nil && info.Config.PinnedTTL == 5*time.Second
 	}, waitFor, tick, "the durable did not take the new pinnedTTL")
+	close(ending)
+	select {
+	case <-handling:
+	case <-time.After(waitFor):
+		t.Fatal("the old replica handled nothing more")
+	}
 	require.NoError(t, old.Close())
 	start := time.Now()
 	publishRaw(t, js, "seq", "b", 10)
