@@ -60,6 +60,9 @@ type consumerState struct {
 	// group, which pull requests must name.
 	priority natsjs.PriorityPolicy
 	group    string
+	// pinnedTTL is how long JetStream keeps a pin without a pull request
+	// that carries it.
+	pinnedTTL time.Duration
 	// maxRequestBatch and maxRequestExpires bound each pull request, when
 	// an operator set them (0 otherwise), and maxWaiting how many requests
 	// may be open at once.
@@ -122,7 +125,7 @@ func (cs *consumerState) update(info *natsjs.ConsumerInfo) {
 	if info.Paused && info.Config.PauseUntil != nil {
 		cs.pausedUntil = *info.Config.PauseUntil
 	}
-	cs.priority, cs.group = info.Config.PriorityPolicy, ""
+	cs.priority, cs.group, cs.pinnedTTL = info.Config.PriorityPolicy, "", info.Config.PinnedTTL
 	if len(info.Config.PriorityGroups) > 0 {
 		cs.group = info.Config.PriorityGroups[0]
 	}

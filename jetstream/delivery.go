@@ -248,7 +248,16 @@ func (d *Delivery) keepAlive(p *PubSub, now time.Time) bool {
 // NATS is away, and after it comes back until d's stream is read back, the
 // answer waits in p.answers rather than in nats.go's reconnect buffer, which
 // would send it before the stream could be told apart.
-func (d *Delivery) answer(p *PubSub, body []byte) error {
+func (d *Delivery) answer(p *PubSub, body []byte) error { return d.answerVia(p, body, false) }
+
+// answerConfirmed is answer, and waits until JetStream has applied body:
+// it confirms an answer that carries a reply subject once applied, and
+// applies a consumer's answers in the order they come, so the answers sent
+// before on the same connection are applied too. An answer held for NATS
+// to come back is not confirmed.
+func (d *Delivery) answerConfirmed(p *PubSub, body []byte) error { return d.answerVia(p, body, true) }
+
+func (d *Delivery) answerVia(p *PubSub, body []byte, confirm bool) error {
 	stale, first := streamsSeen.replaced(d.stream, d.streamCreated)
 	if stale {
 		if first {
@@ -262,7 +271,14 @@ func (d *Delivery) answer(p *PubSub, body []byte) error {
 		return ErrClosed
 	}
 	if !p.answers.mayAnswer(d, nc) {
-		return p.answers.hold(d, body, nc)
+		if err := p.answers.hold(d, body, nc); err != nil || !confirm {
+			return err
+		}
+		return errors.New("NATS is not connected")
+	}
+	if confirm {
+		_, err := nc.Request(d.reply, body, confirmTimeout)
+		return err
 	}
 	return nc.Publish(d.reply, body)
 }

@@ -73,13 +73,20 @@ type handoverDesk struct {
 	mu      sync.Mutex
 	waiting map[handoverKey][]waiting
 	keepers map[string]map[*PubSub]struct{} // by connection key
+	// pins are the pins kept for the waiting messages of pinned consumers
+	// (see pinLease).
+	pins    map[handoverKey]*pinLease
 	ticking bool
 	quit    chan struct{} // stops the ticker once nothing waits
 }
 
 // desk is the process's handover desk: daprd restarts and re-Inits create
 // new PubSub instances, and the messages must outlive the old ones.
-var desk = &handoverDesk{waiting: map[handoverKey][]waiting{}, keepers: map[string]map[*PubSub]struct{}{}}
+var desk = newHandoverDesk()
+
+func newHandoverDesk() *handoverDesk {
+	return &handoverDesk{waiting: map[handoverKey][]waiting{}, keepers: map[string]map[*PubSub]struct{}{}, pins: map[handoverKey]*pinLease{}}
+}
 
 // connKey identifies the NATS account an instance talks to, without keeping
 // its secrets in memory in the clear.
@@ -111,6 +118,7 @@ func (h *handoverDesk) unregister(p *PubSub) {
 	h.mu.Lock()
 	delete(h.keepers[p.connKey], p)
 	orphaned := map[handoverKey][]waiting{}
+	pins := map[handoverKey]*pinLease{}
 	var others []*PubSub
 	if len(h.keepers[p.connKey]) == 0 {
 		delete(h.keepers, p.connKey)
@@ -120,24 +128,38 @@ func (h *handoverDesk) unregister(p *PubSub) {
 				delete(h.waiting, k)
 			}
 		}
+		for k, l := range h.pins {
+			if k.conn == p.connKey {
+				pins[k] = l
+				delete(h.pins, k)
+			}
+		}
 		for conn := range h.keepers {
 			others = append(others, h.anyKeeper(conn))
 		}
 	}
 	h.stopIfIdleLocked()
 	h.mu.Unlock()
-	var orphans []waiting
-	for k, ws := range orphaned {
-		if !h.adopt(k, ws, others) {
-			orphans = append(orphans, ws...)
-		}
-	}
 	lost := 0
-	for _, w := range orphans {
-		if w.outlasts() {
-			lost++
+	for k, ws := range orphaned {
+		if h.adopt(k, ws, pins[k], others) {
+			continue
 		}
-		w.giveBack(p, GivenBackShutdown)
+		ds := make([]*Delivery, 0, len(ws))
+		for _, w := range ws {
+			if w.outlasts() {
+				lost++
+			}
+			if l := pins[k]; l != nil && !w.ackNone {
+				ds = append(ds, w.d)
+				continue
+			}
+			w.giveBack(p, GivenBackShutdown)
+		}
+		if l := pins[k]; l != nil {
+			l.timer.Stop()
+			p.release(l, ds, GivenBackShutdown)
+		}
 	}
 	if lost > 0 {
 		p.log.Warnf("%d messages that waited for a subscriber were given back as the last instance on their connection closed, although JetStream will not deliver them again: with ackPolicy none they are lost; those on their last allowed delivery JetStream announces to the next subscription of their consumer, which dead-letters them (deadLetterSubject) or logs them", lost)
@@ -146,7 +168,7 @@ func (h *handoverDesk) unregister(p *PubSub) {
 
 // adopt moves ws, waiting for consumer k, to the first of others that sees
 // the same consumer; false when none does.
-func (h *handoverDesk) adopt(k handoverKey, ws []waiting, others []*PubSub) bool {
+func (h *handoverDesk) adopt(k handoverKey, ws []waiting, pin *pinLease, others []*PubSub) bool {
 	for _, q := range others {
 		if !q.seesConsumer(k.stream, k.consumer, ws[0].created) {
 			continue
@@ -156,6 +178,9 @@ func (h *handoverDesk) adopt(k handoverKey, ws []waiting, others []*PubSub) bool
 		_, keeps := h.keepers[q.connKey][q]
 		if keeps {
 			h.waiting[to] = append(h.waiting[to], ws...)
+			if pin != nil {
+				h.pins[to] = pin
+			}
 		}
 		quit := h.startTickingLocked()
 		h.mu.Unlock()
@@ -186,11 +211,19 @@ func (h *handoverDesk) waitsOnlyOn(p *PubSub) bool {
 	return false
 }
 
-// leave hands ds, taken from an ended subscription, to the desk.
-func (h *handoverDesk) leave(k handoverKey, ds []*Delivery, terms handoverTerms, p *PubSub) {
+// leave hands ds, taken from an ended subscription, to the desk, with the
+// pin that subscription kept for them, if any.
+func (h *handoverDesk) leave(k handoverKey, ds []*Delivery, terms handoverTerms, pin *pinLease, p *PubSub) {
 	now := time.Now()
 	var back []waiting
 	h.mu.Lock()
+	if pin != nil {
+		if old := h.pins[k]; old != nil {
+			old.timer.Stop()
+		}
+		h.pins[k] = pin
+		pin.timer = time.AfterFunc(time.Until(pin.deadline), func() { h.releasePin(pin) })
+	}
 	for _, d := range ds {
 		w := waiting{d: d.handedTo(nil), since: now, handoverTerms: terms}
 		if w.d.endsFirstInLine > maxEndsFirstInLine {
@@ -210,18 +243,68 @@ func (h *handoverDesk) leave(k handoverKey, ds []*Delivery, terms handoverTerms,
 	}
 }
 
-// take returns the messages waiting for consumer k, oldest first.
-func (h *handoverDesk) take(k handoverKey) []*Delivery {
+// take returns the messages waiting for consumer k, oldest first, and the
+// pin kept for them, if any.
+func (h *handoverDesk) take(k handoverKey) ([]*Delivery, *pinLease) {
 	h.mu.Lock()
 	ws := h.waiting[k]
 	delete(h.waiting, k)
+	pin := h.pins[k]
+	delete(h.pins, k)
+	if pin != nil {
+		pin.timer.Stop()
+	}
 	h.stopIfIdleLocked()
 	h.mu.Unlock()
 	out := make([]*Delivery, len(ws))
 	for i, w := range ws {
 		out[i] = w.d
 	}
-	return out
+	return out, pin
+}
+
+// releasePin gives back what waits under pin at its deadline, when no
+// subscription took it, and then gives up the pin. What JetStream would
+// not deliver again keeps waiting: the pin cannot be kept past pinnedTTL.
+func (h *handoverDesk) releasePin(pin *pinLease) {
+	h.mu.Lock()
+	var k handoverKey
+	found := false
+	for key, l := range h.pins {
+		if l == pin {
+			k, found = key, true
+		}
+	}
+	if !found {
+		h.mu.Unlock()
+		return // taken, or let go as its instance closed
+	}
+	delete(h.pins, k)
+	keeper := h.anyKeeper(k.conn)
+	var back []*Delivery
+	kept := h.waiting[k][:0]
+	for _, w := range h.waiting[k] {
+		if w.outlasts() {
+			kept = append(kept, w)
+		} else {
+			back = append(back, w.d)
+		}
+	}
+	if len(kept) == 0 {
+		delete(h.waiting, k)
+	} else {
+		h.waiting[k] = kept
+	}
+	h.stopIfIdleLocked()
+	h.mu.Unlock()
+	if keeper == nil {
+		return
+	}
+	if len(back) > 0 {
+		keeper.log.Warnf("topic %q: %s of consumer %q on stream %q waited for a subscriber after their pinned subscription ended; giving them back to JetStream before the pin ends, so that the replica pinned next gets them first",
+			pin.topic, plural(int64(len(back)), "message"), k.consumer, k.stream)
+	}
+	keeper.release(pin, back, GivenBackStreamEnd)
 }
 
 // tick keeps waiting messages alive and gives back those nobody took in
@@ -272,7 +355,8 @@ func (h *handoverDesk) sweep(now time.Time) bool {
 		keeper := h.anyKeeper(k.conn)
 		kept := ws[:0]
 		for _, w := range ws {
-			late := now.Sub(w.since) >= handoverTimeout
+			// A kept pin gives its messages back itself, before unpinning.
+			late := now.Sub(w.since) >= handoverTimeout && h.pins[k] == nil
 			switch {
 			case late && !w.outlasts():
 				jobs = append(jobs, job{w: w, keeper: keeper, expire: true})

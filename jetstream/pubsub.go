@@ -50,7 +50,10 @@ type PubSub struct {
 	// connKey names the NATS account, for handing messages over between
 	// instances (see handoverDesk).
 	connKey string
-	subs    map[*subscription]struct{}
+	// desk keeps what this instance's ended subscriptions held (see
+	// handoverDesk): the process's one, shared with every other instance.
+	desk *handoverDesk
+	subs map[*subscription]struct{}
 	// conns follows the connection, for calls made while it is down.
 	conns *connWatch
 	// back closes at the next reconnect (see comeBack).
@@ -102,7 +105,7 @@ func New(l logger.Logger) *PubSub {
 	if l == nil {
 		l = logger.NewLogger("nats-jetstream")
 	}
-	return &PubSub{log: l, subs: map[*subscription]struct{}{}, closing: make(chan struct{}), shut: make(chan struct{}), stats: newStats(), answers: newAnswerGate()}
+	return &PubSub{log: l, desk: desk, subs: map[*subscription]struct{}{}, closing: make(chan struct{}), shut: make(chan struct{}), stats: newStats(), answers: newAnswerGate()}
 }
 
 // NewPubSub is New with the signature of components-contrib's constructors.
@@ -158,7 +161,7 @@ func (p *PubSub) Init(ctx context.Context, md pubsub.Metadata) error {
 	p.connKey = connKey(cfg.Connection)
 	p.wg.Add(1)
 	go p.answers.run(p)
-	desk.register(p)
+	p.desk.register(p)
 	return nil
 }
 
@@ -364,7 +367,7 @@ func (p *PubSub) Pause(ctx context.Context) error {
 	}
 	for _, s := range subs {
 		s.closeInbox()
-		s.giveUpPin()
+		s.keepPinWhilePaused()
 	}
 	return nil
 }
@@ -444,7 +447,7 @@ func (p *PubSub) Retire(stop <-chan struct{}) error {
 	defer deadline.Stop()
 	poll := time.NewTicker(100 * time.Millisecond)
 	defer poll.Stop()
-	for desk.waitsOnlyOn(p) {
+	for p.desk.waitsOnlyOn(p) {
 		select {
 		case <-stop:
 			return p.endClose(nc, time.Now().Add(drainTimeout))
@@ -487,7 +490,7 @@ func (p *PubSub) endClose(nc *nats.Conn, deadline time.Time) error {
 	if !answered {
 		p.log.Warnf("publishes still waiting for their acknowledgement after %s; closing anyway, and they fail, although JetStream may have stored their messages", time.Since(started).Round(time.Millisecond))
 	}
-	desk.unregister(p)
+	p.desk.unregister(p)
 	if n := p.answers.drop(); n > 0 {
 		p.log.Warnf("%d answers to JetStream (acks, naks, keep-alives) waited for NATS to come back, or for their stream to be read back after it did, and are not sent as the instance closes; JetStream delivers their messages again once their ackWait ends", n)
 	}

@@ -419,7 +419,7 @@ func (s *subscription) onMsg(m *nats.Msg) {
 		cs := s.consumer
 		s.mu.Unlock()
 		d.take()
-		s.pass(cs, []*Delivery{d})
+		s.pass(cs, []*Delivery{d}, nil)
 		return
 	}
 	s.lastHeard = time.Now()

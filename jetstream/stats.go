@@ -370,7 +370,7 @@ func (p *PubSub) Stats() Stats {
 	for _, s := range subs {
 		s.addLive(t, now)
 	}
-	desk.addWaiting(t, p.stats, now)
+	p.desk.addWaiting(t, p.stats, now)
 
 	out := Stats{Connection: connectionStats(nc)}
 	out.Connection.Reconnects = t.reconnects

@@ -143,6 +143,9 @@ type subscription struct {
 	// goes on without it, so it fails neither Ping nor the readiness probe.
 	readProblem problem
 	pinID       string // the pin JetStream gave this subscription (priorityPolicy pinned)
+	// lease keeps the pin while paused with messages the app has not seen
+	// (see pinLease).
+	lease *pinLease
 	// lastFailures holds the sequences of the last lastSeen messages whose
 	// last allowed delivery failed here (noteLast), lastNext where the next
 	// one goes.
@@ -411,11 +414,14 @@ func (s *subscription) adopt() {
 	if cs == nil || cs.name == "" {
 		return
 	}
-	ds := desk.take(s.handoverKey(cs))
+	ds, lease := s.p.desk.take(s.handoverKey(cs))
 	if len(ds) == 0 {
 		return
 	}
 	s.mu.Lock()
+	if lease != nil && s.pinID == "" && cs.priority == natsjs.PriorityPolicyPinned && cs.group == lease.group {
+		s.pinID = lease.id // ahead of anything newer, as the ended one would have
+	}
 	front := make([]*Delivery, 0, len(ds)+len(s.unseen))
 	for _, d := range ds {
 		c := d.handedTo(s)
@@ -578,19 +584,11 @@ func (s *subscription) keepAlive(now time.Time) time.Duration {
 // one on the last delivery that maxDeliver allows, or any, without acks.
 func (s *subscription) expirePaused(now time.Time) {
 	s.mu.Lock()
-	if now.Sub(s.pausedAt) < handoverTimeout || len(s.unseen) == 0 {
+	if now.Sub(s.pausedAt) < handoverTimeout || len(s.unseen) == 0 || s.lease != nil {
 		s.mu.Unlock()
-		return
+		return // a kept pin gives them back itself, before unpinning
 	}
-	var back, kept []*Delivery
-	for _, d := range s.unseen {
-		if s.lostIfGivenBackLocked(d) {
-			kept = append(kept, d)
-		} else {
-			back = append(back, d)
-		}
-	}
-	s.unseen = kept
+	back, kept := s.unseenToGiveBackLocked()
 	warn := len(kept) > 0 && !s.keptWarned
 	s.keptWarned = s.keptWarned || len(kept) > 0
 	s.mu.Unlock()
@@ -604,6 +602,21 @@ func (s *subscription) expirePaused(now time.Time) {
 		s.log.Warnf("topic %q: paused for %s; keeping %s for Resume, since JetStream would not deliver them again (their last delivery that maxDeliver allows, or ackPolicy none)",
 			s.topic, handoverTimeout, plural(int64(len(kept)), "message"))
 	}
+}
+
+// unseenToGiveBackLocked takes out of s.unseen the messages JetStream
+// would deliver again if given back, and returns them, and those kept.
+// s.mu is held.
+func (s *subscription) unseenToGiveBackLocked() (back, kept []*Delivery) {
+	for _, d := range s.unseen {
+		if s.lostIfGivenBackLocked(d) {
+			kept = append(kept, d)
+		} else {
+			back = append(back, d)
+		}
+	}
+	s.unseen = kept
+	return back, kept
 }
 
 // lostIfGivenBackLocked reports whether JetStream would not deliver d
@@ -672,6 +685,7 @@ func (s *subscription) resume() {
 	s.paused = false
 	s.keptWarned = false
 	s.fnFailed = false
+	s.dropLeaseLocked() // its pull requests carry the pin again
 	s.mu.Unlock()
 	s.poke()
 	s.signal()
@@ -764,53 +778,13 @@ func (s *subscription) deleteEphemeral(cs *consumerState) {
 // line.
 func (s *subscription) giveUpPin() {
 	s.mu.Lock()
-	cs, pin := s.consumer, s.pinID
+	// Read under the lock: housekeeping updates the consumer from its info.
+	l := s.leaseLocked(time.Now())
 	s.pinID = ""
-	// Read under the lock: housekeeping updates them from the consumer's info.
-	pinned, group := cs != nil && cs.priority == natsjs.PriorityPolicyPinned, ""
-	if cs != nil {
-		group = cs.group
-	}
 	s.mu.Unlock()
-	if !pinned || pin == "" || !s.p.connected() {
-		return // not pinned here, or JetStream cannot be asked: pinnedTTL passes on the pin
+	if l != nil {
+		s.p.unpin(l)
 	}
-	s.unpin(cs, group, pin)
-}
-
-func (s *subscription) unpin(cs *consumerState, group, pin string) {
-	// The instance may be closing: its connection stays open until every
-	// subscription has finished.
-	s.p.mu.Lock()
-	js := s.p.js
-	s.p.mu.Unlock()
-	if js == nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), unpinTimeout)
-	defer cancel()
-	info, err := cs.handle.Info(ctx)
-	if err != nil || !holdsPin(info, group, pin) {
-		return
-	}
-	st, err := js.Stream(ctx, cs.stream)
-	if err == nil {
-		err = st.UnpinConsumer(ctx, cs.name, group)
-	}
-	if err != nil {
-		s.log.Warnf("topic %q: giving up the pin of consumer %q on stream %q: %v; another replica takes over once pinnedTTL has passed",
-			s.topic, cs.name, cs.stream, err)
-	}
-}
-
-// holdsPin reports whether pin is the one pinned in group of consumer info.
-func holdsPin(info *natsjs.ConsumerInfo, group, pin string) bool {
-	for _, g := range info.PriorityGroups {
-		if g.Group == group {
-			return g.PinnedClientID == pin
-		}
-	}
-	return false
 }
 
 // handOver passes every message still held to the handover desk, where the
@@ -831,8 +805,20 @@ func (s *subscription) handOver() {
 	if d := firstInLine(taken); d != nil {
 		d.endsFirstInLine++
 	}
+	// The pin goes with what was held: to the next subscription, or it is
+	// given up once that is given back (see pinLease).
+	lease := s.dropLeaseLocked()
+	if lease == nil && len(taken) > 0 {
+		lease = s.leaseLocked(time.Now())
+	}
+	if len(taken) == 0 || cs == nil || cs.ephemeral {
+		lease = nil
+	}
+	if lease != nil {
+		s.pinID = ""
+	}
 	s.mu.Unlock()
-	s.pass(cs, taken)
+	s.pass(cs, taken, lease)
 }
 
 // unhand marks d as never handed on: the handler returned without handling
@@ -867,7 +853,7 @@ func firstInLine(taken []*Delivery) *Delivery {
 
 // pass hands taken messages to the desk, or back to JetStream when the
 // consumer is ephemeral.
-func (s *subscription) pass(cs *consumerState, taken []*Delivery) {
+func (s *subscription) pass(cs *consumerState, taken []*Delivery, lease *pinLease) {
 	if len(taken) == 0 {
 		return
 	}
@@ -883,10 +869,10 @@ func (s *subscription) pass(cs *consumerState, taken []*Delivery) {
 	for _, d := range taken {
 		d.leftBy = s.p.stats
 	}
-	desk.leave(s.handoverKey(cs), taken, handoverTerms{
+	s.p.desk.leave(s.handoverKey(cs), taken, handoverTerms{
 		ackWait: cs.shortestAckWait(), ackNone: cs.ackPolicy == natsjs.AckNonePolicy, maxDeliver: cs.maxDeliver, statsConsumer: s.statsConsumer(),
 		created: cs.handle.CachedInfo().Created,
-	}, s.p)
+	}, lease, s.p)
 }
 
 // waitUpTo waits for ch to close, at most d; false when it did not.
