@@ -55,9 +55,12 @@ func (s *subscription) leaseLocked(now time.Time) *pinLease {
 }
 
 // keepPinWhilePaused keeps s's pin as it pauses when it holds messages its
-// app has not seen: they are delivered after Resume, ahead of anything
-// newer, or given back at the lease's deadline. Otherwise the pin goes at
-// once, so that a waiting replica takes over.
+// app has not handled: those not handed on yet are delivered after Resume,
+// ahead of anything newer, or given back at the lease's deadline; those
+// handed on (to daprd, which may hold them in its stream before its app
+// sees them) are answered, or given back as the subscription ends. Once
+// nothing is held, or at the deadline, the pin goes, so that a waiting
+// replica takes over.
 func (s *subscription) keepPinWhilePaused() {
 	s.mu.Lock()
 	if s.lease != nil {
@@ -65,7 +68,7 @@ func (s *subscription) keepPinWhilePaused() {
 		return
 	}
 	var l *pinLease
-	if s.paused && len(s.unseen) > 0 {
+	if s.paused && len(s.held) > 0 {
 		l = s.leaseLocked(time.Now())
 	}
 	if l != nil {
@@ -76,6 +79,16 @@ func (s *subscription) keepPinWhilePaused() {
 	if l == nil {
 		s.giveUpPin()
 	}
+}
+
+// leaseDoneLocked returns s's lease once nothing it kept the pin for is
+// held any more, forgetting it and the pin; else nil. s.mu is held.
+func (s *subscription) leaseDoneLocked() *pinLease {
+	if s.lease == nil || len(s.held) > 0 {
+		return nil
+	}
+	s.pinID = ""
+	return s.dropLeaseLocked()
 }
 
 // dropLeaseLocked returns s's lease, stopped, and forgets it. s.mu is held.

@@ -525,7 +525,11 @@ func (s *subscription) settled(d *Delivery) {
 	if len(s.held) == 0 && s.consumer != nil {
 		s.consumer.drained = true
 	}
+	done := s.leaseDoneLocked()
 	s.mu.Unlock()
+	if done != nil {
+		s.p.unpin(done) // what the pin was kept for was answered while paused
+	}
 	s.pullIfRoom()
 }
 
